@@ -1,0 +1,206 @@
+/**
+ * RRDBNet, the ESRGAN generator (Wang et al. 2018), as BasicSR's `rrdbnet_arch.py` defines it:
+ * 23 Residual-in-Residual Dense Blocks, no batch norm, residual scaling 0.2, two nearest x2
+ * upsamplings. Scales 2 and 1 pixel-unshuffle the input first. Parameter names are BasicSR's.
+ *
+ * Tensors are NHWC float32 in [0, 1]; parameters live as tf.Variables in TF layout (HWIO),
+ * while `stateDict()` speaks PyTorch's layout (OIHW) so checkpoints map one to one.
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { numel, type StateDict } from "./state_dict.ts";
+
+/** Architecture hyper-parameters, named as BasicSR names them. */
+export interface RRDBNetConfig {
+  numInCh: number;
+  numOutCh: number;
+  scale: 1 | 2 | 4;
+  numFeat: number;
+  numBlock: number;
+  numGrowCh: number;
+}
+
+/** The paper's generator: x4, 64 features, 23 blocks, growth 32. */
+export const ESRGAN_X4: RRDBNetConfig = {
+  numInCh: 3,
+  numOutCh: 3,
+  scale: 4,
+  numFeat: 64,
+  numBlock: 23,
+  numGrowCh: 32,
+};
+
+/** Parameter names and PyTorch-layout shapes of an RRDBNet, in BasicSR's order. */
+export function rrdbnetShapes(config: RRDBNetConfig): Map<string, number[]> {
+  const { numFeat: nf, numGrowCh: gc } = config;
+  const inCh = config.numInCh * (config.scale === 4 ? 1 : config.scale === 2 ? 4 : 16);
+  const shapes = new Map<string, number[]>();
+  const conv = (name: string, cin: number, cout: number) => {
+    shapes.set(`${name}.weight`, [cout, cin, 3, 3]);
+    shapes.set(`${name}.bias`, [cout]);
+  };
+  conv("conv_first", inCh, nf);
+  for (let b = 0; b < config.numBlock; b++) {
+    for (let r = 1; r <= 3; r++) {
+      for (let c = 1; c <= 5; c++) {
+        conv(`body.${b}.rdb${r}.conv${c}`, nf + (c - 1) * gc, c === 5 ? nf : gc);
+      }
+    }
+  }
+  conv("conv_body", nf, nf);
+  conv("conv_up1", nf, nf);
+  conv("conv_up2", nf, nf);
+  conv("conv_hr", nf, nf);
+  conv("conv_last", nf, config.numOutCh);
+  return shapes;
+}
+
+/** Reads the architecture off a BasicSR-named state dict. */
+export function inferRRDBNetConfig(sd: StateDict): RRDBNetConfig {
+  const shape = (k: string) => {
+    const t = sd.get(k);
+    if (!t) throw new Error(`not an RRDBNet state dict: no ${k}`);
+    return t.shape;
+  };
+  const [numFeat, firstIn] = shape("conv_first.weight");
+  const [numGrowCh] = shape("body.0.rdb1.conv1.weight");
+  const [numOutCh] = shape("conv_last.weight");
+  let numBlock = 0;
+  while (sd.has(`body.${numBlock}.rdb1.conv1.weight`)) numBlock++;
+  // BasicSR folds the pixel-unshuffle into conv_first's input channels (x4: 3, x2: 12, x1: 48);
+  // the output channel count tells the image's channel count.
+  const numInCh = numOutCh;
+  const ratio = firstIn / numInCh;
+  const scale = ratio === 1 ? 4 : ratio === 4 ? 2 : ratio === 16 ? 1 : 0;
+  if (!scale) throw new Error(`conv_first has ${firstIn} input channels for ${numInCh} colours`);
+  return { numInCh, numOutCh, scale, numFeat, numBlock, numGrowCh };
+}
+
+/** Options for {@link RRDBNet}. */
+export interface RRDBNetOptions {
+  /** Weights in PyTorch layout; absent: BasicSR's initialisation, drawn with `seed`. */
+  weights?: StateDict;
+  seed?: number;
+  /** Whether the variables take gradients (training). */
+  trainable?: boolean;
+}
+
+const torchToTf = (t: tf.Tensor) => t.rank === 4 ? tf.transpose(t, [2, 3, 1, 0]) : t.clone();
+const tfToTorch = (t: tf.Tensor) => t.rank === 4 ? tf.transpose(t, [3, 2, 0, 1]) : t.clone();
+
+/** The ESRGAN generator. Dispose it when done: it owns GPU memory. */
+export class RRDBNet {
+  readonly config: RRDBNetConfig;
+  /** Parameters in TF layout (HWIO), under BasicSR names. */
+  readonly params: Map<string, tf.Variable>;
+
+  constructor(config: RRDBNetConfig, options: RRDBNetOptions = {}) {
+    this.config = config;
+    this.params = new Map();
+    const shapes = rrdbnetShapes(config);
+    let seed = options.seed ?? 0;
+    for (const [name, shape] of shapes) {
+      const given = options.weights?.get(name);
+      if (options.weights && !given) throw new Error(`weights lack ${name}`);
+      if (given && given.shape.join(",") !== shape.join(",")) {
+        throw new Error(`${name}: weights have shape [${given.shape}], the net wants [${shape}]`);
+      }
+      const value = tf.tidy(() =>
+        torchToTf(given ? tf.tensor(given.data, shape) : initParam(name, shape, seed++))
+      );
+      this.params.set(name, tf.variable(value, options.trainable ?? false, name));
+      value.dispose();
+    }
+  }
+
+  /** Upscales a batch: [N, H, W, C] in [0, 1] → [N, H·s, W·s, C] (not clamped). */
+  apply(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const s = this.config.scale;
+      let feat = s === 4 ? x : pixelUnshuffle(x, s === 2 ? 2 : 4);
+      feat = this.conv("conv_first", feat);
+      let body = feat;
+      for (let b = 0; b < this.config.numBlock; b++) body = this.rrdb(`body.${b}`, body);
+      feat = tf.add(feat, this.conv("conv_body", body));
+      for (const up of ["conv_up1", "conv_up2"]) {
+        const [, h, w] = feat.shape;
+        feat = this.conv(up, tf.image.resizeNearestNeighbor(feat, [h * 2, w * 2]), true);
+      }
+      return this.conv("conv_last", this.conv("conv_hr", feat, true));
+    });
+  }
+
+  /** The weights in PyTorch layout under BasicSR names. */
+  async stateDict(): Promise<StateDict> {
+    const sd: StateDict = new Map();
+    for (const [name, v] of this.params) {
+      const t = tfToTorch(v);
+      sd.set(name, { shape: t.shape, data: (await t.data()) as Float32Array });
+      t.dispose();
+    }
+    return sd;
+  }
+
+  /** Number of parameters. */
+  get size(): number {
+    let n = 0;
+    for (const v of this.params.values()) n += numel(v.shape);
+    return n;
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.params.clear();
+  }
+
+  private conv(name: string, x: tf.Tensor4D, lrelu = false): tf.Tensor4D {
+    return tf.fused.conv2d({
+      x,
+      filter: this.params.get(`${name}.weight`)! as tf.Tensor4D,
+      bias: this.params.get(`${name}.bias`)!,
+      strides: 1,
+      pad: "same",
+      activation: lrelu ? "leakyrelu" : "linear",
+      leakyreluAlpha: 0.2,
+    });
+  }
+
+  private rdb(name: string, x: tf.Tensor4D): tf.Tensor4D {
+    const feats = [x];
+    for (let c = 1; c <= 4; c++) {
+      feats.push(this.conv(`${name}.conv${c}`, tf.concat(feats, 3), true));
+    }
+    const x5 = this.conv(`${name}.conv5`, tf.concat(feats, 3));
+    return tf.add(tf.mul(x5, 0.2), x);
+  }
+
+  private rrdb(name: string, x: tf.Tensor4D): tf.Tensor4D {
+    let out = x;
+    for (let r = 1; r <= 3; r++) out = this.rdb(`${name}.rdb${r}`, out);
+    return tf.add(tf.mul(out, 0.2), x);
+  }
+}
+
+/** BasicSR's `pixel_unshuffle` in NHWC: output channel c·s² + i·s + j takes pixel (i, j). */
+export function pixelUnshuffle(x: tf.Tensor4D, s: number): tf.Tensor4D {
+  const [n, hh, ww, c] = x.shape;
+  if (hh % s || ww % s) throw new Error(`pixel-unshuffle by ${s} needs sides divisible by ${s}`);
+  const h = hh / s, w = ww / s;
+  return tf.reshape(
+    tf.transpose(tf.reshape(x, [n, h, s, w, s, c]), [0, 1, 3, 5, 2, 4]),
+    [n, h, w, c * s * s],
+  );
+}
+
+/**
+ * BasicSR's initialisation: kaiming-normal scaled by 0.1 inside the dense blocks (so the residual
+ * path starts near identity), PyTorch's default kaiming-uniform elsewhere; biases zero.
+ */
+function initParam(name: string, shape: number[], seed: number): tf.Tensor {
+  const fanIn = shape.length === 4 ? shape[1] * shape[2] * shape[3] : 0;
+  const inBody = name.startsWith("body.");
+  if (shape.length === 1) return tf.zeros(shape);
+  if (inBody) return tf.mul(tf.randomNormal(shape, 0, Math.sqrt(2 / fanIn), "float32", seed), 0.1);
+  const bound = 1 / Math.sqrt(fanIn); // kaiming_uniform with a = sqrt(5)
+  return tf.randomUniform(shape, -bound, bound, "float32", seed);
+}
