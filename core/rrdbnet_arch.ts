@@ -93,10 +93,13 @@ export class RRDBNet {
   readonly config: RRDBNetConfig;
   /** Parameters in TF layout (HWIO), under BasicSR names. */
   readonly params: Map<string, tf.Variable>;
+  /** tfjs's fused conv has no gradient for LeakyReLU, so training runs the unfused ops. */
+  private readonly fused: boolean;
 
   constructor(config: RRDBNetConfig, options: RRDBNetOptions = {}) {
     this.config = config;
     this.params = new Map();
+    this.fused = !options.trainable;
     const shapes = rrdbnetShapes(config);
     let seed = options.seed ?? 0;
     for (const [name, shape] of shapes) {
@@ -154,10 +157,16 @@ export class RRDBNet {
   }
 
   private conv(name: string, x: tf.Tensor4D, lrelu = false): tf.Tensor4D {
+    const filter = this.params.get(`${name}.weight`)! as tf.Tensor4D;
+    const bias = this.params.get(`${name}.bias`)!;
+    if (!this.fused) {
+      const y = tf.add(tf.conv2d(x, filter, 1, "same"), bias) as tf.Tensor4D;
+      return lrelu ? tf.leakyRelu(y, 0.2) : y;
+    }
     return tf.fused.conv2d({
       x,
-      filter: this.params.get(`${name}.weight`)! as tf.Tensor4D,
-      bias: this.params.get(`${name}.bias`)!,
+      filter,
+      bias,
       strides: 1,
       pad: "same",
       activation: lrelu ? "leakyrelu" : "linear",
