@@ -6,7 +6,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-webgpu";
-import { setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import { BackendWasm, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import threadedSimdFactory from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.js";
+import { wasmWorkerContents } from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.worker.js";
 
 /** The backends this project runs on. */
 export type BackendName = "webgpu" | "wasm" | "cpu";
@@ -19,6 +21,15 @@ export interface BackendInfo {
   /** Why this backend: "requested" or the reason automatic choice gave. */
   reason: string;
   /** Threads of the wasm backend. */
+  threads?: number;
+}
+
+/** Options of {@link initBackend}. */
+export interface BackendOptions {
+  /**
+   * Threads for the wasm backend (XNNPACK's pool, at most 8); default: the logical cores. 1 runs
+   * tfjs's stock single-threaded SIMD module, more the threaded one through Node worker threads.
+   */
   threads?: number;
 }
 
@@ -35,7 +46,7 @@ export async function probeWebGPU(): Promise<{ adapter?: string; software: boole
 }
 
 /** Starts `name`, or picks one when absent. Throws if the requested backend cannot start. */
-export async function initBackend(name?: BackendName): Promise<BackendInfo> {
+export async function initBackend(name?: BackendName, options: BackendOptions = {}): Promise<BackendInfo> {
   let reason = "requested";
   let adapter: string | undefined;
   if (!name) {
@@ -51,18 +62,90 @@ export async function initBackend(name?: BackendName): Promise<BackendInfo> {
   }
   let threads: number | undefined;
   if (name === "wasm") {
-    setWasmPaths(new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url).href);
-    threads = navigator.hardwareConcurrency ?? 1;
+    const dist = new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url);
+    setWasmPaths(dist.href);
+    threads = Math.max(1, Math.min(8, Math.floor(options.threads ?? navigator.hardwareConcurrency ?? 1)));
     setThreadsCount(threads);
+    useWasmThreads(threads, dist);
   }
   if (!(await tf.setBackend(name)) || tf.getBackend() !== name) {
     throw new Error(`the ${name} backend could not start${name === "webgpu" ? " (no WebGPU adapter?)" : ""}`);
   }
   await tf.ready();
   if (name === "webgpu" && !adapter) adapter = (await probeWebGPU()).adapter;
-  if (name === "wasm") {
-    const multi = await tf.env().getAsync("WASM_HAS_MULTITHREAD_SUPPORT");
-    if (!multi) threads = 1;
-  }
+  if (name === "wasm") threads = (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
   return { name, adapter, reason, threads };
+}
+
+/** tfjs's own factory for the wasm backend (single-threaded under Deno), kept to switch back to. */
+let stockWasmFactory: (() => tf.KernelBackend | Promise<tf.KernelBackend>) | null = null;
+let wasmThreads = 1;
+
+/**
+ * Makes the `wasm` backend start with `threads` threads. tfjs never uses threads under Deno: its
+ * `WASM_HAS_MULTITHREAD_SUPPORT` flag is false whenever `IS_NODE` is (Deno has `process`), and
+ * forcing it fails because Emscripten's Node path hands `node:worker_threads` a blob: URL, which
+ * Deno refuses. So this registers a factory that instantiates the threaded SIMD module itself:
+ * its pthread workers run the worker script with `eval: true`, the glue code travels as a string
+ * instead of a file, and the core count is doubled because tfjs halves it (assuming hyper-threading)
+ * and caps the pool by it.
+ */
+function useWasmThreads(threads: number, dist: URL): void {
+  if (threads === wasmThreads && tf.findBackendFactory("wasm")) return;
+  stockWasmFactory ??= tf.findBackendFactory("wasm");
+  tf.removeBackend("wasm");
+  wasmThreads = threads;
+  const factory = threads === 1 ? stockWasmFactory! : () => startThreadedWasm(threads, dist);
+  tf.registerBackend("wasm", factory, 2);
+}
+
+async function startThreadedWasm(threads: number, dist: URL): Promise<tf.KernelBackend> {
+  const nodeGlobals = ["location", "self", "postMessage", "importScripts", "performance", "Worker"];
+  const readFile = 'importScripts:function(f){(0,eval)(fs.readFileSync(f,"utf8")+"//# sourceURL="+f)}';
+  if (!wasmWorkerContents.includes(readFile)) throw new Error("unexpected tfjs-backend-wasm worker script");
+  // Deno's worker globals have getters where Emscripten assigns; the glue arrives as source text.
+  const workerSource =
+    `for (const k of ${JSON.stringify(nodeGlobals)}) Object.defineProperty(globalThis, k, ` +
+    "{ value: globalThis[k], writable: true, configurable: true, enumerable: true });\n" +
+    wasmWorkerContents.replace(/\n/g, "\\n").replace(readFile, "importScripts:function(src){(0,eval)(src)}");
+  const glue = "var WasmBackendModuleThreadedSimd = " + threadedSimdFactory.toString();
+  const binary = await (await fetch(new URL("tfjs-backend-wasm-threaded-simd.wasm", dist))).arrayBuffer();
+  const webWorker = globalThis.Worker;
+  const { Worker: NodeWorker } = await import("node:worker_threads");
+  class EvalWorker extends NodeWorker {
+    constructor(source: string) {
+      super(source, { eval: true });
+    }
+  }
+  try {
+    const factory = threadedSimdFactory as unknown as (config: object) => Promise<any>;
+    const module = await factory({
+      mainScriptUrlOrBlob: glue,
+      // Emscripten's Node path has just set the global Worker to Node's; make it evaluate source.
+      locateFile: (path: string) => {
+        if (!path.endsWith(".worker.js")) return new URL(path, dist).href;
+        (globalThis as any).Worker = EvalWorker;
+        return workerSource;
+      },
+      instantiateWasm(imports: any, receive: (i: WebAssembly.Instance, m: WebAssembly.Module) => void) {
+        imports.env.emscripten_num_logical_cores = () => 2 * threads;
+        WebAssembly.instantiate(binary, imports).then((r) => receive(r.instance, r.module));
+        return {};
+      },
+    });
+    module.tfjs = {
+      init: module.cwrap("init", null, []),
+      initWithThreadsCount: module.cwrap("init_with_threads_count", null, ["number"]),
+      getThreadsCount: module.cwrap("get_threads_count", "number", []),
+      registerTensor: module.cwrap("register_tensor", null, ["number", "number", "number"]),
+      disposeData: module.cwrap("dispose_data", null, ["number"]),
+      dispose: module.cwrap("dispose", null, []),
+    };
+    const backend = new BackendWasm(module);
+    // Emscripten preallocates 8 workers; the pool has taken threads - 1 of them, free the rest.
+    for (const w of module.PThread.unusedWorkers.splice(0)) w.terminate();
+    return backend;
+  } finally {
+    globalThis.Worker = webWorker;
+  }
 }

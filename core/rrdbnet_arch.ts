@@ -111,7 +111,8 @@ export class RRDBNet {
       const value = tf.tidy(() =>
         torchToTf(given ? tf.tensor(given.data, shape) : initParam(name, shape, seed++))
       );
-      this.params.set(name, tf.variable(value, options.trainable ?? false, name));
+      // unnamed: tfjs registers variable names globally, and G and its EMA copy share BasicSR names
+      this.params.set(name, tf.variable(value, options.trainable ?? false));
       value.dispose();
     }
   }
@@ -123,11 +124,25 @@ export class RRDBNet {
       let feat = s === 4 ? x : pixelUnshuffle(x, s === 2 ? 2 : 4);
       feat = this.conv("conv_first", feat);
       let body = feat;
-      for (let b = 0; b < this.config.numBlock; b++) body = this.rrdb(`body.${b}`, body);
+      // One scope per block and per upsampling: under apply()'s single tidy every intermediate of
+      // all blocks would stay alive until it returns (about 10x the peak memory at inference).
+      for (let b = 0; b < this.config.numBlock; b++) {
+        const prev = body;
+        body = tf.tidy(() => this.rrdb(`body.${b}`, prev));
+      }
       feat = tf.add(feat, this.conv("conv_body", body));
       for (const up of ["conv_up1", "conv_up2"]) {
-        const [, h, w] = feat.shape;
-        feat = this.conv(up, tf.image.resizeNearestNeighbor(feat, [h * 2, w * 2]), true);
+        const prev = feat;
+        const [, h, w] = prev.shape;
+        // tfjs-cpu's ResizeNearestNeighborGrad is wrong for batches > 1 (4.22): training upsamples
+        // with stacks, whose gradients are exact on every backend
+        feat = tf.tidy(() =>
+          this.conv(
+            up,
+            this.fused ? tf.image.resizeNearestNeighbor(prev, [h * 2, w * 2]) : upsample2x(prev),
+            true,
+          )
+        );
       }
       return this.conv("conv_last", this.conv("conv_hr", feat, true));
     });
@@ -188,6 +203,13 @@ export class RRDBNet {
     for (let r = 1; r <= 3; r++) out = this.rdb(`${name}.rdb${r}`, out);
     return tf.add(tf.mul(out, 0.2), x);
   }
+}
+
+/** Nearest-neighbour x2 upsampling (each pixel becomes a 2x2 block) from stacks and reshapes. */
+export function upsample2x(x: tf.Tensor4D): tf.Tensor4D {
+  const [n, h, w, c] = x.shape;
+  const cols = tf.reshape(tf.stack([x, x], 3), [n, h, 2 * w, c]);
+  return tf.reshape(tf.stack([cols, cols], 2), [n, 2 * h, 2 * w, c]);
 }
 
 /** BasicSR's `pixel_unshuffle` in NHWC: output channel c·s² + i·s + j takes pixel (i, j). */

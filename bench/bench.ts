@@ -1,0 +1,504 @@
+/**
+ * `deno task bench`: RRDBNet forward and training-step time per tfjs backend, warmed up, median of
+ * several runs, with peak memory, next to PyTorch (bench/torch_bench.py) in the same run.
+ *
+ * Each backend runs in its own process (this program with `--child`), PyTorch in another; all stay
+ * up and take turns, one timed run each per round (bench/peer.ts), so that a load that comes and
+ * goes on a shared machine hits them alike. Works bundled (`deno bundle`, see
+ * ../shared/device/README.md): the only paths used are the CLI's (`--model`, `--torch-script`).
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+// the union package's node bundle registers the gradients (tfjs-core alone has none) for train cases
+import "@tensorflow/tfjs";
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { initBackend, probeWebGPU } from "../core/backend.ts";
+import { ESRGAN_X4, type RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { decodeModelFile } from "../core/weights/model_file.ts";
+import { customKernelStats, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
+import {
+  ALL_CASES,
+  backendLabel,
+  type BackendSpec,
+  type BenchCase,
+  caseName,
+  type KernelProfile,
+  loadNet,
+  maxAbsDiff,
+  median,
+  parseBackend,
+  parseCase,
+  peakRssMb,
+  prepareCase,
+  type PreparedCase,
+} from "./cases.ts";
+import { Peer, type Reply, serve } from "./peer.ts";
+
+/** The default model, relative to the working directory (the project root under `deno task`). */
+export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
+
+const HELP = `deno task bench [options]
+Times RRDBNet (forward passes; training steps with train: cases) per tfjs backend, warmed up,
+median of --runs, with peak memory, next to PyTorch on the same machine in the same run. The
+backends and PyTorch each run in a process of their own and take turns, one run each per round.
+
+  --case SPEC         forward:NxHxW or train:NxHxW (LR size), repeatable; default forward:1x64x64
+  --all-shapes        ${ALL_CASES.join(", ")}
+  --backend LIST      comma list of wasm, wasm:N (N threads), cpu, webgpu, webgpu-custom (our kernels);
+                      default: webgpu,webgpu-custom on a real GPU adapter, else wasm:1,wasm:<cores>
+  --cpu               add the (slow) cpu backend to the default list
+  --llvmpipe          add webgpu,webgpu-custom to the default list on a software adapter
+  --runs N            timed runs (default 5)     --warmup N   untimed runs first (default 1)
+  --model PATH        model file (default ${DEFAULT_BENCH_MODEL} when it exists, else random weights)
+  --random            random ESRGAN x4 weights (same cost)   --blocks N   RRDB blocks (random weights)
+  --profile           one more run under tf.profile: time per kernel and the kernels' share
+  --no-torch          skip PyTorch (default: run it when a Python with torch is found)
+  --torch             require PyTorch (fail if absent)
+  --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2)
+  --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
+  --json              one JSON object on stdout instead of the table
+`;
+
+/** The command line, parsed. */
+export interface BenchPlan {
+  cases: BenchCase[];
+  /** Null: {@link defaultBackends}. */
+  backends: BackendSpec[] | null;
+  runs: number;
+  warmup: number;
+  model: string | null;
+  blocks?: number;
+  profile: boolean;
+  torch: "auto" | "required" | "off";
+  torchDevice: string;
+  torchThreads: number;
+  torchScript: string;
+  python?: string;
+  json: boolean;
+  cpu: boolean;
+  llvmpipe: boolean;
+  /** Set in the child processes: the backend to serve. */
+  child?: BackendSpec;
+  help: boolean;
+}
+
+/** Parses the bench's command line (see `--help`); throws a one-line error on bad input. */
+export function parseBenchArgs(args: string[]): BenchPlan {
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      case: { type: "string", multiple: true },
+      "all-shapes": { type: "boolean" },
+      backend: { type: "string" },
+      cpu: { type: "boolean" },
+      llvmpipe: { type: "boolean" },
+      runs: { type: "string" },
+      warmup: { type: "string" },
+      model: { type: "string" },
+      random: { type: "boolean" },
+      blocks: { type: "string" },
+      profile: { type: "boolean" },
+      torch: { type: "boolean" },
+      "no-torch": { type: "boolean" },
+      "torch-device": { type: "string" },
+      "torch-threads": { type: "string" },
+      "torch-script": { type: "string" },
+      python: { type: "string" },
+      json: { type: "boolean" },
+      child: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  const int = (name: string, s: string | undefined, dflt: number, min: number) => {
+    if (s === undefined) return dflt;
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer ≥ ${min}, got "${s}"`);
+    return n;
+  };
+  if (v.blocks && v.model) throw new Error("--blocks needs random weights, not --model");
+  if (v.torch && v["no-torch"]) throw new Error("--torch and --no-torch contradict each other");
+  const blocks = v.blocks === undefined ? undefined : int("blocks", v.blocks, 23, 1);
+  let model: string | null = v.model ?? null;
+  if (!model && !v.random && blocks === undefined) {
+    try {
+      if (Deno.statSync(DEFAULT_BENCH_MODEL).isFile) model = DEFAULT_BENCH_MODEL;
+    } catch { /* absent: random weights, same cost */ }
+  }
+  return {
+    cases: (v["all-shapes"] ? ALL_CASES : v.case?.length ? v.case : ["forward:1x64x64"]).map(parseCase),
+    backends: v.backend ? v.backend.split(",").map((s) => parseBackend(s.trim())) : null,
+    runs: int("runs", v.runs, 5, 1),
+    warmup: int("warmup", v.warmup, 1, 0),
+    model,
+    blocks,
+    profile: !!v.profile,
+    torch: v["no-torch"] ? "off" : v.torch ? "required" : "auto",
+    torchDevice: v["torch-device"] ?? "cpu",
+    torchThreads: int("torch-threads", v["torch-threads"], 2, 1),
+    torchScript: v["torch-script"] ?? "bench/torch_bench.py",
+    python: v.python,
+    json: !!v.json,
+    cpu: !!v.cpu,
+    llvmpipe: !!v.llvmpipe,
+    child: v.child ? parseBackend(v.child) : undefined,
+    help: !!v.help,
+  };
+}
+
+/** The backends to time when `--backend` is absent, and why. */
+export async function defaultBackends(plan: BenchPlan): Promise<{ backends: BackendSpec[]; note: string }> {
+  const probe = await probeWebGPU();
+  const backends: BackendSpec[] = [];
+  let note: string;
+  if (probe.adapter && !probe.software) {
+    backends.push({ name: "webgpu" }, { name: "webgpu", custom: true });
+    note = `GPU adapter: ${probe.adapter}`;
+  } else {
+    // wasm:1 first: the other outputs are compared with the first backend's
+    backends.push({ name: "wasm", threads: 1 });
+    const cores = navigator.hardwareConcurrency ?? 1;
+    if (cores > 1) backends.push({ name: "wasm", threads: cores });
+    if (plan.llvmpipe && probe.adapter) backends.push({ name: "webgpu" }, { name: "webgpu", custom: true });
+    note = probe.adapter
+      ? `software adapter ${probe.adapter}${plan.llvmpipe ? "" : " (webgpu only with --llvmpipe)"}`
+      : `no WebGPU adapter (${probe.why})`;
+  }
+  if (plan.cpu) backends.push({ name: "cpu" });
+  return { backends, note };
+}
+
+/** Serves one backend to the parent (`--child`): see bench/peer.ts for the requests. */
+async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
+  const nets = new Map<boolean, RRDBNet>();
+  let current: { c: BenchCase; prepared: PreparedCase; out?: Float32Array } | null = null;
+  await serve(async () => {
+    const info = await initBackend(spec.name, { threads: spec.threads });
+    if (spec.custom) enableCustomWebGPUKernels();
+    return { ready: true, threads: info.threads, adapter: info.adapter };
+  }, async (msg) => {
+    switch (msg.cmd) {
+      case "setup": {
+        const c = parseCase(msg.case);
+        // inference runs the fused conv+bias+LeakyReLU; training the unfused ops that have gradients
+        const trainable = c.kind === "train";
+        if (!nets.has(trainable)) {
+          nets.get(!trainable)?.dispose();
+          nets.delete(!trainable);
+          nets.set(trainable, await loadNet(plan.model, { trainable, blocks: plan.blocks }));
+        }
+        current = { c, prepared: prepareCase(nets.get(trainable)!, c) };
+        for (let i = 0; i < msg.warmup; i++) await current.prepared.step();
+        return { ok: true };
+      }
+      case "run": {
+        const [t0, cpu0] = [performance.now(), process.cpuUsage()];
+        const out = await current!.prepared.step();
+        const [ms, cpu] = [performance.now() - t0, process.cpuUsage(cpu0)];
+        if (current!.c.kind === "forward") current!.out = out;
+        return { ms, cpu_ms: (cpu.user + cpu.system) / 1000 };
+      }
+      case "finish": {
+        const { prepared, out } = current!;
+        current = null;
+        try {
+          if (msg.dump && out) {
+            await Deno.writeFile(msg.dump, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+          }
+          return { ok: true, profile: msg.profile ? await prepared.profile() : undefined };
+        } finally {
+          prepared.dispose();
+        }
+      }
+      case "exit":
+        for (const net of nets.values()) net.dispose();
+        return {
+          peak_mb: peakRssMb(),
+          peak_kind: "rss",
+          custom_kernels: spec.custom ? customKernelStats() : undefined,
+        };
+      default:
+        throw new Error(`unknown request ${msg.cmd}`);
+    }
+  });
+}
+
+/** A row of the report: one case on one backend, or on PyTorch. */
+export interface BenchRow {
+  case: string;
+  backend: string;
+  /** Median of the timed runs. */
+  ms: number;
+  times_ms: number[];
+  /** Median CPU time (user + system, all the process's threads) of a run. */
+  cpu_ms?: number;
+  cpu_times_ms?: number[];
+  threads?: number;
+  /** Peak RSS of the backend's process over the whole run (GPU memory for torch on CUDA). */
+  peak_mb?: number;
+  peak_kind?: string;
+  vs_torch?: number;
+  /** Largest |difference| of the forward output from {@link diff_vs}'s. */
+  max_abs_diff?: number;
+  diff_vs?: string;
+  profile?: KernelProfile;
+  error?: string;
+}
+
+/** The bench's result. */
+export interface BenchReport {
+  model: string;
+  deno: string;
+  tfjs: string;
+  cpus: number;
+  note: string;
+  /** /proc/loadavg's 1-minute load at the start and the end (timings on a shared machine depend on it). */
+  load?: [number, number];
+  peers: Record<string, Reply>;
+  rows: BenchRow[];
+}
+
+/** Finds a Python that imports torch: `python` if given, else `python3`, then Debian's `/usr/bin/python3`. */
+export async function findTorchPython(python?: string): Promise<string | null> {
+  for (const p of python ? [python] : ["python3", "/usr/bin/python3"]) {
+    try {
+      const r = await new Deno.Command(p, { args: ["-c", "import torch"], stdout: "null", stderr: "null" })
+        .output();
+      if (r.success) return p;
+    } catch { /* not installed */ }
+  }
+  return null;
+}
+
+/** Runs the plan: starts the peers, takes the rounds, compares outputs and PyTorch. */
+export async function runBench(
+  plan: BenchPlan,
+  log: (line: string) => void = () => {},
+): Promise<BenchReport> {
+  let config: RRDBNetConfig = { ...ESRGAN_X4, numBlock: plan.blocks ?? ESRGAN_X4.numBlock };
+  if (plan.model) config = decodeModelFile(await Deno.readFile(plan.model), plan.model).config;
+  const { numBlock, numFeat, numGrowCh, scale } = config;
+  const model = `${
+    plan.model ?? "random weights"
+  } (RRDBNet x${scale}, ${numBlock} blocks, nf ${numFeat}, gc ${numGrowCh})`;
+  let backends = plan.backends;
+  let note = "backends as requested";
+  if (!backends) ({ backends, note } = await defaultBackends(plan));
+  log(`bench: ${model}; ${plan.cases.map(caseName).join(", ")}; ${note}`);
+  const load0 = loadAverage();
+  log(
+    `  Deno ${Deno.version.deno}, tfjs ${tf.version_core}, ${navigator.hardwareConcurrency} logical CPUs` +
+      (load0 === undefined ? "" : `, load ${load0.toFixed(1)}`),
+  );
+
+  const peers: { label: string; peer: Peer; hello: Reply; torch?: boolean }[] = [];
+  const report: BenchReport = {
+    model,
+    deno: Deno.version.deno,
+    tfjs: tf.version_core,
+    cpus: navigator.hardwareConcurrency,
+    note,
+    peers: {},
+    rows: [],
+  };
+  const childArgs = ["--runs", "1", ...(plan.model ? ["--model", plan.model] : ["--random"])];
+  if (plan.blocks) childArgs.push("--blocks", String(plan.blocks));
+  for (const spec of backends) {
+    const label = backendLabel(spec);
+    // import.meta.url is this file, or the bundle when bundled
+    const args = ["run", "-A", import.meta.url, "--child", label, ...childArgs];
+    const peer = new Peer(label, Deno.execPath(), args);
+    peers.push({ label, peer, hello: await peer.ready() });
+  }
+  if (plan.torch !== "off") {
+    const python = await findTorchPython(plan.python);
+    let why = "";
+    if (numFeat !== 64 || numGrowCh !== 32 || scale !== 4) {
+      why = "bench/torch_bench.py builds x4, nf 64, gc 32 only";
+    } else if (!python) why = `no Python with torch (${plan.python ?? "python3, /usr/bin/python3"})`;
+    if (why && plan.torch === "required") throw new Error(`PyTorch: ${why}`);
+    if (why) log(`  PyTorch skipped: ${why}`);
+    else {
+      const args = [plan.torchScript, "--serve", "--device", plan.torchDevice];
+      args.push("--threads", String(plan.torchThreads), "--blocks", String(numBlock));
+      const peer = new Peer("torch", python!, args);
+      const hello = await peer.ready();
+      if (hello.error && plan.torch === "required") throw new Error(`PyTorch: ${hello.error}`);
+      const label = hello.error ? "torch" : `torch ${hello.torch} ${hello.device}`;
+      peers.push({ label, peer, hello, torch: true });
+    }
+  }
+  for (const p of peers) {
+    report.peers[p.label] = p.hello;
+    if (!p.hello.error) continue;
+    log(`  ${p.label}: ${p.hello.error}`);
+    report.rows.push({ case: "-", backend: p.label, ms: NaN, times_ms: [], error: p.hello.error });
+  }
+  const live = peers.filter((p) => !p.hello.error);
+  const dumpDir = await Deno.makeTempDir({ prefix: "esrgan-bench-" });
+  try {
+    for (const c of plan.cases) {
+      const name = caseName(c);
+      const rows = new Map<string, BenchRow>();
+      const active: typeof live = [];
+      for (const p of live) {
+        log(`  ${name}: warming up ${p.label} ...`);
+        const r = await p.peer.request({ cmd: "setup", case: name, warmup: plan.warmup });
+        const threads = p.hello.threads;
+        rows.set(p.label, { case: name, backend: p.label, ms: NaN, times_ms: [], threads, error: r.error });
+        if (!r.error) active.push(p);
+      }
+      for (let round = 0; round < plan.runs; round++) {
+        // rotate who goes first, so no backend always runs right after the same other one
+        for (let i = 0; i < active.length; i++) {
+          const p = active[(i + round) % active.length];
+          const row = rows.get(p.label)!;
+          if (row.error) continue;
+          const r = await p.peer.request({ cmd: "run" });
+          if (r.error) row.error = r.error;
+          else row.times_ms.push(r.ms);
+          if (typeof r.cpu_ms === "number") (row.cpu_times_ms ??= []).push(r.cpu_ms);
+        }
+        const got = active.map((p) => `${p.label} ${fmt(rows.get(p.label)!.times_ms[round])} ms`);
+        log(`  ${name}: round ${round + 1}/${plan.runs}: ${got.join(", ")}`);
+      }
+      let ref: { label: string; out: Float32Array } | undefined;
+      for (const p of active) {
+        const dump = p.torch ? undefined : `${dumpDir}/${p.label.replace(/[^\w-]/g, "_")}.f32`;
+        const r = await p.peer.request({ cmd: "finish", profile: plan.profile && !p.torch, dump });
+        const row = rows.get(p.label)!;
+        if (r.error) row.error ??= r.error;
+        if (r.profile) row.profile = r.profile;
+        if (!row.error) row.ms = median(row.times_ms);
+        if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
+        if (c.kind === "forward" && dump && !row.error) {
+          const bytes = await Deno.readFile(dump);
+          const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+          if (!ref) ref = { label: p.label, out };
+          else [row.max_abs_diff, row.diff_vs] = [maxAbsDiff(ref.out, out), ref.label];
+        }
+      }
+      const torch = [...rows.values()].find((r) => r.backend.startsWith("torch") && !r.error);
+      for (const row of rows.values()) {
+        if (torch && row !== torch && !row.error) row.vs_torch = row.ms / torch.ms;
+      }
+      report.rows.push(...rows.values());
+    }
+  } finally {
+    for (const p of peers) {
+      const bye = p.hello.error ? {} : await p.peer.close();
+      Object.assign(report.peers[p.label], { exit: bye });
+      for (const row of report.rows) {
+        if (row.backend === p.label) Object.assign(row, { peak_mb: bye.peak_mb, peak_kind: bye.peak_kind });
+      }
+    }
+    await Deno.remove(dumpDir, { recursive: true });
+  }
+  const load1 = loadAverage();
+  if (load0 !== undefined && load1 !== undefined) report.load = [load0, load1];
+  return report;
+}
+
+/** The 1-minute load average (Linux), or undefined. */
+function loadAverage(): number | undefined {
+  try {
+    return Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+  } catch {
+    return undefined;
+  }
+}
+
+const fmt = (x: number | undefined, digits = 0) =>
+  x === undefined || Number.isNaN(x) ? "-" : x.toFixed(digits);
+
+/** Formats the rows as a table, with each profiled row's top kernels under it. */
+export function formatTable(rows: BenchRow[]): string {
+  const head = [
+    "case",
+    "backend",
+    "median ms",
+    "min ms",
+    "runs",
+    "CPU ms",
+    "peak MB",
+    "vs torch",
+    "max |Δ| (vs)",
+  ];
+  const body = rows.map((r) => [
+    r.case,
+    r.backend + (r.threads && r.backend.startsWith("wasm") ? ` (${r.threads} thr)` : ""),
+    r.error ? "error" : fmt(r.ms, 1),
+    fmt(r.times_ms.length ? Math.min(...r.times_ms) : NaN, 1),
+    String(r.times_ms.length),
+    fmt(r.cpu_ms),
+    fmt(r.peak_mb) + (r.peak_kind && r.peak_kind !== "rss" ? ` (${r.peak_kind})` : ""),
+    r.vs_torch === undefined ? "-" : `${r.vs_torch.toFixed(2)}x`,
+    r.max_abs_diff === undefined ? "-" : `${r.max_abs_diff.toExponential(1)} (${r.diff_vs})`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  const out = [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)];
+  for (const r of rows) {
+    if (r.error) out.push(`  ${r.case} ${r.backend}: ${r.error}`);
+    if (!r.profile) continue;
+    const { kernels, wall_ms, peak_tensor_mb } = r.profile;
+    const total = kernels.reduce((s, k) => s + (Number.isNaN(k.ms) ? 0 : k.ms), 0);
+    out.push(
+      `  profile ${r.case} ${r.backend}: kernels ${fmt(total)} ms of ${fmt(wall_ms)} ms wall` +
+        ` (${fmt((100 * total) / wall_ms)}%), peak tensors ${fmt(peak_tensor_mb, 1)} MB`,
+    );
+    for (const k of kernels.slice(0, 8)) {
+      out.push(
+        `    ${k.name.padEnd(22)} ${fmt(k.ms, 1).padStart(9)} ms  ${
+          fmt((100 * k.ms) / total, 1)
+        }%  x${k.count}`,
+      );
+    }
+  }
+  return out.join("\n");
+}
+
+/** The bench's entry point; returns the exit code (1 when a row failed). */
+export async function main(args: string[]): Promise<number> {
+  let plan: BenchPlan;
+  try {
+    plan = parseBenchArgs(args);
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message}`);
+    return 1;
+  }
+  if (plan.help) {
+    console.log(HELP);
+    return 0;
+  }
+  // Mesa's Vulkan driver complains on every WebGPU probe without it (children inherit it)
+  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  if (plan.child) {
+    await serveBackend(plan.child, plan);
+    return 0;
+  }
+  let report: BenchReport;
+  try {
+    report = await runBench(plan, (s) => plan.json ? console.error(s) : console.log(s));
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message}`);
+    return 1;
+  }
+  if (plan.json) console.log(JSON.stringify(report, null, 1));
+  else {
+    console.log(formatTable(report.rows));
+    if (report.load) {
+      const [a, b] = report.load;
+      const busy = Math.max(a, b) > report.cpus ? ": busier than its CPUs, timings are inflated" : "";
+      console.log(`  load average ${a.toFixed(1)} at the start, ${b.toFixed(1)} at the end${busy}`);
+    }
+    for (const [label, p] of Object.entries(report.peers)) {
+      if (p.exit?.custom_kernels) {
+        console.log(`  ${label} kernel calls: ${JSON.stringify(p.exit.custom_kernels)}`);
+      }
+    }
+  }
+  return report.rows.some((r) => r.error) || Object.values(report.peers).some((p) => p.error) ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,203 @@
+/**
+ * What `deno task bench` measures: cases (a forward pass or a training step on a batch of LR
+ * images), backend specs, and the timing of one case on the current tfjs backend.
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { BackendName } from "../core/backend.ts";
+import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { decodeModelFile } from "../core/weights/model_file.ts";
+
+/** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
+export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x256", "train:16x32x32"];
+
+/** One measurement: a forward pass or a training step on a batch of N HxW LR images. */
+export interface BenchCase {
+  kind: "forward" | "train";
+  n: number;
+  h: number;
+  w: number;
+}
+
+/** Parses `forward:1x64x64` or `train:16x32x32` (LR size). */
+export function parseCase(spec: string): BenchCase {
+  const m = /^(forward|train):(\d+)x(\d+)x(\d+)$/.exec(spec);
+  if (!m) throw new Error(`bad case "${spec}": expected forward:NxHxW or train:NxHxW, e.g. forward:1x64x64`);
+  const [n, h, w] = [m[2], m[3], m[4]].map(Number);
+  if (!(n > 0 && h > 0 && w > 0)) throw new Error(`bad case "${spec}": sizes must be positive`);
+  return { kind: m[1] as BenchCase["kind"], n, h, w };
+}
+
+/** Writes a case back as its spec. */
+export function caseName(c: BenchCase): string {
+  return `${c.kind}:${c.n}x${c.h}x${c.w}`;
+}
+
+/** A backend as the bench runs it: `wasm:N` (N threads), `cpu`, `webgpu`, `webgpu-custom` (our kernels). */
+export interface BackendSpec {
+  name: BackendName;
+  threads?: number;
+  custom?: boolean;
+}
+
+/** Parses a backend spec: `wasm` (all cores), `wasm:N`, `cpu`, `webgpu`, `webgpu-custom`. */
+export function parseBackend(spec: string): BackendSpec {
+  const m = /^(wasm|cpu|webgpu|webgpu-custom)(?::(\d+))?$/.exec(spec);
+  if (!m || (m[2] && m[1] !== "wasm")) {
+    throw new Error(`bad backend "${spec}": expected wasm, wasm:N, cpu, webgpu or webgpu-custom`);
+  }
+  if (m[1] === "webgpu-custom") return { name: "webgpu", custom: true };
+  if (m[1] !== "wasm") return { name: m[1] as BackendName };
+  const threads = m[2] ? Number(m[2]) : navigator.hardwareConcurrency ?? 1;
+  if (!(threads >= 1)) throw new Error(`bad backend "${spec}": threads must be at least 1`);
+  return { name: "wasm", threads };
+}
+
+/** The spec's label, as tables print it. */
+export function backendLabel(b: BackendSpec): string {
+  return b.name === "wasm" ? `wasm:${b.threads}` : b.custom ? "webgpu-custom" : b.name;
+}
+
+/** The net to time: the model file's weights, or BasicSR's random initialisation (same cost). */
+export async function loadNet(
+  model: string | null,
+  options: { trainable?: boolean; blocks?: number } = {},
+): Promise<RRDBNet> {
+  if (model) {
+    const file = decodeModelFile(await Deno.readFile(model), model);
+    return new RRDBNet(file.config, { weights: file.stateDict, trainable: options.trainable });
+  }
+  const config: RRDBNetConfig = { ...ESRGAN_X4, numBlock: options.blocks ?? ESRGAN_X4.numBlock };
+  return new RRDBNet(config, { seed: 0, trainable: options.trainable });
+}
+
+/** Kernel time by kernel name from one run under tf.profile. */
+export interface KernelProfile {
+  kernels: { name: string; ms: number; count: number }[];
+  /** Wall time of the profiled run (profiling slows it). */
+  wall_ms: number;
+  peak_tensor_mb: number;
+}
+
+/** A case ready to run: inputs made, optimizer built. Dispose it when done. */
+export interface PreparedCase {
+  /** One forward pass (returns the output) or one training step (returns the loss), read back. */
+  step(): Promise<Float32Array>;
+  /** One step under tf.profile. */
+  profile(): Promise<KernelProfile>;
+  dispose(): void;
+}
+
+/**
+ * Prepares a case on the current backend. Forward: `net.apply` and reading the output back.
+ * Train: L1 loss, `tf.variableGrads`, Adam's update, reading the loss back (`net` must be
+ * trainable, and tfjs's gradients registered: `import "@tensorflow/tfjs"`).
+ */
+export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase {
+  const s = net.config.scale;
+  const vars = [...net.params.values()];
+  if (c.kind === "train" && !vars.every((v) => v.trainable)) {
+    throw new Error("train cases need an RRDBNet with trainable: true");
+  }
+  const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
+  const target = c.kind === "train"
+    ? tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1)
+    : undefined;
+  const optimizer = c.kind === "train" ? tf.train.adam(1e-4) : undefined;
+  const readBack = async (t: tf.Tensor) => {
+    try {
+      return (await t.data()) as Float32Array;
+    } finally {
+      t.dispose();
+    }
+  };
+  const step = c.kind === "forward" ? () => readBack(net.apply(x)) : () => {
+    const { value, grads } = tf.variableGrads(() => tf.mean(tf.abs(tf.sub(net.apply(x), target!))), vars);
+    optimizer!.applyGradients(grads as any);
+    tf.dispose(grads);
+    return readBack(value);
+  };
+  return {
+    step,
+    async profile() {
+      const t0 = performance.now();
+      const info = await tf.profile(step);
+      const wall = performance.now() - t0;
+      const byName = new Map<string, { ms: number; count: number }>();
+      for (const k of info.kernels) {
+        const e = byName.get(k.name) ?? { ms: 0, count: 0 };
+        const ms = await k.kernelTimeMs;
+        e.ms += typeof ms === "number" ? ms : NaN;
+        e.count++;
+        byName.set(k.name, e);
+      }
+      // `op__op` entries are op scopes (fused.conv2d's custom gradient) around kernels listed too
+      const kernels = [...byName].filter(([name]) => !name.endsWith("__op"))
+        .map(([name, e]) => ({ name, ...e })).sort((a, b) => b.ms - a.ms);
+      return { kernels, wall_ms: wall, peak_tensor_mb: info.peakBytes / 2 ** 20 };
+    },
+    dispose() {
+      x.dispose();
+      target?.dispose();
+      optimizer?.dispose();
+    },
+  };
+}
+
+/** Median of a non-empty list. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Timings of one case. */
+export interface CaseTiming {
+  case: string;
+  /** Median of the timed runs. */
+  ms: number;
+  times_ms: number[];
+  /** For forward cases: the last output. */
+  output?: Float32Array;
+  profile?: KernelProfile;
+}
+
+/** Times one case in this process: `warmup` untimed runs, then `runs` timed ones; leaks no tensors. */
+export async function timeCase(
+  net: RRDBNet,
+  c: BenchCase,
+  options: { runs?: number; warmup?: number; profile?: boolean } = {},
+): Promise<CaseTiming> {
+  const { runs = 5, warmup = 1 } = options;
+  const prepared = prepareCase(net, c);
+  try {
+    const times: number[] = [];
+    let output: Float32Array | undefined;
+    for (let i = 0; i < warmup + runs; i++) {
+      const t0 = performance.now();
+      const out = await prepared.step();
+      if (i >= warmup) times.push(performance.now() - t0);
+      if (c.kind === "forward") output = out;
+    }
+    const profile = options.profile ? await prepared.profile() : undefined;
+    return { case: caseName(c), ms: median(times), times_ms: times, output, profile };
+  } finally {
+    prepared.dispose();
+  }
+}
+
+/** Peak resident set size of this process in MiB (Linux's VmHWM; elsewhere the current RSS). */
+export function peakRssMb(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
+    if (m) return Number(m[1]) / 1024;
+  } catch { /* not Linux */ }
+  return Deno.memoryUsage().rss / 2 ** 20;
+}
+
+/** Largest absolute difference between two outputs (Infinity if their sizes differ). */
+export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Infinity;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}

@@ -1,0 +1,130 @@
+"""PyTorch reference timings for `deno task bench`: RRDBNet (BasicSR layout, random weights) on the
+same shapes, so tfjs and PyTorch are compared on the same machine in the same run.
+
+Prints one JSON object on stdout: {"torch", "device", "threads", "results": [{"name", "ms", "times_ms"}],
+"peak_mb", "peak_kind"}. Usage: torch_bench.py --device cpu|cuda --threads 2 --case forward:1x64x64
+--case train:16x32x32; with --serve it answers bench/peer.ts's requests (one run at a time) instead.
+"""
+import argparse, json, resource, statistics, sys, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RDB(nn.Module):
+    def __init__(s, nf, gc):
+        super().__init__()
+        s.convs = nn.ModuleList(nn.Conv2d(nf + i * gc, gc if i < 4 else nf, 3, 1, 1) for i in range(5))
+
+    def forward(s, x):
+        feats = [x]
+        for i, conv in enumerate(s.convs):
+            y = conv(torch.cat(feats, 1))
+            feats.append(F.leaky_relu(y, 0.2) if i < 4 else y)
+        return feats[-1] * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    def __init__(s, nf=64, nb=23, gc=32):
+        super().__init__()
+        s.conv_first = nn.Conv2d(3, nf, 3, 1, 1)
+        s.body = nn.Sequential(*[nn.Sequential(RDB(nf, gc), RDB(nf, gc), RDB(nf, gc)) for _ in range(nb)])
+        s.conv_body, s.conv_up1, s.conv_up2, s.conv_hr = (nn.Conv2d(nf, nf, 3, 1, 1) for _ in range(4))
+        s.conv_last = nn.Conv2d(nf, 3, 3, 1, 1)
+
+    def forward(s, x):
+        feat = s.conv_first(x)
+        body = feat
+        for rrdb in s.body:  # residual in residual: 0.2 * RRDB(x) + x
+            body = rrdb(body) * 0.2 + body
+        feat = feat + s.conv_body(body)
+        for up in (s.conv_up1, s.conv_up2):
+            feat = F.leaky_relu(up(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
+        return s.conv_last(F.leaky_relu(s.conv_hr(feat), 0.2))
+
+
+def prepare(net, case, dev):
+    """Returns a function that runs one forward pass or one training step (L1, Adam) of `case`."""
+    kind, shape = case.split(":")
+    n, h, w = (int(v) for v in shape.split("x"))
+    x = torch.rand(n, 3, h, w, device=dev)
+    if kind == "forward":
+        net.eval()
+        def step():
+            with torch.no_grad():
+                net(x)
+        return step
+    net.train()
+    target = torch.rand(n, 3, h * 4, w * 4, device=dev)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.l1_loss(net(x), target).backward()
+        opt.step()
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=23)
+    ap.add_argument("--case", action="append", default=[], help="forward:NxHxW or train:NxHxW (LR size)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--serve", action="store_true", help="answer bench/peer.ts requests on stdin")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    dev = torch.device(a.device)
+    net = RRDBNet(nb=a.blocks).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed(step, cpu=False):
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        ms = (time.perf_counter() - t0) * 1e3
+        return (ms, (time.process_time() - c0) * 1e3) if cpu else ms
+
+    def peak():
+        if dev.type == "cuda":
+            return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_kind": "cuda_allocated"}
+        return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_kind": "rss"}
+
+    about = {"torch": torch.__version__, "device": a.device, "threads": torch.get_num_threads()}
+    if a.serve:
+        say = lambda r: print("@@bench " + json.dumps(r), flush=True)
+        say({"ready": True, **about})
+        step = None
+        for line in sys.stdin:
+            msg = json.loads(line)
+            try:
+                if msg["cmd"] == "setup":
+                    step = prepare(net, msg["case"], dev)
+                    for _ in range(msg.get("warmup", 1)):
+                        timed(step)
+                    say({"ok": True})
+                elif msg["cmd"] == "run":
+                    ms, cpu_ms = timed(step, cpu=True)
+                    say({"ms": ms, "cpu_ms": cpu_ms})
+                elif msg["cmd"] == "finish":
+                    step = None
+                    say({"ok": True})
+                elif msg["cmd"] == "exit":
+                    say(peak())
+                    return
+            except Exception as e:  # reported to the bench as this request's error
+                say({"error": f"{type(e).__name__}: {e}"})
+        return
+    results = []
+    for case in a.case or ["forward:1x64x64"]:
+        step = prepare(net, case, dev)
+        times = [timed(step) for _ in range(a.warmup + a.runs)][a.warmup:]
+        results.append({"name": case, "ms": statistics.median(times), "times_ms": times})
+    print(json.dumps({**about, "results": results, **peak()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+/**
+ * The GPU training run, self-contained for the borrowed GPU machine (bundled by
+ * ../shared/device/prepare.sh, run by `bash .device/run.sh ARGS`): N steps of the `psnr` preset at
+ * full size (RRDBNet 23 blocks, batch 16, gt 128) on webgpu from a folder of images; prints the time
+ * of every step; validates G and its EMA on held-out images (MATLAB-bicubic baseline beside them);
+ * writes to $OUT (or --out): the JSONL log, the loss curve (SVG), a validation sample, summary.json,
+ * and the generator as an fp16 model file cut into pieces of at most 16 MiB
+ * (`cat model.fp16.safetensors.part-* > model.fp16.safetensors`).
+ *
+ * Aborts unless tfjs runs on webgpu (tfjs silently falls back to cpu when no adapter is found).
+ * `--custom-kernels` switches to core/kernels' WebGPU convolutions.
+ * Training images must be PNG: the bundle reads them with fast-png (image_io's JPEG decoder loads
+ * wasm from its package folder, which a bundle lacks), and prepare.sh turns DATA_DIR PNGs into
+ * JPEGs, so pack them with bench/train_gpu_data.ts instead. `--tiny` shrinks everything (nf 8, 1 block, batch 2, gt 32) to test the bundle on llvmpipe.
+ *
+ *   bash ../shared/device/prepare.sh bench/train_gpu.ts
+ *   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_png --size 512
+ *   device: bash .device/run.sh --data .device/train_png --steps 100    (carry [".device"])
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { parseArgs } from "node:util";
+import { initBackend } from "../core/backend.ts";
+import { PRESETS, type TrainConfig } from "../train/config.ts";
+import { readCheckpoint } from "../train/checkpoint.ts";
+import { listImages, loadImageFolder, makeValPairs } from "../train/data.ts";
+import { generatorConfig } from "../train/trainer.ts";
+import { RRDBNet } from "../core/rrdbnet_arch.ts";
+import { decodeModelFile } from "../core/weights/model_file.ts";
+import { enableCustomWebGPUKernels } from "../core/kernels/register.ts";
+import { exportGenerator, writeShards } from "../train/export.ts";
+import { curvesSvg } from "../train/plot.ts";
+import { pngCodec } from "../train/png_codec.ts";
+import type { LogRecord } from "../train/log.ts";
+import { checkpointPath, runTraining, validate } from "../train/train.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    data: { type: "string", default: ".device/train_png" },
+    steps: { type: "string", default: "200" },
+    /** Held-out validation images (file stems); those absent are replaced by the folder's last images. */
+    val: { type: "string", default: "ColorfulCups,Wood" },
+    "val-count": { type: "string", default: "2" },
+    "val-crop": { type: "string", default: "256" },
+    "batch-size": { type: "string" },
+    "max-images": { type: "string", default: "0" },
+    out: { type: "string" },
+    work: { type: "string", default: "/tmp/train_gpu" },
+    tiny: { type: "boolean" },
+    "allow-software": { type: "boolean" },
+    /** core/kernels' WebGPU 3x3 conv kernels instead of tfjs's stock ones. */
+    "custom-kernels": { type: "boolean" },
+  },
+});
+const out = values.out ?? Deno.env.get("OUT");
+if (!out) throw new Error("no output folder: set $OUT or pass --out");
+await Deno.mkdir(out, { recursive: true });
+
+const info = await initBackend("webgpu");
+if (tf.getBackend() !== "webgpu") throw new Error(`tfjs runs on ${tf.getBackend()}, not webgpu: aborting`);
+const software = /llvmpipe|lavapipe|swiftshader|software/i.test(info.adapter ?? "");
+if (values["custom-kernels"]) enableCustomWebGPUKernels();
+console.log(
+  `backend: ${tf.getBackend()} on ${info.adapter}; conv kernels: ${
+    values["custom-kernels"] ? "custom" : "tfjs stock"
+  }`,
+);
+if (software && !values.tiny && !values["allow-software"]) {
+  throw new Error(
+    `only a software adapter (${info.adapter}): a full-size run would never finish; use --tiny`,
+  );
+}
+
+// hold out validation images (textured ones by default), train on the rest
+const files = await listImages(values.data);
+const stem = (f: string) => f.split("/").pop()!.replace(/\.[^.]+$/, "");
+const wanted = new Set(values.val.split(",").filter(Boolean));
+let valFiles = files.filter((f) => wanted.has(stem(f)));
+if (valFiles.length < Number(values["val-count"])) valFiles = files.slice(-Number(values["val-count"]));
+const dataDir = `${values.work}/train`, valDir = `${values.work}/val`;
+await Deno.remove(values.work, { recursive: true }).catch(() => {});
+await Deno.mkdir(dataDir, { recursive: true });
+await Deno.mkdir(valDir, { recursive: true });
+for (const f of files) {
+  const abs = f.startsWith("/") ? f : `${Deno.cwd()}/${f}`;
+  await Deno.symlink(abs, `${valFiles.includes(f) ? valDir : dataDir}/${f.split("/").pop()}`);
+}
+
+const steps = Number(values.steps);
+const config: TrainConfig = {
+  ...PRESETS.psnr,
+  totalSteps: steps,
+  checkpointEvery: steps,
+  valEvery: 0,
+  valCrop: Number(values["val-crop"]),
+  valSamples: 1,
+  logEvery: 1,
+  maxImages: Number(values["max-images"]),
+  exportDtype: "fp16",
+  ...(values.tiny ? { numFeat: 8, numBlock: 1, numGrowCh: 4, batchSize: 2, gtSize: 32, valCrop: 64 } : {}),
+  ...(values["batch-size"] ? { batchSize: Number(values["batch-size"]) } : {}),
+};
+console.log(
+  `psnr stage: RRDBNet nf ${config.numFeat} blocks ${config.numBlock} gc ${config.numGrowCh}, batch ${config.batchSize}, ` +
+    `gt ${config.gtSize}, ${steps} steps, Adam lr ${config.lrG} betas ${config.beta1}/${config.beta2}`,
+);
+
+const times: number[] = [];
+const summary = await runTraining({
+  config,
+  dataDir,
+  valDir,
+  outDir: values.work,
+  noExport: true,
+  codec: pngCodec,
+  onStep: (step, losses, secs) => {
+    times.push(secs);
+    console.log(`step ${step}: ${(secs * 1000).toFixed(1)} ms, l_pix ${losses.l_pix.toFixed(5)}`);
+  },
+});
+
+// the EMA (decay 0.999) of a run this short is still close to its start: validate and export G too
+const ckpt = await readCheckpoint(checkpointPath(values.work));
+const pairs = makeValPairs(await loadImageFolder(valDir, { decode: pngCodec.decode }), {
+  scale: 4,
+  crop: config.valCrop,
+});
+const gModel = exportGenerator(ckpt, { dtype: "fp16", which: "g" });
+const g = new RRDBNet(generatorConfig(config), { weights: decodeModelFile(gModel).stateDict });
+let sample: Uint8Array | undefined;
+const gVal = await validate(g, pairs, {
+  samples: 1,
+  onSample: async (_name, img) => void (sample = await pngCodec.encodePng(img)),
+});
+g.dispose();
+if (sample) await Deno.writeFile(`${out}/val_sample_G.png`, sample);
+
+const sorted = [...times].slice(1).sort((a, b) => a - b);
+const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : times[0];
+const log = (await Deno.readTextFile(`${values.work}/train_log.jsonl`)).trim().split("\n").map((l) =>
+  JSON.parse(l) as LogRecord
+);
+log.push({ type: "val", step: ckpt.step, psnr: gVal.psnr, ssim: gVal.ssim, net: "G" });
+await Deno.writeTextFile(`${out}/train_log.jsonl`, log.map((r) => JSON.stringify(r)).join("\n") + "\n");
+// imagescript's SVG renderer cannot be bundled: the picture comes back as SVG (`deno task plot` makes a PNG)
+await Deno.writeTextFile(`${out}/curves.svg`, curvesSvg(log));
+const parts = await writeShards(`${out}/model.fp16.safetensors`, gModel, { maxBytes: 16 * 1024 * 1024 });
+const result = {
+  adapter: info.adapter,
+  kernels: values["custom-kernels"] ? "custom" : "stock",
+  config,
+  steps: summary.endStep,
+  first_step_s: times[0],
+  median_step_s: median,
+  mean_step_s_after_first: sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : null,
+  it_per_s: summary.itPerSec,
+  l_pix_first: summary.first.l_pix,
+  l_pix_last: summary.last.l_pix,
+  val_bicubic: log.find((r) => r.type === "info"),
+  val_ema: summary.val,
+  val_g: gVal,
+  exported: parts.map((p) => p.split("/").pop()),
+};
+await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(result, null, 2) + "\n");
+console.log(JSON.stringify(result, null, 2));

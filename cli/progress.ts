@@ -1,0 +1,42 @@
+/**
+ * Progress for the upscale tool: on a terminal, one cli-progress bar on stderr over the tiles of
+ * all files, with the current file and an ETA; elsewhere (pipes, logs, tests) no bar, only the
+ * per-file lines.
+ * @module
+ */
+import cliProgress from "cli-progress";
+
+/** What the upscale tool reports to. */
+export interface Progress {
+  /** File `index` (1-based) of the run begins. */
+  startFile(index: number, name: string): void;
+  /** Tiles done so far over the whole run. */
+  update(tilesDone: number): void;
+  /** A line above the bar (or plainly on stderr). */
+  log(line: string): void;
+  stop(): void;
+}
+
+/** A progress reporter for `totalTiles` tiles over `files` files. */
+export function createProgress(totalTiles: number, files: number): Progress {
+  if (!Deno.stderr.isTerminal() || totalTiles === 0) {
+    return { startFile() {}, update() {}, log: (line) => console.error(line), stop() {} };
+  }
+  const multi = new cliProgress.MultiBar({
+    format: "{bar} {percentage}% | {value}/{total} tiles | file {file}/{files} {name} | ETA {eta_formatted}",
+    hideCursor: true,
+    etaBuffer: 20,
+    etaAsynchronousUpdate: true,
+  }, cliProgress.Presets.shades_classic);
+  const bar = multi.create(totalTiles, 0, { file: 0, files, name: "" });
+  let stopped = false;
+  return {
+    startFile: (index, name) => bar.update({ file: index, name }),
+    update: (done) => bar.update(Math.min(done, totalTiles)),
+    log: (line) => multi.log(line + "\n"),
+    stop() {
+      if (!stopped) multi.stop();
+      stopped = true;
+    },
+  };
+}

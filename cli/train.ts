@@ -1,0 +1,114 @@
+/**
+ * `deno task train --config smoke|psnr|gan|smoke-gan|FILE --data DIR [--val DIR] --out DIR [--resume]`
+ * plus any option as a flag (`--total-steps 100`, `--lr-g 1e-4`, `--no-rot`, lists comma-separated).
+ * Backend: webgpu on a real GPU, else cpu (wasm cannot train); `--backend` forces one.
+ * Ctrl-C saves a checkpoint after the current step and exits; `--resume` continues from
+ * OUT/checkpoint.safetensors (or `--resume-from FILE`) with the checkpoint's options, flags on top.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { initBackend, probeWebGPU } from "../core/backend.ts";
+import { applyFlags, configFlags, loadConfig, PRESETS, validateConfig } from "../train/config.ts";
+import { readCheckpoint } from "../train/checkpoint.ts";
+import { checkpointPath, runTraining } from "../train/train.ts";
+import { imageIoCodec } from "../train/codecs.ts";
+import { renderCurvesPng } from "../train/plot_png.ts";
+
+const USAGE = `usage: deno task train --config ${
+  Object.keys(PRESETS).join("|")
+}|FILE.json --data DIR [--val DIR] --out DIR
+       [--resume | --resume-from CKPT] [--backend webgpu|cpu] [--OPTION VALUE ...]
+options (all also keys of the JSON file): see train/config.ts`;
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      config: { type: "string" },
+      data: { type: "string" },
+      val: { type: "string" },
+      out: { type: "string" },
+      resume: { type: "boolean" },
+      "resume-from": { type: "string" },
+      "no-export": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+      ...configFlags(),
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (!values.data || !values.out) {
+    console.error(`--data and --out are required\n${USAGE}`);
+    return 2;
+  }
+  const resumePath = values["resume-from"] ?? (values.resume ? checkpointPath(values.out) : undefined);
+  const resume = resumePath ? await readCheckpoint(resumePath) : undefined;
+  let base;
+  if (resume) {
+    base = validateConfig(resume.config, resumePath!);
+    if (values.config) {
+      console.error(`note: resuming uses the checkpoint's options; --config ${values.config} is ignored`);
+    }
+  } else {
+    base = await loadConfig(values.config ?? "psnr");
+  }
+  const config = applyFlags(base, values as Record<string, unknown>);
+
+  let backend = config.backend || undefined;
+  if (!backend) {
+    const probe = await probeWebGPU();
+    backend = probe.adapter && !probe.software ? "webgpu" : "cpu";
+  }
+  const info = await initBackend(backend);
+  console.error(
+    `=== BACKEND: ${info.name}${info.adapter ? ` (${info.adapter})` : ""}, ${
+      config.backend
+        ? "requested"
+        : info.name === "webgpu"
+        ? "a GPU was found"
+        : "no real GPU found; wasm cannot train"
+    } ===`,
+  );
+
+  const ac = new AbortController();
+  const onInt = () => {
+    if (ac.signal.aborted) Deno.exit(130);
+    console.error("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)");
+    ac.abort();
+  };
+  Deno.addSignalListener("SIGINT", onInt);
+  try {
+    const s = await runTraining({
+      config,
+      dataDir: values.data,
+      valDir: values.val,
+      outDir: values.out,
+      resume,
+      signal: ac.signal,
+      noExport: values["no-export"],
+      codec: imageIoCodec,
+      renderPng: renderCurvesPng,
+    });
+    const fmt = (r: Record<string, number>) =>
+      Object.entries(r).filter(([k]) => k !== "lr").map(([k, v]) => `${k} ${v.toFixed(5)}`).join(", ");
+    console.error(
+      `steps ${s.startStep}→${s.endStep} in ${s.seconds.toFixed(1)} s (${s.itPerSec.toFixed(3)} it/s); ` +
+        `first ${fmt(s.first)}; last ${fmt(s.last)}` +
+        (s.val ? `; val PSNR ${s.val.psnr.toFixed(3)} dB SSIM ${s.val.ssim.toFixed(4)}` : ""),
+    );
+    return s.interrupted ? 130 : 0;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInt);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main());
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

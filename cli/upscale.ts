@@ -1,0 +1,382 @@
+/**
+ * Upscales images with an RRDBNet model: one file to one file, or every PNG/JPEG of a folder into
+ * another folder. A thin wrapper over {@link Upscaler}.
+ *
+ *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--model PATH]
+ *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--max-pixels N] [--force]
+ *
+ * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
+ * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
+ * end. Outputs are written under a temporary name in the target folder and then linked or renamed
+ * into place, so no partial output file is ever left, and an existing file is only replaced with
+ * `--force`.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { basename, dirname, extname, join } from "node:path";
+import { type BackendName, initBackend } from "../core/backend.ts";
+import {
+  decodeImage,
+  encodeImage,
+  formatFromPath,
+  type ImageFormat,
+  readImageHeader,
+} from "../core/image_io.ts";
+import { planTiles } from "../core/tile.ts";
+import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import { createProgress } from "./progress.ts";
+
+const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
+
+INPUT is an image (PNG or JPEG) or a folder of them; OUTPUT is then a file or a folder.
+
+options:
+  -o, --output PATH     output file, or folder when INPUT is a folder (created if missing)
+  -f, --format FMT      png, jpeg or webp (default: from OUTPUT's extension; png for folders)
+  -q, --quality Q       JPEG 1-100 (default 90); WebP 0-100 (default lossless)
+  -m, --model PATH      model file (default weights/realesrgan-x4plus.int8.safetensors)
+  -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
+  -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE})
+      --tile-pad P      tile overlap in input pixels (default ${DEFAULT_TILE_PAD})
+      --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
+      --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
+      --force           overwrite existing output files
+  -h, --help            this text`;
+
+/** Image extensions a folder run picks up. */
+const INPUT_EXTENSIONS = new Set([".png", ".jpg", ".jpeg", ".webp"]);
+
+/** The parsed command line. */
+export interface UpscaleArgs {
+  input: string;
+  output: string;
+  format?: ImageFormat;
+  quality?: number;
+  model: string;
+  outscale?: number;
+  tile: number;
+  tilePad: number;
+  backend?: BackendName;
+  maxPixels: number;
+  force: boolean;
+}
+
+/** A usage error: printed with a hint to --help, exit code 2. */
+export class UsageError extends Error {}
+
+function parseNumber(flag: string, value: string | undefined, check: (n: number) => boolean, want: string) {
+  if (value === undefined) return undefined;
+  const m = /^\s*([0-9.eE+-]+)\s*([kKmM]?)\s*$/.exec(value);
+  const n = m ? Number(m[1]) * ({ k: 1e3, m: 1e6 }[m[2].toLowerCase() as "k" | "m"] ?? 1) : NaN;
+  if (!Number.isFinite(n) || !check(n)) throw new UsageError(`${flag} must be ${want}, not "${value}"`);
+  return n;
+}
+
+/** Parses the command line; throws {@link UsageError} on bad usage, returns null for --help. */
+export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        output: { type: "string", short: "o" },
+        format: { type: "string", short: "f" },
+        quality: { type: "string", short: "q" },
+        model: { type: "string", short: "m" },
+        outscale: { type: "string", short: "s" },
+        tile: { type: "string", short: "t" },
+        "tile-pad": { type: "string" },
+        backend: { type: "string" },
+        "max-pixels": { type: "string" },
+        force: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0]);
+  }
+  const { values: v, positionals } = parsed;
+  if (v.help) return null;
+  if (positionals.length !== 1) {
+    throw new UsageError(positionals.length ? "give one INPUT (a file or a folder)" : "no INPUT given");
+  }
+  if (!v.output) throw new UsageError("no OUTPUT given (-o PATH)");
+  let format: ImageFormat | undefined;
+  if (v.format !== undefined) {
+    format = formatFromPath(`.${v.format}`);
+    if (!format) throw new UsageError(`--format must be png, jpeg or webp, not "${v.format}"`);
+  }
+  const quality = parseNumber("--quality", v.quality, (n) => n >= 0 && n <= 100, "0-100");
+  const isInt = (n: number) => Number.isInteger(n) && n >= 0;
+  const backend = v.backend as BackendName | undefined;
+  if (backend !== undefined && !["webgpu", "wasm", "cpu"].includes(backend)) {
+    throw new UsageError(`--backend must be webgpu, wasm or cpu, not "${backend}"`);
+  }
+  return {
+    input: positionals[0],
+    output: v.output,
+    format,
+    quality,
+    model: v.model ?? DEFAULT_MODEL,
+    outscale: parseNumber("--outscale", v.outscale, (n) => n > 0 && n <= 16, "a number in (0, 16]"),
+    tile: parseNumber("--tile", v.tile, isInt, "a whole number ≥ 0") ?? DEFAULT_TILE,
+    tilePad: parseNumber("--tile-pad", v["tile-pad"], isInt, "a whole number ≥ 0") ?? DEFAULT_TILE_PAD,
+    backend,
+    maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
+    force: v.force!,
+  };
+}
+
+/** One input file and where its output goes. */
+interface Job {
+  input: string;
+  output: string;
+  format: ImageFormat;
+}
+
+/** Why a file operation failed, in a few words. */
+function ioReason(e: unknown, what: string): string {
+  if (e instanceof Deno.errors.NotFound) return `no such ${what}`;
+  if (e instanceof Deno.errors.PermissionDenied) return `cannot read the ${what}: permission denied`;
+  if (e instanceof Deno.errors.IsADirectory) return "is a folder";
+  return (e as Error).message.split("\n")[0];
+}
+
+/** Lists the jobs: one for a file, one per image of a folder (sorted, not recursive). */
+async function planJobs(args: UpscaleArgs): Promise<Job[]> {
+  let isDir = false;
+  try {
+    isDir = (await Deno.stat(args.input)).isDirectory;
+  } catch {
+    // A missing input is reported per file, like any other unreadable input.
+  }
+  const outIsDir = (await Deno.stat(args.output).catch(() => null))?.isDirectory ?? false;
+  const checkQuality = (format: ImageFormat) => {
+    if (args.quality !== undefined && format === "png") {
+      throw new UsageError("--quality applies to jpeg and webp only");
+    }
+    return format;
+  };
+  if (!isDir) {
+    if (outIsDir) {
+      // An existing folder as OUTPUT: the file goes in it, under the input's name.
+      const format = checkQuality(args.format ?? "png");
+      const name = basename(args.input, extname(args.input)) + (format === "jpeg" ? ".jpg" : `.${format}`);
+      return [{ input: args.input, output: join(args.output, name), format }];
+    }
+    const format = args.format ?? formatFromPath(args.output);
+    if (!format) {
+      throw new UsageError(`cannot tell the format from "${args.output}": give .png/.jpg/.webp or --format`);
+    }
+    return [{ input: args.input, output: args.output, format: checkQuality(format) }];
+  }
+  const format = checkQuality(args.format ?? "png");
+  const ext = format === "jpeg" ? ".jpg" : `.${format}`;
+  const names: string[] = [];
+  for await (const entry of Deno.readDir(args.input)) {
+    if (!entry.isDirectory && INPUT_EXTENSIONS.has(extname(entry.name).toLowerCase())) names.push(entry.name);
+  }
+  names.sort();
+  return names.map((name) => ({
+    input: join(args.input, name),
+    output: join(args.output, basename(name, extname(name)) + ext),
+    format,
+  }));
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/**
+ * Writes `bytes` to `path` through a temporary file in the same folder. Without `force` the final
+ * step is a hard link, which fails atomically if `path` appeared meanwhile.
+ */
+async function writeAtomic(path: string, bytes: Uint8Array, force: boolean): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`);
+  await Deno.writeFile(tmp, bytes, { createNew: true });
+  try {
+    if (force) {
+      await Deno.rename(tmp, path);
+      return;
+    }
+    try {
+      await Deno.link(tmp, path);
+    } catch (e) {
+      if (e instanceof Deno.errors.AlreadyExists) throw new Error("exists (use --force to overwrite)");
+      // No hard links on this filesystem: check, then rename (a small race, but no partial file).
+      if (await exists(path)) throw new Error("exists (use --force to overwrite)");
+      await Deno.rename(tmp, path);
+    }
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+/** Runs the tool; returns the exit code (0 all done, 1 some file failed, 2 bad usage, 130 interrupted). */
+export async function main(argv: string[]): Promise<number> {
+  let args: UpscaleArgs | null;
+  try {
+    args = parseUpscaleArgs(argv);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n(see --help)`);
+    return 2;
+  }
+  if (!args) {
+    console.log(USAGE);
+    return 0;
+  }
+  // Mesa's Vulkan driver warns without XDG_RUNTIME_DIR; set it only where we may (no prompt).
+  const envPerm = await Deno.permissions.query({ name: "env", variable: "XDG_RUNTIME_DIR" });
+  if (envPerm.state === "granted" && !Deno.env.get("XDG_RUNTIME_DIR")) {
+    Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  }
+
+  let upscaler: Upscaler | undefined;
+  const controller = new AbortController();
+  const onSigint = () => controller.abort();
+  Deno.addSignalListener("SIGINT", onSigint);
+  try {
+    const backend = await initBackend(args.backend);
+    const how = backend.name === "wasm"
+      ? `, ${backend.threads} thread${backend.threads === 1 ? "" : "s"}`
+      : "";
+    const adapter = backend.name === "webgpu" && backend.adapter ? ` on ${backend.adapter}` : "";
+    console.error(`backend: ${backend.name}${adapter}${how} (${backend.reason})`);
+    try {
+      upscaler = await Upscaler.load(args.model);
+    } catch (e) {
+      console.error(`error: ${(e as Error).message}`);
+      return 1;
+    }
+    const c = upscaler.config;
+    console.error(
+      `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"})`,
+    );
+    let jobs: Job[];
+    try {
+      jobs = await planJobs(args);
+    } catch (e) {
+      if (e instanceof UsageError) {
+        console.error(`error: ${e.message}`);
+        return 2;
+      }
+      console.error(`error: ${args.input}: ${ioReason(e, "folder")}`);
+      return 1;
+    }
+    if (jobs.length === 0) {
+      console.error(`error: ${args.input}: no .png, .jpg or .webp files in this folder`);
+      return 1;
+    }
+    if (jobs.length > 1 || (await Deno.stat(args.input).catch(() => null))?.isDirectory) {
+      await Deno.mkdir(args.output, { recursive: true });
+    }
+    return await runJobs(jobs, args, upscaler, controller.signal);
+  } catch (e) {
+    if ((e as Error).name === "AbortError") {
+      console.error("interrupted");
+      return 130;
+    }
+    console.error(`error: ${(e as Error).message.split("\n")[0]}`);
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSigint);
+    upscaler?.dispose();
+  }
+}
+
+async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signal: AbortSignal) {
+  // Read every header first: bad files fail fast, and the bar's total (tiles over all files) is known.
+  const inputs = await Promise.all(jobs.map(async (job) => {
+    try {
+      const bytes = await Deno.readFile(job.input);
+      const header = readImageHeader(bytes);
+      const tiles = planTiles(header.height, args.tile, args.tilePad).length *
+        planTiles(header.width, args.tile, args.tilePad).length;
+      return { bytes, tiles, error: undefined };
+    } catch (e) {
+      return {
+        bytes: undefined,
+        tiles: 0,
+        error: e instanceof Deno.errors.NotFound ? "no such file" : undefined,
+      };
+    }
+  }));
+  const progress = createProgress(inputs.reduce((n, i) => n + i.tiles, 0), jobs.length);
+  const written = new Set<string>();
+  let failed = 0;
+  let tilesBefore = 0;
+  for (const [k, job] of jobs.entries()) {
+    const t0 = performance.now();
+    progress.startFile(k + 1, basename(job.input));
+    try {
+      if (inputs[k].error) throw new Error(inputs[k].error);
+      if (written.has(job.output)) throw new Error(`${job.output} is already an output of this run`);
+      if (!args.force && await exists(job.output)) {
+        throw new Error(`${job.output} exists (use --force to overwrite)`);
+      }
+      let bytes = inputs[k].bytes;
+      if (!bytes) {
+        try {
+          bytes = await Deno.readFile(job.input);
+        } catch (e) {
+          throw new Error(ioReason(e, "file"));
+        }
+      }
+      const img = await decodeImage(bytes, { maxPixels: args.maxPixels });
+      const before = tilesBefore;
+      const out = await upscaler.upscale(img, {
+        outscale: args.outscale,
+        tile: args.tile,
+        tilePad: args.tilePad,
+        signal,
+        onProgress: (done) => progress.update(before + done),
+      });
+      const encoded = await encodeImage(out, { format: job.format, quality: args.quality });
+      try {
+        await writeAtomic(job.output, encoded, args.force);
+      } catch (e) {
+        const msg = (e as Error).message;
+        throw new Error(
+          msg.startsWith("exists")
+            ? `${job.output} ${msg}`
+            : `${job.output}: ${
+              e instanceof Deno.errors.NotFound ? "its folder does not exist" : ioReason(e, "file")
+            }`,
+        );
+      }
+      written.add(job.output);
+      progress.log(
+        `${job.input} -> ${job.output} (${img.width}x${img.height} -> ${out.width}x${out.height}, ${
+          seconds(performance.now() - t0)
+        })`,
+      );
+    } catch (e) {
+      if ((e as Error).name === "AbortError") {
+        progress.stop();
+        throw e;
+      }
+      failed++;
+      progress.log(`error: ${job.input}: ${(e as Error).message.split("\n")[0]}`);
+    }
+    tilesBefore += inputs[k].tiles;
+    progress.update(tilesBefore);
+  }
+  progress.stop();
+  if (jobs.length > 1) console.error(`${jobs.length - failed} of ${jobs.length} files done`);
+  return failed ? 1 : 0;
+}
+
+if (import.meta.main) {
+  // wasm worker threads would keep the process alive after the work is done.
+  Deno.exit(await main(Deno.args));
+}

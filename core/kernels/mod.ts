@@ -1,0 +1,28 @@
+/**
+ * Custom WebGPU kernels for RRDBNet on tfjs's webgpu backend: see register.ts (switching the
+ * stock Conv2D / FusedConv2D / Conv2DBackpropInput / Conv2DBackpropFilter for ours),
+ * webgpu_rrdb.ts (fused dense-block inference), webgpu_plan.ts (the same, prepared once per input
+ * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam).
+ * @module
+ */
+export {
+  applyCustomKernelsEnv,
+  customKernelStats,
+  customWebGPUKernelsEnabled,
+  disableCustomWebGPUKernels,
+  enableCustomWebGPUKernels,
+  isSame3x3,
+  REPLACED_KERNELS,
+} from "./register.ts";
+export { type Activation, type ConvTile, setConvTileOverride } from "./webgpu_conv3x3.ts";
+export {
+  CONV3X3_KERNEL,
+  DENSE_BLOCK_KERNEL,
+  fusedConv3x3,
+  type FusedConv3x3Options,
+  registerRRDBKernels,
+  residualDenseBlock,
+  rrdbnetForwardWebGPU,
+} from "./webgpu_rrdb.ts";
+export { RRDBNetPlanWebGPU } from "./webgpu_plan.ts";
+export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";

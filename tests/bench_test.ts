@@ -1,0 +1,125 @@
+/** Smoke tests of `deno task bench`'s code path on tiny nets (no timing assertions). */
+import * as tf from "@tensorflow/tfjs-core";
+import assert from "node:assert/strict";
+import { formatTable, parseBenchArgs, runBench } from "../bench/bench.ts";
+import {
+  ALL_CASES,
+  backendLabel,
+  caseName,
+  maxAbsDiff,
+  parseBackend,
+  parseCase,
+  timeCase,
+} from "../bench/cases.ts";
+import { initBackend } from "../core/backend.ts";
+import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+
+const TINY: RRDBNetConfig = { numInCh: 3, numOutCh: 3, scale: 4, numFeat: 8, numBlock: 1, numGrowCh: 4 };
+
+Deno.test("bench: cases, backends and the command line parse, bad ones say why", () => {
+  assert.deepEqual(parseCase("train:16x32x32"), { kind: "train", n: 16, h: 32, w: 32 });
+  assert.equal(caseName(parseCase("forward:1x256x256")), "forward:1x256x256");
+  assert.throws(() => parseCase("forward:64x64"), /bad case "forward:64x64"/);
+  assert.throws(() => parseCase("infer:1x8x8"), /forward:NxHxW or train:NxHxW/);
+  assert.deepEqual(parseBackend("wasm:3"), { name: "wasm", threads: 3 });
+  assert.deepEqual(parseBackend("webgpu-custom"), { name: "webgpu", custom: true });
+  assert.equal(backendLabel(parseBackend("wasm:1")), "wasm:1");
+  assert.throws(() => parseBackend("cpu:2"), /bad backend "cpu:2"/);
+  assert.throws(() => parseBackend("webgl"), /bad backend/);
+
+  const plan = parseBenchArgs([
+    "--all-shapes",
+    "--backend",
+    "wasm:2, cpu",
+    "--runs",
+    "3",
+    "--random",
+    "--json",
+  ]);
+  assert.deepEqual(plan.cases.map(caseName), ALL_CASES);
+  assert.deepEqual(plan.backends?.map(backendLabel), ["wasm:2", "cpu"]);
+  assert.equal(plan.runs, 3);
+  assert.equal(plan.model, null);
+  assert.equal(plan.torch, "auto");
+  assert.ok(plan.json);
+  const gpu = parseBenchArgs([
+    "--torch",
+    "--torch-device",
+    "cuda",
+    "--torch-script",
+    "/x/t.py",
+    "--blocks",
+    "2",
+  ]);
+  assert.deepEqual([gpu.torch, gpu.torchDevice, gpu.torchScript, gpu.blocks], [
+    "required",
+    "cuda",
+    "/x/t.py",
+    2,
+  ]);
+  assert.deepEqual(gpu.cases.map(caseName), ["forward:1x64x64"]);
+  assert.throws(() => parseBenchArgs(["--runs", "0"]), /--runs must be an integer ≥ 1/);
+  assert.throws(() => parseBenchArgs(["--torch", "--no-torch"]), /contradict/);
+});
+
+Deno.test("bench: timeCase runs a forward pass and a training step and leaks no tensors", async () => {
+  await initBackend("cpu");
+  const before = tf.memory().numTensors;
+  const net = new RRDBNet(TINY, { seed: 3 });
+  const fwd = await timeCase(net, parseCase("forward:2x8x6"), { runs: 2, warmup: 1, profile: true });
+  assert.equal(fwd.case, "forward:2x8x6");
+  assert.equal(fwd.times_ms.length, 2);
+  assert.ok(fwd.ms > 0);
+  assert.equal(fwd.output?.length, 2 * 32 * 24 * 3);
+  assert.ok(
+    fwd.profile?.kernels.some((k) => k.name === "FusedConv2D"),
+    "the profile lists the fused convolutions",
+  );
+  net.dispose();
+
+  const trainable = new RRDBNet(TINY, { seed: 3, trainable: true });
+  const w0 = trainable.params.get("conv_first.weight")!.dataSync<"float32">().slice();
+  const tr = await timeCase(trainable, parseCase("train:2x8x8"), { runs: 1, warmup: 1 });
+  assert.equal(tr.times_ms.length, 1);
+  assert.equal(tr.output, undefined);
+  const w1 = trainable.params.get("conv_first.weight")!.dataSync<"float32">();
+  assert.ok(maxAbsDiff(w0, w1) > 0, "Adam moved the weights");
+  await assert.rejects(() => timeCase(new RRDBNet(TINY), parseCase("train:1x8x8")), /trainable: true/);
+  trainable.dispose();
+  tf.disposeVariables();
+  assert.equal(tf.memory().numTensors, before);
+});
+
+Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thread output bit for bit", async () => {
+  const plan = parseBenchArgs([
+    "--backend",
+    "wasm:1,wasm:2",
+    "--case",
+    "forward:1x12x12",
+    "--blocks",
+    "1",
+    "--runs",
+    "2",
+    "--warmup",
+    "0",
+  ]);
+  const report = await runBench(plan);
+  const [one, two, torch] = report.rows;
+  assert.deepEqual([one.backend, two.backend], ["wasm:1", "wasm:2"]);
+  for (const r of [one, two]) {
+    assert.equal(r.error, undefined, r.error);
+    assert.equal(r.times_ms.length, 2);
+    assert.ok(r.peak_mb! > 0);
+  }
+  assert.equal(one.threads, 1);
+  assert.equal(two.threads, 2, "XNNPACK's pool has 2 threads");
+  assert.equal(two.diff_vs, "wasm:1");
+  assert.equal(two.max_abs_diff, 0);
+  if (torch) { // PyTorch present: its row and the ratios
+    assert.match(torch.backend, /^torch /);
+    assert.ok(torch.ms > 0 && one.vs_torch! > 0);
+  } else console.warn("PyTorch absent: the bench's torch side is untested here");
+  const table = formatTable(report.rows);
+  assert.match(table, /wasm:2 \(2 thr\)/);
+  assert.match(table, /0\.0e\+0 \(wasm:1\)/);
+});

@@ -1,0 +1,31 @@
+/** Shared pieces of the training tests: a tiny config and a reproducible test image. */
+import { PRESETS, type TrainConfig } from "../train/config.ts";
+import type { RgbImage } from "../train/data.ts";
+
+/** nf 8, 1 block, gc 4, 16 px crops, batch 2. */
+export const TINY: TrainConfig = {
+  ...PRESETS.smoke,
+  numFeat: 8,
+  numBlock: 1,
+  numGrowCh: 4,
+  dNumFeat: 4,
+  gtSize: 16,
+  batchSize: 2,
+  periods: [1000],
+  restartWeights: [1],
+};
+
+/** A 48x40 image with structure at several scales (reproducible). */
+export function testImage(seed = 1): RgbImage {
+  const width = 48, height = 40;
+  const rgb = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      rgb[i] = 128 + 100 * Math.sin((x + seed) / 3) * Math.cos(y / 5);
+      rgb[i + 1] = (x * 5 + y * 3 * seed) % 256;
+      rgb[i + 2] = ((x >> 2) + (y >> 2)) % 2 ? 220 : 30;
+    }
+  }
+  return { name: `test${seed}.png`, width, height, rgb };
+}

@@ -1,0 +1,49 @@
+/** Network interpolation: (1 − α)·A + α·B, α = 0 gives A and α = 1 gives B; layouts must agree. */
+import assert from "node:assert/strict";
+import { interpolateStateDicts } from "../core/interp.ts";
+import { encodeModelFile } from "../core/weights/model_file.ts";
+import { decodeModelFile } from "../core/weights/model_file.ts";
+import { rrdbnetShapes } from "../core/rrdbnet_arch.ts";
+import type { StateDict } from "../core/state_dict.ts";
+import { interpolateModelFiles } from "../train/interp.ts";
+
+function net(seed: number): StateDict {
+  const sd: StateDict = new Map();
+  const shapes = rrdbnetShapes({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 4, numBlock: 1, numGrowCh: 2 });
+  let k = seed;
+  for (const [name, shape] of shapes) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    sd.set(name, { shape, data: Float32Array.from({ length: n }, () => Math.sin(k++ * 12.9898) * 0.3) });
+  }
+  return sd;
+}
+
+Deno.test("alpha 0 and 1 return the inputs; 0.8 is (1 - 0.8)·A + 0.8·B (xinntao's net_interp)", () => {
+  const a = net(1), b = net(1000);
+  const at = (alpha: number) => interpolateStateDicts(a, b, { alpha });
+  for (const [k, t] of a) {
+    assert.deepEqual(at(0).get(k)!.data, t.data);
+    assert.deepEqual(at(1).get(k)!.data, b.get(k)!.data);
+  }
+  const m = at(0.8).get("conv_first.weight")!.data,
+    x = a.get("conv_first.weight")!.data,
+    y = b.get("conv_first.weight")!.data;
+  for (let i = 0; i < m.length; i++) assert.ok(Math.abs(m[i] - (0.2 * x[i] + 0.8 * y[i])) < 1e-7);
+});
+
+Deno.test("interpolating nets of different shapes fails naming the tensor", () => {
+  const a = net(1), b = net(2);
+  b.set("conv_last.weight", { shape: [3, 5, 3, 3], data: new Float32Array(135) });
+  assert.throws(() => interpolateStateDicts(a, b, { alpha: 0.5 }), /conv_last.weight: shape/);
+});
+
+Deno.test("model files interpolate into a model file of A's precision", () => {
+  const fa = { name: "a.safetensors", bytes: encodeModelFile(net(1), { dtype: "fp16" }) };
+  const fb = { name: "b.safetensors", bytes: encodeModelFile(net(7), { dtype: "fp32" }) };
+  const out = decodeModelFile(interpolateModelFiles(fa, fb, { alpha: 0 }));
+  assert.equal(out.dtype, "fp16");
+  assert.deepEqual(
+    out.stateDict.get("conv_hr.weight")!.data,
+    decodeModelFile(fa.bytes).stateDict.get("conv_hr.weight")!.data,
+  );
+});

@@ -1,0 +1,56 @@
+/**
+ * The training step on the webgpu backend (Mesa llvmpipe on CPU-only machines): L1 falls on a fixed
+ * batch and G's batch gradients equal the per-image sums. Skipped, saying why, without an adapter.
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend, probeWebGPU } from "../core/backend.ts";
+import { makeBatch } from "../train/data.ts";
+import { Trainer } from "../train/trainer.ts";
+import { testImage, TINY } from "./train_helpers.ts";
+
+const probe = await probeWebGPU();
+const ignore = !probe.adapter;
+if (ignore) console.warn(`skipping the webgpu training tests: ${probe.why}`);
+else await initBackend("webgpu");
+
+Deno.test({
+  name: "webgpu: a dozen psnr steps lower the L1 of a fixed batch",
+  ignore,
+  fn: async () => {
+    assert.equal(tf.getBackend(), "webgpu");
+    const cfg = { ...TINY, lrG: 2e-3 };
+    const t = Trainer.create(cfg);
+    const batch = makeBatch([testImage(1), testImage(2)], cfg, 0);
+    const losses: number[] = [];
+    for (let i = 0; i < 12; i++) losses.push((await t.trainStep(batch)).l_pix);
+    t.dispose();
+    assert.ok(Math.min(...losses.slice(-3)) < 0.8 * losses[0], `L1 ${losses[0]} → ${losses.at(-1)}`);
+  },
+});
+
+Deno.test({
+  name: "webgpu: G's batch gradients equal the sum of per-image gradients",
+  ignore,
+  fn: async () => {
+    const t = Trainer.create(TINY);
+    const b = makeBatch([testImage(1), testImage(2)], TINY, 0);
+    const lq = tf.tensor4d(b.lq, [2, 4, 4, 3]), gt = tf.tensor4d(b.gt, [2, 16, 16, 3]);
+    const vars = [...t.g.params.values()];
+    const grad = (x: tf.Tensor4D, y: tf.Tensor) =>
+      tf.variableGrads(() => tf.sum(tf.abs(tf.sub(t.g.apply(x), y))) as tf.Scalar, vars).grads;
+    const whole = grad(lq, gt);
+    const parts = [0, 1].map((i) => grad(tf.slice(lq, i, 1), tf.slice(gt, i, 1)));
+    for (const v of vars) {
+      const [w, a, c] = await Promise.all([
+        whole[v.name].data(),
+        parts[0][v.name].data(),
+        parts[1][v.name].data(),
+      ]);
+      const scale = Math.max(...w.map(Math.abs)) + 1e-6;
+      const worst = Math.max(...w.map((x, i) => Math.abs(x - a[i] - c[i])));
+      assert.ok(worst / scale < 1e-3, `${v.name}: off by ${worst / scale}`);
+    }
+    t.dispose();
+  },
+});

@@ -1,0 +1,213 @@
+/**
+ * The upscale CLI, run as users run it: `deno run` with exactly the permission flags of the
+ * `upscale` task in deno.json, on tiny models and images made in a temporary folder.
+ */
+import assert from "node:assert/strict";
+import { initBackend } from "../core/backend.ts";
+import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
+import { RRDBNet } from "../core/rrdbnet_arch.ts";
+import { DEFAULT_MODEL } from "../core/upscaler.ts";
+import { encodeModelFile } from "../core/weights/model_file.ts";
+import { parseUpscaleArgs } from "../cli/upscale.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const TASK: string = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks.upscale;
+const FLAGS = TASK.split(/\s+/).filter((a) => a.startsWith("--"));
+
+await initBackend("cpu");
+const dir = await Deno.makeTempDir({ prefix: "upscale_cli_test_" });
+const model = `${dir}/tiny.safetensors`;
+{
+  const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 8, numBlock: 1, numGrowCh: 4 }, {
+    seed: 1,
+  });
+  await Deno.writeFile(model, encodeModelFile(await net.stateDict(), { dtype: "int8" }));
+  net.dispose();
+}
+
+/** Runs the CLI; stdout and stderr as text. */
+async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...FLAGS, `${ROOT}/cli/upscale.ts`, ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code, out: dec.decode(stdout), err: dec.decode(stderr) };
+}
+
+function picture(width: number, height: number, f: (x: number, y: number) => number[]): RgbaImage {
+  const data = new Uint8ClampedArray(width * height * 4);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) data.set(f(x, y), 4 * (y * width + x));
+  return { width, height, data };
+}
+
+const colour = picture(12, 8, (x, y) => [x * 20, y * 30, 128, x < 6 ? 0 : 255]);
+const gray = picture(10, 6, (x, y) => Array(3).fill((x * 25 + y * 7) % 256).concat(255));
+
+async function list(path: string): Promise<string[]> {
+  const names = [];
+  for await (const e of Deno.readDir(path)) names.push(e.name);
+  return names.sort();
+}
+
+/** One `error: FILE: REASON` line per failure, and nothing that looks like a stack trace. */
+function assertCleanErrors(err: string) {
+  assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
+  assert.doesNotMatch(err, /Uncaught/);
+}
+
+Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
+  const a = parseUpscaleArgs(["in.png", "-o", "out.png"])!;
+  assert.equal(a.model, DEFAULT_MODEL);
+  assert.equal(a.tile, 128);
+  assert.equal(a.tilePad, 10);
+  assert.equal(a.maxPixels, 16e6);
+  assert.equal(a.force, false);
+  const b = parseUpscaleArgs([
+    "d",
+    "-o",
+    "e",
+    "--format",
+    "jpg",
+    "-q",
+    "80",
+    "--max-pixels",
+    "2M",
+    "--tile",
+    "0",
+  ])!;
+  assert.deepEqual([b.format, b.quality, b.maxPixels, b.tile], ["jpeg", 80, 2e6, 0]);
+  assert.equal(parseUpscaleArgs(["--help"]), null);
+  assert.throws(() => parseUpscaleArgs(["in.png"]), /no OUTPUT/);
+  assert.throws(() => parseUpscaleArgs(["-o", "x.png"]), /no INPUT/);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--tile=-3"]), /--tile must be/);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--outscale", "0"]), /--outscale must be/);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--backend", "gl"]), /--backend must be/);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
+});
+
+Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out; exit 0", async () => {
+  await Deno.writeFile(`${dir}/colour.png`, await encodeImage(colour, { format: "png" }));
+  await Deno.writeFile(`${dir}/gray.png`, await encodeImage(gray, { format: "png" }));
+  let r = await cli(`${dir}/colour.png`, "-o", `${dir}/colour_x4.png`, "--model", model, "--tile", "5");
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /^backend: (wasm|webgpu|cpu)/m);
+  assert.match(r.err, /colour\.png -> .*colour_x4\.png \(12x8 -> 48x32/);
+  const out = await decodeImage(await Deno.readFile(`${dir}/colour_x4.png`));
+  assert.deepEqual([out.width, out.height], [48, 32]);
+  assert.equal(out.data[4 * (10 * 48 + 2) + 3], 0, "transparent half stays transparent");
+  assert.equal(out.data[4 * (10 * 48 + 45) + 3], 255, "opaque half stays opaque");
+
+  r = await cli(
+    `${dir}/gray.png`,
+    "-o",
+    `${dir}/gray_x2.jpg`,
+    "--model",
+    model,
+    "--outscale",
+    "2",
+    "-q",
+    "85",
+  );
+  assert.equal(r.code, 0, r.err);
+  const g = await decodeImage(await Deno.readFile(`${dir}/gray_x2.jpg`));
+  assert.deepEqual([g.width, g.height], [20, 12]);
+
+  r = await cli(`${dir}/gray.png`, "-o", `${dir}/gray_webp`, "--format", "webp", "--model", model);
+  assert.equal(r.code, 0, r.err);
+  const webp = await Deno.readFile(`${dir}/gray_webp`);
+  assert.equal(new TextDecoder().decode(webp.subarray(8, 12)), "WEBP");
+});
+
+Deno.test("bad inputs: one line each, exit 1, no partial output, the rest of the folder still done", async () => {
+  const src = `${dir}/mixed`, dst = `${dir}/mixed_out`;
+  await Deno.mkdir(src);
+  const good = await encodeImage(colour, { format: "png" });
+  await Deno.writeFile(`${src}/a_good.png`, good);
+  await Deno.writeFile(`${src}/b_empty.png`, new Uint8Array(0));
+  await Deno.writeFile(`${src}/c_truncated.png`, good.subarray(0, good.length - 40));
+  await Deno.writeFile(`${src}/d_text.jpg`, new TextEncoder().encode("not an image, just text"));
+  await Deno.writeFile(
+    `${src}/e_big.png`,
+    await encodeImage(picture(30, 30, () => [1, 2, 3, 255]), { format: "png" }),
+  );
+  await Deno.writeFile(`${src}/f_good.jpg`, await encodeImage(gray, { format: "jpeg" }));
+  await Deno.writeFile(`${src}/notes.txt`, new TextEncoder().encode("ignored"));
+  const r = await cli(src, "-o", dst, "--model", model, "--max-pixels", "500");
+  assert.equal(r.code, 1, r.err);
+  assertCleanErrors(r.err);
+  const errors = r.err.split("\n").filter((l) => l.startsWith("error:"));
+  assert.deepEqual(errors, [
+    `error: ${src}/b_empty.png: empty file`,
+    `error: ${src}/c_truncated.png: truncated PNG (the file ends inside the IDAT chunk)`,
+    `error: ${src}/d_text.jpg: not an image (no PNG, JPEG or WebP signature)`,
+    `error: ${src}/e_big.png: too many pixels: 30x30 is 900 pixels, over the limit of 500 pixels`,
+  ]);
+  assert.match(r.err, /^2 of 6 files done$/m);
+  assert.deepEqual(
+    await list(dst),
+    ["a_good.png", "f_good.png"],
+    "no output, temporary or partial, for bad files",
+  );
+
+  const missing = await cli(`${dir}/nope.png`, "-o", `${dir}/nope_x4.png`, "--model", model);
+  assert.equal(missing.code, 1);
+  assertCleanErrors(missing.err);
+  assert.match(missing.err, new RegExp(`^error: ${dir}/nope\\.png: no such file$`, "m"));
+  assert.equal(await Deno.stat(`${dir}/nope_x4.png`).catch(() => null), null);
+
+  const badModel = await cli(`${src}/a_good.png`, "-o", `${dir}/m.png`, "--model", `${dir}/none.safetensors`);
+  assert.equal(badModel.code, 1);
+  assert.match(badModel.err, /^error: .*none\.safetensors: model file not found$/m);
+  assertCleanErrors(badModel.err);
+});
+
+Deno.test("never overwrites without --force", async () => {
+  await Deno.writeFile(`${dir}/in.png`, await encodeImage(colour, { format: "png" }));
+  await Deno.writeTextFile(`${dir}/taken.png`, "precious");
+  const r = await cli(`${dir}/in.png`, "-o", `${dir}/taken.png`, "--model", model);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.err,
+    new RegExp(`^error: ${dir}/in\\.png: ${dir}/taken\\.png exists \\(use --force to overwrite\\)$`, "m"),
+  );
+  assert.equal(await Deno.readTextFile(`${dir}/taken.png`), "precious");
+  const f = await cli(`${dir}/in.png`, "-o", `${dir}/taken.png`, "--model", model, "--force");
+  assert.equal(f.code, 0, f.err);
+  assert.equal((await decodeImage(await Deno.readFile(`${dir}/taken.png`))).width, 48);
+  assert.deepEqual((await list(dir)).filter((n) => n.endsWith(".tmp")), []);
+});
+
+Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
+  const r = await cli("--tile", "x", "a.png", "-o", "b.png");
+  assert.equal(r.code, 2);
+  assert.match(r.err, /^error: --tile must be a whole number ≥ 0, not "x"$/m);
+  const h = await cli("--help");
+  assert.equal(h.code, 0);
+  assert.match(h.out, /^usage: deno task upscale INPUT -o OUTPUT/);
+});
+
+const hasDefault = await Deno.stat(DEFAULT_MODEL).then(() => true, () => false);
+Deno.test({
+  name: "end to end: the default model on the sample image (as the README says)",
+  ignore: !hasDefault && (console.warn(`skipping the end-to-end run: ${DEFAULT_MODEL} is absent`), true),
+  fn: async () => {
+    const out = `${dir}/spaniel_x4.png`;
+    const t0 = performance.now();
+    const r = await cli("samples/spaniel.png", "-o", out);
+    const ms = performance.now() - t0;
+    assert.equal(r.code, 0, r.err);
+    console.log(
+      `default model, samples/spaniel.png (96x64) -> 384x256: ${(ms / 1000).toFixed(1)} s; ${r.err.trim()}`,
+    );
+    const img = await decodeImage(await Deno.readFile(out));
+    assert.deepEqual([img.width, img.height], [384, 256]);
+  },
+});
+
+Deno.test("cleanup", async () => {
+  await Deno.remove(dir, { recursive: true });
+});

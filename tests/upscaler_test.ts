@@ -1,0 +1,258 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../core/backend.ts";
+import { decodeImage, type RgbaImage } from "../core/image_io.ts";
+import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
+import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import { encodeModelFile } from "../core/weights/model_file.ts";
+import { needsShared, SHARED } from "./shared.ts";
+
+await initBackend("wasm");
+
+/** A small random RRDBNet as a model file; two blocks give it a receptive field wider than the pad. */
+async function tinyModel(config: Partial<RRDBNetConfig> = {}, seed = 7): Promise<Uint8Array> {
+  const net = new RRDBNet({
+    numInCh: 3,
+    numOutCh: 3,
+    scale: 4,
+    numFeat: 8,
+    numBlock: 2,
+    numGrowCh: 4,
+    ...config,
+  }, {
+    seed,
+  });
+  const sd = await net.stateDict();
+  net.dispose();
+  // Scale the dense blocks' weights up: BasicSR's 0.1 init leaves the body near identity, which
+  // would make any tiling look seamless.
+  for (const [k, t] of sd) if (k.startsWith("body.")) t.data.forEach((v, i) => t.data[i] = v * 8);
+  return encodeModelFile(sd, { dtype: "fp32" });
+}
+
+const SAMPLE = new URL("../samples/spaniel.png", import.meta.url);
+
+function psnr(a: RgbaImage, b: RgbaImage): number {
+  assert.equal(a.width, b.width);
+  assert.equal(a.height, b.height);
+  let e = 0, n = 0;
+  for (let i = 0; i < a.data.length; i++) {
+    if (i % 4 === 3) continue;
+    e += (a.data[i] - b.data[i]) ** 2;
+    n++;
+  }
+  return e === 0 ? Infinity : 10 * Math.log10((255 * 255) / (e / n));
+}
+
+function solid(width: number, height: number, f: (x: number, y: number) => number[]): RgbaImage {
+  const data = new Uint8ClampedArray(width * height * 4);
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) data.set(f(x, y), 4 * (y * width + x));
+  return { width, height, data };
+}
+
+Deno.test("planTiles: near-equal cores of at most `tile`, padded and clipped", () => {
+  assert.deepEqual(planTiles(100, 0, 10), [{ start: 0, end: 100, inStart: 0, inEnd: 100 }]);
+  assert.deepEqual(planTiles(100, 128, 10), [{ start: 0, end: 100, inStart: 0, inEnd: 100 }]);
+  const spans = planTiles(130, 64, 10);
+  assert.deepEqual(spans.map((s) => s.end - s.start), [43, 44, 43]);
+  assert.equal(spans[0].start, 0);
+  assert.equal(spans.at(-1)!.end, 130);
+  for (let k = 1; k < spans.length; k++) {
+    assert.equal(spans[k].start, spans[k - 1].end);
+    assert.equal(spans[k].inStart, spans[k].start - 10);
+  }
+  assert.throws(() => planTiles(10, 4, -1), /pad/);
+});
+
+Deno.test("featherWeights: neighbours' ramps sum to 1 across each overlap, 1 elsewhere", () => {
+  const spans = planTiles(100, 30, 6);
+  const s = 4;
+  const total = new Float32Array(100 * s);
+  spans.forEach((span, k) => {
+    const w = featherWeights(spans, k, s);
+    assert.equal(w.length, (span.inEnd - span.inStart) * s);
+    w.forEach((v, i) => total[span.inStart * s + i] += v);
+    if (k > 0) assert.ok(w[0] < 0.05, "zero at the tile's own inner border");
+  });
+  for (const v of total) assert.ok(Math.abs(v - 1) < 1e-6, `sum ${v}`);
+});
+
+Deno.test("TileBlender: weighted average, and refuses uncovered pixels", () => {
+  const b = new TileBlender({ width: 3, height: 1, channels: 1 });
+  b.add([2, 2], { y0: 0, x0: 0, wy: Float32Array.of(1), wx: Float32Array.of(1, 0.5) });
+  b.add([4, 4], { y0: 0, x0: 1, wy: Float32Array.of(1), wx: Float32Array.of(0.5, 1) });
+  assert.deepEqual([...b.result()], [2, 3, 4]);
+  assert.throws(() => new TileBlender({ width: 2, height: 1, channels: 1 }).result(), /not covered/);
+});
+
+Deno.test("Upscaler: model file in, sizes, outscale, no tensor leaks", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  try {
+    assert.equal(up.scale, 4);
+    assert.equal(up.config.numBlock, 2);
+    assert.equal(up.info.dtype, "fp32");
+    const img = solid(13, 9, (x, y) => [x * 19, y * 28, 100, 255]);
+    const before = tf.memory().numTensors;
+    const out = await up.upscale(img, { tile: 8, tilePad: 2 });
+    assert.equal(out.width, 52);
+    assert.equal(out.height, 36);
+    const half = await up.upscale(img, { outscale: 2 });
+    assert.deepEqual([half.width, half.height], [26, 18]);
+    const odd = await up.upscale(img, { outscale: 2.5 });
+    assert.deepEqual([odd.width, odd.height], [33, 23]);
+    assert.equal(tf.memory().numTensors, before, "upscale leaks no tensors");
+  } finally {
+    up.dispose();
+  }
+  assert.ok(DEFAULT_MODEL.endsWith("weights/realesrgan-x4plus.int8.safetensors"));
+  assert.equal(DEFAULT_TILE, 128);
+  assert.equal(DEFAULT_TILE_PAD, 10);
+});
+
+Deno.test("upscaleTensor untiled equals the net clamped; batches work", async () => {
+  const bytes = await tinyModel();
+  const up = Upscaler.fromBytes(bytes);
+  try {
+    const x = tf.randomUniform([2, 12, 10, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+    const before = tf.memory().numTensors;
+    const y = await up.upscaleTensor(x, { tile: 0 });
+    const ref = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
+    assert.deepEqual(y.shape, [2, 48, 40, 3]);
+    assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(y, ref))).dataSync()[0]) < 1e-6);
+    // Tiled, each batch item matches its own untiled result closely.
+    const t = await up.upscaleTensor(x, { tile: 6, tilePad: 4 });
+    const err = tf.tidy(() => tf.max(tf.abs(tf.sub(t, ref))).dataSync()[0]);
+    assert.ok(err < 0.1, `tiled max error ${err}`);
+    tf.dispose([y, ref, t]);
+    assert.equal(tf.memory().numTensors, before);
+    x.dispose();
+  } finally {
+    up.dispose();
+  }
+});
+
+Deno.test("tiled vs untiled on the sample photo at tile 32: ≥ 40 dB, and the overlap matters", async () => {
+  const up = Upscaler.fromBytes(await tinyModel());
+  try {
+    const sample = await decodeImage(await Deno.readFile(SAMPLE));
+    const full = await up.upscale(sample, { tile: 0 });
+    const t32 = await up.upscale(sample, { tile: 32 });
+    const p32 = psnr(full, t32);
+    console.log(`spaniel 96x64, tile 32 pad 10: ${p32.toFixed(2)} dB vs untiled`);
+    assert.ok(p32 >= 40, `tile 32: ${p32.toFixed(2)} dB`);
+    // The crop seams would be visible with no overlap: the test can fail.
+    const noPad = psnr(full, await up.upscale(sample, { tile: 32, tilePad: 0 }));
+    assert.ok(noPad < p32, `pad 0 gives ${noPad.toFixed(2)} dB`);
+  } finally {
+    up.dispose();
+  }
+});
+
+Deno.test({
+  name: "tiled vs untiled at the default tile on a Kodak crop (../shared)",
+  ignore: needsShared("tiled vs untiled at the default tile"),
+  fn: async () => {
+    const up = Upscaler.fromBytes(await tinyModel());
+    try {
+      const kodak = await decodeImage(await Deno.readFile(`${SHARED}/data/bench/Kodak/kodim03.png`));
+      const w = 200, h = 72;
+      const data = new Uint8ClampedArray(w * h * 4);
+      for (let y = 0; y < h; y++) {
+        data.set(
+          kodak.data.subarray(((200 + y) * kodak.width + 300) * 4, ((200 + y) * kodak.width + 300 + w) * 4),
+          y * w * 4,
+        );
+      }
+      const img = { width: w, height: h, data };
+      let tiles = 0;
+      const tiled = await up.upscale(img, { onProgress: (_, total) => tiles = total });
+      assert.equal(tiles, 2, "the default tile splits a 200-pixel side in two");
+      const p = psnr(await up.upscale(img, { tile: 0 }), tiled);
+      console.log(
+        `Kodak 200x72, default tile (${DEFAULT_TILE}, pad ${DEFAULT_TILE_PAD}): ${
+          p.toFixed(2)
+        } dB vs untiled`,
+      );
+      assert.ok(p >= 40, `${p.toFixed(2)} dB`);
+    } finally {
+      up.dispose();
+    }
+  },
+});
+
+Deno.test("alpha is kept (resized), grayscale stays gray", async () => {
+  const up = Upscaler.fromBytes(await tinyModel());
+  try {
+    // Left half transparent, right half opaque; a coloured pattern underneath.
+    const img = solid(16, 8, (x, y) => [x * 15, 200 - y * 20, 60, x < 8 ? 0 : 255]);
+    const out = await up.upscale(img, { tile: 6, tilePad: 2 });
+    const alphaAt = (x: number, y: number) => out.data[4 * (y * out.width + x) + 3];
+    assert.equal(alphaAt(2, 10), 0);
+    assert.equal(alphaAt(60, 20), 255);
+    assert.ok(alphaAt(31, 5) < alphaAt(33, 5), "the edge stays at the same place");
+
+    const gray = solid(12, 10, (x, y) => {
+      const v = (x * 37 + y * 11) % 256;
+      return [v, v, v, 255];
+    });
+    const g = await up.upscale(gray);
+    for (let i = 0; i < g.data.length; i += 4) {
+      assert.ok(g.data[i] === g.data[i + 1] && g.data[i + 1] === g.data[i + 2], "gray output");
+      assert.equal(g.data[i + 3], 255);
+    }
+  } finally {
+    up.dispose();
+  }
+});
+
+Deno.test("x2 and x1 models: odd sizes are padded for the pixel-unshuffle and cropped back", async () => {
+  for (const scale of [2, 1] as const) {
+    const up = Upscaler.fromBytes(await tinyModel({ scale, numBlock: 1 }));
+    try {
+      const img = solid(11, 7, (x, y) => [x * 20, y * 30, 90, 255]);
+      const out = await up.upscale(img, { tile: 5, tilePad: 2 });
+      assert.deepEqual([out.width, out.height], [11 * scale, 7 * scale]);
+    } finally {
+      up.dispose();
+    }
+  }
+});
+
+Deno.test("progress per tile; abort between tiles throws AbortError and leaks nothing", async () => {
+  const up = Upscaler.fromBytes(await tinyModel());
+  try {
+    const img = solid(40, 20, (x, y) => [x * 6, y * 12, 50, 255]);
+    const seen: [number, number][] = [];
+    await up.upscale(img, { tile: 10, tilePad: 2, onProgress: (d, t) => seen.push([d, t]) });
+    assert.deepEqual(seen, Array.from({ length: 9 }, (_, i) => [i, 8]));
+
+    const before = tf.memory().numTensors;
+    const controller = new AbortController();
+    let calls = 0;
+    await assert.rejects(
+      up.upscale(img, {
+        tile: 10,
+        onProgress: (done) => {
+          calls++;
+          if (done === 2) controller.abort();
+        },
+        signal: controller.signal,
+      }),
+      (e: Error) => e instanceof DOMException && e.name === "AbortError",
+    );
+    assert.equal(calls, 3, "stopped right after the tile during which it was aborted");
+    assert.equal(tf.memory().numTensors, before);
+    const aborted = AbortSignal.abort();
+    await assert.rejects(up.upscale(img, { signal: aborted }), { name: "AbortError" });
+  } finally {
+    up.dispose();
+  }
+});
+
+Deno.test("Upscaler.load: a missing file names the path", async () => {
+  await assert.rejects(
+    Upscaler.load("/nonexistent/model.safetensors"),
+    /\/nonexistent\/model\.safetensors: model file not found/,
+  );
+});

@@ -1,0 +1,347 @@
+/**
+ * Our WebGPU kernels (core/kernels/) against tfjs's stock webgpu kernels on random inputs:
+ * forward 3x3 convolutions, both gradients, the fused dense block / RRDBNet forward, Adam, the
+ * enable/disable switch, and tensor leaks. Runs on any WebGPU adapter (Mesa llvmpipe here), so the
+ * shapes are small; fp32 must agree within 1e-4 relative (max abs error / max abs reference).
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-webgpu";
+// The gradient functions of tfjs's ops are registered by the union package, not by tfjs-core.
+import "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import {
+  adamUpdateWebGPU,
+  applyCustomKernelsEnv,
+  customKernelStats,
+  customWebGPUKernelsEnabled,
+  disableCustomWebGPUKernels,
+  enableCustomWebGPUKernels,
+  FusedAdamWebGPU,
+  fusedConv3x3,
+  residualDenseBlock,
+  rrdbnetForwardWebGPU,
+  RRDBNetPlanWebGPU,
+  setConvTileOverride,
+} from "../core/kernels/mod.ts";
+import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+
+const hasWebGPU = await (async () => {
+  try {
+    return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");
+  } catch {
+    return false;
+  }
+})();
+if (!hasWebGPU) console.warn("skipping webgpu kernel tests: no WebGPU adapter");
+const opts = { ignore: !hasWebGPU, sanitizeResources: false, sanitizeOps: false };
+// Invalid shaders or bindings do not throw in WebGPU; collect them and fail the last test.
+const gpuErrors: string[] = [];
+if (hasWebGPU) {
+  await tf.ready();
+  (tf.backend() as unknown as { device: GPUDevice }).device.addEventListener(
+    "uncapturederror",
+    (e) => gpuErrors.push((e as GPUUncapturedErrorEvent).error.message),
+  );
+}
+const TOL = 1e-4;
+
+/** max |a - b| / max |b|. */
+async function relErr(a: tf.Tensor, b: tf.Tensor): Promise<number> {
+  assert.deepEqual(a.shape, b.shape);
+  const [av, bv] = [await a.data(), await b.data()];
+  let err = 0, ref = 0;
+  for (let i = 0; i < av.length; i++) {
+    if (!Number.isFinite(av[i])) return Infinity;
+    err = Math.max(err, Math.abs(av[i] - bv[i]));
+    ref = Math.max(ref, Math.abs(bv[i]));
+  }
+  return err / (ref || 1);
+}
+
+/** Runs `f` with the stock kernels, then with ours; checks leaks; returns both results' tensors. */
+async function compare(what: string, f: () => tf.Tensor | tf.Tensor[], tol = TOL): Promise<void> {
+  // Ours first: an output buffer our kernel failed to write, recycled from the stock run's
+  // temporaries, could otherwise hold the right answer.
+  enableCustomWebGPUKernels();
+  const before = tf.memory().numTensors;
+  const got = [f()].flat();
+  assert.equal(tf.memory().numTensors, before + got.length, `${what}: our kernels leak tensors`);
+  disableCustomWebGPUKernels();
+  const ref = [f()].flat();
+  for (let i = 0; i < ref.length; i++) {
+    const e = await relErr(got[i], ref[i]);
+    assert.ok(e <= tol, `${what} [output ${i}]: relative error ${e} > ${tol}`);
+  }
+  tf.dispose([...ref, ...got]);
+}
+
+let seed = 1;
+const rand = (shape: number[]) => tf.randomNormal(shape, 0, 1, "float32", seed++);
+
+// [n, h, w, cin, cout]: odd sizes, the real RRDBNet channel counts, a non-multiple of 4.
+const SHAPES = [
+  [1, 7, 7, 3, 64],
+  [2, 7, 5, 64, 32],
+  [1, 6, 9, 96, 32],
+  [1, 5, 5, 160, 64],
+  [1, 4, 6, 192, 64],
+  [1, 7, 7, 32, 3],
+  [1, 3, 5, 6, 5],
+  [1, 1, 1, 8, 8],
+];
+
+Deno.test("forward: Conv2D and FusedConv2D (linear, relu, leakyrelu) match stock", opts, async () => {
+  customKernelStats({ reset: true });
+  for (const [n, h, w, ci, co] of SHAPES) {
+    const x = rand([n, h, w, ci]) as tf.Tensor4D, f = rand([3, 3, ci, co]) as tf.Tensor4D, b = rand([co]);
+    const shape = `${[n, h, w, ci]}->${co}`;
+    await compare(`conv2d ${shape}`, () => tf.conv2d(x, f, 1, "same"));
+    // Every activation on two shapes, leakyrelu (RRDBNet's) on all: shader compiles cost time on llvmpipe.
+    const acts = co === 3 || ci === 96 ? ["linear", "relu", "leakyrelu"] as const : ["leakyrelu"] as const;
+    for (const activation of acts) {
+      await compare(
+        `fused ${activation} ${shape}`,
+        () =>
+          tf.fused.conv2d({
+            x,
+            filter: f,
+            bias: b,
+            strides: 1,
+            pad: "same",
+            activation,
+            leakyreluAlpha: 0.2,
+          }),
+      );
+    }
+    tf.dispose([x, f, b]);
+  }
+  const stats = customKernelStats();
+  assert.equal(stats.custom.Conv2D, SHAPES.length);
+  assert.equal(stats.custom.FusedConv2D, SHAPES.length + 4);
+});
+
+Deno.test("forward: every tiling (rows, reduction slices) gives the same result", opts, async () => {
+  const tiles = [{ ks: 1 }, { bm: 64, bk: 32, ks: 2 }, { bm: 32, bn: 64, bk: 8, ks: 4 }];
+  try {
+    for (const tile of tiles) {
+      setConvTileOverride(tile);
+      for (const [n, h, w, ci, co] of [SHAPES[2], SHAPES[5]]) {
+        const x = rand([n, h, w, ci]) as tf.Tensor4D, f = rand([3, 3, ci, co]) as tf.Tensor4D, b = rand([co]);
+        await compare(
+          `tile ${JSON.stringify(tile)} ${[n, h, w, ci]}->${co}`,
+          () => tf.fused.conv2d({ x, filter: f, bias: b, strides: 1, pad: "same", activation: "relu" }),
+        );
+        tf.dispose([x, f, b]);
+      }
+    }
+  } finally {
+    setConvTileOverride(null);
+  }
+});
+
+Deno.test("forward: shapes we do not handle go to the stock kernel", opts, async () => {
+  customKernelStats({ reset: true });
+  const x = rand([1, 8, 8, 8]) as tf.Tensor4D;
+  const f5 = rand([5, 5, 8, 4]) as tf.Tensor4D, f3 = rand([3, 3, 8, 4]) as tf.Tensor4D, b = rand([4]);
+  await compare("5x5", () => tf.conv2d(x, f5, 1, "same"));
+  await compare("stride 2", () => tf.conv2d(x, f3, 2, "same"));
+  await compare("valid", () => tf.conv2d(x, f3, 1, "valid"));
+  await compare(
+    "elu",
+    () => tf.fused.conv2d({ x, filter: f3, bias: b, pad: "same", strides: 1, activation: "elu" }),
+  );
+  const stats = customKernelStats();
+  assert.equal(stats.custom.Conv2D ?? 0, 0);
+  assert.equal(stats.stock.Conv2D, 3);
+  assert.equal(stats.stock.FusedConv2D, 1);
+  tf.dispose([x, f5, f3, b]);
+});
+
+Deno.test("gradients: Conv2DBackpropInput and Conv2DBackpropFilter match stock", opts, async () => {
+  customKernelStats({ reset: true });
+  // The last shape is big enough for the filter gradient to split its pixel reduction.
+  for (const [n, h, w, ci, co] of [...SHAPES.slice(0, 7), [2, 16, 16, 32, 32]]) {
+    const x = rand([n, h, w, ci]) as tf.Tensor4D, f = rand([3, 3, ci, co]) as tf.Tensor4D;
+    const r = rand([n, h, w, co]);
+    const g = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+      tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, "same"), r))
+    );
+    await compare(`grads ${[n, h, w, ci]}->${co}`, () => g([x, f]));
+    tf.dispose([x, f, r]);
+  }
+  const stats = customKernelStats();
+  assert.equal(stats.custom.Conv2DBackpropInput, 8);
+  assert.equal(stats.custom.Conv2DBackpropFilter, 8);
+});
+
+Deno.test("dense block and fused conv (upsample, residual) match the stock composition", opts, async () => {
+  const [n, h, w, nf, gc] = [2, 5, 7, 16, 8];
+  const x = rand([n, h, w, nf]) as tf.Tensor4D, skip = rand([n, h, w, nf]) as tf.Tensor4D;
+  const filters = [0, 1, 2, 3, 4].map((c) =>
+    tf.mul(rand([3, 3, nf + c * gc, c === 4 ? nf : gc]), 0.1) as tf.Tensor4D
+  );
+  const biases = [0, 1, 2, 3, 4].map((c) => rand([c === 4 ? nf : gc]) as tf.Tensor1D);
+  const conv = (t: tf.Tensor4D, i: number, act: "linear" | "leakyrelu") =>
+    tf.fused.conv2d({
+      x: t,
+      filter: filters[i],
+      bias: biases[i],
+      strides: 1,
+      pad: "same",
+      activation: act,
+      leakyreluAlpha: 0.2,
+    });
+  disableCustomWebGPUKernels();
+  const ref = tf.tidy(() => {
+    const feats = [x];
+    for (let c = 0; c < 4; c++) feats.push(conv(tf.concat(feats, 3), c, "leakyrelu"));
+    const rdb = tf.add(tf.mul(conv(tf.concat(feats, 3), 4, "linear"), 0.2), x);
+    return tf.add(tf.mul(rdb, 0.2), skip);
+  });
+  const before = tf.memory().numTensors;
+  const got = residualDenseBlock(x, { filters, biases }, { skip });
+  assert.equal(tf.memory().numTensors, before + 1);
+  const e = await relErr(got, ref);
+  assert.ok(e <= TOL, `dense block: relative error ${e}`);
+
+  const f = rand([3, 3, nf, 12]) as tf.Tensor4D, b = rand([12]) as tf.Tensor1D;
+  const res = rand([n, 2 * h, 2 * w, 12]) as tf.Tensor4D;
+  const refUp = tf.tidy(() => {
+    const up = tf.image.resizeNearestNeighbor(x, [2 * h, 2 * w]);
+    const y = tf.fused.conv2d({
+      x: up,
+      filter: f,
+      bias: b,
+      strides: 1,
+      pad: "same",
+      activation: "leakyrelu",
+      leakyreluAlpha: 0.2,
+    });
+    return tf.add(tf.mul(y, 0.5), res);
+  });
+  const gotUp = fusedConv3x3(x, f, {
+    bias: b,
+    activation: "leakyrelu",
+    upsample: true,
+    residual: res,
+    residualScale: 0.5,
+  });
+  const eUp = await relErr(gotUp, refUp);
+  assert.ok(eUp <= TOL, `upsample + residual conv: relative error ${eUp}`);
+  tf.dispose([x, skip, ...filters, ...biases, ref, got, f, b, res, refUp, gotUp]);
+});
+
+const TINY: RRDBNetConfig[] = [
+  { numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 2, numGrowCh: 8 },
+  { numInCh: 3, numOutCh: 3, scale: 2, numFeat: 12, numBlock: 1, numGrowCh: 6 },
+];
+
+Deno.test("RRDBNet (tiny): forward with our kernels and fused forward match stock", opts, async () => {
+  for (const config of TINY) {
+    const net = new RRDBNet(config, { seed: 3 });
+    // BasicSR's init scales the body by 0.1 and zeroes biases, which would hide errors in the
+    // dense blocks behind the trunk: make both matter.
+    tf.tidy(() => {
+      for (const [name, v] of net.params) {
+        if (name.endsWith(".bias")) v.assign(tf.mul(rand(v.shape), 0.1));
+        else if (name.startsWith("body.")) v.assign(tf.mul(v, 5));
+      }
+    });
+    const x = tf.randomUniform([1, 8, 6, 3], 0, 1, "float32", 7) as tf.Tensor4D;
+    await compare(`RRDBNet x${config.scale} (registered kernels)`, () => net.apply(x));
+    disableCustomWebGPUKernels();
+    const ref = net.apply(x);
+    const before = tf.memory().numTensors;
+    const got = rrdbnetForwardWebGPU(net, x);
+    assert.equal(tf.memory().numTensors, before + 1, "rrdbnetForwardWebGPU leaks tensors");
+    const e = await relErr(got, ref);
+    assert.ok(e <= TOL, `rrdbnetForwardWebGPU x${config.scale}: relative error ${e}`);
+    // The prepared plan, twice (bind groups reused) with different inputs.
+    const plan = new RRDBNetPlanWebGPU(net, x.shape);
+    for (const input of [x, tf.randomUniform(x.shape, 0, 1, "float32", 8) as tf.Tensor4D]) {
+      const want = net.apply(input);
+      const n0 = tf.memory().numTensors;
+      const have = plan.run(input);
+      assert.equal(tf.memory().numTensors, n0 + 1, "RRDBNetPlanWebGPU.run leaks tensors");
+      const ep = await relErr(have, want);
+      assert.ok(ep <= TOL, `RRDBNetPlanWebGPU x${config.scale}: relative error ${ep}`);
+      tf.dispose([want, have]);
+      if (input !== x) input.dispose();
+    }
+    plan.dispose();
+    tf.dispose([x, ref, got]);
+    net.dispose();
+  }
+});
+
+Deno.test("RRDBNet (tiny, trainable): loss gradients with our kernels match stock", opts, async () => {
+  const net = new RRDBNet(TINY[0], { seed: 5, trainable: true });
+  const x = tf.randomUniform([2, 6, 6, 3], 0, 1, "float32", 9) as tf.Tensor4D;
+  const y = tf.randomUniform([2, 24, 24, 3], 0, 1, "float32", 10) as tf.Tensor4D;
+  const vars = [...net.params.values()];
+  const step = () => {
+    const { value, grads } = tf.variableGrads(
+      () => tf.mean(tf.abs(tf.sub(net.apply(x), y))) as tf.Scalar,
+      vars,
+    );
+    return [value, ...vars.map((v) => grads[v.name])];
+  };
+  // Near-zero gradients of some biases make a relative bound per tensor loose; use 1e-3 here.
+  await compare("RRDBNet grads", step, 1e-3);
+  tf.dispose([x, y]);
+  net.dispose();
+});
+
+Deno.test("Adam: one fused dispatch per parameter matches tf.train.adam", opts, async () => {
+  const shapes = [[5], [3, 3, 4, 8], [7, 3]];
+  const init = shapes.map((s) => rand(s));
+  const grads = [0, 1, 2].map(() => shapes.map((s) => rand(s)));
+  const ref = init.map((t, i) => tf.variable(t.clone(), true, `ref${i}`));
+  const ours = init.map((t, i) => tf.variable(t.clone(), true, `ours${i}`));
+  const options = { lr: 0.01, beta1: 0.9, beta2: 0.99, eps: 1e-7 };
+  const adam = tf.train.adam(options.lr, options.beta1, options.beta2, options.eps);
+  const fused = new FusedAdamWebGPU(options);
+  const before = tf.memory().numTensors;
+  for (const g of grads) {
+    adam.applyGradients(ref.map((v, i) => ({ name: v.name, tensor: g[i] })));
+    fused.applyGradients(Object.fromEntries(ours.map((v, i) => [v.name, g[i]])), ours);
+  }
+  // Two moment variables per parameter, nothing else.
+  assert.equal(tf.memory().numTensors, before + 2 * shapes.length + 2 * shapes.length);
+  for (let i = 0; i < shapes.length; i++) {
+    const e = await relErr(ours[i], ref[i]);
+    assert.ok(e <= TOL, `adam param ${i}: relative error ${e}`);
+  }
+  assert.throws(
+    () => adamUpdateWebGPU(ours[0], grads[0][1], { m: ours[1], v: ours[1], options: { lr: 1, step: 1 } }),
+    /differs/,
+  );
+  fused.dispose();
+  adam.dispose();
+  tf.dispose([...init, ...grads.flat(), ...ref, ...ours]);
+});
+
+Deno.test("switch: enable/disable and ESRGAN_CUSTOM_KERNELS", opts, () => {
+  enableCustomWebGPUKernels();
+  assert.ok(customWebGPUKernelsEnabled());
+  disableCustomWebGPUKernels();
+  assert.ok(!customWebGPUKernelsEnabled());
+  customKernelStats({ reset: true });
+  const x = rand([1, 4, 4, 4]) as tf.Tensor4D, f = rand([3, 3, 4, 4]) as tf.Tensor4D;
+  tf.dispose(tf.conv2d(x, f, 1, "same"));
+  assert.deepEqual(customKernelStats().custom, {}, "disabled, yet ours ran");
+  const old = Deno.env.get("ESRGAN_CUSTOM_KERNELS");
+  Deno.env.set("ESRGAN_CUSTOM_KERNELS", "1");
+  assert.ok(applyCustomKernelsEnv());
+  tf.dispose(tf.conv2d(x, f, 1, "same"));
+  assert.equal(customKernelStats().custom.Conv2D, 1);
+  Deno.env.set("ESRGAN_CUSTOM_KERNELS", "0");
+  assert.ok(!applyCustomKernelsEnv());
+  if (old === undefined) Deno.env.delete("ESRGAN_CUSTOM_KERNELS");
+  else Deno.env.set("ESRGAN_CUSTOM_KERNELS", old);
+  tf.dispose([x, f]);
+});
+
+Deno.test("no WebGPU validation errors were raised", opts, () => {
+  assert.deepEqual(gpuErrors, []);
+});

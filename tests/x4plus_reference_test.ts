@@ -1,0 +1,120 @@
+/**
+ * The x4plus port against PyTorch: Real-ESRGAN x4plus imported from ncnn, and the shipped int8
+ * model, run whole (untiled, zero padding) on the official x4 LR images of Set5 and Set14 on the
+ * wasm backend, compared with PyTorch fp32 outputs of the same weights (RGB PSNR, 0-255, whole
+ * image). Slow: a 23-block net on every image, twice.
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../core/backend.ts";
+import { decodeImage, type RgbaImage } from "../core/image_io.ts";
+import { importWeights } from "../core/import/mod.ts";
+import { psnr } from "../core/metrics.ts";
+import { ESRGAN_X4, RRDBNet } from "../core/rrdbnet_arch.ts";
+import type { StateDict } from "../core/state_dict.ts";
+import { decodeModelFile, encodeModelFile } from "../core/weights/model_file.ts";
+import { decodeFloat, parseSafetensors } from "../core/weights/safetensors.ts";
+import { needsShared, SHARED } from "./shared.ts";
+
+const SHIPPED = new URL("../weights/realesrgan-x4plus.int8.safetensors", import.meta.url);
+
+/** `[set, stem]` of every official x4 LR image of Set5 and Set14. */
+const IMAGES: [string, string][] = SHARED
+  ? ["Set5", "Set14"].flatMap((set) =>
+    [...Deno.readDirSync(`${SHARED}/data/bench/${set}/x4`)]
+      .map((e) => e.name)
+      .filter((n) => n.endsWith("_LR.png"))
+      .sort()
+      .map((n): [string, string] => [set, n.slice(0, -"_LR.png".length)])
+  )
+  : [];
+
+/** The net's RGB output (0..1, NHWC) as an opaque RGBA image: clamped, ×255, rounded. */
+async function toImage(y: tf.Tensor4D): Promise<RgbaImage> {
+  const [, height, width] = y.shape;
+  const rgb = await tf.tidy(() => tf.round(tf.mul(tf.clipByValue(y, 0, 1), 255))).data();
+  const data = new Uint8ClampedArray(width * height * 4).fill(255);
+  for (let i = 0; i < width * height; i++) for (let c = 0; c < 3; c++) data[4 * i + c] = rgb[3 * i + c];
+  return { width, height, data };
+}
+
+/** Upscales every image with `weights` and returns PSNR against PyTorch per image. */
+async function psnrPerImage(weights: StateDict, label: string): Promise<Map<string, number>> {
+  await initBackend("wasm");
+  const before = tf.memory().numTensors;
+  const net = new RRDBNet(ESRGAN_X4, { weights });
+  const out = new Map<string, number>();
+  const start = performance.now();
+  try {
+    for (const [set, stem] of IMAGES) {
+      const lrPath = `${SHARED}/data/bench/${set}/x4/${stem}_LR.png`;
+      const refPath = `${SHARED}/fixtures/pytorch-x4plus/${set}/${stem}_x4plus.png`;
+      const lr = await decodeImage(await Deno.readFile(lrPath), { name: lrPath });
+      const ref = await decodeImage(await Deno.readFile(refPath), { name: refPath });
+      assert.deepEqual([ref.width, ref.height], [lr.width * 4, lr.height * 4], `${set}/${stem}`);
+      // RGB/255 in (a grey PNG decodes with R = G = B), zero padding, the whole image at once
+      const rgb = new Float32Array(lr.width * lr.height * 3);
+      for (let i = 0; i < lr.width * lr.height; i++) {
+        for (let c = 0; c < 3; c++) rgb[3 * i + c] = lr.data[4 * i + c] / 255;
+      }
+      const x = tf.tensor4d(rgb, [1, lr.height, lr.width, 3]);
+      const y = net.apply(x);
+      const sr = await toImage(y);
+      tf.dispose([x, y]);
+      out.set(`${set}/${stem}`, psnr(sr, ref, { yChannel: false, cropBorder: 0 }));
+    }
+  } finally {
+    net.dispose();
+  }
+  assert.equal(tf.memory().numTensors, before, "tensors leaked");
+  const secs = (performance.now() - start) / 1000;
+  console.log(`${label}: ${IMAGES.length} images in ${secs.toFixed(0)} s (wasm, untiled)`);
+  for (const [k, v] of out) console.log(`  ${k}  ${v.toFixed(2)} dB`);
+  return out;
+}
+
+function assertAllAbove(psnrs: Map<string, number>, floor: number, label: string): void {
+  assert.equal(psnrs.size, 19, "Set5 + Set14 are 19 images");
+  const low = [...psnrs].filter(([, v]) => !(v >= floor));
+  assert.deepEqual(low, [], `${label}: images under ${floor} dB`);
+}
+
+Deno.test({
+  name: "x4plus: shipped int8 weights are the ncnn x4plus weights within half a quantisation step",
+  ignore: needsShared("x4plus weights check"),
+  fn: async () => {
+    const ncnn = await importWeights(`${SHARED}/models/realesrgan-x4plus.param`);
+    const bytes = await Deno.readFile(SHIPPED);
+    const raw = parseSafetensors(bytes, "shipped").tensors;
+    const shipped = decodeModelFile(bytes, "shipped").stateDict;
+    for (const [k, t] of ncnn) {
+      const got = shipped.get(k)!.data;
+      const scale = raw.get(k)!.dtype === "I8" ? decodeFloat(raw.get(`${k}.scale`)!) : null;
+      const per = t.data.length / t.shape[0];
+      for (let i = 0; i < t.data.length; i++) {
+        // int8: half a step of the channel's scale; fp16 and fp32 layers: exact (ncnn is fp16)
+        const tol = scale ? scale[Math.floor(i / per)] / 2 * (1 + 1e-6) : 0;
+        if (!(Math.abs(got[i] - t.data[i]) <= tol)) assert.fail(`${k}[${i}]: ${got[i]} vs ${t.data[i]}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "x4plus: fp16 model file matches PyTorch at ≥ 50 dB on every Set5 and Set14 image",
+  ignore: needsShared("x4plus fp16 reference"),
+  fn: async () => {
+    const ncnn = await importWeights(`${SHARED}/models/realesrgan-x4plus.param`);
+    const fp16 = decodeModelFile(encodeModelFile(ncnn, { dtype: "fp16" }), "fp16").stateDict;
+    assertAllAbove(await psnrPerImage(fp16, "x4plus fp16"), 50, "fp16");
+  },
+});
+
+Deno.test({
+  name: "x4plus: shipped int8 model matches PyTorch at ≥ 38 dB on every Set5 and Set14 image",
+  ignore: needsShared("x4plus int8 reference"),
+  fn: async () => {
+    const shipped = decodeModelFile(await Deno.readFile(SHIPPED), "shipped");
+    assertAllAbove(await psnrPerImage(shipped.stateDict, "x4plus int8 (shipped)"), 38, "int8");
+  },
+});

@@ -1,0 +1,291 @@
+/**
+ * Training options: one flat object, so every option is also a `--kebab-case` flag. The presets
+ * `psnr` and `gan` follow BasicSR's `train_RRDBNet_PSNR_x4.yml` and `train_ESRGAN_x4.yml`; `smoke`
+ * and `smoke-gan` are tiny versions that run on a CPU in minutes.
+ * @module
+ */
+import type { Schedule } from "./schedule.ts";
+
+/** Every training option. */
+export interface TrainConfig {
+  /** `psnr`: L1 only. `gan`: perceptual + RaGAN + L1, with a discriminator. */
+  stage: "psnr" | "gan";
+  scale: 1 | 2 | 4;
+  numFeat: number;
+  numBlock: number;
+  numGrowCh: number;
+  /** Discriminator width (VGGStyleDiscriminator num_feat). */
+  dNumFeat: number;
+  gtSize: number;
+  batchSize: number;
+  hflip: boolean;
+  rot: boolean;
+  /** Use at most this many training images (0: all). */
+  maxImages: number;
+  /** Batches made ahead of the step. */
+  prefetch: number;
+  seed: number;
+  totalSteps: number;
+  lrG: number;
+  lrD: number;
+  beta1: number;
+  beta2: number;
+  scheduler: "cosine" | "multistep";
+  /** Cosine restarts: period lengths, restart weights, floor. */
+  periods: number[];
+  restartWeights: number[];
+  etaMin: number;
+  /** Multi-step: milestones and factor. */
+  milestones: number[];
+  gamma: number;
+  pixelWeight: number;
+  perceptualWeight: number;
+  ganWeight: number;
+  /** VGG19 layer of the perceptual loss (BasicSR layer_weights key). */
+  perceptualLayer: string;
+  /** VGG19 weights file (.pth or .safetensors); empty: the partial VGG19 in ../shared, with a warning. */
+  vggWeights: string;
+  emaDecay: number;
+  /** Generator to start from (model file or checkpoint; its EMA weights): BasicSR's pretrain_network_g. */
+  pretrainG: string;
+  checkpointEvery: number;
+  valEvery: number;
+  /** Centre crop of each validation image in HR pixels (0: whole image). */
+  valCrop: number;
+  valMaxImages: number;
+  /** Validation images saved as samples. */
+  valSamples: number;
+  logEvery: number;
+  exportDtype: "fp32" | "fp16" | "int8";
+  backend: "" | "webgpu" | "cpu";
+}
+
+const BASE: TrainConfig = {
+  stage: "psnr",
+  scale: 4,
+  numFeat: 64,
+  numBlock: 23,
+  numGrowCh: 32,
+  dNumFeat: 64,
+  gtSize: 128,
+  batchSize: 16,
+  hflip: true,
+  rot: true,
+  maxImages: 0,
+  prefetch: 2,
+  seed: 0,
+  totalSteps: 1_000_000,
+  lrG: 2e-4,
+  lrD: 1e-4,
+  beta1: 0.9,
+  beta2: 0.99,
+  scheduler: "cosine",
+  periods: [250000, 250000, 250000, 250000],
+  restartWeights: [1, 1, 1, 1],
+  etaMin: 1e-7,
+  milestones: [50000, 100000, 200000, 300000],
+  gamma: 0.5,
+  pixelWeight: 1,
+  perceptualWeight: 1,
+  ganWeight: 5e-3,
+  perceptualLayer: "conv5_4",
+  vggWeights: "",
+  emaDecay: 0.999,
+  pretrainG: "",
+  checkpointEvery: 5000,
+  valEvery: 5000,
+  valCrop: 0,
+  valMaxImages: 0,
+  valSamples: 3,
+  logEvery: 100,
+  exportDtype: "fp16",
+  backend: "",
+};
+
+/** Built-in presets. */
+export const PRESETS: Record<string, TrainConfig> = {
+  psnr: { ...BASE },
+  gan: {
+    ...BASE,
+    stage: "gan",
+    totalSteps: 400_000,
+    lrG: 1e-4,
+    lrD: 1e-4,
+    scheduler: "multistep",
+    pixelWeight: 1e-2,
+  },
+  smoke: {
+    ...BASE,
+    numFeat: 8,
+    numBlock: 1,
+    numGrowCh: 4,
+    gtSize: 32,
+    batchSize: 4,
+    maxImages: 4,
+    totalSteps: 200,
+    lrG: 2e-3,
+    periods: [200],
+    restartWeights: [1],
+    // 0.999 would leave the EMA at its initial weights over so few steps
+    emaDecay: 0.9,
+    checkpointEvery: 50,
+    valEvery: 50,
+    valCrop: 96,
+    valMaxImages: 2,
+    valSamples: 1,
+    logEvery: 10,
+    exportDtype: "fp32",
+  },
+  "smoke-gan": {
+    ...BASE,
+    stage: "gan",
+    numFeat: 8,
+    numBlock: 1,
+    numGrowCh: 4,
+    dNumFeat: 8,
+    gtSize: 32,
+    batchSize: 4,
+    maxImages: 4,
+    totalSteps: 20,
+    lrG: 1e-4,
+    lrD: 1e-4,
+    scheduler: "multistep",
+    milestones: [10],
+    pixelWeight: 1e-2,
+    emaDecay: 0.9,
+    checkpointEvery: 10,
+    valEvery: 10,
+    valCrop: 96,
+    valMaxImages: 2,
+    valSamples: 1,
+    logEvery: 5,
+    exportDtype: "fp32",
+  },
+};
+
+/** The schedule a config describes. */
+export function scheduleOf(c: TrainConfig): Schedule {
+  return c.scheduler === "cosine"
+    ? {
+      type: "CosineAnnealingRestartLR",
+      periods: c.periods,
+      restartWeights: c.restartWeights,
+      etaMin: c.etaMin,
+    }
+    : { type: "MultiStepLR", milestones: c.milestones, gamma: c.gamma };
+}
+
+/** `lrG` → `lr-g`. */
+export function flagName(key: string): string {
+  return key.replace(/[A-Z]/g, (m) => "-" + m.toLowerCase());
+}
+
+/** Checks types and ranges; throws one message naming `source` and the option. */
+export function validateConfig(c: Record<string, unknown>, source: string): TrainConfig {
+  for (const key of Object.keys(c)) {
+    if (!(key in BASE)) throw new Error(`${source}: unknown option "${key}" (flag --${flagName(key)})`);
+  }
+  const full = { ...BASE, ...c } as TrainConfig;
+  for (const [key, def] of Object.entries(BASE)) {
+    const v = (full as unknown as Record<string, unknown>)[key];
+    const ok = Array.isArray(def)
+      ? Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isFinite(x))
+      : typeof v === typeof def && (typeof v !== "number" || Number.isFinite(v));
+    if (!ok) {
+      throw new Error(
+        `${source}: option "${key}" must be ${
+          Array.isArray(def) ? "a list of numbers" : `a ${typeof def}`
+        }, got ${JSON.stringify(v)}`,
+      );
+    }
+  }
+  const bad = (why: string) => new Error(`${source}: ${why}`);
+  if (full.stage !== "psnr" && full.stage !== "gan") {
+    throw bad(`stage must be psnr or gan, got ${full.stage}`);
+  }
+  if (![1, 2, 4].includes(full.scale)) throw bad(`scale must be 1, 2 or 4`);
+  if (full.gtSize % full.scale) throw bad(`gtSize ${full.gtSize} is not a multiple of scale ${full.scale}`);
+  for (
+    const k of [
+      "numFeat",
+      "numBlock",
+      "numGrowCh",
+      "gtSize",
+      "batchSize",
+      "totalSteps",
+      "checkpointEvery",
+    ] as const
+  ) {
+    if (!Number.isInteger(full[k]) || full[k] < 1) throw bad(`${k} must be a positive integer`);
+  }
+  if (full.scheduler !== "cosine" && full.scheduler !== "multistep") {
+    throw bad(`scheduler must be cosine or multistep`);
+  }
+  if (full.scheduler === "cosine" && full.periods.length !== full.restartWeights.length) {
+    throw bad(`periods and restartWeights differ in length`);
+  }
+  if (!["fp32", "fp16", "int8"].includes(full.exportDtype)) {
+    throw bad(`exportDtype must be fp32, fp16 or int8`);
+  }
+  if (!["", "webgpu", "cpu"].includes(full.backend)) {
+    throw bad(`backend must be webgpu or cpu (wasm cannot train: tfjs-wasm has no Conv2DBackpropFilter)`);
+  }
+  return full;
+}
+
+/** A preset by name, or a JSON file of options laid over the preset its `preset` key names (default psnr). */
+export async function loadConfig(nameOrPath: string): Promise<TrainConfig> {
+  if (PRESETS[nameOrPath]) return { ...PRESETS[nameOrPath] };
+  let text: string;
+  try {
+    text = await Deno.readTextFile(nameOrPath);
+  } catch {
+    throw new Error(
+      `${nameOrPath}: neither a preset (${Object.keys(PRESETS).join(", ")}) nor a readable file`,
+    );
+  }
+  let obj: Record<string, unknown>;
+  try {
+    obj = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${nameOrPath}: not valid JSON (${(e as Error).message})`);
+  }
+  const { preset = "psnr", ...rest } = obj;
+  if (typeof preset !== "string" || !PRESETS[preset]) {
+    throw new Error(`${nameOrPath}: unknown preset ${preset}`);
+  }
+  return validateConfig({ ...PRESETS[preset], ...rest }, nameOrPath);
+}
+
+/** `parseArgs` option specs for every config key (lists are comma-separated). */
+export function configFlags(): Record<string, { type: "string" | "boolean" }> {
+  const out: Record<string, { type: "string" | "boolean" }> = {};
+  for (const [k, v] of Object.entries(BASE)) {
+    out[flagName(k)] = { type: typeof v === "boolean" ? "boolean" : "string" };
+    if (typeof v === "boolean") out[`no-${flagName(k)}`] = { type: "boolean" };
+  }
+  return out;
+}
+
+/** Lays parsed flag values over a config. */
+export function applyFlags(c: TrainConfig, values: Record<string, unknown>): TrainConfig {
+  const out: Record<string, unknown> = { ...c };
+  for (const [k, def] of Object.entries(BASE)) {
+    const f = flagName(k);
+    if (typeof def === "boolean") {
+      if (values[f]) out[k] = true;
+      if (values[`no-${f}`]) out[k] = false;
+      continue;
+    }
+    const raw = values[f];
+    if (raw === undefined) continue;
+    const s = String(raw);
+    if (Array.isArray(def)) out[k] = s === "" ? [] : s.split(",").map(Number);
+    else if (typeof def === "number") {
+      const n = Number(s);
+      if (!Number.isFinite(n)) throw new Error(`--${f}: not a number: ${s}`);
+      out[k] = n;
+    } else out[k] = s;
+  }
+  return validateConfig(out, "flags");
+}

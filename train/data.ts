@@ -1,0 +1,245 @@
+/**
+ * Training data as BasicSR's paired dataset sees it: HR images cut into random `gtSize` crops,
+ * flipped and transposed at random (BasicSR's `augment`: hflip, vflip, rot90 as a transpose),
+ * with the LR made by MATLAB's bicubic from the 8-bit crop (BasicSR reads LR images that MATLAB
+ * made from 8-bit HR images; making them per crop differs from that only near the crop's borders).
+ * Decoded images stay in memory; batches are made ahead of the training step by a queue.
+ * Decoding is passed in (an {@link ImageDecoder}: core/image_io's for the CLI, a PNG-only one for
+ * bundles, where image_io's wasm and native codecs cannot come along).
+ * Every batch draws from its own random stream, seeded by (seed, step): a run is reproducible and
+ * a resumed run draws the same batches as an uninterrupted one, however far ahead the queue ran.
+ * @module
+ */
+import type { RgbaImage } from "../core/image_io.ts";
+import { imresizeArray } from "../core/imresize.ts";
+import { Rng } from "./rng.ts";
+
+/** A decoded image, RGB 8-bit, rows top to bottom. */
+export interface RgbImage {
+  name: string;
+  width: number;
+  height: number;
+  rgb: Uint8Array;
+}
+
+/** A batch, NHWC float32 in [0, 1]. */
+export interface Batch {
+  step: number;
+  n: number;
+  /** [n, gtSize/scale, gtSize/scale, 3] */
+  lq: Float32Array;
+  /** [n, gtSize, gtSize, 3] */
+  gt: Float32Array;
+  lqSize: number;
+  gtSize: number;
+}
+
+/** How batches are cut. */
+export interface CropOptions {
+  batchSize: number;
+  gtSize: number;
+  scale: number;
+  /** Random horizontal flips. */
+  hflip: boolean;
+  /** Random vertical flips and transposes (BasicSR's `use_rot`). */
+  rot: boolean;
+  seed: number;
+}
+
+const IMAGE_EXT = /\.(png|jpe?g|webp)$/i;
+
+/** Sorted image files of a folder; throws naming the folder when it has none. */
+export async function listImages(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (!IMAGE_EXT.test(e.name)) continue;
+      if (e.isFile || (e.isSymlink && (await Deno.stat(`${dir}/${e.name}`)).isFile)) names.push(e.name);
+    }
+  } catch (err) {
+    throw new Error(`${dir}: cannot read the folder (${(err as Error).message})`);
+  }
+  if (!names.length) throw new Error(`${dir}: no PNG, JPEG or WebP images`);
+  return names.sort().map((n) => `${dir.replace(/\/$/, "")}/${n}`);
+}
+
+/** Decodes an image file's bytes; `name` is for error messages. */
+export type ImageDecoder = (bytes: Uint8Array, name: string) => Promise<RgbaImage>;
+
+/** Decodes one file to RGB (alpha dropped). */
+export async function loadRgb(path: string, decode: ImageDecoder): Promise<RgbImage> {
+  const img = await decode(await Deno.readFile(path), path);
+  const rgb = new Uint8Array(img.width * img.height * 3);
+  for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
+    rgb[i] = img.data[j];
+    rgb[i + 1] = img.data[j + 1];
+    rgb[i + 2] = img.data[j + 2];
+  }
+  return { name: path.split("/").pop()!, width: img.width, height: img.height, rgb };
+}
+
+/**
+ * Decodes the images of a folder once (the cache the crops are cut from). Images smaller than
+ * `minSide` cannot give a crop: they are left out with a warning, and none left is an error.
+ */
+export async function loadImageFolder(
+  dir: string,
+  options: { decode: ImageDecoder; minSide?: number; maxImages?: number },
+): Promise<RgbImage[]> {
+  let files = await listImages(dir);
+  if (options.maxImages) files = files.slice(0, options.maxImages);
+  const out: RgbImage[] = [];
+  for (const f of files) {
+    const img = await loadRgb(f, options.decode);
+    if (options.minSide && Math.min(img.width, img.height) < options.minSide) {
+      console.warn(
+        `warning: ${f} is ${img.width}x${img.height}, smaller than the ${options.minSide} px crop: left out`,
+      );
+      continue;
+    }
+    out.push(img);
+  }
+  if (!out.length) throw new Error(`${dir}: no image is at least ${options.minSide} px on each side`);
+  return out;
+}
+
+/** Cuts `size`² pixels at (top, left), flips and transposes them, as 8-bit RGB. */
+export function cropAugment(
+  img: RgbImage,
+  at: { top: number; left: number; size: number },
+  aug: { hflip: boolean; vflip: boolean; transpose: boolean },
+): Uint8Array {
+  const { top, left, size } = at;
+  const out = new Uint8Array(size * size * 3);
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      // output (y, x) reads the source pixel BasicSR's augment order would put there:
+      // hflip, then vflip, then transpose
+      let sy = aug.transpose ? x : y, sx = aug.transpose ? y : x;
+      if (aug.vflip) sy = size - 1 - sy;
+      if (aug.hflip) sx = size - 1 - sx;
+      const s = ((top + sy) * img.width + left + sx) * 3, d = (y * size + x) * 3;
+      out[d] = img.rgb[s];
+      out[d + 1] = img.rgb[s + 1];
+      out[d + 2] = img.rgb[s + 2];
+    }
+  }
+  return out;
+}
+
+/** MATLAB bicubic downscale of an 8-bit RGB square, kept 8-bit as a saved LR PNG is. */
+export function downscale(rgb: Uint8Array, size: number, scale: number): { rgb: Float64Array; size: number } {
+  const r = imresizeArray(rgb, { width: size, height: size, channels: 3 }, { scale: 1 / scale, uint8: true });
+  return { rgb: r.data, size: r.shape.width };
+}
+
+/** The batch of training step `step` (0-based): a pure function of the images, options and step. */
+export function makeBatch(images: RgbImage[], options: CropOptions, step: number): Batch {
+  const { batchSize: n, gtSize, scale } = options;
+  if (gtSize % scale) throw new Error(`gt_size ${gtSize} is not a multiple of the scale ${scale}`);
+  const lqSize = gtSize / scale;
+  const rng = new Rng(options.seed, step + 1);
+  const gt = new Float32Array(n * gtSize * gtSize * 3);
+  const lq = new Float32Array(n * lqSize * lqSize * 3);
+  for (let b = 0; b < n; b++) {
+    const img = images[rng.int(images.length)];
+    // BasicSR crops the LR on its grid and the HR at scale times that: keep the crop on the LR grid
+    const top = rng.int(Math.floor((img.height - gtSize) / scale) + 1) * scale;
+    const left = rng.int(Math.floor((img.width - gtSize) / scale) + 1) * scale;
+    const hflip = options.hflip && rng.random() < 0.5;
+    const vflip = options.rot && rng.random() < 0.5;
+    const transpose = options.rot && rng.random() < 0.5;
+    const hr = cropAugment(img, { top, left, size: gtSize }, { hflip, vflip, transpose });
+    const lr = downscale(hr, gtSize, scale);
+    const gOff = b * hr.length, lOff = b * lr.rgb.length;
+    for (let i = 0; i < hr.length; i++) gt[gOff + i] = hr[i] / 255;
+    for (let i = 0; i < lr.rgb.length; i++) lq[lOff + i] = lr.rgb[i] / 255;
+  }
+  return { step, n, lq, gt, lqSize, gtSize };
+}
+
+/**
+ * Batches made ahead: `next()` hands out step after step while up to `depth` later batches are
+ * being made in macrotasks, which run whenever the training loop awaits the GPU.
+ */
+export class BatchQueue {
+  private readonly pending = new Map<number, Promise<Batch>>();
+  private step: number;
+
+  constructor(
+    private readonly images: RgbImage[],
+    private readonly options: CropOptions,
+    queue: { startStep: number; depth?: number },
+  ) {
+    this.step = queue.startStep;
+    this.depth = queue.depth ?? 2;
+  }
+
+  private readonly depth: number;
+
+  /** The batch of the next step. */
+  next(): Promise<Batch> {
+    const step = this.step++;
+    for (let s = step; s <= step + this.depth; s++) this.ensure(s);
+    const p = this.pending.get(step)!;
+    this.pending.delete(step);
+    return p;
+  }
+
+  private ensure(step: number): void {
+    if (this.pending.has(step)) return;
+    this.pending.set(
+      step,
+      new Promise((resolve, reject) =>
+        setTimeout(() => {
+          try {
+            resolve(makeBatch(this.images, this.options, step));
+          } catch (e) {
+            reject(e);
+          }
+        }, 0)
+      ),
+    );
+  }
+}
+
+/** One validation pair, float32 NHWC [0, 1] with n = 1. */
+export interface ValPair {
+  name: string;
+  lq: Float32Array;
+  lqWidth: number;
+  lqHeight: number;
+  /** The 8-bit HR the metrics compare against. */
+  gt: RgbImage;
+}
+
+/**
+ * Validation pairs: the centre `crop`² of each image (0: the whole image), cut to a multiple
+ * of the scale, and its MATLAB-bicubic LR.
+ */
+export function makeValPairs(images: RgbImage[], options: { scale: number; crop: number }): ValPair[] {
+  const { scale, crop } = options;
+  return images.map((img) => {
+    let w = img.width - (img.width % scale), h = img.height - (img.height % scale);
+    if (crop) {
+      w = Math.min(w, crop - (crop % scale));
+      h = Math.min(h, crop - (crop % scale));
+    }
+    const top = Math.floor((img.height - h) / 2), left = Math.floor((img.width - w) / 2);
+    const rgb = new Uint8Array(w * h * 3);
+    for (let y = 0; y < h; y++) {
+      rgb.set(
+        img.rgb.subarray(((top + y) * img.width + left) * 3, ((top + y) * img.width + left + w) * 3),
+        y * w * 3,
+      );
+    }
+    const r = imresizeArray(rgb, { width: w, height: h, channels: 3 }, { scale: 1 / scale, uint8: true });
+    return {
+      name: img.name,
+      lq: Float32Array.from(r.data, (v) => v / 255),
+      lqWidth: r.shape.width,
+      lqHeight: r.shape.height,
+      gt: { name: img.name, width: w, height: h, rgb },
+    };
+  });
+}

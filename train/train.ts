@@ -1,0 +1,326 @@
+/**
+ * The training run: data, the step loop, checkpoints, validation, logs, curves and export, in one
+ * output folder:
+ * - `checkpoint.safetensors`: the latest state (every `checkpointEvery` steps, on Ctrl-C, at the end)
+ * - `train_log.jsonl`, `curves.svg` (and `curves.png` given a renderer): the log and its picture,
+ *   rewritten at each validation
+ * - `val/NAME_STEP.png`: validation samples; `config.json`: the options used
+ * - `model.DTYPE.safetensors`: the EMA generator, exported at the end
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { RRDBNet } from "../core/rrdbnet_arch.ts";
+import { psnrSsim } from "../core/metrics.ts";
+import { imresizeArray } from "../core/imresize.ts";
+import type { RgbaImage } from "../core/image_io.ts";
+import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
+import type { StateDict } from "../core/state_dict.ts";
+import type { TrainConfig } from "./config.ts";
+import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
+import {
+  BatchQueue,
+  type ImageDecoder,
+  loadImageFolder,
+  makeValPairs,
+  type RgbImage,
+  type ValPair,
+} from "./data.ts";
+import { exportGenerator, generatorWeights } from "./export.ts";
+import { JsonlLog, type LogRecord, Progress } from "./log.ts";
+import { curvesSvg } from "./plot.ts";
+import { type StepLosses, Trainer } from "./trainer.ts";
+
+/** Options of {@link runTraining}. */
+export interface RunOptions {
+  config: TrainConfig;
+  /** Folder of HR training images. */
+  dataDir: string;
+  /** Folder of validation images; absent: no validation. */
+  valDir?: string;
+  outDir: string;
+  /** Continue from this checkpoint (its config should be the one given). */
+  resume?: Checkpoint;
+  /** Aborting saves a checkpoint after the current step and returns. */
+  signal?: AbortSignal;
+  /** Called after every step (step times, for benchmarks). */
+  onStep?: (step: number, losses: StepLosses, seconds: number) => void;
+  /** Skip the export at the end. */
+  noExport?: boolean;
+  /** Image codecs: decoding for the data, PNG encoding for samples (see train/codecs.ts). */
+  codec: { decode: ImageDecoder; encodePng: (img: RgbaImage) => Promise<Uint8Array> };
+  /** Renders the curves to PNG (train/plot_png.ts); absent: curves.svg only. */
+  renderPng?: (records: LogRecord[]) => Promise<Uint8Array>;
+}
+
+/** What a run did. */
+export interface RunSummary {
+  startStep: number;
+  endStep: number;
+  seconds: number;
+  /** Steps per second over the loop (checkpoints and validation included). */
+  itPerSec: number;
+  /** Mean losses over the first and the last `logEvery` steps of this run. */
+  first: Record<string, number>;
+  last: Record<string, number>;
+  val?: { psnr: number; ssim: number };
+  interrupted: boolean;
+  checkpoint: string;
+  exported?: string;
+}
+
+/** The latest-checkpoint path of an output folder. */
+export function checkpointPath(outDir: string): string {
+  return `${outDir.replace(/\/$/, "")}/checkpoint.safetensors`;
+}
+
+/** RGB 8-bit → RGBA for the metrics and the encoder. */
+export function toRgba(img: { width: number; height: number; rgb: Uint8Array }): RgbaImage {
+  const data = new Uint8ClampedArray(img.width * img.height * 4);
+  for (let i = 0, j = 0; i < img.rgb.length; i += 3, j += 4) {
+    data[j] = img.rgb[i];
+    data[j + 1] = img.rgb[i + 1];
+    data[j + 2] = img.rgb[i + 2];
+    data[j + 3] = 255;
+  }
+  return { width: img.width, height: img.height, data };
+}
+
+/**
+ * PSNR/SSIM (Y channel, border = scale, as the SR literature and BasicSR's `test_y_channel`) of a
+ * net over validation pairs, the SR clamped and rounded to 8 bits as a saved image would be.
+ */
+export async function validate(
+  net: RRDBNet,
+  pairs: ValPair[],
+  options: { samples?: number; onSample?: (name: string, img: RgbaImage) => Promise<void> },
+): Promise<{ psnr: number; ssim: number }> {
+  let sumP = 0, sumS = 0;
+  for (const [i, p] of pairs.entries()) {
+    const out = tf.tidy(() => {
+      const x = tf.tensor4d(p.lq, [1, p.lqHeight, p.lqWidth, 3]);
+      return tf.round(tf.mul(tf.clipByValue(net.apply(x), 0, 1), 255));
+    });
+    const v = await out.data();
+    out.dispose();
+    const [, h, w] = out.shape;
+    const sr = toRgba({ width: w, height: h, rgb: Uint8Array.from(v) });
+    const m = psnrSsim(sr, toRgba(p.gt), { cropBorder: net.config.scale, yChannel: true });
+    sumP += m.psnr;
+    sumS += m.ssim;
+    if (options.onSample && i < (options.samples ?? 0)) await options.onSample(p.name, sr);
+  }
+  return { psnr: sumP / pairs.length, ssim: sumS / pairs.length };
+}
+
+/** PSNR/SSIM of MATLAB-bicubic upscaling of the validation LR: the floor a trained net should beat. */
+export function bicubicBaseline(pairs: ValPair[], scale: number): { psnr: number; ssim: number } {
+  let sumP = 0, sumS = 0;
+  for (const p of pairs) {
+    const up = imresizeArray(Uint8Array.from(p.lq, (v) => Math.round(v * 255)), {
+      width: p.lqWidth,
+      height: p.lqHeight,
+      channels: 3,
+    }, { width: p.gt.width, height: p.gt.height, uint8: true });
+    const m = psnrSsim(
+      toRgba({ width: p.gt.width, height: p.gt.height, rgb: Uint8Array.from(up.data) }),
+      toRgba(p.gt),
+      {
+        cropBorder: scale,
+        yChannel: true,
+      },
+    );
+    sumP += m.psnr;
+    sumS += m.ssim;
+  }
+  return { psnr: sumP / pairs.length, ssim: sumS / pairs.length };
+}
+
+const mean = (rows: StepLosses[]) => {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(rows[0] ?? {})) out[k] = rows.reduce((a, r) => a + r[k], 0) / rows.length;
+  return out;
+};
+
+/** Trains as `options.config` says; see the module doc for what lands in `outDir`. */
+export async function runTraining(options: RunOptions): Promise<RunSummary> {
+  const c = options.config;
+  const backend = tf.getBackend();
+  if (backend !== "webgpu" && backend !== "cpu") {
+    throw new Error(
+      `training needs the webgpu or cpu backend, not ${backend} (tfjs-wasm has no Conv2DBackpropFilter)`,
+    );
+  }
+  const out = options.outDir.replace(/\/$/, "");
+  await Deno.mkdir(`${out}/val`, { recursive: true });
+  const ckptPath = checkpointPath(out);
+  const stale = await removeStaleTemps(ckptPath);
+  if (stale.length) {
+    console.error(`removed ${stale.length} unfinished checkpoint temp file(s): ${stale.join(", ")}`);
+  }
+  await Deno.writeTextFile(`${out}/config.json`, JSON.stringify(c, null, 2) + "\n");
+
+  const t0 = performance.now();
+  const images = await loadImageFolder(options.dataDir, {
+    decode: options.codec.decode,
+    minSide: c.gtSize,
+    maxImages: c.maxImages || undefined,
+  });
+  let pairs: ValPair[] = [];
+  let bicubic: { psnr: number; ssim: number } | undefined;
+  if (options.valDir) {
+    const valImages: RgbImage[] = await loadImageFolder(options.valDir, {
+      decode: options.codec.decode,
+      maxImages: c.valMaxImages || undefined,
+    });
+    pairs = makeValPairs(valImages, { scale: c.scale, crop: c.valCrop });
+  }
+  if (pairs.length) {
+    const bic = bicubicBaseline(pairs, c.scale);
+    console.error(
+      `validation baseline, MATLAB bicubic x${c.scale}: PSNR ${bic.psnr.toFixed(3)} dB, SSIM ${
+        bic.ssim.toFixed(4)
+      }`,
+    );
+    bicubic = bic;
+  }
+  console.error(
+    `data: ${images.length} training images from ${options.dataDir}, ${pairs.length} validation images ` +
+      `(${((performance.now() - t0) / 1000).toFixed(1)} s to decode)`,
+  );
+
+  let perceptual: PerceptualLoss | undefined;
+  let pretrainG: StateDict | undefined;
+  if (c.stage === "gan") {
+    perceptual = await PerceptualLoss.load({
+      weights: c.vggWeights || undefined,
+      layerWeights: { [c.perceptualLayer]: 1 },
+    });
+    console.error(
+      `perceptual loss: VGG19 ${perceptual.layer} from ${perceptual.source}${
+        perceptual.warning ? " (SEE WARNING ABOVE)" : ""
+      }`,
+    );
+  }
+  if (c.pretrainG && !options.resume) {
+    pretrainG = generatorWeights(await Deno.readFile(c.pretrainG), c.pretrainG);
+    console.error(`generator initialised from ${c.pretrainG}`);
+  } else if (c.stage === "gan" && !options.resume) {
+    console.error(
+      "WARNING: the gan stage starts from a random generator (no pretrainG); ESRGAN starts from the psnr stage",
+    );
+  }
+  const trainer = Trainer.create(c, { checkpoint: options.resume, pretrainG, perceptual });
+  const startStep = trainer.step;
+  if (options.resume) console.error(`resumed at step ${startStep}`);
+  const log = await JsonlLog.open(`${out}/train_log.jsonl`, { fromStep: startStep });
+  if (bicubic && !startStep) {
+    await log.write({ type: "info", step: 0, bicubic_psnr: bicubic.psnr, bicubic_ssim: bicubic.ssim });
+  }
+  const queue = new BatchQueue(images, c, { startStep, depth: c.prefetch });
+
+  const save = async () => {
+    await writeFileAtomic(ckptPath, await trainer.checkpoint({ data: options.dataDir }));
+  };
+  const writeCurves = async () => {
+    const svg = curvesSvg(log.records);
+    await Deno.writeTextFile(`${out}/curves.svg`, svg);
+    if (options.renderPng) await Deno.writeFile(`${out}/curves.png`, await options.renderPng(log.records));
+  };
+  let lastVal: { psnr: number; ssim: number } | undefined;
+  const runVal = async () => {
+    if (pairs.length) {
+      lastVal = await validate(trainer.ema, pairs, {
+        samples: c.valSamples,
+        onSample: async (name, img) => {
+          const stem = name.replace(/\.[^.]+$/, "");
+          await Deno.writeFile(`${out}/val/${stem}_${trainer.step}.png`, await options.codec.encodePng(img));
+        },
+      });
+      await log.write({ type: "val", step: trainer.step, ...lastVal });
+      progress.log(
+        `validation at step ${trainer.step}: PSNR ${lastVal.psnr.toFixed(3)} dB, SSIM ${
+          lastVal.ssim.toFixed(4)
+        } (EMA G, Y channel)`,
+      );
+    }
+    await writeCurves();
+  };
+
+  const progress = new Progress(c.totalSteps, startStep, c.logEvery);
+  const firstRows: StepLosses[] = [];
+  let window: StepLosses[] = [];
+  let lastWindow: StepLosses[] = [];
+  let savedAt = startStep;
+  const loopStart = performance.now();
+  let loopDone = false;
+  try {
+    while (trainer.step < c.totalSteps && !options.signal?.aborted) {
+      const ts = performance.now();
+      const batch = await queue.next();
+      const losses = await trainer.trainStep(batch);
+      const secs = (performance.now() - ts) / 1000;
+      const bad = Object.entries(losses).find(([, v]) => !Number.isFinite(v));
+      if (bad) {
+        throw new Error(
+          `${bad[0]} became ${
+            bad[1]
+          } at step ${trainer.step}; the last good state is ${ckptPath} (step ${savedAt})`,
+        );
+      }
+      options.onStep?.(trainer.step, losses, secs);
+      if (firstRows.length < c.logEvery) firstRows.push(losses);
+      window.push(losses);
+      progress.update(trainer.step, losses);
+      if (trainer.step % c.logEvery === 0 || trainer.step === c.totalSteps) {
+        await log.write({ type: "train", step: trainer.step, ...mean(window), time: Date.now() / 1000 });
+        lastWindow = window;
+        window = [];
+      }
+      if (trainer.step % c.checkpointEvery === 0) {
+        await save();
+        savedAt = trainer.step;
+      }
+      if (c.valEvery && trainer.step % c.valEvery === 0) await runVal();
+    }
+    loopDone = true;
+  } finally {
+    progress.stop();
+    // after an error (a NaN loss, out of memory) the last checkpoint stays the last good state
+    if (loopDone && trainer.step !== savedAt) {
+      await save();
+      savedAt = trainer.step;
+    }
+  }
+  const seconds = (performance.now() - loopStart) / 1000;
+  const interrupted = trainer.step < c.totalSteps;
+  if (window.length) lastWindow = window;
+  let exported: string | undefined;
+  if (!interrupted) {
+    if (!c.valEvery || trainer.step % c.valEvery) await runVal();
+    if (!options.noExport) {
+      exported = `${out}/model.${c.exportDtype}.safetensors`;
+      await Deno.writeFile(
+        exported,
+        exportGenerator(await readCheckpoint(ckptPath), { dtype: c.exportDtype }),
+      );
+      console.error(`exported the EMA generator to ${exported}`);
+    }
+  } else {
+    await writeCurves();
+    console.error(`interrupted at step ${trainer.step}: state saved to ${ckptPath} (continue with --resume)`);
+  }
+  log.close();
+  trainer.dispose();
+  return {
+    startStep,
+    endStep: trainer.step,
+    seconds,
+    itPerSec: (trainer.step - startStep) / Math.max(seconds, 1e-9),
+    first: mean(firstRows),
+    last: mean(lastWindow),
+    val: lastVal,
+    interrupted,
+    checkpoint: ckptPath,
+    exported,
+  };
+}

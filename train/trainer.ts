@@ -1,0 +1,208 @@
+/**
+ * One ESRGAN training run's state and step, as BasicSR's `SRModel` (stage `psnr`) and
+ * `ESRGANModel` (stage `gan`) define `optimize_parameters`:
+ * - psnr: L = w_pix · L1(G(lq), gt); Adam on G.
+ * - gan: G first, with D's weights fixed: L_G = w_pix · L1 + w_percep · L_percep + w_gan · L_RaGAN;
+ *   then D on the same G output (detached): L_D = RaGAN with each half's other mean detached.
+ * - then G's EMA moves towards G.
+ * The learning rate of step k (0-based count of finished steps) is the schedule at k.
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+// tfjs-core alone registers no gradients (the @tensorflow/tfjs bundle does)
+import "@tensorflow/tfjs";
+import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { VGGStyleDiscriminator } from "../core/discriminator_arch.ts";
+import { pixelL1 } from "../core/losses/pixel_loss.ts";
+import { raganDiscriminatorTerms, raganGeneratorLoss } from "../core/losses/gan_loss.ts";
+import type { StateDict } from "../core/state_dict.ts";
+import { Adam } from "./adam.ts";
+import { copyInto, updateEma } from "./ema.ts";
+import { scheduleOf, type TrainConfig } from "./config.ts";
+import { lrAt } from "./schedule.ts";
+import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
+import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
+import type { Batch } from "./data.ts";
+
+/** The perceptual loss as the trainer uses it (core/losses' PerceptualLoss). */
+export interface PerceptualLike {
+  layer: string;
+  warning?: string | null;
+  apply(sr: tf.Tensor4D, hr: tf.Tensor4D): tf.Scalar;
+  dispose(): void;
+}
+
+/** Options of {@link Trainer.create}. */
+export interface TrainerOptions {
+  /** Continue from this checkpoint (its config must match in architecture). */
+  checkpoint?: Checkpoint;
+  /** Initial G and EMA weights (BasicSR's pretrain_network_g); ignored when resuming. */
+  pretrainG?: StateDict;
+  /** The gan stage's perceptual loss (owned by the trainer afterwards). */
+  perceptual?: PerceptualLike;
+}
+
+/** Losses of one step, by BasicSR's log names. */
+export type StepLosses = Record<string, number>;
+
+/** The generator config a training config describes. */
+export function generatorConfig(c: TrainConfig): RRDBNetConfig {
+  return {
+    numInCh: 3,
+    numOutCh: 3,
+    scale: c.scale,
+    numFeat: c.numFeat,
+    numBlock: c.numBlock,
+    numGrowCh: c.numGrowCh,
+  };
+}
+
+/** Nets, optimisers and step counter of a run. Dispose it when done. */
+export class Trainer {
+  /** Finished steps. */
+  step = 0;
+  private readonly gNames: Map<string, string>;
+  private readonly dNames: Map<string, string>;
+
+  private constructor(
+    readonly config: TrainConfig,
+    readonly g: RRDBNet,
+    readonly ema: RRDBNet,
+    readonly optG: Adam,
+    readonly d?: VGGStyleDiscriminator,
+    readonly optD?: Adam,
+    readonly perceptual?: PerceptualLike,
+  ) {
+    this.gNames = new Map([...g.params].map(([k, v]) => [v.name, k]));
+    this.dNames = new Map([...(d?.params ?? [])].map(([k, v]) => [v.name, k]));
+  }
+
+  /** Builds the nets: fresh (seeded), from pretrained G weights, or from a checkpoint. */
+  static create(config: TrainConfig, options: TrainerOptions = {}): Trainer {
+    if (tf.getBackend() === "cpu") useFastCpuConvBackprop();
+    const ck = options.checkpoint;
+    const gCfg = generatorConfig(config);
+    const gWeights = ck?.netG ?? options.pretrainG;
+    const g = new RRDBNet(gCfg, { weights: gWeights, seed: config.seed, trainable: true });
+    const ema = new RRDBNet(gCfg, { weights: ck?.netGEma ?? gWeights, seed: config.seed });
+    if (!ck && !gWeights) copyInto(ema.params, g.params); // BasicSR's model_ema(0)
+    const betas: [number, number] = [config.beta1, config.beta2];
+    const optG = new Adam(g.params, { betas });
+    if (ck) restoreAdam(optG, ck.optimizerG, "optimizer_g");
+    let d: VGGStyleDiscriminator | undefined, optD: Adam | undefined;
+    if (config.stage === "gan") {
+      if (!options.perceptual) throw new Error("the gan stage needs a perceptual loss");
+      if (ck && !ck.netD) throw new Error("the checkpoint has no discriminator: it was a psnr-stage run");
+      d = new VGGStyleDiscriminator(
+        { numInCh: 3, numFeat: config.dNumFeat, inputSize: config.gtSize },
+        { seed: config.seed + 1000, weights: ck?.netD },
+      );
+      optD = new Adam(d.params, { betas });
+      if (ck?.optimizerD) restoreAdam(optD, ck.optimizerD, "optimizer_d");
+    }
+    const t = new Trainer(config, g, ema, optG, d, optD, options.perceptual);
+    t.step = ck?.step ?? 0;
+    return t;
+  }
+
+  /** Learning rates of the next step. */
+  lr(): { g: number; d: number } {
+    const s = scheduleOf(this.config);
+    return { g: lrAt(s, this.config.lrG, this.step), d: lrAt(s, this.config.lrD, this.step) };
+  }
+
+  /** One optimisation step on `batch`; returns the losses (read back once per step). */
+  async trainStep(batch: Batch): Promise<StepLosses> {
+    const c = this.config;
+    const lr = this.lr();
+    const lq = tf.tensor4d(batch.lq, [batch.n, batch.lqSize, batch.lqSize, 3]);
+    const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
+    const names: string[] = [];
+    let parts: tf.Tensor | undefined;
+    let sr: tf.Tensor4D | undefined;
+    try {
+      const gVars = [...this.g.params.values()];
+      const { value, grads } = tf.variableGrads(() => {
+        const out = this.g.apply(lq);
+        const terms: [string, tf.Scalar][] = [[
+          "l_pix",
+          tf.mul(pixelL1(out, gt), c.pixelWeight) as tf.Scalar,
+        ]];
+        if (c.stage === "gan") {
+          sr = tf.keep(out);
+          terms.push(["l_percep", tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar]);
+          const real = this.d!.apply(gt, { training: true });
+          const fake = this.d!.apply(out, { training: true });
+          terms.push(["l_gan", tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar]);
+        }
+        for (const [n] of terms) names.push(n);
+        parts = tf.keep(tf.stack(terms.map(([, t]) => t)));
+        return tf.addN(terms.map(([, t]) => t)) as tf.Scalar;
+      }, gVars);
+      value.dispose();
+      this.optG.step(this.byParam(grads, this.gNames), lr.g);
+      tf.dispose(grads);
+      if (c.stage === "gan") {
+        const dVars = [...this.d!.params.values()];
+        let dParts: tf.Tensor | undefined;
+        const { value: lD, grads: gD } = tf.variableGrads(() => {
+          const terms = raganDiscriminatorTerms(
+            this.d!.apply(gt, { training: true }),
+            this.d!.apply(sr!, { training: true }),
+          );
+          dParts = tf.keep(tf.stack([terms.real, terms.fake]));
+          return terms.total;
+        }, dVars);
+        lD.dispose();
+        this.optD!.step(this.byParam(gD, this.dNames), lr.d);
+        tf.dispose(gD);
+        const all = tf.concat([parts!, dParts!]);
+        tf.dispose([parts!, dParts!]);
+        parts = all;
+        names.push("l_d_real", "l_d_fake");
+      }
+      updateEma(this.ema.params, this.g.params, { decay: c.emaDecay });
+      const values = await parts!.data();
+      this.step++;
+      const out: StepLosses = { lr: lr.g };
+      names.forEach((n, i) => out[n] = values[i]);
+      return out;
+    } finally {
+      tf.dispose([lq, gt, ...(sr ? [sr] : []), ...(parts ? [parts] : [])]);
+    }
+  }
+
+  /** The whole state as checkpoint bytes. */
+  async checkpoint(metadata: Record<string, string> = {}): Promise<Uint8Array> {
+    return encodeCheckpoint({
+      step: this.step,
+      config: this.config,
+      rng: { seed: this.config.seed },
+      netG: await this.g.stateDict(),
+      netGEma: await this.ema.stateDict(),
+      netD: this.d ? await this.d.stateDict() : undefined,
+      optimizerG: this.optG,
+      optimizerD: this.optD,
+      metadata,
+    });
+  }
+
+  /** Frees every net and optimiser state. */
+  dispose(): void {
+    this.g.dispose();
+    this.ema.dispose();
+    this.optG.dispose();
+    this.d?.dispose();
+    this.optD?.dispose();
+    this.perceptual?.dispose();
+  }
+
+  private byParam(grads: tf.NamedTensorMap, names: Map<string, string>): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>();
+    for (const [varName, g] of Object.entries(grads)) {
+      const k = names.get(varName);
+      if (k) out.set(k, g);
+    }
+    return out;
+  }
+}
