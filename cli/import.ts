@@ -63,6 +63,8 @@ export async function runImport(args: ImportArgs): Promise<string> {
     throw new Error(`${args.out} exists; pass --force to overwrite it`);
   }
   const sd = await importWeights(args.src);
+  const unknown = args.fp16Layers?.filter((p) => ![...sd.keys()].some((k) => k.startsWith(p + ".")));
+  if (unknown?.length) throw new Error(`--fp16-layers: no layer named ${unknown.join(", ")} in ${args.src}`);
   const source = args.src.split("/").pop()!;
   const bytes = encodeModelFile(sd, {
     dtype: args.dtype,

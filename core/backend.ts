@@ -144,6 +144,8 @@ async function startThreadedWasm(threads: number, dist: URL): Promise<tf.KernelB
     const backend = new BackendWasm(module);
     // Emscripten preallocates 8 workers; the pool has taken threads - 1 of them, free the rest.
     for (const w of module.PThread.unusedWorkers.splice(0)) w.terminate();
+    // The pool's threads wait for work forever: they must not keep the process alive.
+    for (const w of module.PThread.runningWorkers) w.unref();
     return backend;
   } finally {
     globalThis.Worker = webWorker;

@@ -4,6 +4,7 @@
  * @module
  */
 import type { BackendName } from "../core/backend.ts";
+import { DEFAULT_TILE, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 
 /** Settings of one server instance. */
 export interface EdgeConfig {
@@ -58,8 +59,8 @@ export const DEFAULTS = {
   maxConcurrent: 1,
   maxQueue: 8,
   timeoutMs: 120_000,
-  tile: 128,
-  tilePad: 10,
+  tile: DEFAULT_TILE,
+  tilePad: DEFAULT_TILE_PAD,
 } as const;
 
 /** Reads the settings from `env` (a getter such as `Deno.env.get`), falling back to {@link DEFAULTS}. */

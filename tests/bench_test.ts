@@ -123,3 +123,19 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   assert.match(table, /wasm:2 \(2 thr\)/);
   assert.match(table, /0\.0e\+0 \(wasm:1\)/);
 });
+
+Deno.test("bench: a process on wasm with 2 threads exits by itself once done", async () => {
+  const backend = new URL("../core/backend.ts", import.meta.url).href;
+  const code = `import * as tf from "@tensorflow/tfjs-core";
+    import { initBackend } from "${backend}";
+    const info = await initBackend("wasm", { threads: 2 });
+    const y = tf.conv2d(tf.ones([1, 8, 8, 4]), tf.ones([3, 3, 4, 4]), 1, "same");
+    console.log(info.threads, (await y.data())[0]);`;
+  const proc = new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "piped", stderr: "piped" })
+    .spawn();
+  const timer = setTimeout(() => proc.kill(), 60_000);
+  const { code: exit, stdout, stderr } = await proc.output();
+  clearTimeout(timer);
+  assert.equal(exit, 0, new TextDecoder().decode(stderr));
+  assert.equal(new TextDecoder().decode(stdout).trim(), "2 16");
+});

@@ -177,6 +177,7 @@ Deno.test({
             tf.dispose([x, y]);
             model.dispose();
             assert.equal(tf.memory().numTensors, before, `${net} on ${backend}: tensors leaked`);
+            console.log(`${net} on ${backend}: max abs error ${maxErr.toExponential(2)}`);
             assert.ok(maxErr < 1e-4, `${net} on ${backend}: max abs error ${maxErr}`);
           }
         },

@@ -26,6 +26,9 @@ export function detectLayout(sd: StateDict): KeyLayout | null {
  * keys are no RRDBNet's.
  */
 export function toBasicSR(sd: StateDict, name = "checkpoint"): StateDict {
+  if (sd.size === 0) {
+    throw new Error(`${name}: holds no tensors (a pickled whole model? save its state_dict() instead)`);
+  }
   let picked = sd;
   for (const top of ["params_ema", "params", "state_dict"]) {
     const sub = withPrefix(sd, `${top}.`);

@@ -87,9 +87,9 @@ function isZip(bytes: Uint8Array): boolean {
  * are not tensors (iteration counts, strings) are left out.
  */
 export function readPth(bytes: Uint8Array, name = "checkpoint"): Promise<StateDict> {
+  // parsing is synchronous; the promise keeps room for streaming large checkpoints later
   try {
-    const refs = isZip(bytes) ? readZip(bytes, name) : readLegacy(bytes, name);
-    return Promise.resolve(refs);
+    return Promise.resolve(isZip(bytes) ? readZip(bytes, name) : readLegacy(bytes, name));
   } catch (e) {
     return Promise.reject(e);
   }
