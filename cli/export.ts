@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import { readCheckpoint } from "../train/checkpoint.ts";
 import { exportGenerator } from "../train/export.ts";
+import { runMain } from "./run_main.ts";
 
 const USAGE =
   "usage: deno task export CHECKPOINT -o OUT.safetensors [--dtype fp32|fp16|int8] [--which ema|g]";
@@ -41,11 +42,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { interpolateModelFiles } from "../train/interp.ts";
+import { runMain } from "./run_main.ts";
 
 const USAGE = "usage: deno task interp A B --alpha 0.8 -o OUT.safetensors [--dtype fp32|fp16|int8]";
 
@@ -40,11 +41,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);

@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import type { LogRecord } from "../train/log.ts";
 import { curvesSvg } from "../train/plot.ts";
 import { renderCurvesPng } from "../train/plot_png.ts";
+import { runMain } from "./run_main.ts";
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -32,11 +33,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);

@@ -13,6 +13,7 @@ import { readCheckpoint } from "../train/checkpoint.ts";
 import { checkpointPath, runTraining } from "../train/train.ts";
 import { imageIoCodec } from "../train/codecs.ts";
 import { renderCurvesPng } from "../train/plot_png.ts";
+import { runMain } from "./run_main.ts";
 
 const USAGE = `usage: deno task train --config ${
   Object.keys(PRESETS).join("|")
@@ -104,11 +105,4 @@ async function main(): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runMain(main);
