@@ -15,6 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { numel, type StateDict } from "./state_dict.ts";
+import { countElements, readStateDict, torchToTf } from "./tf_layout.ts";
 
 /** Hyper-parameters, named as BasicSR names them. */
 export interface DiscriminatorConfig {
@@ -100,18 +101,6 @@ export function discriminatorShapes(config: DiscriminatorConfig): Map<string, nu
 
 const isBuffer = (name: string) => /\.(running_mean|running_var|num_batches_tracked)$/.test(name);
 
-// PyTorch → TF layout: conv OIHW → HWIO, linear [out, in] → [in, out].
-function torchToTf(t: tf.Tensor): tf.Tensor {
-  if (t.rank === 4) return tf.transpose(t, [2, 3, 1, 0]);
-  if (t.rank === 2) return tf.transpose(t);
-  return t.clone();
-}
-function tfToTorch(t: tf.Tensor): tf.Tensor {
-  if (t.rank === 4) return tf.transpose(t, [3, 2, 0, 1]);
-  if (t.rank === 2) return tf.transpose(t);
-  return t.clone();
-}
-
 /**
  * BasicSR's VGG-style discriminator. Dispose it when done: it owns GPU memory.
  *
@@ -180,22 +169,18 @@ export class VGGStyleDiscriminator {
   }
 
   /** Weights and buffers in PyTorch layout under BasicSR names (`num_batches_tracked` as float). */
-  async stateDict(): Promise<StateDict> {
-    const sd: StateDict = new Map();
-    for (const name of discriminatorShapes(this.config).keys()) {
-      const v = this.params.get(name) ?? this.buffers.get(name)!;
-      const t = tfToTorch(v);
-      sd.set(name, { shape: t.shape, data: (await t.data()) as Float32Array });
-      t.dispose();
-    }
-    return sd;
+  stateDict(): Promise<StateDict> {
+    return readStateDict(
+      [...discriminatorShapes(this.config).keys()].map((name) => [
+        name,
+        this.params.get(name) ?? this.buffers.get(name)!,
+      ]),
+    );
   }
 
   /** Number of trainable parameters. */
   get size(): number {
-    let n = 0;
-    for (const v of this.params.values()) n += numel(v.shape);
-    return n;
+    return countElements(this.params.values());
   }
 
   /** Frees the variables. */

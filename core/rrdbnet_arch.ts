@@ -8,7 +8,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { numel, type StateDict } from "./state_dict.ts";
+import type { StateDict } from "./state_dict.ts";
+import { countElements, readStateDict, torchToTf } from "./tf_layout.ts";
 
 /** Architecture hyper-parameters, named as BasicSR names them. */
 export interface RRDBNetConfig {
@@ -85,9 +86,6 @@ export interface RRDBNetOptions {
   trainable?: boolean;
 }
 
-const torchToTf = (t: tf.Tensor) => t.rank === 4 ? tf.transpose(t, [2, 3, 1, 0]) : t.clone();
-const tfToTorch = (t: tf.Tensor) => t.rank === 4 ? tf.transpose(t, [3, 2, 0, 1]) : t.clone();
-
 /** The ESRGAN generator. Dispose it when done: it owns GPU memory. */
 export class RRDBNet {
   readonly config: RRDBNetConfig;
@@ -149,21 +147,13 @@ export class RRDBNet {
   }
 
   /** The weights in PyTorch layout under BasicSR names. */
-  async stateDict(): Promise<StateDict> {
-    const sd: StateDict = new Map();
-    for (const [name, v] of this.params) {
-      const t = tfToTorch(v);
-      sd.set(name, { shape: t.shape, data: (await t.data()) as Float32Array });
-      t.dispose();
-    }
-    return sd;
+  stateDict(): Promise<StateDict> {
+    return readStateDict(this.params);
   }
 
   /** Number of parameters. */
   get size(): number {
-    let n = 0;
-    for (const v of this.params.values()) n += numel(v.shape);
-    return n;
+    return countElements(this.params.values());
   }
 
   dispose(): void {
