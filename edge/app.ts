@@ -37,17 +37,9 @@ export interface HealthReport {
   /** `file` is the model's file name only: a public instance need not show its directory layout. */
   model: { file: string; dtype?: string; scale?: number; config?: unknown; loadMs?: number };
   backend?: BackendInfo;
-  limits: {
-    maxBodyBytes: number;
-    maxPixels: number;
-    maxOutscale: number;
-    maxConcurrent: number;
-    maxQueue: number;
-    timeoutMs: number;
-    tile: number;
-    tilePad: number;
+  /** The settings of {@link EdgeConfig} a client may see: the token only as whether one is required. */
+  limits: Omit<EdgeConfig, "model" | "backend" | "token"> & {
     auth: boolean;
-    corsOrigins: string[];
     inputTypes: string[];
     /** Each output format: "available", "untested" (tried on first use) or why it is unavailable. */
     outputFormats: Record<string, string>;
@@ -145,6 +137,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
     }
   }
 
+  const { model: _model, backend: _backend, token: _token, ...publicLimits } = config;
   function health(): HealthReport {
     // tf.memory() throws until a backend is up (a failed start leaves none).
     const mem = state.backend ? tf.memory() : { numTensors: 0, numBytes: 0 };
@@ -161,16 +154,8 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
       },
       backend: state.backend,
       limits: {
-        maxBodyBytes: config.maxBodyBytes,
-        maxPixels: config.maxPixels,
-        maxOutscale: config.maxOutscale,
-        maxConcurrent: config.maxConcurrent,
-        maxQueue: config.maxQueue,
-        timeoutMs: config.timeoutMs,
-        tile: config.tile,
-        tilePad: config.tilePad,
+        ...publicLimits,
         auth: Boolean(config.token),
-        corsOrigins: config.corsOrigins,
         inputTypes: [...INPUT_TYPES, "multipart/form-data (field: image)"],
         outputFormats: { ...formats },
       },
