@@ -235,12 +235,6 @@ export async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  // Mesa's Vulkan driver warns without XDG_RUNTIME_DIR; set it only where we may (no prompt).
-  const envPerm = await Deno.permissions.query({ name: "env", variable: "XDG_RUNTIME_DIR" });
-  if (envPerm.state === "granted" && !Deno.env.get("XDG_RUNTIME_DIR")) {
-    Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
-  }
-
   let upscaler: Upscaler | undefined;
   const controller = new AbortController();
   const onSigint = () => controller.abort();

@@ -37,12 +37,22 @@ export interface BackendOptions {
 export async function probeWebGPU(): Promise<{ adapter?: string; software: boolean; why?: string }> {
   const gpu = (navigator as { gpu?: GPU }).gpu;
   if (!gpu) return { software: true, why: "no WebGPU in this runtime" };
+  await quietMesa();
   const adapter = await gpu.requestAdapter();
   if (!adapter) return { software: true, why: "no WebGPU adapter" };
   const info = adapter.info;
   const description = info.description || `${info.vendor} ${info.device}`.trim();
   const software = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(description);
   return { adapter: description, software };
+}
+
+/**
+ * Mesa's Vulkan loader prints "XDG_RUNTIME_DIR is invalid" on every adapter request when the variable
+ * is unset: set it to /tmp where the permissions allow it without a prompt, before asking.
+ */
+async function quietMesa(): Promise<void> {
+  const perm = await Deno.permissions.query({ name: "env", variable: "XDG_RUNTIME_DIR" });
+  if (perm.state === "granted" && !Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
 }
 
 /** Starts `name`, or picks one when absent. Throws if the requested backend cannot start. */
