@@ -274,8 +274,10 @@ function rawSample(raw: ArrayLike<number>, index: number, depth: number, perRow:
 
 async function decodeJpeg(bytes: Uint8Array, name?: string): Promise<RgbaImage> {
   let fb: { width: number; height: number; format: number; buffer: Uint8Array };
+  // Loading the codec can fail for reasons of its own (a missing read permission): not the image's fault.
+  const codec = await jpeglib.init();
   try {
-    fb = (await jpeglib.init()).decode(bytes);
+    fb = codec.decode(bytes);
   } catch (e) {
     const ended = bytes.subarray(-64).some((v, i, a) => v === 0xff && a[i + 1] === 0xd9);
     throw fail(

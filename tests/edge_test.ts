@@ -545,7 +545,7 @@ async function spawnServer(args: string[], env: Record<string, string>) {
 }
 
 Deno.test(
-  "edge: `deno task serve`'s narrow permissions suffice (subprocess): cold start, PNG and JPEG out",
+  "edge: `deno task serve`'s narrow permissions suffice (subprocess): cold start, PNG and JPEG in and out",
   opts,
   async () => {
     const t0 = performance.now();
@@ -566,6 +566,14 @@ Deno.test(
       const ref = Upscaler.fromBytes(modelBytes);
       assert.deepEqual(out.data, (await ref.upscale(await decodeImage(body))).data);
       ref.dispose();
+
+      // A real JPEG in: its decoder's wasm must be readable under these flags.
+      const jpegIn = (await encodeImage(picture(30, 22), { format: "jpeg", quality: 90 })) as Uint8Array<
+        ArrayBuffer
+      >;
+      const fromJpeg = await post(`${srv.url}/v1/upscale`, jpegIn, { type: "image/jpeg" });
+      assert.equal(fromJpeg.status, 200, await fromJpeg.clone().text());
+      assert.equal((await decodeImage(new Uint8Array(await fromJpeg.arrayBuffer()))).width, 30 * 4);
 
       const jpeg = await post(`${srv.url}/v1/upscale?format=jpeg&quality=80`, body, { type: "image/jpeg" });
       assert.equal(jpeg.status, 200, await jpeg.clone().text());
