@@ -14,6 +14,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import { conv3x3Program, type Conv3x3Spec } from "./webgpu_conv3x3.ts";
 import { getPipeline, packUniforms, type WebGPUBackendLike } from "./webgpu_program.ts";
+import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 
 interface PlanBackend extends WebGPUBackendLike {
@@ -91,20 +92,7 @@ export class RRDBNetPlanWebGPU {
         const name = `body.${b}.rdb${r}`;
         for (let k = 1; k <= 4; k++) {
           conv(
-            {
-              ...base,
-              c0: nf,
-              x0Stride: nf,
-              c1: (k - 1) * gc,
-              x1Stride: 4 * gc,
-              x1IsOutput: true,
-              cout: gc,
-              outStride: 4 * gc,
-              outOffset: (k - 1) * gc,
-              bias: true,
-              activation: "leakyrelu",
-              alpha: 0.2,
-            },
+            growthConvSpec(base, nf, gc, k),
             grow,
             [x, param(`${name}.conv${k}.weight`), param(`${name}.conv${k}.bias`)],
           );
@@ -112,17 +100,7 @@ export class RRDBNetPlanWebGPU {
         const last = r === 3;
         const output = last ? trunk[b % 2] : rdbOut[r - 1];
         conv(
-          {
-            ...base,
-            c0: nf,
-            x0Stride: nf,
-            c1: 4 * gc,
-            x1Stride: 4 * gc,
-            cout: nf,
-            bias: true,
-            res1Scale: 0.2,
-            res2Scale: last ? 0.2 : undefined,
-          },
+          fuseConvSpec(base, nf, gc, { resScale: 0.2, skipScale: last ? 0.2 : undefined }),
           output,
           [x, grow, param(`${name}.conv5.weight`), param(`${name}.conv5.bias`), ...(last ? [rrdbIn] : [])],
         );

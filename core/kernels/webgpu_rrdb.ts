@@ -14,7 +14,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
-import { type Activation, conv3x3Forward } from "./webgpu_conv3x3.ts";
+import { type Activation, conv3x3Forward, type Conv3x3Spec } from "./webgpu_conv3x3.ts";
 import type { WebGPUBackendLike } from "./webgpu_program.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 
@@ -44,6 +44,56 @@ function conv3x3Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; 
   }, { inputs });
 }
 
+/**
+ * The layout a dense block's convs share without concatenations: conv k (1..4) reads the block input
+ * `x` (nf channels) and the k − 1 growth slices written so far from one [n, h, w, 4·gc] buffer, and
+ * writes its own gc channels, LeakyReLU 0.2, into slice k − 1 of that buffer.
+ */
+export function growthConvSpec(
+  size: { n: number; h: number; w: number },
+  nf: number,
+  gc: number,
+  k: number,
+): Conv3x3Spec {
+  return {
+    ...size,
+    c0: nf,
+    x0Stride: nf,
+    c1: (k - 1) * gc,
+    x1Stride: 4 * gc,
+    x1IsOutput: true,
+    cout: gc,
+    outStride: 4 * gc,
+    outOffset: (k - 1) * gc,
+    bias: true,
+    activation: "leakyrelu",
+    alpha: 0.2,
+  };
+}
+
+/**
+ * Conv 5 of a dense block: reads `x` and the whole growth buffer, writes nf channels as
+ * `resScale`·conv + x, plus `skipScale`·skip when the block is an RRDB's last (its 0.2 residual fused).
+ */
+export function fuseConvSpec(
+  size: { n: number; h: number; w: number },
+  nf: number,
+  gc: number,
+  options: { resScale: number; skipScale?: number },
+): Conv3x3Spec {
+  return {
+    ...size,
+    c0: nf,
+    x0Stride: nf,
+    c1: 4 * gc,
+    x1Stride: 4 * gc,
+    cout: nf,
+    bias: true,
+    res1Scale: options.resScale,
+    res2Scale: options.skipScale,
+  };
+}
+
 function denseBlockKernel(
   args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap },
 ) {
@@ -55,37 +105,20 @@ function denseBlockKernel(
   const gc = ins.w1!.shape[3];
   const grow = backend.makeTensorInfo([n, h, w, 4 * gc], "float32");
   for (let k = 1; k <= 4; k++) {
-    conv3x3Forward(backend, {
-      n,
-      h,
-      w,
-      c0: nf,
-      x0Stride: nf,
-      c1: (k - 1) * gc,
-      x1Stride: 4 * gc,
-      x1IsOutput: true,
-      cout: gc,
-      outStride: 4 * gc,
-      outOffset: (k - 1) * gc,
-      bias: true,
-      activation: "leakyrelu",
-      alpha: 0.2,
-    }, { inputs: [x, ins[`w${k}`]!, ins[`b${k}`]!], output: grow });
+    conv3x3Forward(backend, growthConvSpec({ n, h, w }, nf, gc, k), {
+      inputs: [x, ins[`w${k}`]!, ins[`b${k}`]!],
+      output: grow,
+    });
   }
   const skip = ins.skip;
-  const out = conv3x3Forward(backend, {
-    n,
-    h,
-    w,
-    c0: nf,
-    x0Stride: nf,
-    c1: 4 * gc,
-    x1Stride: 4 * gc,
-    cout: nf,
-    bias: true,
-    res1Scale: (a.resScale as number | undefined) ?? 0.2,
-    res2Scale: skip ? ((a.skipScale as number | undefined) ?? 0.2) : undefined,
-  }, { inputs: [x, grow, ins.w5!, ins.b5!, ...(skip ? [skip] : [])] });
+  const out = conv3x3Forward(
+    backend,
+    fuseConvSpec({ n, h, w }, nf, gc, {
+      resScale: (a.resScale as number | undefined) ?? 0.2,
+      skipScale: skip ? ((a.skipScale as number | undefined) ?? 0.2) : undefined,
+    }),
+    { inputs: [x, grow, ins.w5!, ins.b5!, ...(skip ? [skip] : [])] },
+  );
   backend.disposeData(grow.dataId);
   return out;
 }
