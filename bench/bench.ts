@@ -32,6 +32,7 @@ import {
   peakRssMb,
   prepareCase,
   type PreparedCase,
+  usePlannedPasses,
 } from "./cases.ts";
 import { Peer, type Reply, serve } from "./peer.ts";
 
@@ -45,8 +46,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
 
   --case SPEC         forward:NxHxW or train:NxHxW (LR size), repeatable; default forward:1x64x64
   --all-shapes        ${ALL_CASES.join(", ")}
-  --backend LIST      comma list of wasm, wasm:N (N threads), cpu, webgpu, webgpu-custom (our kernels);
-                      default: webgpu,webgpu-custom on a real GPU adapter, else wasm:1,wasm:<cores>
+  --backend LIST      comma list of wasm, wasm:N (N threads), cpu, webgpu, webgpu-custom (our kernels),
+                      webgpu-plan (our kernels as prepared passes, incl. the planned training step);
+                      default: webgpu,webgpu-custom,webgpu-plan on a real GPU adapter, else wasm:1,wasm:<cores>
   --cpu               add the (slow) cpu backend to the default list
   --llvmpipe          add webgpu,webgpu-custom to the default list on a software adapter
   --runs N            timed runs (default 5)     --warmup N   untimed runs first (default 1)
@@ -152,7 +154,7 @@ export async function defaultBackends(plan: BenchPlan): Promise<{ backends: Back
   const backends: BackendSpec[] = [];
   let note: string;
   if (probe.adapter && !probe.software) {
-    backends.push({ name: "webgpu" }, { name: "webgpu", custom: true });
+    backends.push({ name: "webgpu" }, { name: "webgpu", custom: true }, { name: "webgpu", plan: true });
     note = `GPU adapter: ${probe.adapter}`;
   } else {
     // wasm:1 first: the other outputs are compared with the first backend's
@@ -175,6 +177,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
   await serve(async () => {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
+    usePlannedPasses(!!spec.plan);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {

@@ -7,6 +7,9 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { BackendName } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
+import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { Adam } from "../train/adam.ts";
 
 /** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
 export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x256", "train:16x32x32"];
@@ -33,20 +36,28 @@ export function caseName(c: BenchCase): string {
   return `${c.kind}:${c.n}x${c.h}x${c.w}`;
 }
 
-/** A backend as the bench runs it: `wasm:N` (N threads), `cpu`, `webgpu`, `webgpu-custom` (our kernels). */
+/**
+ * A backend as the bench runs it: `wasm:N` (N threads), `cpu`, `webgpu`, `webgpu-custom` (our
+ * kernels under tfjs's ops), `webgpu-plan` (our kernels as prepared passes: RRDBNetPlanWebGPU for
+ * forwards, RRDBNetTrainPlanWebGPU for training steps).
+ */
 export interface BackendSpec {
   name: BackendName;
   threads?: number;
   custom?: boolean;
+  plan?: boolean;
 }
 
-/** Parses a backend spec: `wasm` (all cores), `wasm:N`, `cpu`, `webgpu`, `webgpu-custom`. */
+/** Parses a backend spec: `wasm` (all cores), `wasm:N`, `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`. */
 export function parseBackend(spec: string): BackendSpec {
-  const m = /^(wasm|cpu|webgpu|webgpu-custom)(?::(\d+))?$/.exec(spec);
+  const m = /^(wasm|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+))?$/.exec(spec);
   if (!m || (m[2] && m[1] !== "wasm")) {
-    throw new Error(`bad backend "${spec}": expected wasm, wasm:N, cpu, webgpu or webgpu-custom`);
+    throw new Error(
+      `bad backend "${spec}": expected wasm, wasm:N, cpu, webgpu, webgpu-custom or webgpu-plan`,
+    );
   }
   if (m[1] === "webgpu-custom") return { name: "webgpu", custom: true };
+  if (m[1] === "webgpu-plan") return { name: "webgpu", plan: true };
   if (m[1] !== "wasm") return { name: m[1] as BackendName };
   const threads = m[2] ? Number(m[2]) : navigator.hardwareConcurrency ?? 1;
   if (!(threads >= 1)) throw new Error(`bad backend "${spec}": threads must be at least 1`);
@@ -55,7 +66,13 @@ export function parseBackend(spec: string): BackendSpec {
 
 /** The spec's label, as tables print it. */
 export function backendLabel(b: BackendSpec): string {
-  return b.name === "wasm" ? `wasm:${b.threads}` : b.custom ? "webgpu-custom" : b.name;
+  return b.name === "wasm"
+    ? `wasm:${b.threads}`
+    : b.custom
+    ? "webgpu-custom"
+    : b.plan
+    ? "webgpu-plan"
+    : b.name;
 }
 
 /** The net to time: the model file's weights, or BasicSR's random initialisation (same cost). */
@@ -94,6 +111,68 @@ export interface PreparedCase {
  * trainable, and tfjs's gradients registered: `import "@tensorflow/tfjs"`).
  */
 export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase {
+  return withPlan ? preparePlanned(net, c, seed) : prepareOps(net, c, seed);
+}
+
+let withPlan = false;
+
+/** Makes {@link prepareCase} use the prepared passes of core/kernels (webgpu only). */
+export function usePlannedPasses(on: boolean): void {
+  withPlan = on;
+}
+
+/**
+ * A case through core/kernels' prepared passes: the forward plan (output read back), or the
+ * planned training step (L1, Adam; the EMA is written over the net's own weights buffer copy).
+ */
+function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
+  const s = net.config.scale;
+  const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
+  if (c.kind === "forward") {
+    const plan = new RRDBNetPlanWebGPU(net, x.shape);
+    const step = async () => {
+      const out = plan.run(x);
+      try {
+        return (await out.data()) as Float32Array;
+      } finally {
+        out.dispose();
+      }
+    };
+    return {
+      step,
+      profile: () => Promise.reject(new Error("webgpu-plan: no per-kernel profile (one compute pass)")),
+      dispose() {
+        plan.dispose();
+        x.dispose();
+      },
+    };
+  }
+  if (c.h !== c.w) throw new Error(`webgpu-plan trains on square patches, not ${c.h}x${c.w}`);
+  const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
+  const adam = new Adam(net.params, { betas: [0.9, 0.99] });
+  const plan = new RRDBNetTrainPlanWebGPU(net, {
+    batch: c.n,
+    lqSize: c.h,
+    ema: net.params,
+    adam,
+    emaDecay: 0.999,
+  });
+  let batch: { lq: Float32Array; gt: Float32Array } | undefined;
+  return {
+    async step() {
+      batch ??= { lq: (await x.data()) as Float32Array, gt: (await gt.data()) as Float32Array };
+      return new Float32Array([await plan.step(batch, 1e-4)]);
+    },
+    profile: () => Promise.reject(new Error("webgpu-plan: no per-kernel profile (one compute pass)")),
+    dispose() {
+      plan.dispose();
+      adam.dispose();
+      tf.dispose([x, gt]);
+    },
+  };
+}
+
+function prepareOps(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
   const s = net.config.scale;
   const vars = [...net.params.values()];
   if (c.kind === "train" && !vars.every((v) => v.trainable)) {

@@ -8,14 +8,13 @@
  * (`cat model.fp16.safetensors.part-* > model.fp16.safetensors`).
  *
  * Aborts unless tfjs runs on webgpu (tfjs silently falls back to cpu when no adapter is found).
- * `--custom-kernels` switches to core/kernels' WebGPU convolutions.
+ * Steps run as core/kernels' planned step (one prepared pass); `--no-planned-step` runs tfjs's
+ * autodiff instead (`--custom-kernels`: with core/kernels' convolutions). `--pretrain F` starts from
+ * a model file, `--minutes M` bounds the training time (the run then validates and exports).
  * Training images must be PNG: the bundle reads them with fast-png (image_io's JPEG decoder loads
- * wasm from its package folder, which a bundle lacks), and prepare.sh turns DATA_DIR PNGs into
- * JPEGs, so pack them with bench/train_gpu_data.ts instead. `--tiny` shrinks everything (nf 8, 1 block, batch 2, gt 32) to test the bundle on llvmpipe.
- *
- *   bash ../shared/device/prepare.sh bench/train_gpu.ts
- *   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_png --size 512
- *   device: bash .device/run.sh --data .device/train_png --steps 100    (carry [".device"])
+ * wasm from its package folder, which a bundle lacks); bench/gpu_session.sh carries JPEG crops
+ * (bench/train_gpu_data.ts) and decodes them there. `--tiny` shrinks everything (nf 8, 1 block,
+ * batch 2, gt 32) to test the bundle on llvmpipe. How to prepare and run it: bench/gpu_session.sh.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -49,8 +48,14 @@ const { values } = parseArgs({
     work: { type: "string", default: "/tmp/train_gpu" },
     tiny: { type: "boolean" },
     "allow-software": { type: "boolean" },
-    /** core/kernels' WebGPU 3x3 conv kernels instead of tfjs's stock ones. */
+    /** core/kernels' WebGPU 3x3 conv kernels instead of tfjs's stock ones (with --no-planned-step). */
     "custom-kernels": { type: "boolean" },
+    /** tfjs autodiff instead of the planned step (core/kernels/webgpu_train_plan.ts). */
+    "no-planned-step": { type: "boolean" },
+    /** Start G (and its EMA) from this model file (BasicSR's pretrain_network_g). */
+    pretrain: { type: "string" },
+    /** Stop training after this many minutes (then validate and export), whatever --steps says. */
+    minutes: { type: "string" },
   },
 });
 const out = values.out ?? Deno.env.get("OUT");
@@ -78,7 +83,10 @@ const stem = (f: string) => f.split("/").pop()!.replace(/\.[^.]+$/, "");
 const wanted = new Set(values.val.split(",").filter(Boolean));
 let valFiles = files.filter((f) => wanted.has(stem(f)));
 if (valFiles.length < Number(values["val-count"])) valFiles = files.slice(-Number(values["val-count"]));
-const dataDir = `${values.work}/train`, valDir = `${values.work}/val`;
+// data and run output apart: runTraining writes validation samples into its outDir's val/
+const dataDir = `${values.work}/data/train`,
+  valDir = `${values.work}/data/val`,
+  runDir = `${values.work}/run`;
 await Deno.remove(values.work, { recursive: true }).catch(() => {});
 await Deno.mkdir(dataDir, { recursive: true });
 await Deno.mkdir(valDir, { recursive: true });
@@ -98,12 +106,18 @@ const config: TrainConfig = {
   logEvery: 1,
   maxImages: Number(values["max-images"]),
   exportDtype: "fp16",
+  plannedStep: !values["no-planned-step"],
+  pretrainG: values.pretrain ?? "",
   ...(values.tiny ? { numFeat: 8, numBlock: 1, numGrowCh: 4, batchSize: 2, gtSize: 32, valCrop: 64 } : {}),
   ...(values["batch-size"] ? { batchSize: Number(values["batch-size"]) } : {}),
 };
 console.log(
   `psnr stage: RRDBNet nf ${config.numFeat} blocks ${config.numBlock} gc ${config.numGrowCh}, batch ${config.batchSize}, ` +
-    `gt ${config.gtSize}, ${steps} steps, Adam lr ${config.lrG} betas ${config.beta1}/${config.beta2}`,
+    `gt ${config.gtSize}, ${steps} steps${
+      values.minutes ? ` or ${values.minutes} min` : ""
+    }, Adam lr ${config.lrG} ` +
+    `betas ${config.beta1}/${config.beta2}; ${config.plannedStep ? "planned step" : "tfjs autodiff"}` +
+    (config.pretrainG ? `; G from ${config.pretrainG}` : ""),
 );
 
 const times: number[] = [];
@@ -111,9 +125,10 @@ const summary = await runTraining({
   config,
   dataDir,
   valDir,
-  outDir: values.work,
+  outDir: runDir,
   noExport: true,
   codec: pngCodec,
+  signal: values.minutes ? AbortSignal.timeout(Number(values.minutes) * 60_000) : undefined,
   onStep: (step, losses, secs) => {
     times.push(secs);
     console.log(`step ${step}: ${(secs * 1000).toFixed(1)} ms, l_pix ${losses.l_pix.toFixed(5)}`);
@@ -121,7 +136,7 @@ const summary = await runTraining({
 });
 
 // the EMA (decay 0.999) of a run this short is still close to its start: validate and export G too
-const ckpt = await readCheckpoint(checkpointPath(values.work));
+const ckpt = await readCheckpoint(checkpointPath(runDir));
 const pairs = makeValPairs(await loadImageFolder(valDir, { decode: pngCodec.decode }), {
   scale: 4,
   crop: config.valCrop,
@@ -135,20 +150,35 @@ const gVal = await validate(g, pairs, {
 });
 g.dispose();
 if (sample) await Deno.writeFile(`${out}/val_sample_G.png`, sample);
+// a run stopped by --minutes ends "interrupted", without runTraining's final validation of the EMA
+let emaVal = summary.val;
+if (!emaVal) {
+  const ema = new RRDBNet(generatorConfig(config), {
+    weights: decodeModelFile(exportGenerator(ckpt, { dtype: "fp16", which: "ema" })).stateDict,
+  });
+  emaVal = await validate(ema, pairs, { samples: 0 });
+  ema.dispose();
+}
 
 const sorted = [...times].slice(1).sort((a, b) => a - b);
 const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : times[0];
-const log = (await Deno.readTextFile(`${values.work}/train_log.jsonl`)).trim().split("\n").map((l) =>
+const log = (await Deno.readTextFile(`${runDir}/train_log.jsonl`)).trim().split("\n").map((l) =>
   JSON.parse(l) as LogRecord
 );
 log.push({ type: "val", step: ckpt.step, psnr: gVal.psnr, ssim: gVal.ssim, net: "G" });
+log.push({ type: "val", step: ckpt.step, psnr: emaVal.psnr, ssim: emaVal.ssim, net: "EMA" });
 await Deno.writeTextFile(`${out}/train_log.jsonl`, log.map((r) => JSON.stringify(r)).join("\n") + "\n");
 // imagescript's SVG renderer cannot be bundled: the picture comes back as SVG (`deno task plot` makes a PNG)
 await Deno.writeTextFile(`${out}/curves.svg`, curvesSvg(log));
 const parts = await writeShards(`${out}/model.fp16.safetensors`, gModel, { maxBytes: 16 * 1024 * 1024 });
 const result = {
   adapter: info.adapter,
-  kernels: values["custom-kernels"] ? "custom" : "stock",
+  step: config.plannedStep
+    ? "planned"
+    : values["custom-kernels"]
+    ? "autodiff, custom kernels"
+    : "autodiff, stock kernels",
+  pretrain: config.pretrainG || null,
   config,
   steps: summary.endStep,
   first_step_s: times[0],
@@ -158,7 +188,7 @@ const result = {
   l_pix_first: summary.first.l_pix,
   l_pix_last: summary.last.l_pix,
   val_bicubic: log.find((r) => r.type === "info"),
-  val_ema: summary.val,
+  val_ema: emaVal,
   val_g: gVal,
   exported: parts.map((p) => p.split("/").pop()),
 };

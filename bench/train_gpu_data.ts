@@ -1,10 +1,11 @@
 /**
- * Packs training images for bench/train_gpu.ts on the GPU machine: the centre `--size`² of each
- * image (or the whole image when smaller) as PNG, which the bundle's fast-png reader decodes, into
- * a folder carried inside .device/ (prepare.sh would turn PNGs into JPEGs, which a bundle cannot
- * decode). 37 crops of 512 px take about 15-20 MB.
+ * Packs training images for the GPU machine (bench/gpu_session.sh): the centre `--size`² of each
+ * image (or the whole image when smaller) as JPEG quality 95, into a folder carried inside
+ * .device/. JPEG because the carry limit (64 MiB, of which Deno and the repository take ~55)
+ * leaves room for ~3 MB of photos: 37 crops of 480 px. The session script decodes them to PNG there
+ * (Pillow), which the bundle's fast-png reader takes.
  *
- *   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_png --size 512
+ *   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size 480
  * @module
  */
 import { parseArgs } from "node:util";
@@ -14,10 +15,10 @@ import { listImages } from "../train/data.ts";
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
-  options: { size: { type: "string", default: "512" } },
+  options: { size: { type: "string", default: "480" }, quality: { type: "string", default: "95" } },
 });
 if (positionals.length !== 2) {
-  console.error("usage: deno run -A bench/train_gpu_data.ts SRC_DIR DST_DIR [--size 512]");
+  console.error("usage: deno run -A bench/train_gpu_data.ts SRC_DIR DST_DIR [--size 480] [--quality 95]");
   Deno.exit(2);
 }
 const [src, dst] = positionals;
@@ -35,9 +36,12 @@ for (const f of await listImages(src)) {
       y * w * 4,
     );
   }
-  const png = await encodeImage({ width: w, height: h, data }, { format: "png" });
-  const name = f.split("/").pop()!.replace(/\.[^.]+$/, ".png");
-  await Deno.writeFile(`${dst}/${name}`, png);
-  total += png.length;
+  const jpeg = await encodeImage({ width: w, height: h, data }, {
+    format: "jpeg",
+    quality: Number(values.quality),
+  });
+  const name = f.split("/").pop()!.replace(/\.[^.]+$/, ".jpg");
+  await Deno.writeFile(`${dst}/${name}`, jpeg);
+  total += jpeg.length;
 }
-console.log(`${dst}: ${(total / 1048576).toFixed(1)} MiB of PNG crops`);
+console.log(`${dst}: ${(total / 1048576).toFixed(1)} MiB of JPEG crops`);

@@ -58,6 +58,11 @@ export interface TrainConfig {
   logEvery: number;
   exportDtype: "fp32" | "fp16" | "int8";
   backend: "" | "webgpu" | "cpu";
+  /**
+   * psnr stage on webgpu: the whole step (forward, L1, backward, Adam, EMA) as one prepared pass of
+   * our kernels (core/kernels/webgpu_train_plan.ts); off: tfjs's autodiff with its stock kernels.
+   */
+  plannedStep: boolean;
 }
 
 const BASE: TrainConfig = {
@@ -100,6 +105,7 @@ const BASE: TrainConfig = {
   logEvery: 100,
   exportDtype: "fp16",
   backend: "",
+  plannedStep: true,
 };
 
 /** Built-in presets. */

@@ -229,6 +229,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   let lastVal: { psnr: number; ssim: number } | undefined;
   const runVal = async () => {
     if (pairs.length) {
+      trainer.sync();
       lastVal = await validate(trainer.ema, pairs, {
         samples: c.valSamples,
         onSample: async (name, img) => {

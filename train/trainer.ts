@@ -23,6 +23,7 @@ import { lrAt } from "./schedule.ts";
 import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
+import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 
 /** The perceptual loss as the trainer uses it (core/losses' PerceptualLoss). */
 export interface PerceptualLike {
@@ -63,6 +64,9 @@ export class Trainer {
   step = 0;
   private readonly gNames: Map<string, string>;
   private readonly dNames: Map<string, string>;
+  /** The planned step (psnr stage on webgpu) and whether the variables lag behind its buffers. */
+  private plan?: RRDBNetTrainPlanWebGPU;
+  private planAhead = false;
 
   private constructor(
     readonly config: TrainConfig,
@@ -111,8 +115,25 @@ export class Trainer {
     return { g: lrAt(s, this.config.lrG, this.step), d: lrAt(s, this.config.lrD, this.step) };
   }
 
+  /** Whether steps run as one prepared WebGPU pass (core/kernels/webgpu_train_plan.ts). */
+  get planned(): boolean {
+    const c = this.config;
+    return c.plannedStep && c.stage === "psnr" && c.scale === 4 && tf.getBackend() === "webgpu" &&
+      c.numFeat % 4 === 0 && c.numGrowCh % 4 === 0;
+  }
+
+  /**
+   * Brings G's, the EMA's and Adam's variables up to date after planned steps (which keep them in
+   * buffers of their own): before reading the nets or the optimizer.
+   */
+  sync(): void {
+    if (this.plan && this.planAhead) this.plan.writeBack();
+    this.planAhead = false;
+  }
+
   /** One optimisation step on `batch`; returns the losses (read back once per step). */
   async trainStep(batch: Batch): Promise<StepLosses> {
+    if (this.planned) return this.plannedStep(batch);
     const c = this.config;
     const lr = this.lr();
     const lq = tf.tensor4d(batch.lq, [batch.n, batch.lqSize, batch.lqSize, 3]);
@@ -172,8 +193,31 @@ export class Trainer {
     }
   }
 
+  private async plannedStep(batch: Batch): Promise<StepLosses> {
+    const c = this.config;
+    if (this.plan && (this.plan.options.batch !== batch.n || this.plan.options.lqSize !== batch.lqSize)) {
+      this.sync();
+      this.plan.dispose();
+      this.plan = undefined;
+    }
+    this.plan ??= new RRDBNetTrainPlanWebGPU(this.g, {
+      batch: batch.n,
+      lqSize: batch.lqSize,
+      ema: this.ema.params,
+      adam: this.optG,
+      emaDecay: c.emaDecay,
+      pixelWeight: c.pixelWeight,
+    });
+    const lr = this.lr();
+    this.planAhead = true;
+    const l_pix = await this.plan.step(batch, lr.g);
+    this.step++;
+    return { lr: lr.g, l_pix };
+  }
+
   /** The whole state as checkpoint bytes. */
   async checkpoint(metadata: Record<string, string> = {}): Promise<Uint8Array> {
+    this.sync();
     return encodeCheckpoint({
       step: this.step,
       config: this.config,
@@ -189,6 +233,7 @@ export class Trainer {
 
   /** Frees every net and optimiser state. */
   dispose(): void {
+    this.plan?.dispose();
     this.g.dispose();
     this.ema.dispose();
     this.optG.dispose();

@@ -2,7 +2,8 @@
  * Custom WebGPU kernels for RRDBNet on tfjs's webgpu backend: see register.ts (switching the
  * stock Conv2D / FusedConv2D / Conv2DBackpropInput / Conv2DBackpropFilter for ours),
  * webgpu_rrdb.ts (fused dense-block inference), webgpu_plan.ts (the same, prepared once per input
- * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam).
+ * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
+ * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA).
  * @module
  */
 export {
@@ -26,3 +27,4 @@ export {
 } from "./webgpu_rrdb.ts";
 export { RRDBNetPlanWebGPU } from "./webgpu_plan.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
+export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";

@@ -55,6 +55,23 @@ export interface Conv3x3Spec {
    * (the input gradient's filter), read in place rather than transposed by another dispatch.
    */
   flipTransposed?: boolean;
+  /** First channel read from `x0` (a channel slice of a wider buffer, e.g. one gradient slice). */
+  x0Offset?: number;
+  /** `x0` is the output buffer itself (a gradient slice read while other channels of it are written). */
+  x0IsOutput?: boolean;
+  /** Scales the convolution's sum before anything is added to it (the residual scalings' gradients). */
+  accScale?: number;
+  /** Adds `scale · resA[pixel · stride + co]` to output channels below `resLimit` (gradient skips). */
+  resA?: { scale: number; stride: number };
+  resB?: { scale: number; stride: number };
+  resLimit?: number;
+  /** Adds the output's previous value (a gradient summed over several convolutions). */
+  accumulate?: boolean;
+  /**
+   * LeakyReLU's derivative, applied last to output channels co in [lo, hi): kept where
+   * `mask[pixel · stride + co − lo + offset] > 0` (the forward activation), else times `alpha`.
+   */
+  mask?: { lo: number; hi: number; stride: number; offset: number };
 }
 
 /**
@@ -118,6 +135,12 @@ function forwardSource(
     res2: boolean;
     upsample: boolean;
     flipT: boolean;
+    x0IsOutput: boolean;
+    scaled: boolean;
+    resA: boolean;
+    resB: boolean;
+    accumulate: boolean;
+    mask: boolean;
   },
 ): string {
   const { bm, bn, bk, ks } = o.tile;
@@ -135,20 +158,24 @@ function forwardSource(
     `@group(0) @binding(${b++}) var<storage, ${access}> ${name}: array<${T}>;`;
   const decls = [
     `@group(0) @binding(0) var<storage, read_write> result: array<${T}>;`,
-    bind("x0", "read"),
+    o.x0IsOutput ? "" : bind("x0", "read"),
     o.two && !o.x1IsOutput ? bind("x1", "read") : "",
     bind("W", "read"),
     o.bias ? bind("bias", "read") : "",
     o.res2 ? bind("res2", "read") : "",
+    o.resA ? bind("resA", "read") : "",
+    o.resB ? bind("resB", "read") : "",
+    o.mask ? bind("mask", "read") : "",
     `@group(0) @binding(${b}) var<uniform> u: Uniforms;`,
   ].join("\n");
+  const x0 = o.x0IsOutput ? "result" : "x0";
   const x1 = o.x1IsOutput ? "result" : "x1";
   const div = o.vec ? 4 : 1;
   // Reads input channel c (c..c+3 in vec mode) of pixel p.
   const readX = o.two
-    ? `if (c < u.c0) { return x0[(p * u.x0Stride + c) / ${div}]; }
+    ? `if (c < u.c0) { return ${x0}[(p * u.x0Stride + u.x0Offset + c) / ${div}]; }
   return ${x1}[(p * u.x1Stride + c - u.c0) / ${div}];`
-    : `return x0[(p * u.x0Stride + c) / ${div}];`;
+    : `return ${x0}[(p * u.x0Stride + u.x0Offset + c) / ${div}];`;
   const loadA = o.vec
     ? "v = readX(p, c);"
     : [0, 1, 2, 3].map((j) => `if (c + ${j} < cin) { v[${j}] = readX(p, c + ${j}); }`).join(" ");
@@ -208,6 +235,33 @@ function forwardSource(
       `if (col + ${j} < u.cout) { result[m * u.outStride + u.outOffset + col + ${j}] = v[${j}]; }`
     )
       .join("\n    ");
+  // Gradient epilogues; channel ranges are multiples of 4 in vec mode, checked per channel otherwise.
+  const inRange = (lo: string, hi: string) =>
+    o.vec
+      ? `col >= ${lo} && col < ${hi}`
+      : [0, 1, 2, 3].map((j) => `col + ${j} >= ${lo} && col + ${j} < ${hi}`);
+  const perChannel = (cond: string | string[], body: (j: number | null) => string) =>
+    typeof cond === "string"
+      ? `if (${cond}) { ${body(null)} }`
+      : cond.map((c, j) => `if (${c}) { ${body(j)} }`).join("\n    ");
+  const gradEpilogue = {
+    res: (r: string) =>
+      perChannel(
+        inRange("0", "u.resLimit"),
+        (j) =>
+          j === null
+            ? `v += u.res${r}Scale * res${r}[(m * u.res${r}Stride + col) / 4];`
+            : `v[${j}] += u.res${r}Scale * res${r}[m * u.res${r}Stride + col + ${j}];`,
+      ),
+    mask: perChannel(
+      inRange("u.maskLo", "u.maskHi"),
+      (j) =>
+        j === null
+          ? `let mk = mask[(m * u.maskStride + col - u.maskLo + u.maskOffset) / 4];
+      v = select(v * u.alpha, v, mk > vec4<f32>(0.0));`
+          : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= 0.0) { v[${j}] *= u.alpha; }`,
+    ),
+  };
   const reduce = ks === 1 ? "" : `
   // Sum the reduction slices' partial results through workgroup memory.
   if (sl > 0) { for (var i = 0; i < 4; i++) { Sh[((sl - 1) * NT + tid) * 4 + i] = acc[i]; } }
@@ -298,10 +352,15 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     let m = m0 + ty * 4 + i;
     if (m >= u.M) { break; }
     var v = acc[i];
+    ${o.scaled ? "v *= u.accScale;" : ""}
     ${o.bias ? "v += bv;" : ""}
     ${actSnippet(o.act)}
-    ${o.res1 ? `v = v * u.res1Scale + ${loadVec4("x0", "m * u.x0Stride + col", "col")};` : ""}
+    ${o.res1 ? `v = v * u.res1Scale + ${loadVec4(x0, "m * u.x0Stride + u.x0Offset + col", "col")};` : ""}
     ${o.res2 ? `v = v * u.res2Scale + ${loadVec4("res2", "m * u.res2Stride + col", "col")};` : ""}
+    ${o.resA ? gradEpilogue.res("A") : ""}
+    ${o.resB ? gradEpilogue.res("B") : ""}
+    ${o.accumulate ? `v += ${loadVec4("result", "m * u.outStride + u.outOffset + col", "col")};` : ""}
+    ${o.mask ? gradEpilogue.mask : ""}
     ${write}
   }
 }`;
@@ -310,7 +369,9 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 const FORWARD_UNIFORMS =
   "n : i32, h : i32, w : i32, inH : i32, inW : i32, c0 : i32, x0Stride : i32, c1 : i32, " +
   "x1Stride : i32, cout : i32, outStride : i32, outOffset : i32, res2Stride : i32, M : i32, mTiles : i32, " +
-  "alpha : f32, res1Scale : f32, res2Scale : f32,";
+  "alpha : f32, res1Scale : f32, res2Scale : f32, x0Offset : i32, accScale : f32, resLimit : i32, " +
+  "resAStride : i32, resAScale : f32, resBStride : i32, resBScale : f32, maskLo : i32, maskHi : i32, " +
+  "maskStride : i32, maskOffset : i32,";
 
 /** The program (shader choice, launch size, uniforms) of one forward convolution. */
 export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: string; params: Uniform[] } {
@@ -323,9 +384,27 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
   if (res1 && (spec.upsample || spec.cout > spec.c0)) {
     throw new Error("conv3x3: res1 needs cout <= c0, no upsample");
   }
-  const vec = [spec.c0, spec.x0Stride, c1, x1Stride, spec.cout, outStride, outOffset, res2Stride].every((v) =>
-    v % 4 === 0
-  );
+  const x0Offset = spec.x0Offset ?? 0;
+  const resLimit = spec.resLimit ?? spec.cout;
+  const mask = spec.mask ?? { lo: 0, hi: 0, stride: 4, offset: 0 };
+  const vec = [
+    spec.c0,
+    spec.x0Stride,
+    c1,
+    x1Stride,
+    spec.cout,
+    outStride,
+    outOffset,
+    res2Stride,
+    x0Offset,
+    resLimit,
+    spec.resA?.stride ?? 4,
+    spec.resB?.stride ?? 4,
+    mask.lo,
+    mask.hi,
+    mask.stride,
+    mask.offset,
+  ].every((v) => v % 4 === 0);
   const m = spec.n * spec.h * spec.w;
   const tile = chooseTile(m, spec.cout, spec.c0 + c1, vec);
   const o = {
@@ -339,6 +418,12 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
     res2,
     upsample: !!spec.upsample,
     flipT: !!spec.flipTransposed,
+    x0IsOutput: !!spec.x0IsOutput,
+    scaled: spec.accScale !== undefined && spec.accScale !== 1,
+    resA: !!spec.resA,
+    resB: !!spec.resB,
+    accumulate: !!spec.accumulate,
+    mask: !!spec.mask,
   };
   const mTiles = Math.ceil(m / tile.bm);
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
@@ -350,6 +435,14 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
     f32(spec.alpha ?? 0.2),
     f32(spec.res1Scale ?? 1),
     f32(spec.res2Scale ?? 1),
+    i32(x0Offset),
+    f32(spec.accScale ?? 1),
+    i32(resLimit),
+    i32(spec.resA?.stride ?? 0),
+    f32(spec.resA?.scale ?? 0),
+    i32(spec.resB?.stride ?? 0),
+    f32(spec.resB?.scale ?? 0),
+    ...[mask.lo, mask.hi, mask.stride, mask.offset].map(i32),
   ];
   return {
     name: "Conv3x3Program",
@@ -392,53 +485,98 @@ export function conv3x3BackpropInput(
   });
 }
 
+/** What a filter gradient reads and writes: `x` as the forward read it, `dy` its output's gradient. */
+export interface FilterGradSpec {
+  /** Batch and size of `dy` (the forward's output). */
+  n: number;
+  h: number;
+  w: number;
+  /** The forward's input: `c0` channels of `x0` (stride x0Stride), then `c1` of `x1` (stride x1Stride). */
+  c0: number;
+  x0Stride: number;
+  c1?: number;
+  x1Stride?: number;
+  /** The forward read `x0`/`x1` through a nearest 2x upsampling (they are h/2 x w/2). */
+  upsample?: boolean;
+  cout: number;
+  /** `dy`'s channel stride and first channel (a slice of a wider gradient buffer). */
+  dyStride?: number;
+  dyOffset?: number;
+  /** Also the bias gradient (the sum of `dy` over pixels), written `biasAt` elements into the output. */
+  bias?: boolean;
+  biasAt?: number;
+  /** Multiplies the result (a residual scaling of `dy`). */
+  scale?: number;
+}
+
 function filterGradSource(
   prelude: string,
-  o: { vec: boolean; bk: number; bn: number; br: number; split: boolean },
+  o: {
+    vec: boolean;
+    bk: number;
+    bn: number;
+    br: number;
+    split: boolean;
+    two: boolean;
+    up: boolean;
+    bias: boolean;
+  },
 ) {
   const { bk, bn, br } = o;
   const T = o.vec ? "vec4<f32>" : "f32";
+  const div = o.vec ? 4 : 1;
   const nt = (bk / 4) * (bn / 4);
   // Load units: 4 consecutive k (taps·channels) of one pixel, 4 consecutive out-channels of one pixel.
   const xUnits = (br * bk) / 4, dUnits = (br * bn) / 4;
   const sx = Math.ceil(xUnits / nt), sd = Math.ceil(dUnits / nt);
-  // Element k (or k..k+3, one tap, in vec mode) of pixel (n, y, xx)'s im2col row.
-  const readXAt = (k: string, target: string) =>
+  // Element k (or k..k+3, one tap, in vec mode) of pixel (n, y, xx)'s im2col row; row K is all ones
+  // (the bias gradient).
+  const readXAt = (k: string, target: string, one: string) =>
     `{
-          let tap = ${k} / u.cin; let c = ${k} % u.cin;
+          let tap = ${k} / cin; let c = ${k} % cin;
           let iy = y + tap / 3 - 1; let ix = xx + tap % 3 - 1;
           if (${k} < K && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w) {
-            ${target} = x[(((n * u.h + iy) * u.w + ix) * u.cin + c) / ${o.vec ? 4 : 1}];
-          }
+            ${target} = readX((n * u.inH + iy${o.up ? " / 2" : ""}) * u.inW + ix${o.up ? " / 2" : ""}, c);
+          }${o.bias ? ` else if (${k} == K) { ${target} = ${one}; }` : ""}
         }`;
   const loadX = o.vec
-    ? readXAt("k", "v")
-    : [0, 1, 2, 3].map((j) => readXAt(`(k + ${j})`, `v[${j}]`)).join("\n        ");
+    ? readXAt("k", "v", "vec4<f32>(1.0, 0.0, 0.0, 0.0)")
+    : [0, 1, 2, 3].map((j) => readXAt(`(k + ${j})`, `v[${j}]`, "1.0")).join("\n        ");
+  const dyAt = (j: string) => `(m * u.dyStride + u.dyOffset + col${j}) / ${div}`;
   const loadD = o.vec
-    ? "if (col < u.cout) { v = dy[(m * u.cout + col) / 4]; }"
-    : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = dy[m * u.cout + col + ${j}]; }`).join(
-      " ",
-    );
+    ? `if (col < u.cout) { v = dy[${dyAt("")}]; }`
+    : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = dy[${dyAt(` + ${j}`)}]; }`).join(" ");
   const write = o.vec
-    ? `result[(base + k * u.cout + col) / 4] = acc[i];`
+    ? `result[(base + row + col) / 4] = acc[i] * u.scale;`
     : [0, 1, 2, 3].map((j) =>
-      `if (col + ${j} < u.cout) { result[base + k * u.cout + col + ${j}] = acc[i][${j}]; }`
+      `if (col + ${j} < u.cout) { result[base + row + col + ${j}] = acc[i][${j}] * u.scale; }`
     )
       .join("\n    ");
+  const readX = o.two
+    ? `if (c < u.c0) { return x0[(p * u.x0Stride + c) / ${div}]; }
+  return x1[(p * u.x1Stride + c - u.c0) / ${div}];`
+    : `return x0[(p * u.x0Stride + c) / ${div}];`;
   return `${prelude}
 @group(0) @binding(0) var<storage, read_write> result: array<${T}>;
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> dy: array<${T}>;
-@group(0) @binding(3) var<uniform> u: Uniforms;
+@group(0) @binding(1) var<storage, read> x0: array<${T}>;
+${o.two ? `@group(0) @binding(2) var<storage, read> x1: array<${T}>;` : ""}
+@group(0) @binding(${o.two ? 3 : 2}) var<storage, read> dy: array<${T}>;
+@group(0) @binding(${o.two ? 4 : 3}) var<uniform> u: Uniforms;
 var<workgroup> Xs: array<vec4<f32>, ${xUnits}>;
 var<workgroup> Ds: array<vec4<f32>, ${dUnits}>;
+
+fn readX(p: i32, c: i32) -> ${T} {
+  ${readX}
+}
 
 @compute @workgroup_size(${nt})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let tid = i32(lidx);
   let k0 = i32(wid.y) * ${bk};
   let n0 = i32(wid.x) * ${bn};
-  let K = 9 * u.cin;
+  let cin = u.c0 + u.c1;
+  let K = 9 * cin;
+  let rows = K + ${o.bias ? 1 : 0};
   let hw = u.h * u.w;
   let mBegin = i32(wid.z) * u.mPerSplit;
   let mEnd = min(u.M, mBegin + u.mPerSplit);
@@ -475,24 +613,89 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   }
   let col = n0 + tn * 4;
   if (col >= u.cout) { return; }
-  let base = ${o.split ? "i32(wid.z) * K * u.cout" : "0"};
+  let base = ${o.split ? "i32(wid.z) * u.splitStride" : "0"};
   for (var i = 0; i < 4; i++) {
     let k = k0 + tk * 4 + i;
-    if (k >= K) { break; }
+    if (k >= rows) { break; }
+    let row = select(k * u.cout, u.biasAt, k == K);
     ${write}
   }
 }`;
 }
 
-/** Sums `parts` [S, ...] over its first axis into [shape]. */
-function sumSplits(backend: WebGPUBackendLike, parts: tf.TensorInfo, shape: number[]): tf.TensorInfo {
-  const size = shape.reduce((a, b) => a * b, 1);
-  const splits = parts.shape[0];
-  const vec = size % 4 === 0;
+/** The launches of one filter gradient: the main kernel, and when it splits the pixels, their sum. */
+export interface FilterGradPrograms {
+  main: CustomProgram & { uniforms: string; params: Uniform[] };
+  /** Splits of the pixel reduction (1: `main` writes the result directly). */
+  splits: number;
+  /** Elements of one split's partial result ([K (+1 with bias), cout] rows). */
+  partSize: number;
+  /** Sums the partials [splits, partSize] into the result (bias row at `biasAt`); absent when splits is 1. */
+  sum?: CustomProgram & { uniforms: string; params: Uniform[] };
+}
+
+/** The programs of one filter gradient (see {@link FilterGradSpec}). */
+export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
+  const { n, h, w, cout } = spec;
+  const c1 = spec.c1 ?? 0, cin = spec.c0 + c1;
+  const x1Stride = spec.x1Stride ?? Math.max(c1, 1);
+  const dyStride = spec.dyStride ?? cout, dyOffset = spec.dyOffset ?? 0;
+  const bias = !!spec.bias;
+  const K = 9 * cin, M = n * h * w;
+  const biasAt = spec.biasAt ?? K * cout;
+  const vec = [spec.c0, spec.x0Stride, c1, x1Stride, cout, dyStride, dyOffset, biasAt].every((v) =>
+    v % 4 === 0
+  );
+  const rows = K + (bias ? 1 : 0);
+  const bk = 32, bn = cout > 32 ? 64 : 32, br = 16;
+  const tiles = Math.ceil(rows / bk) * Math.ceil(cout / bn);
+  // Split the pixel reduction until there are enough workgroups to fill a large GPU.
+  const chunks = Math.ceil(M / br);
+  const wanted = Math.max(1, Math.min(Math.ceil(512 / tiles), Math.floor(chunks / 4), 64));
+  const mPerSplit = Math.ceil(chunks / wanted) * br;
+  const splits = Math.ceil(M / mPerSplit);
+  const split = splits > 1;
+  const partSize = K * cout + (bias ? cout : 0);
+  const o = { vec, bk, bn, br, split, two: c1 > 0, up: !!spec.upsample, bias };
+  const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
+  const main = {
+    name: "Conv3x3FilterGradProgram",
+    key: `conv3x3dw:${JSON.stringify(o)}`,
+    source: (prelude: string) => filterGradSource(prelude, o),
+    dispatch: [Math.ceil(cout / bn), Math.ceil(rows / bk), splits] as [number, number, number],
+    uniforms: "h : i32, w : i32, inH : i32, inW : i32, c0 : i32, x0Stride : i32, c1 : i32, x1Stride : i32, " +
+      "cout : i32, dyStride : i32, dyOffset : i32, M : i32, mPerSplit : i32, splitStride : i32, biasAt : i32, " +
+      "scale : f32,",
+    params: [
+      ...[h, w, spec.upsample ? h / 2 : h, spec.upsample ? w / 2 : w, spec.c0, spec.x0Stride, c1, x1Stride]
+        .map(i32),
+      ...[cout, dyStride, dyOffset, M, mPerSplit, partSize, split ? K * cout : biasAt].map(i32),
+      { type: "float32" as const, data: [spec.scale ?? 1] },
+    ],
+  };
+  if (!split) return { main, splits, partSize };
+  return {
+    main,
+    splits,
+    partSize,
+    sum: sumSplitsProgram(partSize, splits, { cut: K * cout, gap: biasAt - K * cout }),
+  };
+}
+
+/**
+ * Sums partials [splits, count] over the splits into the result; elements from `cut` on land `gap`
+ * further (the bias row after the filter, at its own aligned offset).
+ */
+function sumSplitsProgram(
+  size: number,
+  splits: number,
+  place: { cut: number; gap: number },
+): CustomProgram & { uniforms: string; params: Uniform[] } {
+  const vec = size % 4 === 0 && place.cut % 4 === 0 && place.gap % 4 === 0;
   const T = vec ? "vec4<f32>" : "f32";
-  const count = vec ? size / 4 : size;
-  const output = backend.makeTensorInfo(shape, "float32");
-  return runCustomProgram(backend, {
+  const d = vec ? 4 : 1;
+  const count = size / d;
+  return {
     name: "SumSplitsProgram",
     key: `sumSplits:${vec}`,
     source: (prelude) =>
@@ -502,16 +705,16 @@ function sumSplits(backend: WebGPUBackendLike, parts: tf.TensorInfo, shape: numb
 @group(0) @binding(2) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = i32(gid.x);
+  let i = i32(gid.x + gid.y * 65535u * 64u);
   if (i >= u.count) { return; }
   var s = ${T}(0.0);
   for (var p = 0; p < u.splits; p++) { s += parts[p * u.count + i]; }
-  result[i] = s;
+  result[select(i, i + u.gap, i >= u.cut)] = s;
 }`,
-    dispatch: [Math.ceil(count / 64), 1, 1],
-    uniforms: "count : i32, splits : i32,",
-    params: [count, splits].map((v) => ({ type: "int32", data: [v] })),
-  }, { inputs: [parts], output });
+    dispatch: [Math.min(Math.ceil(count / 64), 65535), Math.ceil(Math.ceil(count / 64) / 65535), 1],
+    uniforms: "count : i32, splits : i32, cut : i32, gap : i32,",
+    params: [count, splits, place.cut / d, place.gap / d].map((v) => ({ type: "int32", data: [v] })),
+  };
 }
 
 /** dL/dW of a 3x3 'same' convolution, [3, 3, cin, cout]. */
@@ -522,29 +725,13 @@ export function conv3x3BackpropFilter(
 ): tf.TensorInfo {
   const [n, h, w, cin] = x.shape;
   const cout = dy.shape[3];
-  const vec = cin % 4 === 0 && cout % 4 === 0;
-  const K = 9 * cin, M = n * h * w;
-  const bk = 32, bn = cout > 32 ? 64 : 32, br = 16;
-  const tiles = Math.ceil(K / bk) * Math.ceil(cout / bn);
-  // Split the pixel reduction until there are enough workgroups to fill a large GPU.
-  const chunks = Math.ceil(M / br);
-  const splits = Math.max(1, Math.min(Math.ceil(512 / tiles), Math.floor(chunks / 4), 64));
-  const mPerSplit = Math.ceil(chunks / splits) * br;
-  const realSplits = Math.ceil(M / mPerSplit);
-  const split = realSplits > 1;
-  const o = { vec, bk, bn, br, split };
+  const p = filterGradPrograms({ n, h, w, c0: cin, x0Stride: cin, cout });
   const outShape = [3, 3, cin, cout];
-  const out = backend.makeTensorInfo(split ? [realSplits, K, cout] : outShape, "float32");
-  runCustomProgram(backend, {
-    name: "Conv3x3FilterGradProgram",
-    key: `conv3x3dw:${JSON.stringify(o)}`,
-    source: (prelude) => filterGradSource(prelude, o),
-    dispatch: [Math.ceil(cout / bn), Math.ceil(K / bk), realSplits],
-    uniforms: "h : i32, w : i32, cin : i32, cout : i32, M : i32, mPerSplit : i32,",
-    params: [h, w, cin, cout, M, mPerSplit].map((v) => ({ type: "int32", data: [v] })),
-  }, { inputs: [x, dy], output: out });
-  if (!split) return out;
-  const summed = sumSplits(backend, out, outShape);
+  const out = backend.makeTensorInfo(p.sum ? [p.splits, p.partSize] : outShape, "float32");
+  runCustomProgram(backend, p.main, { inputs: [x, dy], output: out });
+  if (!p.sum) return out;
+  const summed = backend.makeTensorInfo(outShape, "float32");
+  runCustomProgram(backend, p.sum, { inputs: [out], output: summed });
   backend.disposeData(out.dataId);
   return summed;
 }

@@ -1,0 +1,64 @@
+#!/bin/bash
+# One borrowed-GPU session's work, self-contained (see ../shared/device/README.md):
+#   1. `deno task bench` on the GPU: every issue-6 shape, tfjs stock webgpu vs our planned passes,
+#      PyTorch (CUDA) in the same run;
+#   2. psnr-stage training at full size (bench/train_gpu.ts) for TRAIN_MIN minutes, from PRETRAIN;
+# and brings back to $OUT: the generator (fp16, pieces under 16 MiB) and results.tgz (bench JSON and
+# log, training log, curves, validation sample, summary).
+#
+# Prepare on this machine (from the project root):
+#   bash ../shared/device/prepare.sh bench/train_gpu.ts       # deno.xz, Vulkan libs, run.sh
+#   deno bundle --quiet --minify --keep-names -o .device/app.js bench/train_gpu.ts
+#   deno bundle --quiet --minify --keep-names -o .device/bench.js bench/bench.ts
+#   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size 480
+#   (then prepend to both bundles, which `deno bundle --minify` leaves without a `require`:
+#    import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);)
+# Device command: bash bench/gpu_session.sh        (carry [".device"])
+# Knobs (environment): TRAIN_MIN (4), PRETRAIN (the shipped x4plus; "none" for random init),
+# BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_ARGS / TRAIN_ARGS (extra
+# arguments, e.g. to try the script on llvmpipe with --tiny).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+d=.device
+out=${OUT:-/tmp/gpu_session_out}
+res=/tmp/gpu_session_results
+rm -rf "$res" && mkdir -p "$res" "$out"
+[ -x /tmp/deno ] || { xz -T0 -dc "$d/deno.xz" > /tmp/deno && chmod +x /tmp/deno; }
+export XDG_RUNTIME_DIR=/tmp DENO_WEBGPU_BACKEND=vulkan
+export LD_LIBRARY_PATH="$PWD/$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$res/gpu.txt"
+
+# the bundle reads PNG only: decode the carried JPEGs (Pillow is on the GPU machine)
+py=python3; $py -c "import PIL" 2>/dev/null || py=/usr/bin/python3
+$py - "$d/train_jpg" /tmp/train_png <<'EOF'
+import os, sys
+from PIL import Image
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+for f in sorted(os.listdir(src)):
+    Image.open(os.path.join(src, f)).convert("RGB").save(os.path.join(dst, os.path.splitext(f)[0] + ".png"))
+print(f"{len(os.listdir(dst))} training images decoded")
+EOF
+
+t0=$(date +%s)
+# shellcheck disable=SC2086
+timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend webgpu,webgpu-plan \
+  --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
+  > "$res/bench.json" 2> "$res/bench.log"
+echo "bench: exit $? after $(($(date +%s) - t0)) s"
+grep -v "warming up" "$res/bench.log" | tail -n 25
+
+pretrain=${PRETRAIN:-weights/realesrgan-x4plus.int8.safetensors}
+[ "$pretrain" = none ] && pretrain=""
+t1=$(date +%s)
+# shellcheck disable=SC2086
+timeout $(( ${TRAIN_MIN:-4} * 60 + 180 )) /tmp/deno run -A "$d/app.js" --data /tmp/train_png --steps 1000000 \
+  --minutes "${TRAIN_MIN:-4}" ${pretrain:+--pretrain "$pretrain"} --out "$res/train" ${TRAIN_ARGS:-} \
+  > "$res/train.log" 2>&1
+echo "train: exit $? after $(($(date +%s) - t1)) s"
+grep -v "^step " "$res/train.log" | tail -n 40
+grep "^step " "$res/train.log" | awk 'NR % 200 == 1' | tail -n 20
+
+mv "$res"/train/model.fp16.safetensors* "$out"/
+tar czf "$out/results.tgz" -C "$res" .
+ls -la "$out"

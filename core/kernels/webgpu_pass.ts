@@ -1,0 +1,131 @@
+/**
+ * A prepared compute pass: our kernels' dispatches with every pipeline, uniform block and bind
+ * group made once, so that running them costs three encoder calls per dispatch and nothing else.
+ *
+ * Why: on an H200 under Deno, a dispatch through tfjs's `recordAndSubmit` (a uniform buffer and a
+ * bind group per call, engine bookkeeping) costs about 120 µs of CPU, which for RRDBNet's hundreds
+ * of dispatches is more than the GPU's work. Buffers are bound as regions (buffer, byte offset,
+ * size), so parameters can live in one flat buffer that a single Adam dispatch updates.
+ * @module
+ */
+import {
+  type CustomProgram,
+  getPipeline,
+  packUniforms,
+  type Uniform,
+  type WebGPUBackendLike,
+} from "./webgpu_program.ts";
+
+/** The parts of tfjs-backend-webgpu 4.22's backend a pass records into (not public API). */
+export interface PassBackend extends WebGPUBackendLike {
+  commandEncoder: GPUCommandEncoder | null;
+  ensureCommandEncoderReady(): void;
+  endComputePassEncoder(): void;
+  submitQueue(): void;
+}
+
+/** What one binding sees: a buffer, or `size` bytes of it from `offset` (a multiple of 256). */
+export interface Region {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+interface Dispatch {
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: [number, number, number];
+}
+
+/** Our programs' dispatches, recorded once and replayed into one compute pass per {@link record}. */
+export class PlannedPass {
+  private readonly dispatches: Dispatch[] = [];
+  private readonly owned: GPUBuffer[] = [];
+
+  constructor(readonly backend: PassBackend) {}
+
+  /** Number of dispatches a {@link record} replays. */
+  get size(): number {
+    return this.dispatches.length;
+  }
+
+  /** A new storage buffer of at least `bytes` (rounded up to 16), freed with the pass. */
+  buffer(bytes: number, usage = 0): GPUBuffer {
+    const buffer = this.backend.device.createBuffer({
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | usage,
+    });
+    this.owned.push(buffer);
+    return buffer;
+  }
+
+  /**
+   * Appends one dispatch of `program`: `output` is binding 0, `inputs` follow, the uniforms last.
+   * Returns a function that rewrites its uniforms (queued before the next submit).
+   */
+  add(
+    program: CustomProgram & { uniforms: string; params: Uniform[] },
+    output: Region,
+    inputs: Region[],
+  ): (params: Uniform[]) => void {
+    const max = this.backend.device.limits.maxComputeWorkgroupsPerDimension;
+    if (program.dispatch.some((d) => d > max)) {
+      throw new Error(`${program.name}: dispatch [${program.dispatch}] exceeds the device limit ${max}`);
+    }
+    // Our shaders never read the shapes tfjs's uniform prelude declares: rank-1 placeholders.
+    const shapes = [...inputs, output].map(() => [1]);
+    const pipeline = getPipeline(this.backend, program, shapes);
+    const data = packUniforms(shapes, program.params);
+    const uniform = this.backend.device.createBuffer({
+      size: data.byteLength,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.backend.device.queue.writeBuffer(uniform, 0, data);
+    this.owned.push(uniform);
+    const regions: Region[] = [output, ...inputs, { buffer: uniform }];
+    const bindGroup = this.backend.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: regions.map((r, binding) => ({ binding, resource: r })),
+    });
+    if (program.dispatch.every((d) => d > 0)) {
+      this.dispatches.push({ pipeline, bindGroup, workgroups: program.dispatch });
+    }
+    return (params) => this.backend.device.queue.writeBuffer(uniform, 0, packUniforms(shapes, params));
+  }
+
+  /** Records every dispatch, in order, into one compute pass of `encoder`. */
+  record(encoder: GPUCommandEncoder): void {
+    const pass = encoder.beginComputePass();
+    for (const d of this.dispatches) {
+      pass.setPipeline(d.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      pass.dispatchWorkgroups(...d.workgroups);
+    }
+    pass.end();
+  }
+
+  /**
+   * Runs `work` on tfjs's own command encoder, after whatever tfjs has recorded so far (uploads,
+   * kernels writing our inputs), then submits.
+   */
+  submitWithTfjs(work: (encoder: GPUCommandEncoder) => void): void {
+    const be = this.backend;
+    be.ensureCommandEncoderReady();
+    be.endComputePassEncoder();
+    work(be.commandEncoder!);
+    be.submitQueue();
+  }
+
+  /** Frees the pass's buffers. */
+  dispose(): void {
+    for (const b of this.owned) b.destroy();
+    this.owned.length = 0;
+    this.dispatches.length = 0;
+  }
+}
+
+/** A launch over `count` threads in workgroups of `size`, folded into 2D past the 65535 limit. */
+export function dispatch1d(count: number, size = 64): [number, number, number] {
+  const groups = Math.ceil(count / size);
+  return [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
+}

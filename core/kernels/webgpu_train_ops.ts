@@ -1,0 +1,185 @@
+/**
+ * The element-wise programs of RRDBNet's planned training step (webgpu_train_plan.ts), beside the
+ * 3x3 convolutions of webgpu_conv3x3.ts: the L1 loss and its gradient, the nearest 2x upsampling's
+ * gradient (a 2x2 sum, with the LeakyReLU derivative of the layer below fused), a strided add, and
+ * Adam fused with the EMA update over all parameters at once.
+ * @module
+ */
+import type { CustomProgram, Uniform } from "./webgpu_program.ts";
+import { dispatch1d } from "./webgpu_pass.ts";
+
+type Program = CustomProgram & { uniforms: string; params: Uniform[] };
+
+const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
+const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
+/** The flat thread index of a launch made by {@link dispatch1d} with workgroups of 64 or 256. */
+const flatIndex = (size: number) => `i32(gid.x + gid.y * ${65535 * size}u)`;
+
+/** Workgroup size of {@link l1LossGrad}: one partial sum per workgroup. */
+export const L1_GROUP = 256;
+
+/**
+ * `result = sign(out − gt) · scale` and, per workgroup of {@link L1_GROUP}, the partial sum of
+ * |out − gt| into `partials` (bindings: result, out, gt, partials).
+ */
+export function l1LossGrad(count: number, scale: number): Program {
+  return {
+    name: "L1LossGradProgram",
+    key: "l1LossGrad",
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<f32>;
+@group(0) @binding(1) var<storage, read> out: array<f32>;
+@group(0) @binding(2) var<storage, read> gt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(4) var<uniform> u: Uniforms;
+var<workgroup> S: array<f32, ${L1_GROUP}>;
+@compute @workgroup_size(${L1_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lidx: u32,
+        @builtin(workgroup_id) wid: vec3<u32>) {
+  let i = ${flatIndex(L1_GROUP)};
+  var a = 0.0;
+  if (i < u.count) {
+    let d = out[i] - gt[i];
+    result[i] = sign(d) * u.scale;
+    a = abs(d);
+  }
+  S[lidx] = a;
+  workgroupBarrier();
+  for (var s = ${L1_GROUP / 2}u; s > 0u; s = s / 2u) {
+    if (lidx < s) { S[lidx] += S[lidx + s]; }
+    workgroupBarrier();
+  }
+  if (lidx == 0u) { partials[wid.x + wid.y * 65535u] = S[0]; }
+}`,
+    dispatch: dispatch1d(count, L1_GROUP),
+    uniforms: "count : i32, scale : f32,",
+    params: [i32(count), f32(scale)],
+  };
+}
+
+/** How many partial sums {@link l1LossGrad} writes for `count` elements. */
+export function l1Partials(count: number): number {
+  const [x, y] = dispatch1d(count, L1_GROUP);
+  return x * y;
+}
+
+/**
+ * The gradient of a nearest 2x upsampling: `result[n, y, x, c] = Σ src[n, 2y+i, 2x+j, c]`
+ * (src [n, 2h, 2w, c]), times LeakyReLU's derivative read off `mask` (the forward activation,
+ * [n, h, w, c]) when given. Bindings: result, src, [mask]. c must be a multiple of 4.
+ */
+export function upsampleGrad(
+  size: { n: number; h: number; w: number; c: number },
+  mask?: { alpha: number },
+): Program {
+  const { n, h, w, c } = size;
+  if (c % 4) throw new Error(`upsampleGrad: ${c} channels, not a multiple of 4`);
+  const count = (n * h * w * c) / 4;
+  return {
+    name: "UpsampleGradProgram",
+    key: `upsampleGrad:${!!mask}`,
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
+${mask ? "@group(0) @binding(2) var<storage, read> mask: array<vec4<f32>>;" : ""}
+@group(0) @binding(${mask ? 3 : 2}) var<uniform> u: Uniforms;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex(64)};
+  if (i >= u.count) { return; }
+  let c4 = i % u.c4; let p = i / u.c4;
+  let x = p % u.w; let y = (p / u.w) % u.h; let b = p / (u.w * u.h);
+  let row = 2 * u.w * u.c4;
+  let at = ((b * 2 * u.h + 2 * y) * 2 * u.w + 2 * x) * u.c4 + c4;
+  var v = src[at] + src[at + u.c4] + src[at + row] + src[at + row + u.c4];
+  ${mask ? "v = select(v * u.alpha, v, mask[i] > vec4<f32>(0.0));" : ""}
+  result[i] = v;
+}`,
+    dispatch: dispatch1d(count),
+    uniforms: "count : i32, h : i32, w : i32, c4 : i32, alpha : f32,",
+    params: [i32(count), i32(h), i32(w), i32(c / 4), f32(mask?.alpha ?? 1)],
+  };
+}
+
+/**
+ * `result[p, c] = a[p · aStride + c] + b[p · c + c']` for `pixels` pixels of `c` channels
+ * (a is a channel slice of a wider buffer). Bindings: result, a, b. c, aStride multiples of 4.
+ */
+export function addStrided(pixels: number, c: number, aStride: number): Program {
+  if (c % 4 || aStride % 4) throw new Error(`addStrided: ${c} / ${aStride} channels, not multiples of 4`);
+  const count = (pixels * c) / 4;
+  return {
+    name: "AddStridedProgram",
+    key: "addStrided",
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<uniform> u: Uniforms;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex(64)};
+  if (i >= u.count) { return; }
+  result[i] = a[(i / u.c4) * u.a4 + i % u.c4] + b[i];
+}`,
+    dispatch: dispatch1d(count),
+    uniforms: "count : i32, c4 : i32, a4 : i32,",
+    params: [i32(count), i32(c / 4), i32(aStride / 4)],
+  };
+}
+
+/** The uniform block of {@link adamEma}, rewritten before every step (learning rate, step count). */
+export const ADAM_EMA_UNIFORMS = "count : i32, oneMinusBeta1 : f32, beta2 : f32, oneMinusBeta2 : f32, " +
+  "bc2Sqrt : f32, eps : f32, stepSize : f32, decay : f32, oneMinusDecay : f32,";
+
+/** The values of {@link ADAM_EMA_UNIFORMS} for step `t` (counted from 1) at learning rate `lr`. */
+export function adamEmaParams(
+  count: number,
+  o: { lr: number; t: number; beta1: number; beta2: number; eps: number; decay: number },
+): Uniform[] {
+  const bc1 = 1 - Math.pow(o.beta1, o.t);
+  const bc2Sqrt = Math.sqrt(1 - Math.pow(o.beta2, o.t));
+  return [
+    i32(count / 4),
+    ...[1 - o.beta1, o.beta2, 1 - o.beta2, bc2Sqrt, o.eps, o.lr / bc1, o.decay, 1 - o.decay].map(f32),
+  ];
+}
+
+/**
+ * Adam in PyTorch's update order (train/adam.ts), then the EMA of the parameters, over flat
+ * buffers of `count` floats (a multiple of 4). Bindings: params (read-write), grads, m, v, ema.
+ */
+export function adamEma(count: number): Program {
+  if (count % 4) throw new Error(`adamEma: ${count} elements, not a multiple of 4`);
+  return {
+    name: "AdamEmaProgram",
+    key: "adamEma",
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> p: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> g: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> m: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> e: array<vec4<f32>>;
+@group(0) @binding(5) var<uniform> u: Uniforms;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex(64)};
+  if (i >= u.count) { return; }
+  let gi = g[i];
+  let mi = m[i] + (gi - m[i]) * u.oneMinusBeta1;
+  let vi = v[i] * u.beta2 + gi * gi * u.oneMinusBeta2;
+  let pi = p[i] - mi / (sqrt(vi) / u.bc2Sqrt + u.eps) * u.stepSize;
+  m[i] = mi;
+  v[i] = vi;
+  p[i] = pi;
+  e[i] = e[i] * u.decay + pi * u.oneMinusDecay;
+}`,
+    dispatch: dispatch1d(count / 4),
+    uniforms: ADAM_EMA_UNIFORMS,
+    params: adamEmaParams(count, { lr: 0, t: 1, beta1: 0.9, beta2: 0.99, eps: 1e-8, decay: 0.999 }),
+  };
+}

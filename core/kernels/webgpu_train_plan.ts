@@ -1,0 +1,494 @@
+/**
+ * RRDBNet's `psnr`-stage training step (L1, Adam, EMA) as one prepared WebGPU pass: forward with
+ * every activation kept, the L1 gradient, the backward pass written by hand, and one fused
+ * Adam + EMA dispatch over all parameters, which live in flat buffers (one each for the
+ * parameters, gradients, both moments and the EMA) the plan owns.
+ *
+ * Why by hand: through tfjs's autodiff a step is about 2,500 kernel launches at ~120 µs of CPU each
+ * (plus the tape's concats, slices and temporaries); here it is about 1,400 dispatches of our own
+ * kernels recorded into one compute pass, no allocation after construction.
+ *
+ * The backward of a dense block needs no concatenation either: the gradient of its input and of
+ * its four grown slices share one buffer [n, h, w, nf + 4·gc]; conv5's input gradient writes it
+ * (adding the residual paths' gradients), each conv k then adds its input gradient to the channels
+ * it read, and the LeakyReLU derivative of slice k is applied by whichever conv completes it.
+ *
+ * Values move between the plan and the nets' tf.Variables only on {@link RRDBNetTrainPlanWebGPU.writeBack}
+ * (and at construction): checkpoints, validation and export keep using the variables.
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-webgpu";
+import type { RRDBNet } from "../rrdbnet_arch.ts";
+import {
+  conv3x3Program,
+  type Conv3x3Spec,
+  filterGradPrograms,
+  type FilterGradSpec,
+} from "./webgpu_conv3x3.ts";
+import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
+import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
+import {
+  adamEma,
+  adamEmaParams,
+  addStrided,
+  l1LossGrad,
+  l1Partials,
+  upsampleGrad,
+} from "./webgpu_train_ops.ts";
+import type { Uniform } from "./webgpu_program.ts";
+
+/** Options of {@link RRDBNetTrainPlanWebGPU}. */
+export interface TrainPlanOptions {
+  /** Batch size and LR patch side (square patches). */
+  batch: number;
+  lqSize: number;
+  /** The EMA net's parameters (same names and shapes as the trained net's). */
+  ema: Map<string, tf.Variable>;
+  /** Adam's state to start from and write back to (train/adam.ts's `Adam`: m, v, t). */
+  adam: {
+    m: Map<string, tf.Variable>;
+    v: Map<string, tf.Variable>;
+    t: number;
+    beta1: number;
+    beta2: number;
+    eps: number;
+  };
+  emaDecay: number;
+  /** Weight of the L1 loss (BasicSR's `pixel_opt.loss_weight`). */
+  pixelWeight?: number;
+}
+
+/** A source of a gradient: a buffer, its channel stride and first channel. */
+interface Src {
+  buf: GPUBuffer;
+  stride: number;
+  offset: number;
+}
+
+const ALIGN = 64; // floats: 256 bytes, WebGPU's minStorageBufferOffsetAlignment
+const LRELU = 0.2;
+
+/** A prepared training step of `net` (scale 4) for batches of one size. Dispose it when done. */
+export class RRDBNetTrainPlanWebGPU {
+  /** Adam steps taken, counted as train/adam.ts counts them. */
+  t: number;
+  private readonly be: PassBackend;
+  private readonly pass: PlannedPass;
+  private readonly layout = new Map<string, { offset: number; size: number; shape: number[] }>();
+  private readonly total: number;
+  private readonly flat: { p: GPUBuffer; g: GPUBuffer; m: GPUBuffer; v: GPUBuffer; e: GPUBuffer };
+  private readonly lq: GPUBuffer;
+  private readonly gt: GPUBuffer;
+  private readonly partials: GPUBuffer;
+  private readonly staging: GPUBuffer;
+  private readonly nPartials: number;
+  private readonly count: number;
+  private readonly setAdam: (params: Uniform[]) => void;
+
+  constructor(readonly net: RRDBNet, readonly options: TrainPlanOptions) {
+    if (tf.getBackend() !== "webgpu") {
+      throw new Error("RRDBNetTrainPlanWebGPU: the webgpu backend is not active");
+    }
+    const { scale, numFeat: nf, numGrowCh: gc, numBlock: nb, numInCh, numOutCh } = net.config;
+    if (scale !== 4) throw new Error(`RRDBNetTrainPlanWebGPU: scale ${scale} (only 4 is planned)`);
+    if (nf % 4 || gc % 4) {
+      throw new Error(`RRDBNetTrainPlanWebGPU: nf ${nf} and gc ${gc} must be multiples of 4`);
+    }
+    this.be = tf.backend() as unknown as PassBackend;
+    this.pass = new PlannedPass(this.be);
+    this.t = options.adam.t;
+
+    let total = 0;
+    for (const [name, v] of net.params) {
+      this.layout.set(name, { offset: total, size: v.size, shape: v.shape });
+      total += Math.ceil(v.size / ALIGN) * ALIGN;
+    }
+    this.total = total;
+    const flatBuf = () => this.pass.buffer(total * 4);
+    this.flat = { p: flatBuf(), g: flatBuf(), m: flatBuf(), v: flatBuf(), e: flatBuf() };
+    this.copyVariables("in");
+
+    const n = options.batch, h = options.lqSize, w = h, H = 4 * h, W = 4 * w;
+    const C = nf + 4 * gc;
+    const act = (hh: number, c: number) => this.pass.buffer(n * hh * hh * c * 4);
+    this.lq = act(h, numInCh);
+    this.gt = act(H, numOutCh);
+    this.count = n * H * W * numOutCh;
+    this.nPartials = l1Partials(this.count);
+    this.partials = this.pass.buffer(this.nPartials * 4);
+    this.staging = this.be.device.createBuffer({
+      size: Math.ceil(this.nPartials / 4) * 16,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+
+    const whole = (buf: GPUBuffer): Region => ({ buffer: buf });
+    const param = (name: string): Region => {
+      const l = this.layout.get(name);
+      if (!l) throw new Error(`RRDBNetTrainPlanWebGPU: the net has no parameter ${name}`);
+      return { buffer: this.flat.p, offset: l.offset * 4, size: Math.ceil(l.size / 4) * 16 };
+    };
+    // Dispatches are planned as closures first: the scratch buffer for split filter gradients is
+    // bound by all of them and its size is known only at the end.
+    const ops: (() => void)[] = [];
+    const add = (...a: Parameters<PlannedPass["add"]>) => ops.push(() => void this.pass.add(...a));
+    const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
+      add(conv3x3Program(spec), whole(output), inputs);
+    const scratch: { buffer?: GPUBuffer } = {};
+    let scratchBytes = 16;
+    /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
+    const filterGrad = (name: string, spec: Omit<FilterGradSpec, "bias" | "biasAt">, inputs: Region[]) => {
+      const wl = this.layout.get(`${name}.weight`)!, bl = this.layout.get(`${name}.bias`)!;
+      const programs = filterGradPrograms({ ...spec, bias: true, biasAt: bl.offset - wl.offset });
+      const grad: Region = {
+        buffer: this.flat.g,
+        offset: wl.offset * 4,
+        size: Math.ceil((bl.offset + bl.size - wl.offset) / 4) * 16,
+      };
+      if (!programs.sum) return add(programs.main, grad, inputs);
+      scratchBytes = Math.max(scratchBytes, programs.splits * programs.partSize * 4);
+      ops.push(() => {
+        this.pass.add(programs.main, { buffer: scratch.buffer! }, inputs);
+        this.pass.add(programs.sum!, grad, [{ buffer: scratch.buffer! }]);
+      });
+    };
+    /** dL/d(input) of conv `name` (weights [3, 3, cin, cout]) for `dy` read from `src`. */
+    const inputGrad = (
+      name: string,
+      src: Src,
+      output: GPUBuffer,
+      spec: Partial<Conv3x3Spec> & { size: { n: number; h: number; w: number }; cin: number; cout: number },
+      extra: Region[] = [],
+    ) => {
+      const { size, cin, cout, ...rest } = spec;
+      const inputs = [...(rest.x0IsOutput ? [] : [whole(src.buf)]), param(`${name}.weight`), ...extra];
+      conv(
+        {
+          ...size,
+          c0: cout,
+          x0Stride: src.stride,
+          x0Offset: src.offset,
+          cout: cin,
+          flipTransposed: true,
+          ...rest,
+        },
+        output,
+        inputs,
+      );
+    };
+
+    // ---- forward, keeping what the backward reads ----
+    const base = { n, h, w };
+    const feat = act(h, nf);
+    conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, [
+      whole(this.lq),
+      param("conv_first.weight"),
+      param("conv_first.bias"),
+    ]);
+    const chain: GPUBuffer[] = [feat]; // chain[3b + r - 1]: the input of block b's dense block r
+    const grows: GPUBuffer[] = []; // grows[3b + r - 1]: its grown channels
+    for (let b = 0; b < nb; b++) {
+      for (let r = 1; r <= 3; r++) {
+        const name = `body.${b}.rdb${r}`;
+        const x = chain[chain.length - 1];
+        const grow = act(h, 4 * gc);
+        grows.push(grow);
+        for (let k = 1; k <= 4; k++) {
+          conv(growthConvSpec(base, nf, gc, k), grow, [
+            whole(x),
+            param(`${name}.conv${k}.weight`),
+            param(`${name}.conv${k}.bias`),
+          ]);
+        }
+        const last = r === 3;
+        const out = act(h, nf);
+        conv(fuseConvSpec(base, nf, gc, { resScale: 0.2, skipScale: last ? 0.2 : undefined }), out, [
+          whole(x),
+          whole(grow),
+          param(`${name}.conv5.weight`),
+          param(`${name}.conv5.bias`),
+          ...(last ? [whole(chain[3 * b])] : []),
+        ]);
+        chain.push(out);
+      }
+    }
+    const trunk = chain[3 * nb];
+    const lin = (
+      cout: number,
+      size: { n: number; h: number; w: number },
+      extra: Partial<Conv3x3Spec> = {},
+    ) => ({
+      ...size,
+      c0: nf,
+      x0Stride: nf,
+      cout,
+      bias: true,
+      ...extra,
+    });
+    const lrelu = { activation: "leakyrelu" as const, alpha: LRELU };
+    const body = act(h, nf), u1 = act(2 * h, nf), u2 = act(H, nf), hr = act(H, nf), out = act(H, numOutCh);
+    const size2 = { n, h: 2 * h, w: 2 * w }, size4 = { n, h: H, w: W };
+    conv(lin(nf, base, { res2Scale: 1 }), body, [
+      whole(trunk),
+      param("conv_body.weight"),
+      param("conv_body.bias"),
+      whole(feat),
+    ]);
+    conv(lin(nf, size2, { ...lrelu, upsample: true }), u1, [
+      whole(body),
+      param("conv_up1.weight"),
+      param("conv_up1.bias"),
+    ]);
+    conv(lin(nf, size4, { ...lrelu, upsample: true }), u2, [
+      whole(u1),
+      param("conv_up2.weight"),
+      param("conv_up2.bias"),
+    ]);
+    conv(lin(nf, size4, lrelu), hr, [whole(u2), param("conv_hr.weight"), param("conv_hr.bias")]);
+    conv(lin(numOutCh, size4), out, [whole(hr), param("conv_last.weight"), param("conv_last.bias")]);
+
+    // ---- loss ----
+    const dOut = act(H, numOutCh);
+    add(l1LossGrad(this.count, (options.pixelWeight ?? 1) / this.count), whole(dOut), [
+      whole(out),
+      whole(this.gt),
+      whole(this.partials),
+    ]);
+
+    // ---- backward: the tail, from the output to the trunk ----
+    const src = (buf: GPUBuffer, stride: number, offset = 0): Src => ({ buf, stride, offset });
+    const maskAll = (c: number) => ({ lo: 0, hi: c, stride: c, offset: 0 });
+    const dHr = act(H, nf), dU2 = act(H, nf), dFull = act(H, nf), dU1 = act(2 * h, nf), dBody = act(h, nf);
+    filterGrad("conv_last", { ...size4, c0: nf, x0Stride: nf, cout: numOutCh }, [whole(hr), whole(dOut)]);
+    inputGrad("conv_last", src(dOut, numOutCh), dHr, {
+      size: size4,
+      cin: nf,
+      cout: numOutCh,
+      mask: maskAll(nf),
+      alpha: LRELU,
+    }, [whole(hr)]);
+    filterGrad("conv_hr", { ...size4, c0: nf, x0Stride: nf, cout: nf }, [whole(u2), whole(dHr)]);
+    inputGrad("conv_hr", src(dHr, nf), dU2, {
+      size: size4,
+      cin: nf,
+      cout: nf,
+      mask: maskAll(nf),
+      alpha: LRELU,
+    }, [whole(u2)]);
+    filterGrad("conv_up2", { ...size4, c0: nf, x0Stride: nf, cout: nf, upsample: true }, [
+      whole(u1),
+      whole(dU2),
+    ]);
+    inputGrad("conv_up2", src(dU2, nf), dFull, { size: size4, cin: nf, cout: nf });
+    add(upsampleGrad({ n, h: 2 * h, w: 2 * w, c: nf }, { alpha: LRELU }), whole(dU1), [
+      whole(dFull),
+      whole(u1),
+    ]);
+    filterGrad("conv_up1", { ...size2, c0: nf, x0Stride: nf, cout: nf, upsample: true }, [
+      whole(body),
+      whole(dU1),
+    ]);
+    inputGrad("conv_up1", src(dU1, nf), dFull, { size: size2, cin: nf, cout: nf });
+    add(upsampleGrad({ n, h, w, c: nf }), whole(dBody), [whole(dFull)]);
+    filterGrad("conv_body", { ...base, c0: nf, x0Stride: nf, cout: nf }, [whole(trunk), whole(dBody)]);
+    const dTrunk = act(h, nf);
+    inputGrad("conv_body", src(dBody, nf), dTrunk, { size: base, cin: nf, cout: nf });
+
+    // ---- backward through the blocks ----
+    // block b's output is 0.2·(0.2·c5₃ + x₃) + x₁ (x₁ its input); dense block r < 3: 0.2·c5ᵣ + xᵣ.
+    const dCats: GPUBuffer[] = new Array(3 * nb);
+    let dBlockOut = src(dTrunk, nf);
+    for (let b = nb - 1; b >= 0; b--) {
+      for (let r = 3; r >= 1; r--) {
+        const i = 3 * b + r - 1;
+        const name = `body.${b}.rdb${r}`;
+        const dCat = dCats[i] = act(h, C);
+        const dy = r === 3 ? dBlockOut : src(dCats[i + 1], C);
+        const scale5 = r === 3 ? 0.04 : 0.2;
+        // d(input) = conv5's input gradient + the residual path's (+ the block skip's in block 1)
+        const resA = { scale: r === 3 ? 0.2 : 1, stride: dy.stride };
+        const resB = r === 1 ? { scale: 1, stride: dBlockOut.stride } : undefined;
+        inputGrad(`${name}.conv5`, dy, dCat, {
+          size: base,
+          cin: C,
+          cout: nf,
+          accScale: scale5,
+          resA,
+          resB,
+          resLimit: nf,
+          mask: { lo: nf + 3 * gc, hi: C, stride: 4 * gc, offset: 3 * gc },
+          alpha: LRELU,
+        }, [whole(dy.buf), ...(resB ? [whole(dBlockOut.buf)] : []), whole(grows[i])]);
+        filterGrad(`${name}.conv5`, {
+          ...base,
+          c0: nf,
+          x0Stride: nf,
+          c1: 4 * gc,
+          x1Stride: 4 * gc,
+          cout: nf,
+          dyStride: dy.stride,
+          dyOffset: dy.offset,
+          scale: scale5,
+        }, [whole(chain[i]), whole(grows[i]), whole(dy.buf)]);
+        for (let k = 4; k >= 1; k--) {
+          const slice = src(dCat, C, nf + (k - 1) * gc);
+          const cin = nf + (k - 1) * gc;
+          inputGrad(`${name}.conv${k}`, slice, dCat, {
+            size: base,
+            cin,
+            cout: gc,
+            outStride: C,
+            x0IsOutput: true,
+            accumulate: true,
+            ...(k > 1
+              ? {
+                mask: { lo: nf + (k - 2) * gc, hi: cin, stride: 4 * gc, offset: (k - 2) * gc },
+                alpha: LRELU,
+              }
+              : {}),
+          }, k > 1 ? [whole(grows[i])] : []);
+          filterGrad(`${name}.conv${k}`, {
+            ...base,
+            c0: nf,
+            x0Stride: nf,
+            c1: (k - 1) * gc,
+            x1Stride: 4 * gc,
+            cout: gc,
+            dyStride: C,
+            dyOffset: nf + (k - 1) * gc,
+          }, [whole(chain[i]), ...(k > 1 ? [whole(grows[i])] : []), whole(dCat)]);
+        }
+      }
+      dBlockOut = src(dCats[3 * b], C);
+    }
+    // feat feeds the first block and, through the long skip, conv_body's output
+    const dFeat = act(h, nf);
+    add(addStrided(n * h * w, nf, C), whole(dFeat), [whole(dCats[0]), whole(dBody)]);
+    filterGrad("conv_first", { ...base, c0: numInCh, x0Stride: numInCh, cout: nf }, [
+      whole(this.lq),
+      whole(dFeat),
+    ]);
+
+    // ---- Adam, then the EMA, over every parameter at once ----
+    const { p, g, m, v, e } = this.flat;
+    let setAdam: (params: Uniform[]) => void = () => {};
+    ops.push(() =>
+      setAdam = this.pass.add(adamEma(total), whole(p), [whole(g), whole(m), whole(v), whole(e)])
+    );
+
+    scratch.buffer = this.pass.buffer(scratchBytes);
+    for (const op of ops) op();
+    this.setAdam = setAdam;
+  }
+
+  /** Dispatches one step records. */
+  get dispatches(): number {
+    return this.pass.size;
+  }
+
+  /**
+   * One training step on a batch (NHWC float32 in [0, 1]: lq [batch, s, s, 3], gt [batch, 4s, 4s, 3])
+   * at learning rate `lr`; resolves to the weighted L1 loss of the batch before the update.
+   */
+  async step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<number> {
+    const { device } = this.be;
+    if (batch.lq.length * 16 !== this.count || batch.gt.length !== this.count) {
+      throw new Error(
+        `RRDBNetTrainPlanWebGPU: batch of ${batch.lq.length} / ${batch.gt.length} values, ` +
+          `the plan wants ${this.count / 16} / ${this.count}`,
+      );
+    }
+    this.t++;
+    const { beta1, beta2, eps } = this.options.adam;
+    this.setAdam(
+      adamEmaParams(this.total, { lr, t: this.t, beta1, beta2, eps, decay: this.options.emaDecay }),
+    );
+    device.queue.writeBuffer(this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
+    device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
+    this.pass.submitWithTfjs((encoder) => {
+      this.pass.record(encoder);
+      encoder.copyBufferToBuffer(this.partials, 0, this.staging, 0, this.nPartials * 4);
+    });
+    await this.staging.mapAsync(GPUMapMode.READ);
+    const sums = new Float32Array(this.staging.getMappedRange().slice(0, this.nPartials * 4));
+    this.staging.unmap();
+    let sum = 0;
+    for (const s of sums) sum += s;
+    return (sum / this.count) * (this.options.pixelWeight ?? 1);
+  }
+
+  /** The gradients of the last step, by parameter name, in TF layout (for tests). */
+  async gradients(): Promise<Map<string, Float32Array>> {
+    const all = await this.read(this.flat.g);
+    const out = new Map<string, Float32Array>();
+    for (const [name, l] of this.layout) out.set(name, all.slice(l.offset, l.offset + l.size));
+    return out;
+  }
+
+  /** Copies the plan's parameters, EMA and Adam moments back into the variables they came from. */
+  writeBack(): void {
+    this.copyVariables("out");
+    this.options.adam.t = this.t;
+  }
+
+  /** Frees the plan's buffers (not the variables). */
+  dispose(): void {
+    this.pass.dispose();
+    this.staging.destroy();
+  }
+
+  private async read(buffer: GPUBuffer): Promise<Float32Array> {
+    const staging = this.be.device.createBuffer({
+      size: this.total * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.pass.submitWithTfjs((encoder) => encoder.copyBufferToBuffer(buffer, 0, staging, 0, this.total * 4));
+    await staging.mapAsync(GPUMapMode.READ);
+    const data = new Float32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    staging.destroy();
+    return data;
+  }
+
+  /** Copies the variables into the flat buffers ("in") or the flat buffers into the variables ("out"). */
+  private copyVariables(direction: "in" | "out"): void {
+    const { adam, ema } = this.options;
+    const sets: [GPUBuffer, Map<string, tf.Variable>][] = [
+      [this.flat.p, this.net.params],
+      [this.flat.e, ema],
+      [this.flat.m, adam.m],
+      [this.flat.v, adam.v],
+    ];
+    const adopt: [tf.Variable, tf.TensorInfo][] = [];
+    const be = this.be;
+    this.pass.submitWithTfjs((encoder) => {
+      for (const [flat, vars] of sets) {
+        for (const [name, l] of this.layout) {
+          const variable = vars.get(name);
+          if (!variable || variable.shape.join() !== l.shape.join()) {
+            throw new Error(
+              `RRDBNetTrainPlanWebGPU: no variable ${name} of shape [${l.shape}] to copy ${direction}`,
+            );
+          }
+          if (direction === "in") {
+            be.uploadToGPU(variable.dataId);
+            const buffer = be.tensorMap.get(variable.dataId)!.resource as GPUBuffer;
+            encoder.copyBufferToBuffer(buffer, 0, flat, l.offset * 4, l.size * 4);
+          } else {
+            // into a fresh buffer the variable adopts: tensors sharing its old one keep their values
+            const info = be.makeTensorInfo(l.shape, "float32");
+            be.uploadToGPU(info.dataId);
+            const buffer = be.tensorMap.get(info.dataId)!.resource as GPUBuffer;
+            encoder.copyBufferToBuffer(flat, l.offset * 4, buffer, 0, l.size * 4);
+            adopt.push([variable, info]);
+          }
+        }
+      }
+    });
+    for (const [variable, info] of adopt) {
+      const t = tf.engine().makeTensorFromTensorInfo(info);
+      variable.assign(t);
+      t.dispose();
+    }
+  }
+}
