@@ -411,8 +411,7 @@ function loadAverage(): number | undefined {
   }
 }
 
-const fmt = (x: number | undefined, digits = 0) =>
-  x === undefined || Number.isNaN(x) ? "-" : x.toFixed(digits);
+const fmt = (x: number | undefined, digits = 0) => x == null || Number.isNaN(x) ? "-" : x.toFixed(digits);
 
 /** Formats the rows as a table, with each profiled row's top kernels under it. */
 export function formatTable(rows: BenchRow[]): string {

@@ -138,14 +138,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
         out.dispose();
       }
     };
-    return {
-      step,
-      profile: () => Promise.reject(new Error("webgpu-plan: no per-kernel profile (one compute pass)")),
-      dispose() {
-        plan.dispose();
-        x.dispose();
-      },
-    };
+    return { step, profile: () => planProfile(plan), dispose: () => (plan.dispose(), x.dispose()) };
   }
   if (c.h !== c.w) throw new Error(`webgpu-plan trains on square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
@@ -163,13 +156,24 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
       batch ??= { lq: (await x.data()) as Float32Array, gt: (await gt.data()) as Float32Array };
       return new Float32Array([await plan.step(batch, 1e-4)]);
     },
-    profile: () => Promise.reject(new Error("webgpu-plan: no per-kernel profile (one compute pass)")),
+    profile: () => planProfile(plan),
     dispose() {
       plan.dispose();
       adam.dispose();
       tf.dispose([x, gt]);
     },
   };
+}
+
+/**
+ * A plan's GPU time by kind of dispatch, each kind replayed alone; wall: all of them replayed
+ * (the plan's values are garbage afterwards).
+ */
+async function planProfile(plan: {
+  profile(): Promise<{ kernels: KernelProfile["kernels"]; all_ms: number }>;
+}): Promise<KernelProfile> {
+  const { kernels, all_ms } = await plan.profile();
+  return { kernels, wall_ms: all_ms, peak_tensor_mb: NaN };
 }
 
 function prepareOps(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {

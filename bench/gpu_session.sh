@@ -15,7 +15,8 @@
 #    import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);)
 # Device command: bash bench/gpu_session.sh        (carry [".device"])
 # Knobs (environment): TRAIN_MIN (4), PRETRAIN (the shipped x4plus; "none" for random init),
-# BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_ARGS / TRAIN_ARGS (extra
+# BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
+# (webgpu,webgpu-plan), BENCH_ARGS / TRAIN_ARGS (extra
 # arguments, e.g. to try the script on llvmpipe with --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ EOF
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend webgpu,webgpu-plan \
+timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"
@@ -56,6 +57,7 @@ timeout $(( ${TRAIN_MIN:-4} * 60 + 180 )) /tmp/deno run -A "$d/app.js" --data /t
   --minutes "${TRAIN_MIN:-4}" ${pretrain:+--pretrain "$pretrain"} --out "$res/train" ${TRAIN_ARGS:-} \
   > "$res/train.log" 2>&1
 echo "train: exit $? after $(($(date +%s) - t1)) s"
+grep -i "filter-gradient\|initialised\|interrupted\|psnr stage" "$res/train.log"
 grep -v "^step " "$res/train.log" | tail -n 40
 grep "^step " "$res/train.log" | awk 'NR % 200 == 1' | tail -n 20
 

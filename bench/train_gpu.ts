@@ -27,6 +27,9 @@ import { generatorConfig } from "../train/trainer.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { enableCustomWebGPUKernels } from "../core/kernels/register.ts";
+import { type FilterGradVariant, setFilterGradVariant } from "../core/kernels/webgpu_conv3x3.ts";
+import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { Adam } from "../train/adam.ts";
 import { exportGenerator, writeShards } from "../train/export.ts";
 import { curvesSvg } from "../train/plot.ts";
 import { pngCodec } from "../train/png_codec.ts";
@@ -56,6 +59,8 @@ const { values } = parseArgs({
     pretrain: { type: "string" },
     /** Stop training after this many minutes (then validate and export), whatever --steps says. */
     minutes: { type: "string" },
+    /** Filter-gradient kernel of the planned step: v1, v2, or auto (time both on this GPU, keep the faster). */
+    "filter-grad": { type: "string", default: "auto" },
   },
 });
 const out = values.out ?? Deno.env.get("OUT");
@@ -120,6 +125,59 @@ console.log(
     (config.pretrainG ? `; G from ${config.pretrainG}` : ""),
 );
 
+/**
+ * Times the planned step with each filter-gradient kernel (throwaway net, plan and optimizer: the
+ * run's state is untouched) and checks that both give the same loss; returns ms per step by variant.
+ */
+async function timeVariants(
+  variants: FilterGradVariant[],
+): Promise<Record<string, { ms: number; loss: number }>> {
+  const net = new RRDBNet(generatorConfig(config), { seed: 1, trainable: true });
+  const adam = new Adam(net.params, { betas: [config.beta1, config.beta2] });
+  const lqSize = config.gtSize / 4;
+  const rand = (n: number) =>
+    Float32Array.from({ length: n }, (_, i) => (Math.sin(i * 12.9898) * 43758.5453) % 1 + 0.5);
+  const batch = {
+    lq: rand(config.batchSize * lqSize * lqSize * 3),
+    gt: rand(config.batchSize * config.gtSize ** 2 * 3),
+  };
+  const out: Record<string, { ms: number; loss: number }> = {};
+  for (const v of variants) {
+    setFilterGradVariant(v);
+    const plan = new RRDBNetTrainPlanWebGPU(net, {
+      batch: config.batchSize,
+      lqSize,
+      ema: net.params,
+      adam,
+      emaDecay: 0.999,
+    });
+    const loss = await plan.step(batch, 0);
+    await plan.step(batch, 0);
+    const t0 = performance.now();
+    for (let i = 0; i < 5; i++) await plan.step(batch, 0);
+    out[v] = { ms: (performance.now() - t0) / 5, loss };
+    plan.dispose();
+  }
+  net.dispose();
+  adam.dispose();
+  return out;
+}
+
+let filterGrad: FilterGradVariant = values["filter-grad"] === "v2" ? "v2" : "v1";
+let variantTimes: Record<string, { ms: number; loss: number }> | undefined;
+if (config.plannedStep && values["filter-grad"] === "auto") {
+  variantTimes = await timeVariants(["v1", "v2"]);
+  const { v1, v2 } = variantTimes;
+  const agree = Math.abs(v1.loss - v2.loss) <= 1e-4 * Math.abs(v1.loss);
+  filterGrad = agree && v2.ms < v1.ms ? "v2" : "v1";
+  console.log(
+    `filter-gradient kernels: v1 ${v1.ms.toFixed(1)} ms/step, v2 ${v2.ms.toFixed(1)} ms/step` +
+      (agree ? "" : ` — LOSSES DIFFER (${v1.loss} vs ${v2.loss}): v2 NOT USED`) +
+      `; training with ${filterGrad}`,
+  );
+}
+setFilterGradVariant(filterGrad);
+
 const times: number[] = [];
 const summary = await runTraining({
   config,
@@ -179,6 +237,8 @@ const result = {
     ? "autodiff, custom kernels"
     : "autodiff, stock kernels",
   pretrain: config.pretrainG || null,
+  filter_grad_kernel: filterGrad,
+  filter_grad_variants: variantTimes ?? null,
   config,
   steps: summary.endStep,
   first_step_s: times[0],

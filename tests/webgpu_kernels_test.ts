@@ -22,6 +22,7 @@ import {
   rrdbnetForwardWebGPU,
   RRDBNetPlanWebGPU,
   setConvTileOverride,
+  setFilterGradVariant,
 } from "../core/kernels/mod.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 
@@ -173,6 +174,34 @@ Deno.test("gradients: Conv2DBackpropInput and Conv2DBackpropFilter match stock",
   assert.equal(stats.custom.Conv2DBackpropInput, 8);
   assert.equal(stats.custom.Conv2DBackpropFilter, 8);
 });
+
+Deno.test(
+  "gradients: the v2 filter-gradient kernel (pixel slices, tap-uniform tiles) matches stock",
+  opts,
+  async () => {
+    setFilterGradVariant("v2");
+    try {
+      // 64 input channels: tap-uniform tiles; 96 -> 32: four slices; the last splits its pixels too
+      for (
+        const [n, h, w, ci, co] of [[1, 7, 5, 64, 64], [2, 6, 9, 96, 32], [1, 5, 5, 6, 5], [
+          2,
+          24,
+          24,
+          32,
+          64,
+        ]]
+      ) {
+        const x = rand([n, h, w, ci]) as tf.Tensor4D, r = rand([n, h, w, co]);
+        const f = rand([3, 3, ci, co]) as tf.Tensor4D;
+        const g = tf.grad((b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(x, b as tf.Tensor4D, 1, "same"), r)));
+        await compare(`v2 filter grad ${[n, h, w, ci]}->${co}`, () => g(f));
+        tf.dispose([x, f, r]);
+      }
+    } finally {
+      setFilterGradVariant("v1");
+    }
+  },
+);
 
 Deno.test("dense block and fused conv (upsample, residual) match the stock composition", opts, async () => {
   const [n, h, w, nf, gc] = [2, 5, 7, 16, 8];

@@ -9,7 +9,7 @@ import "@tensorflow/tfjs-backend-webgpu";
 // The gradient functions of tfjs's ops are registered by the union package, not by tfjs-core.
 import "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { RRDBNetTrainPlanWebGPU } from "../core/kernels/mod.ts";
+import { RRDBNetTrainPlanWebGPU, setFilterGradVariant } from "../core/kernels/mod.ts";
 import { disableCustomWebGPUKernels } from "../core/kernels/register.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { pixelL1 } from "../core/losses/pixel_loss.ts";
@@ -89,6 +89,16 @@ Deno.test("planned step: loss and every gradient match tfjs's autodiff", opts, a
 
 Deno.test("planned step: gradients at RRDBNet's real widths (nf 64, gc 32: other tiles, splits)", opts, async () => {
   await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
+});
+
+Deno.test("planned step: gradients with the v2 filter-gradient kernel", opts, async () => {
+  setFilterGradVariant("v2");
+  try {
+    await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
+    await checkGradients(CONFIG, BATCH, LQ);
+  } finally {
+    setFilterGradVariant("v1");
+  }
 });
 
 async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number) {

@@ -15,7 +15,13 @@ export {
   isSame3x3,
   REPLACED_KERNELS,
 } from "./register.ts";
-export { type Activation, type ConvTile, setConvTileOverride } from "./webgpu_conv3x3.ts";
+export {
+  type Activation,
+  type ConvTile,
+  type FilterGradVariant,
+  setConvTileOverride,
+  setFilterGradVariant,
+} from "./webgpu_conv3x3.ts";
 export {
   CONV3X3_KERNEL,
   DENSE_BLOCK_KERNEL,

@@ -516,13 +516,15 @@ function filterGradSource(
     bk: number;
     bn: number;
     br: number;
+    ks: number;
+    tapUniform: boolean;
     split: boolean;
     two: boolean;
     up: boolean;
     bias: boolean;
   },
 ) {
-  const { bk, bn, br } = o;
+  const { bk, bn, br, ks } = o;
   const T = o.vec ? "vec4<f32>" : "f32";
   const div = o.vec ? 4 : 1;
   const nt = (bk / 4) * (bn / 4);
@@ -530,10 +532,12 @@ function filterGradSource(
   const xUnits = (br * bk) / 4, dUnits = (br * bn) / 4;
   const sx = Math.ceil(xUnits / nt), sd = Math.ceil(dUnits / nt);
   // Element k (or k..k+3, one tap, in vec mode) of pixel (n, y, xx)'s im2col row; row K is all ones
-  // (the bias gradient).
+  // (the bias gradient). With tapUniform every k of the workgroup's tile has the same tap.
   const readXAt = (k: string, target: string, one: string) =>
     `{
-          let tap = ${k} / cin; let c = ${k} % cin;
+          let tap = ${o.tapUniform ? "tap0" : `${k} / cin`}; let c = ${
+      o.tapUniform ? `c0 + ${k} - k0` : `${k} % cin`
+    };
           let iy = y + tap / 3 - 1; let ix = xx + tap % 3 - 1;
           if (${k} < K && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w) {
             ${target} = readX((n * u.inH + iy${o.up ? " / 2" : ""}) * u.inW + ix${o.up ? " / 2" : ""}, c);
@@ -556,33 +560,48 @@ function filterGradSource(
     ? `if (c < u.c0) { return x0[(p * u.x0Stride + c) / ${div}]; }
   return x1[(p * u.x1Stride + c - u.c0) / ${div}];`
     : `return x0[(p * u.x0Stride + c) / ${div}];`;
+  // Slices of the workgroup take turns over the pixel chunks; their sums meet in workgroup memory.
+  const shared = Math.max(ks * (xUnits + dUnits), (ks - 1) * nt * 4);
+  const reduce = ks === 1 ? "" : `
+  workgroupBarrier();
+  if (sl > 0) { for (var i = 0; i < 4; i++) { Sh[((sl - 1) * ${nt} + tid) * 4 + i] = acc[i]; } }
+  workgroupBarrier();
+  if (sl > 0) { return; }
+  for (var s = 1; s < ${ks}; s++) {
+    for (var i = 0; i < 4; i++) { acc[i] += Sh[((s - 1) * ${nt} + tid) * 4 + i]; }
+  }`;
   return `${prelude}
 @group(0) @binding(0) var<storage, read_write> result: array<${T}>;
 @group(0) @binding(1) var<storage, read> x0: array<${T}>;
 ${o.two ? `@group(0) @binding(2) var<storage, read> x1: array<${T}>;` : ""}
 @group(0) @binding(${o.two ? 3 : 2}) var<storage, read> dy: array<${T}>;
 @group(0) @binding(${o.two ? 4 : 3}) var<uniform> u: Uniforms;
-var<workgroup> Xs: array<vec4<f32>, ${xUnits}>;
-var<workgroup> Ds: array<vec4<f32>, ${dUnits}>;
+var<workgroup> Sh: array<vec4<f32>, ${shared}>;
 
 fn readX(p: i32, c: i32) -> ${T} {
   ${readX}
 }
 
-@compute @workgroup_size(${nt})
+@compute @workgroup_size(${nt * ks})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let tid = i32(lidx);
+  let sl = i32(lidx) / ${nt};
+  let tid = i32(lidx) % ${nt};
+  let xBase = sl * ${xUnits + dUnits};
+  let dBase = xBase + ${xUnits};
   let k0 = i32(wid.y) * ${bk};
   let n0 = i32(wid.x) * ${bn};
   let cin = u.c0 + u.c1;
   let K = 9 * cin;
+  let tap0 = k0 / cin; let c0 = k0 % cin;
   let rows = K + ${o.bias ? 1 : 0};
   let hw = u.h * u.w;
   let mBegin = i32(wid.z) * u.mPerSplit;
   let mEnd = min(u.M, mBegin + u.mPerSplit);
+  let rounds = (mEnd - mBegin + ${br * ks - 1}) / ${br * ks};
   let tn = tid % ${bn / 4}; let tk = tid / ${bn / 4};
   var acc: array<vec4<f32>, 4>;
-  for (var mb = mBegin; mb < mEnd; mb += ${br}) {
+  for (var rd = 0; rd < rounds; rd++) {
+    let mb = mBegin + (rd * ${ks} + sl) * ${br};
     for (var s = 0; s < ${sx}; s++) {
       let l = s * ${nt} + tid;
       let m = mb + l / ${bk / 4};
@@ -593,7 +612,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
         let y = rem / u.w; let xx = rem % u.w;
         ${loadX}
       }
-      if (l < ${xUnits}) { Xs[l] = v; }
+      if (l < ${xUnits}) { Sh[xBase + l] = v; }
     }
     for (var s = 0; s < ${sd}; s++) {
       let l = s * ${nt} + tid;
@@ -601,16 +620,17 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
       let col = n0 + (l % ${bn / 4}) * 4;
       var v = vec4<f32>(0.0);
       if (m < mEnd && l < ${dUnits}) { ${loadD} }
-      if (l < ${dUnits}) { Ds[l] = v; }
+      if (l < ${dUnits}) { Sh[dBase + l] = v; }
     }
     workgroupBarrier();
     for (var r = 0; r < ${br}; r++) {
-      let a = Xs[r * ${bk / 4} + tk];
-      let d = Ds[r * ${bn / 4} + tn];
+      let a = Sh[xBase + r * ${bk / 4} + tk];
+      let d = Sh[dBase + r * ${bn / 4} + tn];
       acc[0] += a.x * d; acc[1] += a.y * d; acc[2] += a.z * d; acc[3] += a.w * d;
     }
     workgroupBarrier();
   }
+  ${reduce}
   let col = n0 + tn * 4;
   if (col >= u.cout) { return; }
   let base = ${o.split ? "i32(wid.z) * u.splitStride" : "0"};
@@ -621,6 +641,15 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     ${write}
   }
 }`;
+}
+
+/** Filter-gradient kernel variants: "v1" 16-pixel chunks, one slice; "v2" 32-pixel chunks, 256-thread workgroups, tap-uniform tiles. */
+export type FilterGradVariant = "v1" | "v2";
+let filterGradVariant: FilterGradVariant = "v1";
+
+/** Chooses the filter-gradient kernel for programs made from now on (plans bind theirs when built). */
+export function setFilterGradVariant(v: FilterGradVariant): void {
+  filterGradVariant = v;
 }
 
 /** The launches of one filter gradient: the main kernel, and when it splits the pixels, their sum. */
@@ -647,16 +676,20 @@ export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
     v % 4 === 0
   );
   const rows = K + (bias ? 1 : 0);
-  const bk = 32, bn = cout > 32 ? 64 : 32, br = 16;
+  const v2 = filterGradVariant === "v2";
+  const bk = 32, bn = cout > 32 ? 64 : 32, br = v2 ? 32 : 16;
+  // v2: 256 threads a workgroup, the extra ones as slices over the pixels
+  const ks = v2 ? 256 / ((bk / 4) * (bn / 4)) : 1;
   const tiles = Math.ceil(rows / bk) * Math.ceil(cout / bn);
   // Split the pixel reduction until there are enough workgroups to fill a large GPU.
   const chunks = Math.ceil(M / br);
-  const wanted = Math.max(1, Math.min(Math.ceil(512 / tiles), Math.floor(chunks / 4), 64));
+  const wanted = Math.max(1, Math.min(Math.ceil(512 / tiles), Math.floor(chunks / (4 * ks)), 64));
   const mPerSplit = Math.ceil(chunks / wanted) * br;
   const splits = Math.ceil(M / mPerSplit);
   const split = splits > 1;
   const partSize = K * cout + (bias ? cout : 0);
-  const o = { vec, bk, bn, br, split, two: c1 > 0, up: !!spec.upsample, bias };
+  const tapUniform = v2 && cin % bk === 0;
+  const o = { vec, bk, bn, br, ks, tapUniform, split, two: c1 > 0, up: !!spec.upsample, bias };
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
   const main = {
     name: "Conv3x3FilterGradProgram",

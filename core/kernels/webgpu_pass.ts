@@ -35,6 +35,7 @@ interface Dispatch {
   pipeline: GPUComputePipeline;
   bindGroup: GPUBindGroup;
   workgroups: [number, number, number];
+  label: string;
 }
 
 /** Our programs' dispatches, recorded once and replayed into one compute pass per {@link record}. */
@@ -67,6 +68,7 @@ export class PlannedPass {
     program: CustomProgram & { uniforms: string; params: Uniform[] },
     output: Region,
     inputs: Region[],
+    label = program.name,
   ): (params: Uniform[]) => void {
     const max = this.backend.device.limits.maxComputeWorkgroupsPerDimension;
     if (program.dispatch.some((d) => d > max)) {
@@ -88,15 +90,16 @@ export class PlannedPass {
       entries: regions.map((r, binding) => ({ binding, resource: r })),
     });
     if (program.dispatch.every((d) => d > 0)) {
-      this.dispatches.push({ pipeline, bindGroup, workgroups: program.dispatch });
+      this.dispatches.push({ pipeline, bindGroup, workgroups: program.dispatch, label });
     }
     return (params) => this.backend.device.queue.writeBuffer(uniform, 0, packUniforms(shapes, params));
   }
 
-  /** Records every dispatch, in order, into one compute pass of `encoder`. */
-  record(encoder: GPUCommandEncoder): void {
+  /** Records every dispatch (or those `only` keeps), in order, into one compute pass of `encoder`. */
+  record(encoder: GPUCommandEncoder, only?: (label: string) => boolean): void {
     const pass = encoder.beginComputePass();
     for (const d of this.dispatches) {
+      if (only && !only(d.label)) continue;
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);
       pass.dispatchWorkgroups(...d.workgroups);
@@ -114,6 +117,32 @@ export class PlannedPass {
     be.endComputePassEncoder();
     work(be.commandEncoder!);
     be.submitQueue();
+  }
+
+  /**
+   * GPU time by dispatch label: the dispatches of each label replayed alone, and all of them
+   * (`all_ms`), timed from submit to the queue's completion, median of `runs`. Values are garbage
+   * afterwards (a dispatch reads what others should have written first): for benchmarks only.
+   */
+  async profile(
+    runs = 3,
+  ): Promise<{ kernels: { name: string; ms: number; count: number }[]; all_ms: number }> {
+    const time = async (only?: (label: string) => boolean) => {
+      const times: number[] = [];
+      for (let r = 0; r < runs; r++) {
+        await this.backend.device.queue.onSubmittedWorkDone();
+        const t0 = performance.now();
+        this.submitWithTfjs((encoder) => this.record(encoder, only));
+        await this.backend.device.queue.onSubmittedWorkDone();
+        times.push(performance.now() - t0);
+      }
+      return times.sort((a, b) => a - b)[runs >> 1];
+    };
+    const labels = new Map<string, number>();
+    for (const d of this.dispatches) labels.set(d.label, (labels.get(d.label) ?? 0) + 1);
+    const kernels = [];
+    for (const [name, count] of labels) kernels.push({ name, ms: await time((l) => l === name), count });
+    return { kernels: kernels.sort((a, b) => b.ms - a.ms), all_ms: await time() };
   }
 
   /** Frees the pass's buffers. */

@@ -133,7 +133,12 @@ export class RRDBNetTrainPlanWebGPU {
     const ops: (() => void)[] = [];
     const add = (...a: Parameters<PlannedPass["add"]>) => ops.push(() => void this.pass.add(...a));
     const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
-      add(conv3x3Program(spec), whole(output), inputs);
+      add(
+        conv3x3Program(spec),
+        whole(output),
+        inputs,
+        spec.flipTransposed ? "conv3x3 input grad" : "conv3x3 forward",
+      );
     const scratch: { buffer?: GPUBuffer } = {};
     let scratchBytes = 16;
     /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
@@ -145,11 +150,11 @@ export class RRDBNetTrainPlanWebGPU {
         offset: wl.offset * 4,
         size: Math.ceil((bl.offset + bl.size - wl.offset) / 4) * 16,
       };
-      if (!programs.sum) return add(programs.main, grad, inputs);
+      if (!programs.sum) return add(programs.main, grad, inputs, "conv3x3 filter grad");
       scratchBytes = Math.max(scratchBytes, programs.splits * programs.partSize * 4);
       ops.push(() => {
-        this.pass.add(programs.main, { buffer: scratch.buffer! }, inputs);
-        this.pass.add(programs.sum!, grad, [{ buffer: scratch.buffer! }]);
+        this.pass.add(programs.main, { buffer: scratch.buffer! }, inputs, "conv3x3 filter grad");
+        this.pass.add(programs.sum!, grad, [{ buffer: scratch.buffer! }], "filter grad split sum");
       });
     };
     /** dL/d(input) of conv `name` (weights [3, 3, cin, cout]) for `dy` read from `src`. */
@@ -415,6 +420,11 @@ export class RRDBNetTrainPlanWebGPU {
     let sum = 0;
     for (const s of sums) sum += s;
     return (sum / this.count) * (this.options.pixelWeight ?? 1);
+  }
+
+  /** GPU time of the step by kind of dispatch (see PlannedPass.profile); leaves the plan's values garbage. */
+  profile(runs?: number): ReturnType<PlannedPass["profile"]> {
+    return this.pass.profile(runs);
   }
 
   /** The gradients of the last step, by parameter name, in TF layout (for tests). */
