@@ -87,9 +87,13 @@ Deno.test("planned step: loss and every gradient match tfjs's autodiff", opts, a
   await checkGradients(CONFIG, BATCH, LQ);
 });
 
-Deno.test("planned step: gradients at RRDBNet's real widths (nf 64, gc 32: other tiles, splits)", opts, async () => {
-  await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
-});
+Deno.test(
+  "planned step: gradients at RRDBNet's real widths (nf 64, gc 32: other tiles, splits)",
+  opts,
+  async () => {
+    await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
+  },
+);
 
 Deno.test("planned step: gradients with the v2 filter-gradient kernel", opts, async () => {
   setFilterGradVariant("v2");
@@ -115,7 +119,8 @@ async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number) 
   });
   try {
     assert.ok(plan.dispatches > 0);
-    const lq = tf.tensor4d(b.lq, [n, lqSize, lqSize, 3]), gt = tf.tensor4d(b.gt, [n, 4 * lqSize, 4 * lqSize, 3]);
+    const lq = tf.tensor4d(b.lq, [n, lqSize, lqSize, 3]),
+      gt = tf.tensor4d(b.gt, [n, 4 * lqSize, 4 * lqSize, 3]);
     const { value, grads } = tf.variableGrads(() => pixelL1(net.apply(lq), gt), [...net.params.values()]);
     const refLoss = (await value.data())[0];
     const byVar = new Map([...net.params].map(([k, v]) => [v.name, k]));
