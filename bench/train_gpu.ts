@@ -105,7 +105,8 @@ const config: TrainConfig = {
   ...PRESETS.psnr,
   totalSteps: steps,
   checkpointEvery: steps,
-  valEvery: 0,
+  // validation of the EMA (held-out 256 px crops) every 100 steps draws the PSNR curve
+  valEvery: 100,
   valCrop: Number(values["val-crop"]),
   valSamples: 1,
   logEvery: 1,

@@ -175,27 +175,23 @@ Deno.test("gradients: Conv2DBackpropInput and Conv2DBackpropFilter match stock",
   assert.equal(stats.custom.Conv2DBackpropFilter, 8);
 });
 
+const FILTER_GRAD_SHAPES = [[1, 7, 5, 64, 64], [2, 6, 9, 96, 32], [1, 5, 5, 6, 5], [2, 24, 24, 32, 64]];
+
 Deno.test(
-  "gradients: the v2 filter-gradient kernel (pixel slices, tap-uniform tiles) matches stock",
+  "gradients: v2/v3 filter-gradient kernels (slices, tap-uniform tiles, more splits) match stock",
   opts,
   async () => {
-    setFilterGradVariant("v2");
     try {
-      // 64 input channels: tap-uniform tiles; 96 -> 32: four slices; the last splits its pixels too
-      for (
-        const [n, h, w, ci, co] of [[1, 7, 5, 64, 64], [2, 6, 9, 96, 32], [1, 5, 5, 6, 5], [
-          2,
-          24,
-          24,
-          32,
-          64,
-        ]]
-      ) {
-        const x = rand([n, h, w, ci]) as tf.Tensor4D, r = rand([n, h, w, co]);
-        const f = rand([3, 3, ci, co]) as tf.Tensor4D;
-        const g = tf.grad((b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(x, b as tf.Tensor4D, 1, "same"), r)));
-        await compare(`v2 filter grad ${[n, h, w, ci]}->${co}`, () => g(f));
-        tf.dispose([x, f, r]);
+      for (const variant of ["v2", "v3"] as const) {
+        setFilterGradVariant(variant);
+        // 64 input channels: tap-uniform tiles; 96 -> 32: four slices; the last splits its pixels too
+        for (const [n, h, w, ci, co] of FILTER_GRAD_SHAPES) {
+          const x = rand([n, h, w, ci]) as tf.Tensor4D, r = rand([n, h, w, co]);
+          const f = rand([3, 3, ci, co]) as tf.Tensor4D;
+          const g = tf.grad((b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(x, b as tf.Tensor4D, 1, "same"), r)));
+          await compare(`${variant} filter grad ${[n, h, w, ci]}->${co}`, () => g(f));
+          tf.dispose([x, f, r]);
+        }
       }
     } finally {
       setFilterGradVariant("v1");

@@ -95,11 +95,13 @@ Deno.test(
   },
 );
 
-Deno.test("planned step: gradients with the v2 filter-gradient kernel", opts, async () => {
-  setFilterGradVariant("v2");
+Deno.test("planned step: gradients with the v2 and v3 filter-gradient kernels", opts, async () => {
   try {
-    await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
-    await checkGradients(CONFIG, BATCH, LQ);
+    for (const v of ["v2", "v3"] as const) {
+      setFilterGradVariant(v);
+      await checkGradients({ ...CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
+      await checkGradients(CONFIG, BATCH, LQ);
+    }
   } finally {
     setFilterGradVariant("v1");
   }

@@ -643,8 +643,13 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 }`;
 }
 
-/** Filter-gradient kernel variants: "v1" 16-pixel chunks, one slice; "v2" 32-pixel chunks, 256-thread workgroups, tap-uniform tiles. */
-export type FilterGradVariant = "v1" | "v2";
+/**
+ * Filter-gradient kernel variants: "v1" 16-pixel chunks, one slice; "v2" 32-pixel chunks, 256-thread
+ * workgroups, tap-uniform tiles; "v3" v2 split over 4x more workgroups (on an H200 the filter
+ * gradients took 69% of a planned training step with v1, at a quarter of the forward kernel's
+ * FLOP rate: too few workgroups for the long pixel reductions is the first suspect).
+ */
+export type FilterGradVariant = "v1" | "v2" | "v3";
 let filterGradVariant: FilterGradVariant = "v1";
 
 /** Chooses the filter-gradient kernel for programs made from now on (plans bind theirs when built). */
@@ -676,14 +681,17 @@ export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
     v % 4 === 0
   );
   const rows = K + (bias ? 1 : 0);
-  const v2 = filterGradVariant === "v2";
+  const v2 = filterGradVariant !== "v1", v3 = filterGradVariant === "v3";
   const bk = 32, bn = cout > 32 ? 64 : 32, br = v2 ? 32 : 16;
   // v2: 256 threads a workgroup, the extra ones as slices over the pixels
   const ks = v2 ? 256 / ((bk / 4) * (bn / 4)) : 1;
   const tiles = Math.ceil(rows / bk) * Math.ceil(cout / bn);
   // Split the pixel reduction until there are enough workgroups to fill a large GPU.
   const chunks = Math.ceil(M / br);
-  const wanted = Math.max(1, Math.min(Math.ceil(512 / tiles), Math.floor(chunks / (4 * ks)), 64));
+  const wanted = Math.max(
+    1,
+    Math.min(Math.ceil((v3 ? 2048 : 512) / tiles), Math.floor(chunks / (4 * ks)), v3 ? 256 : 64),
+  );
   const mPerSplit = Math.ceil(chunks / wanted) * br;
   const splits = Math.ceil(M / mPerSplit);
   const split = splits > 1;
