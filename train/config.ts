@@ -59,8 +59,9 @@ export interface TrainConfig {
   exportDtype: "fp32" | "fp16" | "int8";
   backend: "" | "webgpu" | "cpu";
   /**
-   * psnr stage on webgpu: the whole step (forward, L1, backward, Adam, EMA) as one prepared pass of
-   * our kernels (core/kernels/webgpu_train_plan.ts); off: tfjs's autodiff with its stock kernels.
+   * On webgpu: G's forward, backward, Adam and EMA as prepared passes of our kernels
+   * (core/kernels/webgpu_train_plan.ts; the gan stage's perceptual, adversarial and D terms stay tfjs
+   * ops); off: tfjs's autodiff with its stock kernels throughout.
    */
   plannedStep: boolean;
 }

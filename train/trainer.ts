@@ -115,11 +115,14 @@ export class Trainer {
     return { g: lrAt(s, this.config.lrG, this.step), d: lrAt(s, this.config.lrD, this.step) };
   }
 
-  /** Whether steps run as one prepared WebGPU pass (core/kernels/webgpu_train_plan.ts). */
+  /**
+   * Whether G's part of a step runs as prepared WebGPU passes (core/kernels/webgpu_train_plan.ts):
+   * webgpu, x4, widths a multiple of 4, `plannedStep` on.
+   */
   get planned(): boolean {
     const c = this.config;
-    return c.plannedStep && c.stage === "psnr" && c.scale === 4 && tf.getBackend() === "webgpu" &&
-      c.numFeat % 4 === 0 && c.numGrowCh % 4 === 0;
+    return c.plannedStep && c.scale === 4 && tf.getBackend() === "webgpu" && c.numFeat % 4 === 0 &&
+      c.numGrowCh % 4 === 0;
   }
 
   /**
@@ -164,21 +167,9 @@ export class Trainer {
       this.optG.step(this.byParam(grads, this.gNames), lr.g);
       tf.dispose(grads);
       if (c.stage === "gan") {
-        const dVars = [...this.d!.params.values()];
-        let dParts: tf.Tensor | undefined;
-        const { value: lD, grads: gD } = tf.variableGrads(() => {
-          const terms = raganDiscriminatorTerms(
-            this.d!.apply(gt, { training: true }),
-            this.d!.apply(sr!, { training: true }),
-          );
-          dParts = tf.keep(tf.stack([terms.real, terms.fake]));
-          return terms.total;
-        }, dVars);
-        lD.dispose();
-        this.optD!.step(this.byParam(gD, this.dNames), lr.d);
-        tf.dispose(gD);
-        const all = tf.concat([parts!, dParts!]);
-        tf.dispose([parts!, dParts!]);
+        const dParts = this.discriminatorStep(gt, sr!, lr.d);
+        const all = tf.concat([parts!, dParts]);
+        tf.dispose([parts!, dParts]);
         parts = all;
         names.push("l_d_real", "l_d_fake");
       }
@@ -193,6 +184,29 @@ export class Trainer {
     }
   }
 
+  /** D's step on real `gt` and (detached) fake `sr`; returns [l_d_real, l_d_fake] (the caller disposes). */
+  private discriminatorStep(gt: tf.Tensor4D, sr: tf.Tensor4D, lr: number): tf.Tensor {
+    const dVars = [...this.d!.params.values()];
+    let parts: tf.Tensor | undefined;
+    const { value, grads } = tf.variableGrads(() => {
+      const terms = raganDiscriminatorTerms(
+        this.d!.apply(gt, { training: true }),
+        this.d!.apply(sr, { training: true }),
+      );
+      parts = tf.keep(tf.stack([terms.real, terms.fake]));
+      return terms.total;
+    }, dVars);
+    value.dispose();
+    this.optD!.step(this.byParam(grads, this.dNames), lr);
+    tf.dispose(grads);
+    return parts!;
+  }
+
+  /**
+   * A step with G's forward, backward and update (L1, Adam, EMA) as core/kernels' prepared passes.
+   * The gan stage's other G terms (perceptual, RaGAN with D fixed) and D's step run as tfjs ops on
+   * G's output; their gradient w.r.t. that output joins the L1 gradient in the planned backward.
+   */
   private async plannedStep(batch: Batch): Promise<StepLosses> {
     const c = this.config;
     if (this.plan && (this.plan.options.batch !== batch.n || this.plan.options.lqSize !== batch.lqSize)) {
@@ -210,9 +224,33 @@ export class Trainer {
     });
     const lr = this.lr();
     this.planAhead = true;
-    const l_pix = await this.plan.step(batch, lr.g);
-    this.step++;
-    return { lr: lr.g, l_pix };
+    if (c.stage === "psnr") {
+      const l_pix = await this.plan.step(batch, lr.g);
+      this.step++;
+      return { lr: lr.g, l_pix };
+    }
+    const sr = this.plan.forward(batch);
+    const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
+    let gParts: tf.Tensor | undefined, dParts: tf.Tensor | undefined, dSr: tf.Tensor | undefined;
+    try {
+      const { value, grad } = tf.valueAndGrad((x: tf.Tensor) => {
+        const out = x as tf.Tensor4D;
+        const percep = tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar;
+        const real = this.d!.apply(gt, { training: true }), fake = this.d!.apply(out, { training: true });
+        const gan = tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar;
+        gParts = tf.keep(tf.stack([percep, gan]));
+        return tf.add(percep, gan) as tf.Scalar;
+      })(sr);
+      value.dispose();
+      dSr = grad;
+      const l_pix = await this.plan.backward(dSr, lr.g);
+      dParts = this.discriminatorStep(gt, sr, lr.d);
+      const [g, d] = [await gParts!.data(), await dParts.data()];
+      this.step++;
+      return { lr: lr.g, l_pix, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] };
+    } finally {
+      tf.dispose([sr, gt, ...[gParts, dParts, dSr].filter((t): t is tf.Tensor => !!t)]);
+    }
   }
 
   /** The whole state as checkpoint bytes. */

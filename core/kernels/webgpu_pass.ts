@@ -95,10 +95,18 @@ export class PlannedPass {
     return (params) => this.backend.device.queue.writeBuffer(uniform, 0, packUniforms(shapes, params));
   }
 
-  /** Records every dispatch (or those `only` keeps), in order, into one compute pass of `encoder`. */
-  record(encoder: GPUCommandEncoder, only?: (label: string) => boolean): void {
+  /**
+   * Records the dispatches `from` (default 0) to `to` (exclusive, default all), those `only` keeps,
+   * in order, into one compute pass of `encoder`.
+   */
+  record(
+    encoder: GPUCommandEncoder,
+    only?: (label: string) => boolean,
+    from = 0,
+    to = this.dispatches.length,
+  ): void {
     const pass = encoder.beginComputePass();
-    for (const d of this.dispatches) {
+    for (const d of this.dispatches.slice(from, to)) {
       if (only && !only(d.label)) continue;
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);

@@ -19,8 +19,9 @@ const flatIndex = (size: number) => `i32(gid.x + gid.y * ${65535 * size}u)`;
 export const L1_GROUP = 256;
 
 /**
- * `result = sign(out − gt) · scale` and, per workgroup of {@link L1_GROUP}, the partial sum of
- * |out − gt| into `partials` (bindings: result, out, gt, partials).
+ * `result = sign(out − gt) · scale + extra` (`extra`: the gradient of G's other losses) and, per
+ * workgroup of {@link L1_GROUP}, the partial sum of |out − gt| into `partials` (bindings: result,
+ * out, gt, partials, extra).
  */
 export function l1LossGrad(count: number, scale: number): Program {
   return {
@@ -32,7 +33,8 @@ export function l1LossGrad(count: number, scale: number): Program {
 @group(0) @binding(1) var<storage, read> out: array<f32>;
 @group(0) @binding(2) var<storage, read> gt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(4) var<uniform> u: Uniforms;
+@group(0) @binding(4) var<storage, read> extra: array<f32>;
+@group(0) @binding(5) var<uniform> u: Uniforms;
 var<workgroup> S: array<f32, ${L1_GROUP}>;
 @compute @workgroup_size(${L1_GROUP})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lidx: u32,
@@ -41,7 +43,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   var a = 0.0;
   if (i < u.count) {
     let d = out[i] - gt[i];
-    result[i] = sign(d) * u.scale;
+    result[i] = sign(d) * u.scale + extra[i];
     a = abs(d);
   }
   S[lidx] = a;

@@ -81,6 +81,12 @@ export class RRDBNetTrainPlanWebGPU {
   private readonly lq: GPUBuffer;
   private readonly gt: GPUBuffer;
   private readonly partials: GPUBuffer;
+  /** The gradient of G's other losses (perceptual, adversarial) w.r.t. its output, added to L1's. */
+  private readonly extra: GPUBuffer;
+  /** G's output, kept by the forward pass. */
+  private readonly out: GPUBuffer;
+  private forwardEnd = 0;
+  private forwarded = false;
   private readonly staging: GPUBuffer;
   private readonly nPartials: number;
   private readonly count: number;
@@ -117,6 +123,7 @@ export class RRDBNetTrainPlanWebGPU {
     this.count = n * H * W * numOutCh;
     this.nPartials = l1Partials(this.count);
     this.partials = this.pass.buffer(this.nPartials * 4);
+    this.extra = this.pass.buffer(this.count * 4);
     this.staging = this.be.device.createBuffer({
       size: Math.ceil(this.nPartials / 4) * 16,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -231,7 +238,8 @@ export class RRDBNetTrainPlanWebGPU {
       ...extra,
     });
     const lrelu = { activation: "leakyrelu" as const, alpha: LRELU };
-    const body = act(h, nf), u1 = act(2 * h, nf), u2 = act(H, nf), hr = act(H, nf), out = act(H, numOutCh);
+    const body = act(h, nf), u1 = act(2 * h, nf), u2 = act(H, nf), hr = act(H, nf);
+    const out = this.out = act(H, numOutCh);
     const size2 = { n, h: 2 * h, w: 2 * w }, size4 = { n, h: H, w: W };
     conv(lin(nf, base, { res2Scale: 1 }), body, [
       whole(trunk),
@@ -252,12 +260,14 @@ export class RRDBNetTrainPlanWebGPU {
     conv(lin(nf, size4, lrelu), hr, [whole(u2), param("conv_hr.weight"), param("conv_hr.bias")]);
     conv(lin(numOutCh, size4), out, [whole(hr), param("conv_last.weight"), param("conv_last.bias")]);
 
-    // ---- loss ----
+    // ---- loss: everything from here on is the backward pass ----
+    ops.push(() => this.forwardEnd = this.pass.size);
     const dOut = act(H, numOutCh);
     add(l1LossGrad(this.count, (options.pixelWeight ?? 1) / this.count), whole(dOut), [
       whole(out),
       whole(this.gt),
       whole(this.partials),
+      whole(this.extra),
     ]);
 
     // ---- backward: the tail, from the output to the trunk ----
@@ -395,12 +405,44 @@ export class RRDBNetTrainPlanWebGPU {
    * One training step on a batch (NHWC float32 in [0, 1]: lq [batch, s, s, 3], gt [batch, 4s, 4s, 3])
    * at learning rate `lr`; resolves to the weighted L1 loss of the batch before the update.
    */
-  async step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<number> {
-    const { device } = this.be;
+  step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<number> {
+    this.forward(batch, { output: false });
+    return this.backward(null, lr);
+  }
+
+  /**
+   * The first half of a step: G's forward on the batch (kept for {@link backward}). With `output`
+   * (default true) returns G's output as a tensor the caller owns, for losses computed with tfjs
+   * ops (the gan stage's perceptual and adversarial terms).
+   */
+  forward(batch: { lq: Float32Array; gt: Float32Array }, options: { output?: boolean } = {}): tf.Tensor4D {
     if (batch.lq.length * 16 !== this.count || batch.gt.length !== this.count) {
       throw new Error(
         `RRDBNetTrainPlanWebGPU: batch of ${batch.lq.length} / ${batch.gt.length} values, ` +
           `the plan wants ${this.count / 16} / ${this.count}`,
+      );
+    }
+    const { device } = this.be;
+    device.queue.writeBuffer(this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
+    device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
+    this.pass.submitWithTfjs((encoder) => this.pass.record(encoder, undefined, 0, this.forwardEnd));
+    this.forwarded = true;
+    if (options.output === false) return undefined as unknown as tf.Tensor4D;
+    const s = this.options.lqSize * 4;
+    return tf.tensor({ buffer: this.out }, [this.options.batch, s, s, 3], "float32") as tf.Tensor4D;
+  }
+
+  /**
+   * The second half: the L1 gradient plus `extra` (the gradient of G's other losses w.r.t. its
+   * output, shape of G's output; null: none), the backward pass, Adam and the EMA at learning rate
+   * `lr`. Resolves to the weighted L1 loss.
+   */
+  async backward(extra: tf.Tensor | null, lr: number): Promise<number> {
+    if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
+    this.forwarded = false;
+    if (extra && extra.size !== this.count) {
+      throw new Error(
+        `RRDBNetTrainPlanWebGPU: extra gradient of ${extra.size} values, G's output has ${this.count}`,
       );
     }
     this.t++;
@@ -408,17 +450,22 @@ export class RRDBNetTrainPlanWebGPU {
     this.setAdam(
       adamEmaParams(this.total, { lr, t: this.t, beta1, beta2, eps, decay: this.options.emaDecay }),
     );
-    device.queue.writeBuffer(this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
-    device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
+    let extraBuf: GPUBuffer | undefined;
+    if (extra) {
+      this.be.uploadToGPU(extra.dataId);
+      extraBuf = this.be.tensorMap.get(extra.dataId)!.resource as GPUBuffer;
+    }
     this.pass.submitWithTfjs((encoder) => {
-      this.pass.record(encoder);
+      if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
+      else encoder.clearBuffer(this.extra);
+      this.pass.record(encoder, undefined, this.forwardEnd);
       encoder.copyBufferToBuffer(this.partials, 0, this.staging, 0, this.nPartials * 4);
     });
     await this.staging.mapAsync(GPUMapMode.READ);
     const sums = new Float32Array(this.staging.getMappedRange().slice(0, this.nPartials * 4));
     this.staging.unmap();
     let sum = 0;
-    for (const s of sums) sum += s;
+    for (const v of sums) sum += v;
     return (sum / this.count) * (this.options.pixelWeight ?? 1);
   }
 
