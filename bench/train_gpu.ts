@@ -61,8 +61,21 @@ const { values } = parseArgs({
     minutes: { type: "string" },
     /** Filter-gradient kernel of the planned step: v1, v2, or auto (time both on this GPU, keep the faster). */
     "filter-grad": { type: "string", default: "auto" },
+    /** psnr (L1) or gan (from --pretrain: perceptual + RaGAN + L1, with the discriminator). */
+    stage: { type: "string", default: "psnr" },
+    /** gan: VGG19 weights file (a bundle cannot find ../shared's partial VGG19 by itself). */
+    vgg: { type: "string" },
+    /** gan: weight of the perceptual term (BasicSR: 1 for torchvision's conv5_4). */
+    "perceptual-weight": { type: "string" },
   },
 });
+if (values.stage !== "psnr" && values.stage !== "gan") {
+  throw new Error(`--stage must be psnr or gan, got "${values.stage}"`);
+}
+const gan = values.stage === "gan";
+if (gan && !values.vgg) {
+  throw new Error("--stage gan needs --vgg FILE (VGG19 weights for the perceptual loss)");
+}
 const out = values.out ?? Deno.env.get("OUT");
 if (!out) throw new Error("no output folder: set $OUT or pass --out");
 await Deno.mkdir(out, { recursive: true });
@@ -70,11 +83,11 @@ await Deno.mkdir(out, { recursive: true });
 const info = await initBackend("webgpu");
 if (tf.getBackend() !== "webgpu") throw new Error(`tfjs runs on ${tf.getBackend()}, not webgpu: aborting`);
 const software = /llvmpipe|lavapipe|swiftshader|software/i.test(info.adapter ?? "");
-if (values["custom-kernels"]) enableCustomWebGPUKernels();
+// the gan stage's VGG and discriminator run as tfjs ops: ours for their 3x3 convolutions
+const customKernels = !!values["custom-kernels"] || gan;
+if (customKernels) enableCustomWebGPUKernels();
 console.log(
-  `backend: ${tf.getBackend()} on ${info.adapter}; conv kernels: ${
-    values["custom-kernels"] ? "custom" : "tfjs stock"
-  }`,
+  `backend: ${tf.getBackend()} on ${info.adapter}; tfjs conv kernels: ${customKernels ? "custom" : "stock"}`,
 );
 if (software && !values.tiny && !values["allow-software"]) {
   throw new Error(
@@ -102,7 +115,9 @@ for (const f of files) {
 
 const steps = Number(values.steps);
 const config: TrainConfig = {
-  ...PRESETS.psnr,
+  ...PRESETS[gan ? "gan" : "psnr"],
+  ...(gan ? { vggWeights: values.vgg! } : {}),
+  ...(values["perceptual-weight"] ? { perceptualWeight: Number(values["perceptual-weight"]) } : {}),
   totalSteps: steps,
   checkpointEvery: steps,
   // validation of the EMA (held-out 256 px crops) every 100 steps draws the PSNR curve
@@ -114,15 +129,20 @@ const config: TrainConfig = {
   exportDtype: "fp16",
   plannedStep: !values["no-planned-step"],
   pretrainG: values.pretrain ?? "",
-  ...(values.tiny ? { numFeat: 8, numBlock: 1, numGrowCh: 4, batchSize: 2, gtSize: 32, valCrop: 64 } : {}),
+  ...(values.tiny
+    ? { numFeat: 8, numBlock: 1, numGrowCh: 4, dNumFeat: 4, batchSize: 2, gtSize: 32, valCrop: 64 }
+    : {}),
   ...(values["batch-size"] ? { batchSize: Number(values["batch-size"]) } : {}),
 };
 console.log(
-  `psnr stage: RRDBNet nf ${config.numFeat} blocks ${config.numBlock} gc ${config.numGrowCh}, batch ${config.batchSize}, ` +
+  `${config.stage} stage: RRDBNet nf ${config.numFeat} blocks ${config.numBlock} gc ${config.numGrowCh}, batch ${config.batchSize}, ` +
     `gt ${config.gtSize}, ${steps} steps${
       values.minutes ? ` or ${values.minutes} min` : ""
     }, Adam lr ${config.lrG} ` +
     `betas ${config.beta1}/${config.beta2}; ${config.plannedStep ? "planned step" : "tfjs autodiff"}` +
+    (gan
+      ? `; perceptual ${config.perceptualLayer} x${config.perceptualWeight} from ${config.vggWeights}`
+      : "") +
     (config.pretrainG ? `; G from ${config.pretrainG}` : ""),
 );
 
