@@ -3,7 +3,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initBackend } from "../core/backend.ts";
-import { DEFAULT_VGG19_PATHS, PerceptualLoss, VGG19_WEIGHTS_ENV } from "../core/losses/perceptual_loss.ts";
+import {
+  CAFFE_INPUT_SCALE,
+  DEFAULT_VGG19_PATHS,
+  PerceptualLoss,
+  VGG19_WEIGHTS_ENV,
+} from "../core/losses/perceptual_loss.ts";
 import { existsSync } from "node:fs";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { deepestVggConv, loadVgg19Weights, torchvisionIndex, VGG19Features } from "../core/vgg19_arch.ts";
@@ -217,11 +222,12 @@ Deno.test({
     );
     assert.deepEqual(multi.layerWeights, { conv2_2: 0.5, conv3_4: 1 });
     assert.equal(multi.layer, "conv3_4");
-    // the loss is perceptual_weight · Σ w_l · mean|φ_l(a) − φ_l(b)|, as BasicSR's
+    // the loss is perceptual_weight · Σ w_l · mean|φ_l(a) − φ_l(b)|, as BasicSR's, here divided by the
+    // caffe input's scale relative to torchvision's (these are Keras weights)
     const vgg = new VGG19Features(await loadVgg19Weights(PARTIAL), ["conv2_2", "conv3_4"]);
     const fa = vgg.apply(a), fb = vgg.apply(b);
     const l1 = async (k: string) => (await tf.mean(tf.abs(tf.sub(fa.get(k)!, fb.get(k)!))).data())[0];
-    const expected = 2 * (0.5 * (await l1("conv2_2")) + (await l1("conv3_4")));
+    const expected = (2 * (0.5 * (await l1("conv2_2")) + (await l1("conv3_4")))) / CAFFE_INPUT_SCALE;
     const got = (await multi.apply(a, b).data())[0];
     assert.ok(Math.abs(got - expected) <= 1e-5 * expected, `${got} vs ${expected}`);
     multi.dispose();

@@ -24,6 +24,16 @@ import {
 } from "../vgg19_arch.ts";
 import { stopGradient } from "./gan_loss.ts";
 
+/**
+ * How much larger the Keras/caffe input (BGR 0..255 minus the mean) is than torchvision's
+ * ((x − mean) / std on 0..1): 255 · 0.226, the ImageNet std averaged over channels. Features before
+ * an activation scale with the input in a ReLU net (exactly without biases), so a loss on caffe-
+ * convention weights is divided by this to be on torchvision's scale, which ESRGAN's loss weights
+ * (perceptual 1, RaGAN 5e-3, L1 1e-2) assume; without it the perceptual term outweighs the others by
+ * another factor of ~58.
+ */
+export const CAFFE_INPUT_SCALE = 255 * 0.226;
+
 /** ESRGAN's choice: conv5_4 before its ReLU, weight 1. */
 export const ESRGAN_LAYER_WEIGHTS: Readonly<Record<string, number>> = { conv5_4: 1 };
 
@@ -147,15 +157,19 @@ export class PerceptualLoss {
     }
     if (weights.convention === "caffe") {
       warnings.push(
-        "(these are Keras/caffe VGG weights: the net sees BGR 0..255 minus the ImageNet mean, so the " +
-          "feature scale, and with it the loss scale, differs from torchvision's.)",
+        "(these are Keras/caffe VGG weights: the net sees BGR 0..255 minus the ImageNet mean, about " +
+          `${
+            CAFFE_INPUT_SCALE.toFixed(1)
+          }x torchvision's normalised input, and the loss is divided by that ` +
+          "to stay on torchvision's scale.)",
       );
     }
     // Only the fallback and random cases are a deviation; the caffe note rides along with them.
     const warning = missing.length || weights.source === "random" ? warnings.join("\n") : undefined;
     if (warning) shout(warning);
     const vgg = new VGG19Features(weights, Object.keys(used));
-    return new PerceptualLoss(vgg, used, options.perceptualWeight ?? 1, warning);
+    const inputScale = weights.convention === "caffe" ? CAFFE_INPUT_SCALE : 1;
+    return new PerceptualLoss(vgg, used, (options.perceptualWeight ?? 1) / inputScale, warning);
   }
 
   /** The loss between SR and HR batches (NHWC RGB in [0, 1], same shape); gradients flow to `sr` only. */
