@@ -1,0 +1,59 @@
+/**
+ * The model files in weights/: each loads as RRDBNet x4 (23 blocks), carries its licence, and scores
+ * on Set5's butterfly (official LR, ../shared) as weights/README.md says: the PSNR model well above
+ * MATLAB bicubic, x4plus (a GAN model) near it.
+ */
+import assert from "node:assert/strict";
+import { initBackend } from "../core/backend.ts";
+import { bicubicModel, evaluateDataset, listDataset, upscalerModel } from "../core/eval.ts";
+import { Upscaler } from "../core/upscaler.ts";
+import { decodeModelFile } from "../core/weights/model_file.ts";
+import { needsShared, SHARED } from "./shared.ts";
+
+await initBackend("wasm");
+
+const WEIGHTS = new URL("../weights/", import.meta.url).pathname;
+const SHIPPED = ["realesrgan-x4plus.int8.safetensors", "esrgan-psnr-x4.int8.safetensors"];
+
+Deno.test("shipped models: RRDBNet x4, 23 blocks, int8, BSD-3-Clause", async () => {
+  for (const name of SHIPPED) {
+    const file = decodeModelFile(await Deno.readFile(WEIGHTS + name), name);
+    assert.deepEqual(
+      [file.config.scale, file.config.numBlock, file.config.numFeat, file.config.numGrowCh],
+      [4, 23, 64, 32],
+      name,
+    );
+    assert.equal(file.dtype, "int8", name);
+    assert.match(file.metadata.license ?? "", /BSD-3-Clause/, name);
+  }
+});
+
+Deno.test({
+  name: "shipped models on Set5's butterfly: the PSNR model ≥ bicubic + 3 dB (../shared)",
+  ignore: needsShared("shipped models on Set5's butterfly"),
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      for (const f of ["img_003_SRF_4_HR.png", "img_003_SRF_4_LR.png"]) {
+        await Deno.copyFile(`${SHARED}/data/bench/Set5/x4/${f}`, `${dir}/${f}`);
+      }
+      const ups = await Promise.all(SHIPPED.map((n) => Upscaler.load(WEIGHTS + n)));
+      const result = await evaluateDataset(
+        await listDataset(dir, { scale: 4 }),
+        [bicubicModel(), ...SHIPPED.map((n, i) => upscalerModel(n, ups[i], { tile: 0 }))],
+        { scale: 4 },
+      );
+      ups.forEach((u) => u.dispose());
+      const psnr = (m: string) => result.models[m].psnr;
+      console.log(
+        SHIPPED.map((n) => `${n} ${psnr(n).toFixed(2)} dB`).join(", ") +
+          `, bicubic ${psnr("bicubic").toFixed(2)} dB`,
+      );
+      // measured: bicubic 22.10, x4plus 22.51, PSNR model 25.87
+      assert.ok(psnr(SHIPPED[1]) >= psnr("bicubic") + 3, "the PSNR model");
+      assert.ok(psnr(SHIPPED[0]) >= psnr("bicubic") - 1, "x4plus");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
