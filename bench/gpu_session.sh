@@ -13,11 +13,13 @@
 #   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size 480
 #   (then prepend to both bundles, which `deno bundle --minify` leaves without a `require`:
 #    import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);)
-# Device command: bash bench/gpu_session.sh        (carry [".device"])
-# Knobs (environment): TRAIN_MIN (4), PRETRAIN (the shipped x4plus; "none" for random init),
-# BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
-# (webgpu,webgpu-plan), BENCH_ARGS / TRAIN_ARGS (extra
-# arguments, e.g. to try the script on llvmpipe with --tiny).
+#   The tree must stay under the 64 MiB carry with .device/: move weights/*.safetensors out of it for the
+#   call (and back after), carrying the model a run starts from as .device/init.safetensors.
+# Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
+# Knobs (environment): TRAIN_MIN (4), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
+# random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
+# (webgpu,webgpu-plan), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. to try the script on llvmpipe
+# with --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 d=.device
