@@ -22,8 +22,8 @@ import {
 /** Activations the kernels fuse. */
 export type Activation = "linear" | "relu" | "leakyrelu";
 
-/** What a forward 3x3 convolution reads and writes (all buffers NHWC, channels innermost). */
-export interface Conv3x3Spec {
+/** A 3x3 convolution's output size and where its input channels come from (forward and filter gradient). */
+export interface Conv3x3Input {
   /** Batch and output height / width (the input's, or twice it with `upsample`). */
   n: number;
   h: number;
@@ -34,6 +34,12 @@ export interface Conv3x3Spec {
   /** Input channels taken from `x1` after those of `x0` (0: none), and its channel stride. */
   c1?: number;
   x1Stride?: number;
+  /** The input is read through a nearest-neighbour 2x upsampling (`x0`/`x1` are h/2 x w/2). */
+  upsample?: boolean;
+}
+
+/** What a forward 3x3 convolution reads and writes (all buffers NHWC, channels innermost). */
+export interface Conv3x3Spec extends Conv3x3Input {
   /** `x1` is the output buffer itself (the dense block's growth buffer). */
   x1IsOutput?: boolean;
   cout: number;
@@ -48,8 +54,6 @@ export interface Conv3x3Spec {
   /** `out = out * res2Scale + res2[pixel, co]`, res2 being the last input, stride res2Stride. */
   res2Scale?: number;
   res2Stride?: number;
-  /** Read the input through a nearest-neighbour 2x upsampling (input is h/2 x w/2). */
-  upsample?: boolean;
   /**
    * The filter input is [3, 3, cout, cin]: use it flipped spatially with its channel axes swapped
    * (the input gradient's filter), read in place rather than transposed by another dispatch.
@@ -486,18 +490,7 @@ export function conv3x3BackpropInput(
 }
 
 /** What a filter gradient reads and writes: `x` as the forward read it, `dy` its output's gradient. */
-export interface FilterGradSpec {
-  /** Batch and size of `dy` (the forward's output). */
-  n: number;
-  h: number;
-  w: number;
-  /** The forward's input: `c0` channels of `x0` (stride x0Stride), then `c1` of `x1` (stride x1Stride). */
-  c0: number;
-  x0Stride: number;
-  c1?: number;
-  x1Stride?: number;
-  /** The forward read `x0`/`x1` through a nearest 2x upsampling (they are h/2 x w/2). */
-  upsample?: boolean;
+export interface FilterGradSpec extends Conv3x3Input {
   cout: number;
   /** `dy`'s channel stride and first channel (a slice of a wider gradient buffer). */
   dyStride?: number;
