@@ -25,25 +25,9 @@ import {
   setFilterGradVariant,
 } from "../core/kernels/mod.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { setUpWebGPU } from "./webgpu_setup.ts";
 
-const hasWebGPU = await (async () => {
-  try {
-    return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");
-  } catch {
-    return false;
-  }
-})();
-if (!hasWebGPU) console.warn("skipping webgpu kernel tests: no WebGPU adapter");
-const opts = { ignore: !hasWebGPU, sanitizeResources: false, sanitizeOps: false };
-// Invalid shaders or bindings do not throw in WebGPU; collect them and fail the last test.
-const gpuErrors: string[] = [];
-if (hasWebGPU) {
-  await tf.ready();
-  (tf.backend() as unknown as { device: GPUDevice }).device.addEventListener(
-    "uncapturederror",
-    (e) => gpuErrors.push((e as GPUUncapturedErrorEvent).error.message),
-  );
-}
+const { opts, gpuErrors } = await setUpWebGPU("webgpu kernel tests");
 const TOL = 1e-4;
 
 /** max |a - b| / max |b|. */

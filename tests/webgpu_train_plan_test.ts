@@ -15,25 +15,10 @@ import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { pixelL1 } from "../core/losses/pixel_loss.ts";
 import { Adam } from "../train/adam.ts";
 import { updateEma } from "../train/ema.ts";
+import { setUpWebGPU } from "./webgpu_setup.ts";
 
-const hasWebGPU = await (async () => {
-  try {
-    return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");
-  } catch {
-    return false;
-  }
-})();
-if (!hasWebGPU) console.warn("skipping planned training step tests: no WebGPU adapter");
-const opts = { ignore: !hasWebGPU, sanitizeResources: false, sanitizeOps: false };
-const gpuErrors: string[] = [];
-if (hasWebGPU) {
-  await tf.ready();
-  disableCustomWebGPUKernels();
-  (tf.backend() as unknown as { device: GPUDevice }).device.addEventListener(
-    "uncapturederror",
-    (e) => gpuErrors.push((e as GPUUncapturedErrorEvent).error.message),
-  );
-}
+const { opts, gpuErrors } = await setUpWebGPU("planned training step tests");
+if (!opts.ignore) disableCustomWebGPUKernels();
 
 const CONFIG: RRDBNetConfig = { numInCh: 3, numOutCh: 3, scale: 4, numFeat: 8, numBlock: 2, numGrowCh: 4 };
 const BATCH = 2, LQ = 6;

@@ -1,0 +1,31 @@
+/**
+ * For test files that exercise our WebGPU kernels: switches tfjs to webgpu when an adapter exists
+ * (Mesa llvmpipe on CPU-only machines) and collects WebGPU's uncaptured errors, which invalid shaders
+ * or bindings raise instead of throwing.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-webgpu";
+
+/** Sets up webgpu; `what` names the skipped tests when there is no adapter. */
+export async function setUpWebGPU(what: string): Promise<{
+  opts: { ignore: boolean; sanitizeResources: boolean; sanitizeOps: boolean };
+  gpuErrors: string[];
+}> {
+  const hasWebGPU = await (async () => {
+    try {
+      return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");
+    } catch {
+      return false;
+    }
+  })();
+  if (!hasWebGPU) console.warn(`skipping ${what}: no WebGPU adapter`);
+  const gpuErrors: string[] = [];
+  if (hasWebGPU) {
+    await tf.ready();
+    (tf.backend() as unknown as { device: GPUDevice }).device.addEventListener(
+      "uncapturederror",
+      (e) => gpuErrors.push((e as GPUUncapturedErrorEvent).error.message),
+    );
+  }
+  return { opts: { ignore: !hasWebGPU, sanitizeResources: false, sanitizeOps: false }, gpuErrors };
+}
