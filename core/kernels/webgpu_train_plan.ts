@@ -1,8 +1,9 @@
 /**
- * RRDBNet's `psnr`-stage training step (L1, Adam, EMA) as one prepared WebGPU pass: forward with
- * every activation kept, the L1 gradient, the backward pass written by hand, and one fused
- * Adam + EMA dispatch over all parameters, which live in flat buffers (one each for the
- * parameters, gradients, both moments and the EMA) the plan owns.
+ * RRDBNet's training step (L1, Adam, EMA) as prepared WebGPU passes: forward with every activation
+ * kept, the L1 gradient, the backward pass written by hand, and one fused Adam + EMA dispatch over all
+ * parameters, which live in flat buffers (one each for the parameters, gradients, both moments and
+ * the EMA) the plan owns. `step()` is the psnr stage; `forward()` and `backward(extra)` split it so
+ * that the gan stage can add the gradient of its other losses w.r.t. G's output.
  *
  * Why by hand: through tfjs's autodiff a step is about 2,500 kernel launches at ~120 µs of CPU each
  * (plus the tape's concats, slices and temporaries); here it is about 1,400 dispatches of our own
