@@ -15,6 +15,9 @@
 #    import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);)
 #   The tree must stay under the 64 MiB carry with .device/: move weights/*.safetensors out of it for the
 #   call (and back after), carrying the model a run starts from as .device/init.safetensors.
+#   A gan run also carries VGG19 weights: deno run -A bench/fp16_safetensors.ts
+#   ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors .device/vgg.safetensors (4.7 MB), and
+#   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # Knobs (environment): TRAIN_MIN (4), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
 # random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
