@@ -64,7 +64,7 @@ export class Trainer {
   step = 0;
   private readonly gNames: Map<string, string>;
   private readonly dNames: Map<string, string>;
-  /** The planned step (psnr stage on webgpu) and whether the variables lag behind its buffers. */
+  /** The planned G step (webgpu) and whether the variables lag behind its buffers. */
   private plan?: RRDBNetTrainPlanWebGPU;
   private planAhead = false;
 
@@ -154,10 +154,8 @@ export class Trainer {
         ]];
         if (c.stage === "gan") {
           sr = tf.keep(out);
-          terms.push(["l_percep", tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar]);
-          const real = this.d!.apply(gt, { training: true });
-          const fake = this.d!.apply(out, { training: true });
-          terms.push(["l_gan", tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar]);
+          const { percep, gan } = this.generatorGanTerms(out, gt);
+          terms.push(["l_percep", percep], ["l_gan", gan]);
         }
         for (const [n] of terms) names.push(n);
         parts = tf.keep(tf.stack(terms.map(([, t]) => t)));
@@ -182,6 +180,14 @@ export class Trainer {
     } finally {
       tf.dispose([lq, gt, ...(sr ? [sr] : []), ...(parts ? [parts] : [])]);
     }
+  }
+
+  /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
+  private generatorGanTerms(out: tf.Tensor4D, gt: tf.Tensor4D): { percep: tf.Scalar; gan: tf.Scalar } {
+    const c = this.config;
+    const percep = tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar;
+    const real = this.d!.apply(gt, { training: true }), fake = this.d!.apply(out, { training: true });
+    return { percep, gan: tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar };
   }
 
   /** D's step on real `gt` and (detached) fake `sr`; returns [l_d_real, l_d_fake] (the caller disposes). */
@@ -234,10 +240,7 @@ export class Trainer {
     let gParts: tf.Tensor | undefined, dParts: tf.Tensor | undefined, dSr: tf.Tensor | undefined;
     try {
       const { value, grad } = tf.valueAndGrad((x: tf.Tensor) => {
-        const out = x as tf.Tensor4D;
-        const percep = tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar;
-        const real = this.d!.apply(gt, { training: true }), fake = this.d!.apply(out, { training: true });
-        const gan = tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar;
+        const { percep, gan } = this.generatorGanTerms(x as tf.Tensor4D, gt);
         gParts = tf.keep(tf.stack([percep, gan]));
         return tf.add(percep, gan) as tf.Scalar;
       })(sr);
