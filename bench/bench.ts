@@ -46,9 +46,10 @@ backends and PyTorch each run in a process of their own and take turns, one run 
 
   --case SPEC         forward:NxHxW or train:NxHxW (LR size), repeatable; default forward:1x64x64
   --all-shapes        ${ALL_CASES.join(", ")}
-  --backend LIST      comma list of wasm, wasm:N (N threads), cpu, webgpu, webgpu-custom (our kernels),
-                      webgpu-plan (our kernels as prepared passes, incl. the planned training step);
-                      default: webgpu,webgpu-custom,webgpu-plan on a real GPU adapter, else wasm:1,wasm:<cores>
+  --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels, forwards),
+                      cpu, webgpu, webgpu-custom (our kernels), webgpu-plan (our kernels as prepared
+                      passes, incl. the planned training step); default: webgpu,webgpu-custom,webgpu-plan
+                      on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
   --llvmpipe          add webgpu,webgpu-custom to the default list on a software adapter
   --runs N            timed runs (default 5)     --warmup N   untimed runs first (default 1)
@@ -161,6 +162,8 @@ export async function defaultBackends(plan: BenchPlan): Promise<{ backends: Back
     backends.push({ name: "wasm", threads: 1 });
     const cores = navigator.hardwareConcurrency ?? 1;
     if (cores > 1) backends.push({ name: "wasm", threads: cores });
+    backends.push({ name: "wasm", threads: 1, plan: true });
+    if (cores > 1) backends.push({ name: "wasm", threads: cores, plan: true });
     if (plan.llvmpipe && probe.adapter) backends.push({ name: "webgpu" }, { name: "webgpu", custom: true });
     note = probe.adapter
       ? `software adapter ${probe.adapter}${plan.llvmpipe ? "" : " (webgpu only with --llvmpipe)"}`

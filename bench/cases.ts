@@ -4,10 +4,11 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { BackendName } from "../core/backend.ts";
+import { type BackendName, backendThreads } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { Adam } from "../train/adam.ts";
 
@@ -50,24 +51,24 @@ export interface BackendSpec {
 
 /** Parses a backend spec: `wasm` (all cores), `wasm:N`, `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`. */
 export function parseBackend(spec: string): BackendSpec {
-  const m = /^(wasm|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+))?$/.exec(spec);
-  if (!m || (m[2] && m[1] !== "wasm")) {
+  const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+))?$/.exec(spec);
+  if (!m || (m[2] && !m[1].startsWith("wasm"))) {
     throw new Error(
-      `bad backend "${spec}": expected wasm, wasm:N, cpu, webgpu, webgpu-custom or webgpu-plan`,
+      `bad backend "${spec}": expected wasm, wasm:N, wasm-plan, wasm-plan:N, cpu, webgpu, webgpu-custom or webgpu-plan`,
     );
   }
   if (m[1] === "webgpu-custom") return { name: "webgpu", custom: true };
   if (m[1] === "webgpu-plan") return { name: "webgpu", plan: true };
-  if (m[1] !== "wasm") return { name: m[1] as BackendName };
+  if (!m[1].startsWith("wasm")) return { name: m[1] as BackendName };
   const threads = m[2] ? Number(m[2]) : navigator.hardwareConcurrency ?? 1;
   if (!(threads >= 1)) throw new Error(`bad backend "${spec}": threads must be at least 1`);
-  return { name: "wasm", threads };
+  return m[1] === "wasm-plan" ? { name: "wasm", threads, plan: true } : { name: "wasm", threads };
 }
 
 /** The spec's label, as tables print it. */
 export function backendLabel(b: BackendSpec): string {
   return b.name === "wasm"
-    ? `wasm:${b.threads}`
+    ? `${b.plan ? "wasm-plan" : "wasm"}:${b.threads}`
     : b.custom
     ? "webgpu-custom"
     : b.plan
@@ -116,7 +117,7 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 
 let withPlan = false;
 
-/** Makes {@link prepareCase} use the prepared passes of core/kernels (webgpu only). */
+/** Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu, the CPU kernels on wasm. */
 export function usePlannedPasses(on: boolean): void {
   withPlan = on;
 }
@@ -128,6 +129,17 @@ export function usePlannedPasses(on: boolean): void {
 function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
   const s = net.config.scale;
   const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
+  if (tf.getBackend() === "wasm") {
+    if (c.kind !== "forward") throw new Error("wasm-plan runs forward cases only (wasm cannot train)");
+    const plan = new RRDBNetPlanWasm(net, { threads: backendThreads() });
+    const data = x.dataSync() as Float32Array;
+    x.dispose();
+    return {
+      step: () => plan.run(data, [c.n, c.h, c.w, net.config.numInCh]),
+      profile: () => planProfile(plan),
+      dispose: () => plan.dispose(),
+    };
+  }
   if (c.kind === "forward") {
     const plan = new RRDBNetPlanWebGPU(net, x.shape);
     const step = async () => {

@@ -242,7 +242,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const backend = await initBackend(args.backend);
     const how = backend.name === "wasm"
-      ? `, ${backend.threads} thread${backend.threads === 1 ? "" : "s"}`
+      ? `, ${backend.threads} thread${backend.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`
       : "";
     const adapter = backend.name === "webgpu" && backend.adapter ? ` on ${backend.adapter}` : "";
     console.error(`backend: ${backend.name}${adapter}${how} (${backend.reason})`);

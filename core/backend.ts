@@ -87,6 +87,12 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
   return { name, adapter, reason, threads };
 }
 
+/** Threads of the active backend: the wasm backend's pool, else the logical cores. */
+export function backendThreads(): number {
+  if (tf.getBackend() === "wasm") return (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
+  return navigator.hardwareConcurrency ?? 1;
+}
+
 /** tfjs's own factory for the wasm backend (single-threaded under Deno), kept to switch back to. */
 let stockWasmFactory: (() => tf.KernelBackend | Promise<tf.KernelBackend>) | null = null;
 let wasmThreads = 1;

@@ -8,6 +8,7 @@ import npyjs from "npyjs";
 import { type BackendName, initBackend, probeWebGPU } from "../core/backend.ts";
 import { importWeights, readPth } from "../core/import/mod.ts";
 import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
+import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
@@ -150,16 +151,16 @@ Deno.test({
 });
 
 Deno.test({
-  name: "fixture nets: forward pass matches PyTorch within 1e-4 on cpu, wasm and webgpu",
+  name: "fixture nets: forward pass matches PyTorch within 1e-4 on cpu, wasm, our CPU kernels and webgpu",
   ignore: needsShared("fixture forward pass"),
   fn: async (t) => {
-    const backends: BackendName[] = ["cpu", "wasm", "webgpu"];
+    const backends: (BackendName | "wasm-kernels")[] = ["cpu", "wasm", "wasm-kernels", "webgpu"];
     for (const backend of backends) {
       await t.step({
         name: backend,
         ignore: backend === "webgpu" && !webgpu.adapter,
         fn: async () => {
-          await initBackend(backend);
+          await initBackend(backend === "wasm-kernels" ? "wasm" : backend);
           for (const net of Object.keys(NETS)) {
             const sd = await importWeights(`${FIXTURES}/${net}.esrgan-legacy.pth`);
             const input = readNpy(`${FIXTURES}/${net}.input.npy`);
@@ -167,7 +168,16 @@ Deno.test({
             const before = tf.memory().numTensors;
             const model = new RRDBNet(inferRRDBNetConfig(sd), { weights: sd });
             const x = tf.tensor4d(input.data, input.shape as [number, number, number, number]);
-            const y = model.apply(x);
+            let y: tf.Tensor;
+            if (backend === "wasm-kernels") {
+              // our CPU kernels (core/kernels/wasm_plan.ts), as the Upscaler runs them on wasm
+              const plan = new RRDBNetPlanWasm(model, { threads: 2 });
+              const [n, h, w] = x.shape, s = model.config.scale;
+              y = tf.tensor4d(await plan.run(input.data as Float32Array, x.shape), [n, h * s, w * s, 3]);
+              plan.dispose();
+            } else {
+              y = model.apply(x);
+            }
             assert.deepEqual(y.shape, expected.shape, `${net} on ${backend}`);
             const got = await y.data();
             let maxErr = 0;

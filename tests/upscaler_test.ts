@@ -267,3 +267,27 @@ Deno.test("Upscaler.load: a missing file names the path", async () => {
     /\/nonexistent\/model\.safetensors: model file not found/,
   );
 });
+
+Deno.test("on wasm the CPU kernels give tfjs's result (tiled, odd sizes, x4/x2/x1, concurrent calls)", async () => {
+  for (const scale of [4, 2, 1] as const) {
+    const up = Upscaler.fromBytes(await tinyModel({ scale, numBlock: 2 }));
+    try {
+      const x = tf.randomUniform([1, 13, 9, 3], 0, 1, "float32", scale) as tf.Tensor4D;
+      up.cpuKernels = false;
+      const ref = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+      const whole = await up.upscaleTensor(x, { tile: 0 });
+      up.cpuKernels = true;
+      // two at once: the plan's maps are shared, so the second must wait for the first
+      const [a, b] = await Promise.all([
+        up.upscaleTensor(x, { tile: 6, tilePad: 2 }),
+        up.upscaleTensor(x, { tile: 0 }),
+      ]);
+      const diff = (p: tf.Tensor, q: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(p, q))).dataSync()[0]);
+      assert.ok(diff(a, ref) < 1e-5, `x${scale} tiled: ${diff(a, ref)}`);
+      assert.ok(diff(b, whole) < 1e-5, `x${scale} untiled: ${diff(b, whole)}`);
+      tf.dispose([x, ref, a, b, whole]);
+    } finally {
+      up.dispose();
+    }
+  }
+});

@@ -1,0 +1,340 @@
+/**
+ * RRDBNet inference on the CPU kernels (wasm/rrdb_cpu.c through wasm_pool.ts): the weights packed
+ * once into the shared memory, the feature maps laid out per input shape, and every forward one
+ * list of layers that the pool's threads run together. Fused as the WebGPU plan is: bias and
+ * LeakyReLU in the convolution, the residual scalings (0.2, and 0.04 + 0.2 for a block's last
+ * dense block) in its epilogue, the dense blocks' concatenations as channel slices of one buffer.
+ * Weights are read when the plan is made: make a new plan after changing the net's parameters.
+ * @module
+ */
+import type { RRDBNet, RRDBNetConfig } from "../rrdbnet_arch.ts";
+import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
+
+/** Bytes of one layer record (rrdb_cpu.c's `Layer`, 19 fields of 4 bytes, padded). */
+const LAYER_BYTES = 128;
+/** Output channels per packed weight block (rrdb_cpu.c's NR). */
+const NR = 8;
+/** Below this the module keeps its stack (the linker's default layout); our data starts here. */
+const ARENA_BASE = 1 << 20;
+const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2;
+
+interface PackedConv {
+  weight: number;
+  bias: number;
+  cin: number;
+  cout: number;
+  /** Packed for rrdb_cpu.c's Winograd F(2x2, 3x3) (inputs in multiples of 4 channels), else direct. */
+  winograd: boolean;
+}
+
+/** A feature map: padded origin (byte offset) of its first channel, pixel stride in floats. */
+interface Map2D {
+  ptr: number;
+  cs: number;
+  h: number;
+  w: number;
+}
+
+interface Conv {
+  op: typeof OP_CONV;
+  name: string;
+  input: Map2D;
+  output: Map2D;
+  lrelu?: boolean;
+  s0?: number;
+  r1?: [Map2D, number];
+  r2?: [Map2D, number];
+}
+
+interface Upsample {
+  op: typeof OP_UPSAMPLE;
+  input: Map2D;
+  output: Map2D;
+  channels: number;
+}
+
+interface Layout {
+  key: string;
+  h: number;
+  w: number;
+  input: Map2D;
+  output: Map2D;
+  layers: number;
+  count: number;
+  /** Each record's kind, for profile(). */
+  kinds: string[];
+}
+
+/** RRDBNet's forward on the CPU kernels, for inputs of any shape. Dispose it: it holds threads. */
+export class RRDBNetPlanWasm {
+  readonly config: RRDBNetConfig;
+  private readonly pool: KernelPool;
+  private readonly convs = new Map<string, PackedConv>();
+  private readonly weightsEnd: number;
+  private layout?: Layout;
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(net: RRDBNet, options: KernelPoolOptions = {}) {
+    this.config = net.config;
+    this.pool = new KernelPool(options);
+    let bytes = 0;
+    for (const [name, v] of net.params) {
+      if (!name.endsWith(".weight")) continue;
+      const [, , cin, cout] = v.shape;
+      bytes += 4 * ((cin % 4 ? 9 : 16) * cin * roundUp(cout) + roundUp(cout));
+    }
+    this.pool.reserve(ARENA_BASE + bytes);
+    let at = ARENA_BASE;
+    const f = this.pool.floats();
+    for (const [name, v] of net.params) {
+      if (!name.endsWith(".weight")) continue;
+      const conv = name.slice(0, -".weight".length);
+      const [kh, kw, cin, cout] = v.shape;
+      if (kh !== 3 || kw !== 3) throw new Error(`${name}: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
+      const winograd = cin % 4 === 0;
+      const packed = {
+        weight: at,
+        bias: at + 4 * (winograd ? 16 : 9) * cin * roundUp(cout),
+        cin,
+        cout,
+        winograd,
+      };
+      (winograd ? packWinograd : packFilter)(v.dataSync() as Float32Array, cin, cout, f, packed.weight / 4);
+      f.set(net.params.get(`${conv}.bias`)!.dataSync() as Float32Array, packed.bias / 4);
+      this.convs.set(conv, packed);
+      at = packed.bias + 4 * roundUp(cout);
+    }
+    this.weightsEnd = align(at);
+  }
+
+  /** Threads the forward runs on. */
+  get threads(): number {
+    return this.pool.threads;
+  }
+
+  /**
+   * The net on a batch NHWC [n, h, w, numInCh] (sides divisible by the pixel-unshuffle of scales 2
+   * and 1): [n, h·s, w·s, numOutCh], not clamped. Aborting stops between layers.
+   */
+  run(x: Float32Array, shape: number[], options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    return this.serialized(() => this.runNow(x, shape, options.signal));
+  }
+
+  /** Concurrent callers (the edge endpoint's requests) take turns: the maps are shared. */
+  private serialized<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(work);
+    this.queue = result.then(() => {}, () => {});
+    return result;
+  }
+
+  private async runNow(x: Float32Array, shape: number[], signal?: AbortSignal): Promise<Float32Array> {
+    const [n, hh, ww, c] = shape;
+    const { numInCh, numOutCh, scale } = this.config;
+    const u = scale === 4 ? 1 : scale === 2 ? 2 : 4;
+    if (c !== numInCh) throw new Error(`RRDBNetPlanWasm: ${c} channels, the net wants ${numInCh}`);
+    if (hh % u || ww % u) throw new Error(`RRDBNetPlanWasm: sides must be divisible by ${u}`);
+    if (x.length !== n * hh * ww * c) throw new Error(`RRDBNetPlanWasm: ${x.length} values for [${shape}]`);
+    const layout = this.layoutFor(hh / u, ww / u);
+    const { input, output } = layout;
+    const H = output.h, W = output.w;
+    const result = new Float32Array(n * H * W * numOutCh);
+    for (let b = 0; b < n; b++) {
+      let f = this.pool.floats();
+      // pixel (Y, X) channel k goes to LR pixel (Y/u, X/u), channel k·u² + (Y%u)·u + X%u (BasicSR)
+      const src = x.subarray(b * hh * ww * c);
+      for (let Y = 0; Y < hh; Y++) {
+        for (let X = 0; X < ww; X++) {
+          const dst = input.ptr / 4 + (((Y / u | 0) + 1) * (input.w + 2) + (X / u | 0) + 1) * input.cs;
+          const sub = (Y % u) * u + (X % u);
+          for (let k = 0; k < c; k++) f[dst + k * u * u + sub] = src[(Y * ww + X) * c + k];
+        }
+      }
+      await this.pool.run(
+        { layers: layout.layers, count: layout.count, stride: LAYER_BYTES },
+        signal,
+      );
+      f = this.pool.floats();
+      const out = result.subarray(b * H * W * numOutCh);
+      for (let Y = 0; Y < H; Y++) {
+        const row = output.ptr / 4 + ((Y + 1) * (W + 2) + 1) * output.cs;
+        out.set(f.subarray(row, row + W * numOutCh), Y * W * numOutCh);
+      }
+    }
+    return result;
+  }
+
+  /**
+   * Time per kind of layer for the last input shape run, each layer run on its own (so each pays
+   * the threads' start and join), and all_ms: the whole list run at once. Values are garbage after.
+   */
+  profile(): Promise<{ kernels: { name: string; ms: number; count: number }[]; all_ms: number }> {
+    return this.serialized(() => this.profileNow());
+  }
+
+  private async profileNow(): Promise<
+    { kernels: { name: string; ms: number; count: number }[]; all_ms: number }
+  > {
+    const layout = this.layout;
+    if (!layout) throw new Error("RRDBNetPlanWasm: profile() after a run");
+    const kinds = new Map<string, { ms: number; count: number }>();
+    for (let i = 0; i < layout.count; i++) {
+      const t0 = performance.now();
+      await this.pool.run({ layers: layout.layers + i * LAYER_BYTES, count: 1, stride: LAYER_BYTES });
+      const k = kinds.get(layout.kinds[i]) ?? { ms: 0, count: 0 };
+      kinds.set(layout.kinds[i], { ms: k.ms + performance.now() - t0, count: k.count + 1 });
+    }
+    const t0 = performance.now();
+    await this.pool.run({ layers: layout.layers, count: layout.count, stride: LAYER_BYTES });
+    const all_ms = performance.now() - t0;
+    return { kernels: [...kinds].map(([name, k]) => ({ name, ...k })).sort((a, b) => b.ms - a.ms), all_ms };
+  }
+
+  /** Stops the threads. */
+  dispose(): void {
+    this.pool.dispose();
+  }
+
+  /** Buffers and layer records for an LR size (after unshuffle); the last one is kept. */
+  private layoutFor(h: number, w: number): Layout {
+    const key = `${h}x${w}`;
+    if (this.layout?.key === key) return this.layout;
+    const { numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = this.config;
+    const cin = this.convs.get("conv_first")!.cin;
+    let at = this.weightsEnd;
+    // one spare zero row past the border: Winograd's last tiles read it when a side is odd
+    const map = (c: number, mh: number, mw: number): Map2D => {
+      const m = { ptr: at, cs: c, h: mh, w: mw };
+      at = align(at + 4 * (mh + 3) * (mw + 2) * c);
+      return m;
+    };
+    const slice = (m: Map2D, c0: number): Map2D => ({ ...m, ptr: m.ptr + 4 * c0 });
+    const dc = nf + 4 * gc;
+    const input = map(cin, h, w), feat = map(nf, h, w);
+    const dense = [map(dc, h, w), map(dc, h, w), map(dc, h, w)];
+    const body = map(nf, h, w), up1 = map(nf, 2 * h, 2 * w), up1c = map(nf, 2 * h, 2 * w);
+    const up2 = map(nf, 4 * h, 4 * w), up2c = map(nf, 4 * h, 4 * w);
+    const output = map(numOutCh, 4 * h, 4 * w);
+    const end = at;
+    // Winograd's work space per thread: one row of tiles, transformed, and their products
+    let scratchFloats = 0;
+
+    const layers: (Conv | Upsample)[] = [];
+    const conv = (name: string, input: Map2D, output: Map2D, more: Partial<Conv> = {}) =>
+      layers.push({ op: OP_CONV, name, input, output, ...more });
+    // twice: one copy stays for the trunk's residual, the other is block 0's input
+    conv("conv_first", input, feat);
+    conv("conv_first", input, dense[0]);
+    for (let b = 0; b < numBlock; b++) {
+      for (let r = 0; r < 3; r++) {
+        const d = dense[r];
+        for (let k = 1; k <= 4; k++) {
+          conv(`body.${b}.rdb${r + 1}.conv${k}`, d, slice(d, nf + (k - 1) * gc), { lrelu: true });
+        }
+        if (r < 2) conv(`body.${b}.rdb${r + 1}.conv5`, d, dense[r + 1], { s0: 0.2, r1: [d, 1] });
+        // the block's output, x + 0.2·(x3 + 0.2·conv5), in place over the block's input x
+        else conv(`body.${b}.rdb3.conv5`, d, dense[0], { s0: 0.04, r1: [d, 0.2], r2: [dense[0], 1] });
+      }
+    }
+    conv("conv_body", dense[0], body, { r1: [feat, 1] });
+    layers.push({ op: OP_UPSAMPLE, input: body, output: up1, channels: nf });
+    conv("conv_up1", up1, up1c, { lrelu: true });
+    layers.push({ op: OP_UPSAMPLE, input: up1c, output: up2, channels: nf });
+    conv("conv_up2", up2, up2c, { lrelu: true });
+    conv("conv_hr", up2c, up2, { lrelu: true });
+    conv("conv_last", up2, output);
+
+    for (const l of layers) {
+      const p = l.op === OP_CONV ? this.convs.get(l.name) : undefined;
+      if (p?.winograd) {
+        scratchFloats = Math.max(scratchFloats, 16 * Math.ceil(l.input.w / 2) * p.cin + 16 * 6 * NR);
+      }
+    }
+    scratchFloats = align(4 * scratchFloats) / 4;
+    const scratch = end;
+    const records = align(scratch + 4 * scratchFloats * this.pool.threads);
+    this.pool.reserve(records + layers.length * LAYER_BYTES);
+    const f = this.pool.floats();
+    // the zero borders ("same" padding) of every map
+    f.fill(0, this.weightsEnd / 4, end / 4);
+    const i32 = new Int32Array(f.buffer), f32 = f;
+    layers.forEach((layer, i) => {
+      const o = (records + i * LAYER_BYTES) / 4;
+      i32.fill(0, o, o + LAYER_BYTES / 4);
+      i32[o] = layer.op;
+      i32[o + 1] = layer.input.ptr;
+      i32[o + 2] = layer.input.cs;
+      i32[o + 4] = layer.input.h;
+      i32[o + 5] = layer.input.w;
+      i32[o + 8] = layer.output.ptr;
+      i32[o + 9] = layer.output.cs;
+      if (layer.op === OP_UPSAMPLE) {
+        i32[o + 3] = layer.channels;
+        return;
+      }
+      const p = this.convs.get(layer.name);
+      if (!p) throw new Error(`RRDBNetPlanWasm: the net has no ${layer.name}`);
+      if (p.winograd) [i32[o], i32[o + 19], i32[o + 20]] = [OP_WINOGRAD, scratch, scratchFloats];
+      i32[o + 3] = p.cin;
+      i32[o + 6] = p.weight;
+      i32[o + 7] = p.bias;
+      i32[o + 10] = p.cout;
+      i32[o + 11] = layer.lrelu ? 1 : 0;
+      f32[o + 12] = layer.s0 ?? 1;
+      if (layer.r1) [i32[o + 13], i32[o + 14], f32[o + 15]] = [layer.r1[0].ptr, layer.r1[0].cs, layer.r1[1]];
+      if (layer.r2) [i32[o + 16], i32[o + 17], f32[o + 18]] = [layer.r2[0].ptr, layer.r2[0].cs, layer.r2[1]];
+    });
+    const kinds = layers.map((l) =>
+      l.op === OP_UPSAMPLE ? "upsample x2" : `conv3x3 ${l.name.replace(/^body\.\d+\.rdb\d\./, "dense ")}`
+    );
+    this.layout = { key, h, w, input, output, layers: records, count: layers.length, kinds };
+    return this.layout;
+  }
+}
+
+function roundUp(c: number): number {
+  return Math.ceil(c / NR) * NR;
+}
+
+function align(bytes: number): number {
+  return Math.ceil(bytes / 64) * 64;
+}
+
+/**
+ * HWIO [3, 3, cin, cout] → Winograd F(2x2, 3x3)'s U = G g G' as [16][cout/8][cin][8], zero past
+ * cout (rrdb_cpu.c's layout), with G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+ */
+function packWinograd(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
+  const blocks = roundUp(cout) / NR;
+  const g = new Float64Array(9), gg = new Float64Array(12);
+  for (let ci = 0; ci < cin; ci++) {
+    for (let co = 0; co < cout; co++) {
+      for (let tap = 0; tap < 9; tap++) g[tap] = w[(tap * cin + ci) * cout + co];
+      for (let j = 0; j < 3; j++) {
+        const [a, b, c] = [g[j], g[3 + j], g[6 + j]];
+        [gg[j], gg[3 + j], gg[6 + j], gg[9 + j]] = [a, (a + b + c) / 2, (a - b + c) / 2, c];
+      }
+      for (let i = 0; i < 4; i++) {
+        const [a, b, c] = [gg[3 * i], gg[3 * i + 1], gg[3 * i + 2]];
+        const u = [a, (a + b + c) / 2, (a - b + c) / 2, c];
+        for (let j = 0; j < 4; j++) {
+          const pos = 4 * i + j, blk = Math.floor(co / NR);
+          dst[at + ((pos * blocks + blk) * cin + ci) * NR + (co % NR)] = u[j];
+        }
+      }
+    }
+  }
+}
+
+/** HWIO [3, 3, cin, cout] → [cout/8][3][3][cin][8], zero past cout (rrdb_cpu.c's layout). */
+function packFilter(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
+  const blocks = roundUp(cout) / NR;
+  for (let b = 0; b < blocks; b++) {
+    for (let tap = 0; tap < 9; tap++) {
+      for (let ci = 0; ci < cin; ci++) {
+        const src = (tap * cin + ci) * cout + b * NR;
+        const d = at + ((b * 9 + tap) * cin + ci) * NR;
+        for (let j = 0; j < NR && b * NR + j < cout; j++) dst[d + j] = w[src + j];
+      }
+    }
+  }
+}

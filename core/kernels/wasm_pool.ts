@@ -1,0 +1,135 @@
+/**
+ * The CPU kernels' runtime: rrdb_cpu.c's module on one shared WebAssembly memory, and a pool of
+ * workers (wasm_worker.ts) that run a list of layers together, each on its band of rows. Where
+ * workers are not available (Deno Deploy) it says so and runs one thread on the calling thread.
+ * @module
+ */
+import { SOURCE_SHA256, WASM_BASE64 } from "./wasm/rrdb_cpu_wasm.ts";
+import { decodeBase64 } from "./wasm/digest.ts";
+import { CTRL, type RunRequest, type WorkerInit } from "./wasm_barrier.ts";
+
+const PAGE = 65536;
+/** wasm32's ceiling, which the module declares as its memory's maximum. */
+export const MAX_MEMORY_BYTES = 4 * 1024 ** 3;
+
+let compiled: WebAssembly.Module | undefined;
+
+/** The compiled module (compiled once per process). */
+export function kernelsModule(): WebAssembly.Module {
+  return compiled ??= new WebAssembly.Module(decodeBase64(WASM_BASE64));
+}
+
+/** The digest of the C source the embedded module was built from. */
+export const KERNELS_SOURCE_SHA256 = SOURCE_SHA256;
+
+/** Options for {@link KernelPool}. */
+export interface KernelPoolOptions {
+  /** Threads (default: the logical cores, at most 16). */
+  threads?: number;
+  /** Run on the calling thread even where workers exist (tests). */
+  inline?: boolean;
+}
+
+/** The shared memory and the threads that run layers on it. Dispose it: workers keep running. */
+export class KernelPool {
+  readonly memory: WebAssembly.Memory;
+  readonly threads: number;
+  private readonly ctrl = new Int32Array(new SharedArrayBuffer(4 * 4));
+  private workers: Worker[] = [];
+  private runLayer?: (layer: number, t: number, threads: number) => void;
+  private busy = false;
+  private disposed = false;
+
+  constructor(options: KernelPoolOptions = {}) {
+    const module = kernelsModule();
+    this.memory = new WebAssembly.Memory({ initial: 32, maximum: MAX_MEMORY_BYTES / PAGE, shared: true });
+    let threads = Math.max(
+      1,
+      Math.min(16, Math.floor(options.threads ?? navigator.hardwareConcurrency ?? 1)),
+    );
+    if (!options.inline && typeof Worker === "undefined") {
+      console.warn("CPU kernels: no Worker in this runtime, running on one thread (slower, same results)");
+    }
+    if (options.inline || typeof Worker === "undefined") {
+      threads = 1;
+      const instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
+      this.runLayer = instance.exports.run_layer as typeof this.runLayer;
+    } else {
+      for (let t = 0; t < threads; t++) {
+        const w = new Worker(new URL("./wasm_worker.ts", import.meta.url), { type: "module" });
+        const init: WorkerInit = { module, memory: this.memory, ctrl: this.ctrl, t, threads };
+        w.postMessage(init);
+        this.workers.push(w);
+      }
+    }
+    this.threads = threads;
+  }
+
+  /** Makes the memory at least `bytes` long. */
+  reserve(bytes: number): void {
+    if (bytes > MAX_MEMORY_BYTES) {
+      throw new Error(
+        `the CPU kernels need ${
+          (bytes / 1024 ** 3).toFixed(1)
+        } GiB for this patch, more than wasm's 4 GiB: ` +
+          `use smaller tiles`,
+      );
+    }
+    const have = this.memory.buffer.byteLength;
+    if (bytes > have) this.memory.grow(Math.ceil((bytes - have) / PAGE));
+  }
+
+  /** A float view of the memory as it is now (growing the memory detaches older views' lengths). */
+  floats(): Float32Array {
+    return new Float32Array(this.memory.buffer);
+  }
+
+  /** Runs `count` layer records from byte offset `layers`; aborting stops between layers. One run at a time. */
+  async run(request: RunRequest, signal?: AbortSignal): Promise<void> {
+    if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
+    if (this.busy) throw new Error("CPU kernels: one run at a time");
+    signal?.throwIfAborted();
+    this.busy = true;
+    try {
+      if (this.runLayer) {
+        for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
+        return;
+      }
+      Atomics.store(this.ctrl, CTRL.abort, 0);
+      const onAbort = () => Atomics.store(this.ctrl, CTRL.abort, 1);
+      signal?.addEventListener("abort", onAbort);
+      try {
+        const replies = await Promise.all(
+          this.workers.map((w) =>
+            new Promise<{ done?: boolean; aborted?: boolean; error?: string }>((resolve) => {
+              w.onmessage = (e) => resolve(e.data);
+              w.onerror = (e) => {
+                e.preventDefault();
+                resolve({ error: e.message });
+              };
+              w.postMessage(request);
+            })
+          ),
+        );
+        const failed = replies.find((r) => r.error);
+        if (failed) {
+          // the others may be waiting at a barrier the failed one never reaches
+          this.dispose();
+          throw new Error(`CPU kernels: ${failed.error}`);
+        }
+        if (replies.some((r) => r.aborted)) signal!.throwIfAborted();
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Stops the workers. */
+  dispose(): void {
+    this.disposed = true;
+    for (const w of this.workers) w.terminate();
+    this.workers = [];
+  }
+}

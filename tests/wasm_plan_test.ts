@@ -1,0 +1,141 @@
+/**
+ * The CPU kernels (core/kernels/wasm_plan.ts on wasm/rrdb_cpu.c): the same forward as tfjs's ops
+ * for every scale, odd sizes and channel counts that are no multiple of the kernels' 8-channel
+ * blocks; the same bits on one thread and on several; batches; abort; a clear error when a patch
+ * cannot fit; and the embedded module built from the C source in the tree.
+ * (tests/pth_test.ts compares the kernels with PyTorch's outputs.)
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../core/backend.ts";
+import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
+import { KERNELS_SOURCE_SHA256 } from "../core/kernels/wasm_pool.ts";
+import { sourceDigest } from "../core/kernels/wasm/digest.ts";
+
+await initBackend("wasm", { threads: 1 });
+
+const SMALL: RRDBNetConfig = { ...ESRGAN_X4, numFeat: 12, numGrowCh: 4, numBlock: 2 };
+
+/**
+ * A net whose dense blocks matter: BasicSR's initialisation scales them by 0.1, which would leave
+ * a wrong residual scaling within the tolerance; here they get kaiming-normal's full size.
+ */
+async function testNet(config: RRDBNetConfig, seed: number): Promise<RRDBNet> {
+  const init = new RRDBNet(config, { seed });
+  const sd = await init.stateDict();
+  init.dispose();
+  for (const [name, t] of sd) {
+    if (name.startsWith("body.")) {
+      sd.set(name, {
+        ...t,
+        data: t.data.map((v) => v * 10),
+      });
+    }
+  }
+  return new RRDBNet(config, { weights: sd });
+}
+
+function input(shape: number[], seed: number): Float32Array {
+  return tf.tidy(() => tf.randomUniform(shape, 0, 1, "float32", seed).dataSync() as Float32Array);
+}
+
+/** tfjs's forward (XNNPACK on wasm) of `net`. */
+function reference(net: RRDBNet, x: Float32Array, shape: number[]): Float32Array {
+  return tf.tidy(() =>
+    net.apply(tf.tensor4d(x, shape as [number, number, number, number])).dataSync() as Float32Array
+  );
+}
+
+function assertClose(got: Float32Array, want: Float32Array, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  let worst = 0, scale = 0;
+  for (let i = 0; i < got.length; i++) {
+    worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    scale = Math.max(scale, Math.abs(want[i]));
+  }
+  assert.ok(worst <= 1e-4 * scale + 1e-6, `${what}: max |Δ| ${worst} for max |ref| ${scale}`);
+}
+
+Deno.test("cpu kernels: the embedded module was built from core/kernels/wasm/rrdb_cpu.c", async () => {
+  const source = await Deno.readFile(new URL("../core/kernels/wasm/rrdb_cpu.c", import.meta.url));
+  assert.equal(KERNELS_SOURCE_SHA256, await sourceDigest(source), "stale build: run `deno task build:wasm`");
+});
+
+for (const scale of [4, 2, 1] as const) {
+  Deno.test(`cpu kernels: x${scale} net on odd sizes and channel counts matches tfjs's ops`, async () => {
+    const config = { ...SMALL, scale };
+    const net = await testNet(config, scale);
+    const plan = new RRDBNetPlanWasm(net, { threads: 2 });
+    try {
+      const u = scale === 4 ? 1 : scale === 2 ? 2 : 4;
+      for (const [h, w] of [[7 * u, 5 * u], [1 * u, 13 * u], [9 * u, 9 * u]]) {
+        const shape = [1, h, w, 3];
+        const x = input(shape, h * 31 + w);
+        assertClose(await plan.run(x, shape), reference(net, x, shape), `x${scale} ${h}x${w}`);
+      }
+    } finally {
+      plan.dispose();
+      net.dispose();
+    }
+  });
+}
+
+Deno.test("cpu kernels: one thread and three give the same bits; a batch is its images", async () => {
+  const net = await testNet({ ...SMALL, numFeat: 16, numGrowCh: 8 }, 9);
+  const one = new RRDBNetPlanWasm(net, { inline: true });
+  const three = new RRDBNetPlanWasm(net, { threads: 3 });
+  try {
+    assert.equal(one.threads, 1);
+    assert.equal(three.threads, 3);
+    const shape = [2, 11, 8, 3];
+    const x = input(shape, 5);
+    const a = await one.run(x, shape), b = await three.run(x, shape);
+    assert.deepEqual(b, a);
+    const second = await three.run(x.subarray(11 * 8 * 3), [1, 11, 8, 3]);
+    assert.deepEqual(second, a.subarray(a.length / 2));
+    assertClose(a, reference(net, x, shape), "batch of 2");
+  } finally {
+    one.dispose();
+    three.dispose();
+    net.dispose();
+  }
+});
+
+Deno.test("cpu kernels: an abort stops the run and the plan runs again afterwards", async () => {
+  const net = await testNet({ ...SMALL, numBlock: 6 }, 2);
+  const plan = new RRDBNetPlanWasm(net, { threads: 2 });
+  try {
+    const shape = [1, 24, 24, 3];
+    const x = input(shape, 1);
+    const before = new AbortController();
+    before.abort();
+    await assert.rejects(plan.run(x, shape, { signal: before.signal }), { name: "AbortError" });
+    const during = new AbortController();
+    const run = plan.run(x, shape, { signal: during.signal });
+    during.abort();
+    await assert.rejects(run, { name: "AbortError" });
+    assertClose(await plan.run(x, shape), reference(net, x, shape), "after aborts");
+  } finally {
+    plan.dispose();
+    net.dispose();
+  }
+});
+
+Deno.test("cpu kernels: bad shapes and patches beyond wasm's 4 GiB get clear errors", async () => {
+  const net = new RRDBNet({ ...SMALL, scale: 2 }, { seed: 1 });
+  const plan = new RRDBNetPlanWasm(net, { threads: 1 });
+  try {
+    await assert.rejects(plan.run(new Float32Array(5 * 4 * 3), [1, 5, 4, 3]), /divisible by 2/);
+    await assert.rejects(plan.run(new Float32Array(4 * 4), [1, 4, 4, 1]), /1 channels, the net wants 3/);
+    await assert.rejects(plan.run(new Float32Array(7), [1, 4, 4, 3]), /7 values for \[1,4,4,3\]/);
+    const big = [1, 6000, 6000, 3];
+    await assert.rejects(
+      plan.run(new Float32Array(6000 * 6000 * 3), big),
+      /more than wasm's 4 GiB: use smaller tiles/,
+    );
+  } finally {
+    plan.dispose();
+    net.dispose();
+  }
+});
