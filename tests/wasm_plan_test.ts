@@ -62,6 +62,38 @@ Deno.test("cpu kernels: the embedded module was built from core/kernels/wasm/rrd
   assert.equal(KERNELS_SOURCE_SHA256, await sourceDigest(source), "stale build: run `deno task build:wasm`");
 });
 
+const clang = await new Deno.Command("clang-19", { args: ["--version"], stdout: "null" }).output().then(
+  (r) => r.success,
+  () => false,
+);
+if (!clang) console.warn("wasm_plan_test: no clang-19 here; the rebuild of the embedded module is skipped");
+
+Deno.test({
+  name: "cpu kernels: `deno task build:wasm` rebuilds the embedded module byte for byte (clang-19)",
+  ignore: !clang,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const build = new URL("../core/kernels/wasm/build.ts", import.meta.url).pathname;
+      const { success, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", build, "--out", `${dir}/rebuilt.ts`],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assert.ok(success, new TextDecoder().decode(stderr));
+      const shipped = await Deno.readTextFile(
+        new URL("../core/kernels/wasm/rrdb_cpu_wasm.ts", import.meta.url),
+      );
+      assert.ok(
+        shipped === await Deno.readTextFile(`${dir}/rebuilt.ts`),
+        "the committed module differs from a rebuild",
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 for (const scale of [4, 2, 1] as const) {
   Deno.test(`cpu kernels: x${scale} net on odd sizes and channel counts matches tfjs's ops`, async () => {
     const config = { ...SMALL, scale };

@@ -14,6 +14,8 @@ import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 const LAYER_BYTES = 128;
 /** Output channels per packed weight block (rrdb_cpu.c's NR). */
 const NR = 8;
+/** Tiles per register block (rrdb_cpu.c's MR). */
+const MR = 6;
 /** Below this the module keeps its stack (the linker's default layout); our data starts here. */
 const ARENA_BASE = 1 << 20;
 const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2;
@@ -23,7 +25,7 @@ interface PackedConv {
   bias: number;
   cin: number;
   cout: number;
-  /** Packed for rrdb_cpu.c's Winograd F(2x2, 3x3) (inputs in multiples of 4 channels), else direct. */
+  /** Packed for rrdb_cpu.c's Winograd F(4x4, 3x3) (inputs in multiples of 4 channels), else direct. */
   winograd: boolean;
 }
 
@@ -81,7 +83,7 @@ export class RRDBNetPlanWasm {
     for (const [name, v] of net.params) {
       if (!name.endsWith(".weight")) continue;
       const [, , cin, cout] = v.shape;
-      bytes += 4 * ((cin % 4 ? 9 : 16) * cin * roundUp(cout) + roundUp(cout));
+      bytes += 4 * ((cin % 4 ? 9 : 36) * cin * roundUp(cout) + roundUp(cout));
     }
     this.pool.reserve(ARENA_BASE + bytes);
     let at = ARENA_BASE;
@@ -94,7 +96,7 @@ export class RRDBNetPlanWasm {
       const winograd = cin % 4 === 0;
       const packed = {
         weight: at,
-        bias: at + 4 * (winograd ? 16 : 9) * cin * roundUp(cout),
+        bias: at + 4 * (winograd ? 36 : 9) * cin * roundUp(cout),
         cin,
         cout,
         winograd,
@@ -201,10 +203,11 @@ export class RRDBNetPlanWasm {
     const { numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = this.config;
     const cin = this.convs.get("conv_first")!.cin;
     let at = this.weightsEnd;
-    // one spare zero row past the border: Winograd's last tiles read it when a side is odd
+    // four spare zero rows past the border: Winograd's last tiles read them when a side is no multiple
+    // of 4, and the wrap from the last row's end into the next
     const map = (c: number, mh: number, mw: number): Map2D => {
       const m = { ptr: at, cs: c, h: mh, w: mw };
-      at = align(at + 4 * (mh + 3) * (mw + 2) * c);
+      at = align(at + 4 * (mh + 6) * (mw + 2) * c);
       return m;
     };
     const slice = (m: Map2D, c0: number): Map2D => ({ ...m, ptr: m.ptr + 4 * c0 });
@@ -215,7 +218,7 @@ export class RRDBNetPlanWasm {
     const up2 = map(nf, 4 * h, 4 * w), up2c = map(nf, 4 * h, 4 * w);
     const output = map(numOutCh, 4 * h, 4 * w);
     const end = at;
-    // Winograd's work space per thread: one row of tiles, transformed, and their products
+    // Winograd's work space per thread: one row of tiles transformed, one register block's products, T
     let scratchFloats = 0;
 
     const layers: (Conv | Upsample)[] = [];
@@ -246,7 +249,10 @@ export class RRDBNetPlanWasm {
     for (const l of layers) {
       const p = l.op === OP_CONV ? this.convs.get(l.name) : undefined;
       if (p?.winograd) {
-        scratchFloats = Math.max(scratchFloats, 16 * Math.ceil(l.input.w / 2) * p.cin + 16 * 6 * NR);
+        scratchFloats = Math.max(
+          scratchFloats,
+          36 * Math.ceil(l.input.w / 4) * p.cin + 36 * MR * NR + 36 * 4,
+        );
       }
     }
     scratchFloats = align(4 * scratchFloats) / 4;
@@ -300,25 +306,29 @@ function align(bytes: number): number {
 }
 
 /**
- * HWIO [3, 3, cin, cout] → Winograd F(2x2, 3x3)'s U = G g G' as [16][cout/8][cin][8], zero past
- * cout (rrdb_cpu.c's layout), with G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+ * HWIO [3, 3, cin, cout] → Winograd F(4x4, 3x3)'s U = G g G' as [36][cout/8][cin][8], zero past
+ * cout (rrdb_cpu.c's layout), computed in float64.
  */
 function packWinograd(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
   const blocks = roundUp(cout) / NR;
-  const g = new Float64Array(9), gg = new Float64Array(12);
+  const G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [
+    1 / 24,
+    -1 / 12,
+    1 / 6,
+  ], [0, 0, 1]];
+  const g = new Float64Array(9), gg = new Float64Array(18);
   for (let ci = 0; ci < cin; ci++) {
     for (let co = 0; co < cout; co++) {
       for (let tap = 0; tap < 9; tap++) g[tap] = w[(tap * cin + ci) * cout + co];
-      for (let j = 0; j < 3; j++) {
-        const [a, b, c] = [g[j], g[3 + j], g[6 + j]];
-        [gg[j], gg[3 + j], gg[6 + j], gg[9 + j]] = [a, (a + b + c) / 2, (a - b + c) / 2, c];
+      for (let i = 0; i < 6; i++) {
+        for (let j = 0; j < 3; j++) {
+          gg[3 * i + j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+        }
       }
-      for (let i = 0; i < 4; i++) {
-        const [a, b, c] = [gg[3 * i], gg[3 * i + 1], gg[3 * i + 2]];
-        const u = [a, (a + b + c) / 2, (a - b + c) / 2, c];
-        for (let j = 0; j < 4; j++) {
-          const pos = 4 * i + j, blk = Math.floor(co / NR);
-          dst[at + ((pos * blocks + blk) * cin + ci) * NR + (co % NR)] = u[j];
+      for (let i = 0; i < 6; i++) {
+        for (let k = 0; k < 6; k++) {
+          const u = gg[3 * i] * G[k][0] + gg[3 * i + 1] * G[k][1] + gg[3 * i + 2] * G[k][2];
+          dst[at + (((6 * i + k) * blocks + Math.floor(co / NR)) * cin + ci) * NR + (co % NR)] = u;
         }
       }
     }

@@ -99,24 +99,28 @@ export class KernelPool {
       const onAbort = () => Atomics.store(this.ctrl, CTRL.abort, 1);
       signal?.addEventListener("abort", onAbort);
       try {
-        const replies = await Promise.all(
-          this.workers.map((w) =>
-            new Promise<{ done?: boolean; aborted?: boolean; error?: string }>((resolve) => {
-              w.onmessage = (e) => resolve(e.data);
+        type Reply = { done?: boolean; aborted?: boolean; error?: string };
+        // the first failure settles the run: the other threads may wait at a barrier it never reaches
+        let fail: (e: Error) => void;
+        const failed = new Promise<never>((_, reject) => fail = reject);
+        const onError = (message: string) => {
+          this.dispose();
+          fail(new Error(`CPU kernels: ${message}`));
+        };
+        const replies = await Promise.race([
+          failed,
+          Promise.all(this.workers.map((w) =>
+            new Promise<Reply>((resolve) => {
+              w.onmessage = (e: MessageEvent<Reply>) =>
+                e.data.error ? onError(e.data.error) : resolve(e.data);
               w.onerror = (e) => {
                 e.preventDefault();
-                resolve({ error: e.message });
+                onError(e.message);
               };
               w.postMessage(request);
             })
-          ),
-        );
-        const failed = replies.find((r) => r.error);
-        if (failed) {
-          // the others may be waiting at a barrier the failed one never reaches
-          this.dispose();
-          throw new Error(`CPU kernels: ${failed.error}`);
-        }
+          )),
+        ]);
         if (replies.some((r) => r.aborted)) signal!.throwIfAborted();
       } finally {
         signal?.removeEventListener("abort", onAbort);

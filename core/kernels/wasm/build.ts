@@ -1,16 +1,22 @@
 /**
  * `deno task build:wasm`: compiles rrdb_cpu.c to WebAssembly (SIMD128, relaxed-SIMD FMA, shared
  * memory) with clang and embeds the module in rrdb_cpu_wasm.ts, with the source's SHA-256 so a
- * test can tell a stale build. Needs clang and wasm-ld 16 or newer (Debian: `apt-get install
- * clang-19 lld-19`); `CLANG` picks the compiler (default: clang-19, then clang).
+ * test can tell a stale build. Needs clang, wasm-ld and llvm-objdump 16 or newer (Debian: `apt-get
+ * install clang-19 lld-19 llvm-19`); `CLANG` picks the compiler (default: clang-19, then clang).
  * @module
  */
 import { encodeBase64, sourceDigest } from "./digest.ts";
 
 const here = new URL(".", import.meta.url);
 const source = new URL("rrdb_cpu.c", here);
-const target = new URL("rrdb_cpu_wasm.ts", here);
-const out = await Deno.makeTempFile({ suffix: ".wasm" });
+// `--out PATH` writes elsewhere (the test that rebuilds and compares)
+const outArg = Deno.args.indexOf("--out");
+const target = outArg >= 0
+  ? new URL(Deno.args[outArg + 1], `file://${Deno.cwd()}/`)
+  : new URL("rrdb_cpu_wasm.ts", here);
+// a fixed file name: the module's name section records it, and builds should be reproducible
+const outDir = await Deno.makeTempDir();
+const out = `${outDir}/rrdb_cpu.wasm`;
 
 const FLAGS = [
   "--target=wasm32",
@@ -55,8 +61,17 @@ if (!used) {
   );
   Deno.exit(1);
 }
+// The threads instantiate the module on one memory, each with its own copy of the stack pointer
+// but the same initial value: code that spills to the stack would have them overwrite each other.
+const objdump = used.replace(/clang/, "llvm-objdump");
+const { stdout } = await new Deno.Command(objdump, { args: ["-d", out], stdout: "piped" }).output();
+const dis = new TextDecoder().decode(stdout);
+if (!dis.includes("run_layer")) throw new Error(`${objdump} -d gave no disassembly of the module`);
+if (/global\.(get|set)/.test(dis)) {
+  throw new Error("rrdb_cpu.c uses the stack (global.get/set of __stack_pointer): keep fewer values live");
+}
 const wasm = await Deno.readFile(out);
-await Deno.remove(out);
+await Deno.remove(outDir, { recursive: true });
 const digest = await sourceDigest(await Deno.readFile(source));
 const b64 = encodeBase64(wasm);
 const lines = b64.match(/.{1,100}/g)!.map((l) => `  "${l}",`).join("\n");
@@ -69,7 +84,7 @@ export const WASM_BASE64: string = [
 ${lines}
 ].join("");
 `;
-const tmp = await Deno.makeTempFile({ dir: here.pathname, suffix: ".ts" });
+const tmp = await Deno.makeTempFile({ dir: new URL(".", target).pathname, suffix: ".ts" });
 await Deno.writeTextFile(tmp, text);
 await Deno.rename(tmp, target);
 console.log(`build:wasm: ${used} -> ${target.pathname} (${wasm.length} bytes)`);
