@@ -251,7 +251,7 @@ export class RRDBNetPlanWasm {
       if (p?.winograd) {
         scratchFloats = Math.max(
           scratchFloats,
-          36 * Math.ceil(l.input.w / 4) * p.cin + 36 * MR * NR + 36 * 4,
+          36 * (Math.ceil(l.input.w / 4) * p.cin + 16) + 36 * MR * NR + 36 * 4,
         );
       }
     }

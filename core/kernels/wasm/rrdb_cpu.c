@@ -147,16 +147,18 @@ static void conv_rows(const Layer* L, i32 y0, i32 y1) {
 
 // Winograd F(4x4, 3x3) (Lavin & Gray 2016, points 0, ±1, ±2): a 4x4 output tile from a 6x6 input
 // tile with 36 products per channel pair instead of 144. Per row of tiles: the input transform
-// V = B'dB of every tile into scratch ([36][tiles][cin]); per MR tiles x 8 output channels, the 36
-// products as the direct kernel's register-blocked loop over cin (U = GgG', packed by wasm_plan.ts
-// as [36][cout/8][cin][8]) into scratch M; the output transform A'MA with bias and epilogue. The
-// transforms pass through a small buffer T (columns, then rows) so that no more values are live
-// than x64's 16 vector registers hold: the module must not spill to a stack, which its threads
-// would share. Needs cin % 4 == 0. Sides that are no multiple of 4: the last tiles read up to
-// four rows past the border (wasm_plan.ts gives every map spare zero rows; a nonzero there would
-// not cancel exactly in the transform) and up to four columns into the next row, and store only
-// what lies inside. Measured: F(2x2, 3x3) took 2.11 s for a 64x64 forward on one thread, this
-// 1.43 s; against PyTorch fp32 both give the same PSNR (to 0.01 dB) on Set5 and Set14.
+// V = B'dB of every tile into scratch ([36][tiles][cin], positions padded apart); per MR tiles x 8
+// output channels, the 36 products as the direct kernel's register-blocked loop over cin (U = GgG',
+// packed by wasm_plan.ts as [36][cout/8][cin][8]) into scratch M; the output transform A'MA with
+// bias and epilogue. The transforms pass through a small buffer T (columns, then rows) so that no
+// more values are live than x64's 16 vector registers hold: the module must not spill to a stack,
+// which its threads would share (build.ts refuses a module that does). Needs cin % 4 == 0. Sides
+// that are no multiple of 4: the last tiles read up to four rows past the border (wasm_plan.ts
+// gives every map spare zero rows; a nonzero there would not cancel exactly in the transform) and
+// up to four columns into the next row, and store only what lies inside. Measured on one thread
+// (64x64 forward): F(2x2, 3x3) 2.11 s, this 1.43 s, 1.30 s with constant tail widths, 1.12 s with
+// V's positions padded apart; all give the same PSNR against PyTorch fp32 (to 0.01 dB) on Set5 and
+// Set14. Tried and slower: positions as the outer loop (1.60 s), the cin loop unrolled by 4 (1.47 s).
 
 #define F32(x) wasm_f32x4_splat(x)
 #define ADD wasm_f32x4_add
@@ -188,6 +190,13 @@ static inline __attribute__((always_inline)) void output_1d(const f32* p, i32 s,
   y[3] = ADD(MADD(F32(8), d, b), m5);
 }
 
+// Floats from one position's transformed tiles to the next's in V: padded by 64 bytes, as a
+// multiple of 4 KiB (cin 64 or 128 with 16 tiles) put all 36 in one set of the 8-way L1 and made
+// conv3 (cin 128) slower than conv4 (cin 160).
+static inline i32 vstride(i32 tiles, i32 cin) {
+  return tiles * cin + 16;
+}
+
 // Products of all 36 positions for `m` tiles from tx0, channels [8b, 8b + 8), into M ([36][MR][8]).
 static inline __attribute__((always_inline)) void winograd_gemm(const Layer* L, i32 m, const f32* V, i32 tiles,
                                                                   i32 tx0, i32 b, f32* M) {
@@ -199,7 +208,7 @@ static inline __attribute__((always_inline)) void winograd_gemm(const Layer* L, 
       if (p < m) acc[p][0] = acc[p][1] = wasm_f32x4_splat(0);
     }
     const f32* wp = L->weight + (pos * blocks + b) * cin * NR;
-    const f32* vp = V + (pos * tiles + tx0) * cin;
+    const f32* vp = V + pos * vstride(tiles, cin) + tx0 * cin;
     for (i32 ci = 0; ci < cin; ci++) {
       const v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4);
       wp += NR;
@@ -226,7 +235,7 @@ static void winograd_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
   const i32 cin = L->cin, ics = L->ics, pw = L->w + 2, h = L->h, w = L->w;
   const i32 tiles = (w + 3) / 4, blocks = (L->cout + NR - 1) / NR;
   f32* V = L->scratch + t * L->scratch_floats;
-  f32* M = V + 36 * tiles * cin;
+  f32* M = V + 36 * vstride(tiles, cin);
   f32* T = M + 36 * MR * NR;  // [6][6][4]
   for (i32 ty = ty0; ty < ty1; ty++) {
     for (i32 tx = 0; tx < tiles; tx++) {
@@ -234,14 +243,23 @@ static void winograd_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
       for (i32 c = 0; c < cin; c += 4) {
         // columns: T[i][j] = (B'd)[i][j]; rows: V[6i + k] = (T B)[i][k]
         for (i32 j = 0; j < 6; j++) input_1d(d + j * ics + c, pw * ics, T + 4 * j, 24);
-        for (i32 i = 0; i < 6; i++) input_1d(T + 24 * i, 4, V + ((6 * i) * tiles + tx) * cin + c, tiles * cin);
+        for (i32 i = 0; i < 6; i++) {
+          input_1d(T + 24 * i, 4, V + 6 * i * vstride(tiles, cin) + tx * cin + c, vstride(tiles, cin));
+        }
       }
     }
     for (i32 b = 0; b < blocks; b++) {
       for (i32 tx0 = 0; tx0 < tiles; tx0 += MR) {
         const i32 m = tiles - tx0 < MR ? tiles - tx0 : MR;
-        if (m == MR) winograd_gemm(L, MR, V, tiles, tx0, b, M);
-        else winograd_gemm(L, m, V, tiles, tx0, b, M);
+        // constant block widths, so that the accumulators stay in registers in the tails too
+        switch (m) {
+          case 6: winograd_gemm(L, 6, V, tiles, tx0, b, M); break;
+          case 5: winograd_gemm(L, 5, V, tiles, tx0, b, M); break;
+          case 4: winograd_gemm(L, 4, V, tiles, tx0, b, M); break;
+          case 3: winograd_gemm(L, 3, V, tiles, tx0, b, M); break;
+          case 2: winograd_gemm(L, 2, V, tiles, tx0, b, M); break;
+          default: winograd_gemm(L, 1, V, tiles, tx0, b, M); break;
+        }
         for (i32 p = 0; p < m; p++) {
           for (i32 half = 0; half < 2; half++) {
             const i32 c = NR * b + 4 * half;
