@@ -326,13 +326,22 @@ export class Upscaler {
   }
 
   /** The CPU kernels' plan, made again when the net's weight tensors change. */
-  private wasmPlan(): RRDBNetPlanWasm {
+  private wasmPlan(): RRDBNetPlanWasm | undefined {
     const weights = [...this.net.params.values()].map((v) => v.dataId);
     if (this.cpuPlan && this.cpuPlan.weights.some((id, i) => id !== weights[i])) {
       this.cpuPlan.plan.dispose();
       this.cpuPlan = undefined;
     }
-    this.cpuPlan ??= { plan: new RRDBNetPlanWasm(this.net, { threads: backendThreads() }), weights };
+    if (!this.cpuPlan) {
+      try {
+        this.cpuPlan = { plan: new RRDBNetPlanWasm(this.net, { threads: backendThreads() }), weights };
+      } catch (e) {
+        // e.g. a runtime without relaxed SIMD or shared memory: tfjs's ops still work, 4x slower
+        console.warn(`CPU kernels unavailable (${(e as Error).message}): running tfjs's wasm ops instead`);
+        this.cpuKernels = false;
+        return undefined;
+      }
+    }
     return this.cpuPlan.plan;
   }
 

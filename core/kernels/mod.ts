@@ -1,9 +1,10 @@
 /**
- * Custom WebGPU kernels for RRDBNet on tfjs's webgpu backend: see register.ts (switching the
+ * Kernels of our own for RRDBNet. WebGPU, on tfjs's webgpu backend: see register.ts (switching the
  * stock Conv2D / FusedConv2D / Conv2DBackpropInput / Conv2DBackpropFilter for ours),
  * webgpu_rrdb.ts (fused dense-block inference), webgpu_plan.ts (the same, prepared once per input
  * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
- * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA).
+ * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA). CPU:
+ * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads).
  * @module
  */
 export {
@@ -34,3 +35,5 @@ export {
 export { RRDBNetPlanWebGPU } from "./webgpu_plan.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
 export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";
+export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";
+export { type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";

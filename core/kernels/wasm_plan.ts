@@ -67,6 +67,12 @@ interface Layout {
   kinds: string[];
 }
 
+/** Time per kind of layer (see {@link RRDBNetPlanWasm.profile}). */
+export interface PlanProfile {
+  kernels: { name: string; ms: number; count: number }[];
+  all_ms: number;
+}
+
 /** RRDBNet's forward on the CPU kernels, for inputs of any shape. Dispose it: it holds threads. */
 export class RRDBNetPlanWasm {
   readonly config: RRDBNetConfig;
@@ -79,6 +85,16 @@ export class RRDBNetPlanWasm {
   constructor(net: RRDBNet, options: KernelPoolOptions = {}) {
     this.config = net.config;
     this.pool = new KernelPool(options);
+    try {
+      this.weightsEnd = this.pack(net);
+    } catch (e) {
+      this.pool.dispose();
+      throw e;
+    }
+  }
+
+  /** Packs every convolution's weights and bias from ARENA_BASE on; returns where they end. */
+  private pack(net: RRDBNet): number {
     let bytes = 0;
     for (const [name, v] of net.params) {
       if (!name.endsWith(".weight")) continue;
@@ -106,7 +122,7 @@ export class RRDBNetPlanWasm {
       this.convs.set(conv, packed);
       at = packed.bias + 4 * roundUp(cout);
     }
-    this.weightsEnd = align(at);
+    return align(at);
   }
 
   /** Threads the forward runs on. */
@@ -169,13 +185,11 @@ export class RRDBNetPlanWasm {
    * Time per kind of layer for the last input shape run, each layer run on its own (so each pays
    * the threads' start and join), and all_ms: the whole list run at once. Values are garbage after.
    */
-  profile(): Promise<{ kernels: { name: string; ms: number; count: number }[]; all_ms: number }> {
+  profile(): Promise<PlanProfile> {
     return this.serialized(() => this.profileNow());
   }
 
-  private async profileNow(): Promise<
-    { kernels: { name: string; ms: number; count: number }[]; all_ms: number }
-  > {
+  private async profileNow(): Promise<PlanProfile> {
     const layout = this.layout;
     if (!layout) throw new Error("RRDBNetPlanWasm: profile() after a run");
     const kinds = new Map<string, { ms: number; count: number }>();

@@ -67,16 +67,19 @@ export class KernelPool {
 
   /** Makes the memory at least `bytes` long. */
   reserve(bytes: number): void {
+    const gib = (bytes / 1024 ** 3).toFixed(1);
     if (bytes > MAX_MEMORY_BYTES) {
       throw new Error(
-        `the CPU kernels need ${
-          (bytes / 1024 ** 3).toFixed(1)
-        } GiB for this patch, more than wasm's 4 GiB: ` +
-          `use smaller tiles`,
+        `the CPU kernels need ${gib} GiB for this patch, more than wasm's 4 GiB: use smaller tiles`,
       );
     }
     const have = this.memory.buffer.byteLength;
-    if (bytes > have) this.memory.grow(Math.ceil((bytes - have) / PAGE));
+    if (bytes <= have) return;
+    try {
+      this.memory.grow(Math.ceil((bytes - have) / PAGE));
+    } catch (e) {
+      throw new Error(`the CPU kernels could not grow their memory to ${gib} GiB (${(e as Error).message})`);
+    }
   }
 
   /** A float view of the memory as it is now (growing the memory detaches older views' lengths). */
