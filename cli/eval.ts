@@ -116,9 +116,8 @@ async function loadModels(
   const disposers: (() => void)[] = [];
   const files = args.models.filter((m) => m !== "bicubic");
   if (files.length) {
-    const { initBackend } = await import("../core/backend.ts");
-    const info = await initBackend(args.backend);
-    log(`backend: ${info.name} (${info.reason})`);
+    const { describeBackend, initBackend } = await import("../core/backend.ts");
+    log(`backend: ${describeBackend(await initBackend(args.backend))}`);
   }
   const names = args.models.map(modelName);
   for (const [i, spec] of args.models.entries()) {

@@ -14,7 +14,7 @@
  */
 import { parseArgs } from "node:util";
 import { basename, dirname, extname, join } from "node:path";
-import { type BackendName, initBackend } from "../core/backend.ts";
+import { type BackendName, describeBackend, initBackend } from "../core/backend.ts";
 import {
   decodeImage,
   encodeImage,
@@ -241,11 +241,7 @@ export async function main(argv: string[]): Promise<number> {
   Deno.addSignalListener("SIGINT", onSigint);
   try {
     const backend = await initBackend(args.backend);
-    const how = backend.name === "wasm"
-      ? `, ${backend.threads} thread${backend.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`
-      : "";
-    const adapter = backend.name === "webgpu" && backend.adapter ? ` on ${backend.adapter}` : "";
-    console.error(`backend: ${backend.name}${adapter}${how} (${backend.reason})`);
+    console.error(`backend: ${describeBackend(backend)}`);
     try {
       upscaler = await Upscaler.load(args.model);
     } catch (e) {

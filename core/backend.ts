@@ -87,6 +87,15 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
   return { name, adapter, reason, threads };
 }
 
+/** One line for the logs: the backend, its adapter or threads, what runs the Upscaler's net, and why. */
+export function describeBackend(info: BackendInfo): string {
+  const adapter = info.name === "webgpu" && info.adapter ? ` on ${info.adapter}, our prepared WGSL passes` : "";
+  const threads = info.name === "wasm"
+    ? `, ${info.threads} thread${info.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`
+    : "";
+  return `${info.name}${adapter}${threads} (${info.reason})`;
+}
+
 /** Threads of the active backend: the wasm backend's pool, else the logical cores. */
 export function backendThreads(): number {
   if (tf.getBackend() === "wasm") return (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
