@@ -89,7 +89,9 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
 
 /** One line for the logs: the backend, its adapter or threads, what runs the Upscaler's net, and why. */
 export function describeBackend(info: BackendInfo): string {
-  const adapter = info.name === "webgpu" && info.adapter ? ` on ${info.adapter}, our prepared WGSL passes` : "";
+  const adapter = info.name === "webgpu" && info.adapter
+    ? ` on ${info.adapter}, our prepared WGSL passes`
+    : "";
   const threads = info.name === "wasm"
     ? `, ${info.threads} thread${info.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`
     : "";

@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
-import { KERNELS_SOURCE_SHA256 } from "../core/kernels/wasm_pool.ts";
+import { IDLE_MS, KERNELS_SOURCE_SHA256 } from "../core/kernels/wasm_pool.ts";
 import { sourceDigest } from "../core/kernels/wasm/digest.ts";
 
 await initBackend("wasm", { threads: 1 });
@@ -151,6 +151,43 @@ Deno.test("cpu kernels: an abort stops the run and the plan runs again afterward
   } finally {
     plan.dispose();
     net.dispose();
+  }
+});
+
+Deno.test("cpu kernels: idle workers stop and start again; a program that forgets dispose() ends", async () => {
+  const net = await testNet(SMALL, 4);
+  const plan = new RRDBNetPlanWasm(net, { threads: 2 });
+  try {
+    const shape = [1, 6, 5, 3];
+    const x = input(shape, 3);
+    const first = await plan.run(x, shape);
+    await new Promise((r) => setTimeout(r, IDLE_MS + 300));
+    assert.deepEqual(await plan.run(x, shape), first);
+  } finally {
+    plan.dispose();
+    net.dispose();
+  }
+  // a program that ends without dispose(): its workers stop after IDLE_MS and let it end
+  const dir = await Deno.makeTempDir();
+  try {
+    const pool = new URL("../core/kernels/wasm_pool.ts", import.meta.url).href;
+    await Deno.writeTextFile(
+      `${dir}/forgetful.ts`,
+      `import { KernelPool } from "${pool}";\n` +
+        `await new KernelPool({ threads: 2 }).run({ layers: 0, count: 0, stride: 0 });\nconsole.log("ran");\n`,
+    );
+    const t0 = performance.now();
+    const { code, stdout } = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${dir}/forgetful.ts`],
+      stdout: "piped",
+      signal: AbortSignal.timeout(60_000),
+    }).output();
+    const secs = (performance.now() - t0) / 1000;
+    assert.equal(code, 0);
+    assert.equal(new TextDecoder().decode(stdout).trim(), "ran");
+    assert.ok(secs < 30, `ended after ${secs.toFixed(1)} s`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

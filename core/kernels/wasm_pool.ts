@@ -2,6 +2,9 @@
  * The CPU kernels' runtime: rrdb_cpu.c's module on one shared WebAssembly memory, and a pool of
  * workers (wasm_worker.ts) that run a list of layers together, each on its band of rows. Where
  * workers are not available (Deno Deploy) it says so and runs one thread on the calling thread.
+ *
+ * Workers start with the first run and stop after {@link IDLE_MS} without one: a live Deno worker
+ * keeps its program running, so a program that forgets dispose() still ends, that much later.
  * @module
  */
 import { SOURCE_SHA256, WASM_BASE64 } from "./wasm/rrdb_cpu_wasm.ts";
@@ -13,6 +16,9 @@ const PAGE = 65536;
 export const MAX_MEMORY_BYTES = 4 * 1024 ** 3;
 
 let compiled: WebAssembly.Module | undefined;
+
+/** Idle time after which the workers stop (the next run starts them again, in some 10 ms). */
+export const IDLE_MS = 2000;
 
 /** The compiled module (compiled once per process). */
 export function kernelsModule(): WebAssembly.Module {
@@ -39,6 +45,7 @@ export class KernelPool {
   private runLayer?: (layer: number, t: number, threads: number) => void;
   private busy = false;
   private disposed = false;
+  private idle?: ReturnType<typeof setTimeout>;
 
   constructor(options: KernelPoolOptions = {}) {
     const module = kernelsModule();
@@ -54,15 +61,37 @@ export class KernelPool {
       threads = 1;
       const instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
       this.runLayer = instance.exports.run_layer as typeof this.runLayer;
-    } else {
-      for (let t = 0; t < threads; t++) {
+    }
+    this.threads = threads;
+  }
+
+  /** The workers, started if they are not running. */
+  private start(): Worker[] {
+    clearTimeout(this.idle);
+    if (!this.workers.length) {
+      const module = kernelsModule();
+      for (let t = 0; t < this.threads; t++) {
         const w = new Worker(new URL("./wasm_worker.ts", import.meta.url), { type: "module" });
-        const init: WorkerInit = { module, memory: this.memory, ctrl: this.ctrl, t, threads };
+        const init: WorkerInit = { module, memory: this.memory, ctrl: this.ctrl, t, threads: this.threads };
         w.postMessage(init);
         this.workers.push(w);
       }
     }
-    this.threads = threads;
+    return this.workers;
+  }
+
+  /** Stops the workers after IDLE_MS unless a run comes first. */
+  private stopWhenIdle(): void {
+    clearTimeout(this.idle);
+    const timer = setTimeout(() => this.stopWorkers(), IDLE_MS);
+    // the timer alone must not keep a program alive (the workers do, until it fires)
+    Deno.unrefTimer(timer);
+    this.idle = timer;
+  }
+
+  private stopWorkers(): void {
+    clearTimeout(this.idle);
+    for (const w of this.workers.splice(0)) w.terminate();
   }
 
   /** Makes the memory at least `bytes` long. */
@@ -112,21 +141,24 @@ export class KernelPool {
         };
         const replies = await Promise.race([
           failed,
-          Promise.all(this.workers.map((w) =>
-            new Promise<Reply>((resolve) => {
-              w.onmessage = (e: MessageEvent<Reply>) =>
-                e.data.error ? onError(e.data.error) : resolve(e.data);
-              w.onerror = (e) => {
-                e.preventDefault();
-                onError(e.message);
-              };
-              w.postMessage(request);
-            })
-          )),
+          Promise.all(
+            this.start().map((w) =>
+              new Promise<Reply>((resolve) => {
+                w.onmessage = (e: MessageEvent<Reply>) =>
+                  e.data.error ? onError(e.data.error) : resolve(e.data);
+                w.onerror = (e) => {
+                  e.preventDefault();
+                  onError(e.message);
+                };
+                w.postMessage(request);
+              })
+            ),
+          ),
         ]);
         if (replies.some((r) => r.aborted)) signal!.throwIfAborted();
       } finally {
         signal?.removeEventListener("abort", onAbort);
+        if (!this.disposed) this.stopWhenIdle();
       }
     } finally {
       this.busy = false;
@@ -136,7 +168,6 @@ export class KernelPool {
   /** Stops the workers. */
   dispose(): void {
     this.disposed = true;
-    for (const w of this.workers) w.terminate();
-    this.workers = [];
+    this.stopWorkers();
   }
 }
