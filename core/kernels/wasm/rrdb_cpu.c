@@ -94,6 +94,25 @@ static inline __attribute__((always_inline)) void store_quad(const Layer* L, i32
   else store_lanes(op, v, L->cout - c);
 }
 
+// The register block both convolutions share: acc[p] += sum over k < n of in[p * stride + k] times
+// the 8 weights at w[8k]; `m` (a constant after inlining) of the MR rows are live.
+static inline __attribute__((always_inline)) void multiply_add(v128_t acc[MR][2], i32 m, const f32* in, i32 stride,
+                                                               const f32* w, i32 n) {
+  // a bumped pointer, not w + 8k: V8's code for the indexed form took 1.7 s instead of 1.15 s
+  for (i32 k = 0; k < n; k++) {
+    const v128_t w0 = wasm_v128_load(w), w1 = wasm_v128_load(w + 4);
+    w += NR;
+#pragma clang loop unroll(full)
+    for (i32 p = 0; p < MR; p++) {
+      if (p < m) {
+        const v128_t v = wasm_v128_load32_splat(in + p * stride + k);
+        acc[p][0] = wasm_f32x4_relaxed_madd(v, w0, acc[p][0]);
+        acc[p][1] = wasm_f32x4_relaxed_madd(v, w1, acc[p][1]);
+      }
+    }
+  }
+}
+
 // `m` (a constant after inlining) output pixels from (y, x) for output channels [8b, 8b + 8).
 static inline __attribute__((always_inline)) void conv_tile(const Layer* L, i32 m, i32 y, i32 x, i32 b) {
   const i32 ics = L->ics, cin = L->cin, pw = L->w + 2;
@@ -105,20 +124,8 @@ static inline __attribute__((always_inline)) void conv_tile(const Layer* L, i32 
   }
   const f32* wp = L->weight + b * 9 * cin * NR;
   for (i32 ky = 0; ky < 3; ky++) {
-    for (i32 kx = 0; kx < 3; kx++) {
-      const f32* ip = L->in + ((y + ky) * pw + x + kx) * ics;
-      for (i32 ci = 0; ci < cin; ci++) {
-        const v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4);
-        wp += NR;
-#pragma clang loop unroll(full)
-        for (i32 p = 0; p < MR; p++) {
-          if (p < m) {
-            const v128_t v = wasm_v128_load32_splat(ip + p * ics + ci);
-            acc[p][0] = wasm_f32x4_relaxed_madd(v, w0, acc[p][0]);
-            acc[p][1] = wasm_f32x4_relaxed_madd(v, w1, acc[p][1]);
-          }
-        }
-      }
+    for (i32 kx = 0; kx < 3; kx++, wp += cin * NR) {
+      multiply_add(acc, m, L->in + ((y + ky) * pw + x + kx) * ics, ics, wp, cin);
     }
   }
   const i32 pix0 = (y + 1) * pw + x + 1;
@@ -208,19 +215,7 @@ static inline __attribute__((always_inline)) void winograd_gemm(const Layer* L, 
       if (p < m) acc[p][0] = acc[p][1] = wasm_f32x4_splat(0);
     }
     const f32* wp = L->weight + (pos * blocks + b) * cin * NR;
-    const f32* vp = V + pos * vstride(tiles, cin) + tx0 * cin;
-    for (i32 ci = 0; ci < cin; ci++) {
-      const v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4);
-      wp += NR;
-#pragma clang loop unroll(full)
-      for (i32 p = 0; p < MR; p++) {
-        if (p < m) {
-          const v128_t v = wasm_v128_load32_splat(vp + p * cin + ci);
-          acc[p][0] = wasm_f32x4_relaxed_madd(v, w0, acc[p][0]);
-          acc[p][1] = wasm_f32x4_relaxed_madd(v, w1, acc[p][1]);
-        }
-      }
-    }
+    multiply_add(acc, m, V + pos * vstride(tiles, cin) + tx0 * cin, cin, wp, cin);
 #pragma clang loop unroll(full)
     for (i32 p = 0; p < MR; p++) {
       if (p < m) {
