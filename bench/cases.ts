@@ -49,7 +49,10 @@ export interface BackendSpec {
   plan?: boolean;
 }
 
-/** Parses a backend spec: `wasm` (all cores), `wasm:N`, `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`. */
+/**
+ * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
+ * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`.
+ */
 export function parseBackend(spec: string): BackendSpec {
   const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+))?$/.exec(spec);
   if (!m || (m[2] && !m[1].startsWith("wasm"))) {
