@@ -10,6 +10,7 @@ import { decodeModelFile } from "../core/weights/model_file.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { Adam } from "../train/adam.ts";
 
 /** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
@@ -127,13 +128,13 @@ export function usePlannedPasses(on: boolean): void {
 
 /**
  * A case through core/kernels' prepared passes: the forward plan (output read back), or the
- * planned training step (L1, Adam; the EMA is written over the net's own weights buffer copy).
+ * planned training step (L1, Adam; the EMA is written over the net's own weights buffer copy), on
+ * WebGPU or on the CPU kernels (wasm).
  */
 function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
   const s = net.config.scale;
   const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
-  if (tf.getBackend() === "wasm") {
-    if (c.kind !== "forward") throw new Error("wasm-plan runs forward cases only (wasm cannot train)");
+  if (tf.getBackend() === "wasm" && c.kind === "forward") {
     const plan = new RRDBNetPlanWasm(net, { threads: backendThreads() });
     const data = x.dataSync() as Float32Array;
     x.dispose();
@@ -155,16 +156,13 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     };
     return { step, profile: () => planProfile(plan), dispose: () => (plan.dispose(), x.dispose()) };
   }
-  if (c.h !== c.w) throw new Error(`webgpu-plan trains on square patches, not ${c.h}x${c.w}`);
+  if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
   const adam = new Adam(net.params, { betas: [0.9, 0.99] });
-  const plan = new RRDBNetTrainPlanWebGPU(net, {
-    batch: c.n,
-    lqSize: c.h,
-    ema: net.params,
-    adam,
-    emaDecay: 0.999,
-  });
+  const options = { batch: c.n, lqSize: c.h, ema: net.params, adam, emaDecay: 0.999 };
+  const plan = tf.getBackend() === "wasm"
+    ? new RRDBNetTrainPlanWasm(net, { ...options, threads: backendThreads() })
+    : new RRDBNetTrainPlanWebGPU(net, options);
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
   return {
     async step() {

@@ -1,7 +1,8 @@
 /**
  * `deno task train --config smoke|psnr|gan|smoke-gan|FILE --data DIR [--val DIR] --out DIR [--resume]`
  * plus any option as a flag (`--total-steps 100`, `--lr-g 1e-4`, `--no-rot`, lists comma-separated).
- * Backend: webgpu on a real GPU, else cpu (wasm cannot train); `--backend` forces one.
+ * Backend: webgpu on a real GPU; else wasm for the psnr stage (core/kernels' CPU training step),
+ * cpu for the gan stage (tfjs's ops, slow); `--backend` forces one.
  * Ctrl-C saves a checkpoint after the current step and exits; `--resume` continues from
  * OUT/checkpoint.safetensors (or `--resume-from FILE`) with the checkpoint's options, flags on top.
  * @module
@@ -18,7 +19,7 @@ import { runMain } from "./run_main.ts";
 const USAGE = `usage: deno task train --config ${
   Object.keys(PRESETS).join("|")
 }|FILE.json --data DIR [--val DIR] --out DIR
-       [--resume | --resume-from CKPT] [--backend webgpu|cpu] [--OPTION VALUE ...]
+       [--resume | --resume-from CKPT] [--backend webgpu|wasm|cpu] [--OPTION VALUE ...]
 options (all also keys of the JSON file): see train/config.ts`;
 
 async function main(): Promise<number> {
@@ -60,7 +61,11 @@ async function main(): Promise<number> {
   let backend = config.backend || undefined;
   if (!backend) {
     const probe = await probeWebGPU();
-    backend = probe.adapter && !probe.software ? "webgpu" : "cpu";
+    backend = probe.adapter && !probe.software
+      ? "webgpu"
+      : config.stage === "psnr" && config.plannedStep
+      ? "wasm"
+      : "cpu";
   }
   const info = await initBackend(backend);
   console.error(
@@ -69,7 +74,9 @@ async function main(): Promise<number> {
         ? "requested"
         : info.name === "webgpu"
         ? "a GPU was found"
-        : "no real GPU found; wasm cannot train"
+        : info.name === "wasm"
+        ? "no real GPU found: the psnr stage on the CPU kernels"
+        : "no real GPU found; the gan stage on tfjs's cpu ops (slow)"
     } ===`,
   );
 

@@ -57,11 +57,13 @@ export interface TrainConfig {
   valSamples: number;
   logEvery: number;
   exportDtype: "fp32" | "fp16" | "int8";
-  backend: "" | "webgpu" | "cpu";
+  /** "": webgpu on a real GPU; else wasm for the psnr stage (the CPU kernels), cpu for the gan stage. */
+  backend: "" | "webgpu" | "wasm" | "cpu";
   /**
    * On webgpu: G's forward, backward, Adam and EMA as prepared passes of our kernels
    * (core/kernels/webgpu_train_plan.ts; the gan stage's perceptual, adversarial and D terms stay tfjs
-   * ops); off: tfjs's autodiff with its stock kernels throughout.
+   * ops); on wasm (psnr stage only): the same on the CPU kernels (core/kernels/wasm_train_plan.ts);
+   * off: tfjs's autodiff with its stock kernels throughout (not on wasm).
    */
   plannedStep: boolean;
 }
@@ -234,8 +236,12 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
   if (!["fp32", "fp16", "int8"].includes(full.exportDtype)) {
     throw bad(`exportDtype must be fp32, fp16 or int8`);
   }
-  if (!["", "webgpu", "cpu"].includes(full.backend)) {
-    throw bad(`backend must be webgpu or cpu (wasm cannot train: tfjs-wasm has no Conv2DBackpropFilter)`);
+  if (!["", "webgpu", "wasm", "cpu"].includes(full.backend)) throw bad(`backend must be webgpu, wasm or cpu`);
+  if (full.backend === "wasm" && (full.stage !== "psnr" || !full.plannedStep)) {
+    throw bad(
+      "backend wasm trains the psnr stage with the planned step only (tfjs-wasm has no Conv2DBackpropFilter): " +
+        "use cpu or webgpu",
+    );
   }
   return full;
 }

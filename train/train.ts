@@ -145,9 +145,10 @@ const mean = (rows: StepLosses[]) => {
 export async function runTraining(options: RunOptions): Promise<RunSummary> {
   const c = options.config;
   const backend = tf.getBackend();
-  if (backend !== "webgpu" && backend !== "cpu") {
+  if (backend === "wasm" ? c.stage !== "psnr" || !c.plannedStep : backend !== "webgpu" && backend !== "cpu") {
     throw new Error(
-      `training needs the webgpu or cpu backend, not ${backend} (tfjs-wasm has no Conv2DBackpropFilter)`,
+      `training needs the webgpu or cpu backend, or wasm for the psnr stage's planned step, not ${backend} ` +
+        `for the ${c.stage} stage (tfjs-wasm has no Conv2DBackpropFilter)`,
     );
   }
   const out = options.outDir.replace(/\/$/, "");

@@ -24,6 +24,7 @@ import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 
 /** The perceptual loss as the trainer uses it (core/losses' PerceptualLoss). */
 export interface PerceptualLike {
@@ -64,8 +65,8 @@ export class Trainer {
   step = 0;
   private readonly gNames: Map<string, string>;
   private readonly dNames: Map<string, string>;
-  /** The planned G step (webgpu) and whether the variables lag behind its buffers. */
-  private plan?: RRDBNetTrainPlanWebGPU;
+  /** The planned G step (webgpu, or wasm: psnr only) and whether the variables lag behind its buffers. */
+  private plan?: RRDBNetTrainPlanWebGPU | RRDBNetTrainPlanWasm;
   private planAhead = false;
 
   private constructor(
@@ -117,12 +118,12 @@ export class Trainer {
 
   /**
    * Whether G's part of a step runs as prepared WebGPU passes (core/kernels/webgpu_train_plan.ts):
-   * webgpu, x4, widths a multiple of 4, `plannedStep` on.
+   * webgpu (or the CPU kernels on wasm, psnr stage), x4, widths a multiple of 4, `plannedStep` on.
    */
   get planned(): boolean {
-    const c = this.config;
-    return c.plannedStep && c.scale === 4 && tf.getBackend() === "webgpu" && c.numFeat % 4 === 0 &&
-      c.numGrowCh % 4 === 0;
+    const c = this.config, backend = tf.getBackend();
+    return c.plannedStep && c.scale === 4 && c.numFeat % 4 === 0 && c.numGrowCh % 4 === 0 &&
+      (backend === "webgpu" || backend === "wasm" && c.stage === "psnr");
   }
 
   /**
@@ -220,17 +221,20 @@ export class Trainer {
       this.plan.dispose();
       this.plan = undefined;
     }
-    this.plan ??= new RRDBNetTrainPlanWebGPU(this.g, {
+    const options = {
       batch: batch.n,
       lqSize: batch.lqSize,
       ema: this.ema.params,
       adam: this.optG,
       emaDecay: c.emaDecay,
       pixelWeight: c.pixelWeight,
-    });
+    };
+    this.plan ??= tf.getBackend() === "wasm"
+      ? new RRDBNetTrainPlanWasm(this.g, options)
+      : new RRDBNetTrainPlanWebGPU(this.g, options);
     const lr = this.lr();
     this.planAhead = true;
-    if (c.stage === "psnr") {
+    if (c.stage === "psnr" || this.plan instanceof RRDBNetTrainPlanWasm) {
       const l_pix = await this.plan.step(batch, lr.g);
       this.step++;
       return { lr: lr.g, l_pix };

@@ -4,7 +4,8 @@
  * webgpu_rrdb.ts (fused dense-block inference), webgpu_plan.ts (the same, prepared once per input
  * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
  * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA). CPU:
- * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads).
+ * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads),
+ * wasm_train_plan.ts (the psnr training step on the same kernels).
  * @module
  */
 export {
@@ -36,4 +37,5 @@ export { RRDBNetPlanWebGPU } from "./webgpu_plan.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
 export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";
 export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";
+export { RRDBNetTrainPlanWasm } from "./wasm_train_plan.ts";
 export { type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";

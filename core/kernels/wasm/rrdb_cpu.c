@@ -18,7 +18,19 @@ typedef int i32;
 #define MR 6
 #define NR 8
 
-enum { OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2 };
+enum {
+  OP_CONV = 0,
+  OP_UPSAMPLE = 1,
+  OP_WINOGRAD = 2,
+  // training (wasm_train_plan.ts), see each op's function for what it reads of the record
+  OP_UPSAMPLE_GRAD = 3,
+  OP_ADD = 4,
+  OP_WGRAD_TRANSFORM = 5,
+  OP_WGRAD_GEMM = 6,
+  OP_WGRAD_FINAL = 7,
+  OP_PACK = 8,
+  OP_ADAM = 9,
+};
 
 // One layer, as wasm_plan.ts writes it (all fields 4 bytes; pointers are byte offsets).
 typedef struct {
@@ -42,6 +54,17 @@ typedef struct {
   f32 s2;
   f32* scratch;   // OP_WINOGRAD: per-thread work space, `scratch_floats` apart
   i32 scratch_floats;
+  i32 rn;         // the residuals cover output channels [0, rn) only; 0: all
+  const f32* mask;  // gradients: channels >= mask_from times LeakyReLU'(mask) (padded origin)
+  i32 mask_cs;
+  i32 mask_from;
+  i32 t0;         // filter gradients: this image's first tile
+  f32 gscale;     // the filter gradient's scale (the residual scaling its output went through)
+  i32 vchannels;  // filter gradients: the input channels V' holds (its layout); cin: those used
+  i32 tiles;      // tiles of the whole batch
+  i32 real_cin;   // the parameter's input channels (the map may hold more, zero)
+  f32* grad;      // dW [3][3][real_cin][cout]
+  f32* bias_grad;
 } Layer;
 
 static inline __attribute__((always_inline)) void store_lanes(f32* p, v128_t v, i32 n) {
@@ -51,22 +74,27 @@ static inline __attribute__((always_inline)) void store_lanes(f32* p, v128_t v, 
   if (n > 3) p[3] = wasm_f32x4_extract_lane(v, 3);
 }
 
+// LeakyReLU's derivative at y = lrelu(x) (same sign as x) times g.
+static inline __attribute__((always_inline)) v128_t lrelu_grad(v128_t g, v128_t y) {
+  const v128_t slope = wasm_v128_bitselect(wasm_f32x4_splat(1), wasm_f32x4_splat(0.2f), wasm_f32x4_gt(y, wasm_f32x4_splat(0)));
+  return wasm_f32x4_mul(g, slope);
+}
+
+// Up to 4 channels from p: lane-wise when fewer than 4 remain (no reads past a pixel).
+static inline __attribute__((always_inline)) v128_t load_upto(const f32* p, i32 left) {
+  return left >= 4 ? wasm_v128_load(p) : wasm_f32x4_make(p[0], left > 1 ? p[1] : 0, left > 2 ? p[2] : 0, 0);
+}
+
 static inline __attribute__((always_inline)) v128_t epilogue(const Layer* L, v128_t v, i32 pix, i32 c) {
   if (L->lrelu) v = wasm_f32x4_max(v, wasm_f32x4_mul(v, wasm_f32x4_splat(0.2f)));
   v = wasm_f32x4_mul(v, wasm_f32x4_splat(L->s0));
-  // the residuals: loaded lane-wise when fewer than 4 channels remain (no reads past a pixel)
-  if (L->r1) {
-    const f32* r = L->r1 + pix * L->r1cs + c;
-    v128_t x = L->cout - c >= 4 ? wasm_v128_load(r)
-                                : wasm_f32x4_make(r[0], L->cout - c > 1 ? r[1] : 0, L->cout - c > 2 ? r[2] : 0, 0);
-    v = wasm_f32x4_relaxed_madd(x, wasm_f32x4_splat(L->s1), v);
+  const i32 left = L->cout - c;
+  if (!L->rn || c < L->rn) {  // rn is a multiple of 4
+    if (L->r1) v = wasm_f32x4_relaxed_madd(load_upto(L->r1 + pix * L->r1cs + c, left), wasm_f32x4_splat(L->s1), v);
+    if (L->r2) v = wasm_f32x4_relaxed_madd(load_upto(L->r2 + pix * L->r2cs + c, left), wasm_f32x4_splat(L->s2), v);
   }
-  if (L->r2) {
-    const f32* r = L->r2 + pix * L->r2cs + c;
-    v128_t x = L->cout - c >= 4 ? wasm_v128_load(r)
-                                : wasm_f32x4_make(r[0], L->cout - c > 1 ? r[1] : 0, L->cout - c > 2 ? r[2] : 0, 0);
-    v = wasm_f32x4_relaxed_madd(x, wasm_f32x4_splat(L->s2), v);
-  }
+  // a gradient map's slice whose last contribution this is (mask_from is a multiple of 4)
+  if (L->mask && c >= L->mask_from) v = lrelu_grad(v, load_upto(L->mask + pix * L->mask_cs + c, left));
   return v;
 }
 
@@ -94,10 +122,11 @@ static inline __attribute__((always_inline)) void store_quad(const Layer* L, i32
   else store_lanes(op, v, L->cout - c);
 }
 
-// The register block both convolutions share: acc[p] += sum over k < n of in[p * stride + k] times
-// the 8 weights at w[8k]; `m` (a constant after inlining) of the MR rows are live.
+// The register block the convolutions and the filter gradient share: acc[p] += sum over k < n of
+// in[p * stride + k * kstride] times the 8 values at w[8k]; `m` and `kstride` (constants after
+// inlining) say how many of the MR rows are live and how far apart in's values of one row lie.
 static inline __attribute__((always_inline)) void multiply_add(v128_t acc[MR][2], i32 m, const f32* in, i32 stride,
-                                                               const f32* w, i32 n) {
+                                                               i32 kstride, const f32* w, i32 n) {
   // a bumped pointer, not w + 8k: V8's code for the indexed form took 1.7 s instead of 1.15 s
   for (i32 k = 0; k < n; k++) {
     const v128_t w0 = wasm_v128_load(w), w1 = wasm_v128_load(w + 4);
@@ -105,7 +134,7 @@ static inline __attribute__((always_inline)) void multiply_add(v128_t acc[MR][2]
 #pragma clang loop unroll(full)
     for (i32 p = 0; p < MR; p++) {
       if (p < m) {
-        const v128_t v = wasm_v128_load32_splat(in + p * stride + k);
+        const v128_t v = wasm_v128_load32_splat(in + p * stride + k * kstride);
         acc[p][0] = wasm_f32x4_relaxed_madd(v, w0, acc[p][0]);
         acc[p][1] = wasm_f32x4_relaxed_madd(v, w1, acc[p][1]);
       }
@@ -125,7 +154,7 @@ static inline __attribute__((always_inline)) void conv_tile(const Layer* L, i32 
   const f32* wp = L->weight + b * 9 * cin * NR;
   for (i32 ky = 0; ky < 3; ky++) {
     for (i32 kx = 0; kx < 3; kx++, wp += cin * NR) {
-      multiply_add(acc, m, L->in + ((y + ky) * pw + x + kx) * ics, ics, wp, cin);
+      multiply_add(acc, m, L->in + ((y + ky) * pw + x + kx) * ics, ics, 1, wp, cin);
     }
   }
   const i32 pix0 = (y + 1) * pw + x + 1;
@@ -215,7 +244,7 @@ static inline __attribute__((always_inline)) void winograd_gemm(const Layer* L, 
       if (p < m) acc[p][0] = acc[p][1] = wasm_f32x4_splat(0);
     }
     const f32* wp = L->weight + (pos * blocks + b) * cin * NR;
-    multiply_add(acc, m, V + pos * vstride(tiles, cin) + tx0 * cin, cin, wp, cin);
+    multiply_add(acc, m, V + pos * vstride(tiles, cin) + tx0 * cin, cin, 1, wp, cin);
 #pragma clang loop unroll(full)
     for (i32 p = 0; p < MR; p++) {
       if (p < m) {
@@ -299,11 +328,297 @@ static void upsample_rows(const Layer* L, i32 y0, i32 y1) {
   }
 }
 
+// ---- training: the backward pass and the weights' layouts (wasm_train_plan.ts) ----
+
+// OP_UPSAMPLE_GRAD: rows [y0, y1) of out (h x w, cin channels, a multiple of 4) = the sums of the
+// 2x2 blocks of in (2h x 2w), times LeakyReLU'(mask) where mask is set.
+static void upsample_grad_rows(const Layer* L, i32 y0, i32 y1) {
+  const i32 w = L->w, c = L->cin, ics = L->ics, ipw = 2 * w + 2, opw = w + 2;
+  for (i32 y = y0; y < y1; y++) {
+    for (i32 x = 0; x < w; x++) {
+      const f32* s = L->in + ((2 * y + 1) * ipw + 2 * x + 1) * ics;
+      const i32 pix = (y + 1) * opw + x + 1;
+      for (i32 k = 0; k < c; k += 4) {
+        v128_t v = ADD(ADD(wasm_v128_load(s + k), wasm_v128_load(s + ics + k)),
+                       ADD(wasm_v128_load(s + ipw * ics + k), wasm_v128_load(s + (ipw + 1) * ics + k)));
+        if (L->mask) v = lrelu_grad(v, wasm_v128_load(L->mask + pix * L->mask_cs + k));
+        wasm_v128_store(L->out + pix * L->ocs + k, v);
+      }
+    }
+  }
+}
+
+// OP_ADD: rows [y0, y1) of out (h x w) += s0 · in, channels [0, cin) (a multiple of 4).
+static void add_rows(const Layer* L, i32 y0, i32 y1) {
+  const i32 pw = L->w + 2;
+  for (i32 y = y0; y < y1; y++) {
+    for (i32 x = 0; x < L->w; x++) {
+      const i32 pix = (y + 1) * pw + x + 1;
+      for (i32 k = 0; k < L->cin; k += 4) {
+        f32* d = L->out + pix * L->ocs + k;
+        wasm_v128_store(d, MADD(wasm_v128_load(L->in + pix * L->ics + k), F32(L->s0), wasm_v128_load(d)));
+      }
+    }
+  }
+}
+
+// Filter gradients in the Winograd domain. The forward computes a tile as Y = A'[U ⊙ V]A with
+// U = GgG', V = B'dB; so dU = sum over tiles of (A dY A') ⊙ V and dg = G' dU G (Lavin & Gray 2016):
+// the same 4x fewer products as the forward. Three ops: per image, the tiles' V (cin channels of
+// `in`) and dM = A dY A' (cout channels of `out`, times gscale) into batch-wide arrays (V'
+// [36][vchannels/8][tiles][8], M' [36][tiles][cout4], both written as whole vectors); per position
+// the GEMM over all tiles into dU' [36][cout4][cin/8 · 8] (output channels as the broadcast rows,
+// so that neither array needs a transpose); G' dU G into dW. Sides must be multiples of 4. A
+// dense block's convs read prefixes of one buffer's channels: V' of conv5's input serves all five
+// (their transform records have cin 0). Measured (batch 16 of 32x32, 23 blocks, 2 threads): V'
+// scattered value by value into [cin][tiles] rows, 6.9 s of filter gradients per step; as vectors,
+// 6.1 s (3.4 s of it transforms); V' shared in the dense blocks, ...
+
+// A x (the adjoint of output_1d) for 4 values at p[0], ..., p[3s] into q[0], q[t], ..., q[5t].
+static inline __attribute__((always_inline)) void grad_1d(const f32* p, i32 s, f32* q, i32 t) {
+  const v128_t d0 = wasm_v128_load(p), d1 = wasm_v128_load(p + s), d2 = wasm_v128_load(p + 2 * s);
+  const v128_t d3 = wasm_v128_load(p + 3 * s);
+  const v128_t e = ADD(d0, d2), o = ADD(d1, d3), e4 = MADD(F32(4), d2, d0), o4 = MADD(F32(4), d3, d1);
+  wasm_v128_store(q, d0);
+  wasm_v128_store(q + t, ADD(e, o));
+  wasm_v128_store(q + 2 * t, SUB(e, o));
+  wasm_v128_store(q + 3 * t, MADD(F32(2), o4, e4));
+  wasm_v128_store(q + 4 * t, MADD(F32(-2), o4, e4));
+  wasm_v128_store(q + 5 * t, d3);
+}
+
+static inline i32 round4(i32 c) {
+  return (c + 3) & ~3;
+}
+
+static inline i32 round8(i32 c) {
+  return (c + 7) & ~7;
+}
+
+// OP_WGRAD_TRANSFORM: V' from in (into weight), M' from out (into bias) for tile rows [ty0, ty1)
+// of this image (its first tile: t0).
+static void wgrad_transform_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
+  const i32 cin = L->cin, ics = L->ics, ocs = L->ocs, pw = L->w + 2, tw = L->w / 4;
+  const i32 cin8 = round8(cin), vc8 = round8(L->vchannels), cout4 = round4(L->cout), T = L->tiles;
+  f32* Tb = L->scratch + t * L->scratch_floats;  // [6][6][4]
+  f32* T2 = Tb + 144;                            // [36][4]
+  f32* V = (f32*)L->weight;
+  f32* M = (f32*)L->bias;
+  const v128_t scale = F32(L->gscale);
+  for (i32 ty = ty0; ty < ty1; ty++) {
+    for (i32 tx = 0; tx < tw; tx++) {
+      const i32 tile = L->t0 + ty * tw + tx;
+      const f32* d = L->in + (4 * ty * pw + 4 * tx) * ics;
+      for (i32 c = 0; c < cin8; c += 4) {
+        f32* v = V + ((c / NR) * T + tile) * NR + c % NR;
+        if (c < cin) {
+          for (i32 j = 0; j < 6; j++) input_1d(d + j * ics + c, pw * ics, Tb + 4 * j, 24);
+          for (i32 i = 0; i < 6; i++) input_1d(Tb + 24 * i, 4, T2 + 24 * i, 4);
+          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vc8 * T, wasm_v128_load(T2 + 4 * pos));
+        } else {
+          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vc8 * T, F32(0));
+        }
+      }
+      // output channels past cout up to cout4 read the map's zero padding channels
+      const f32* g = L->out + ((4 * ty + 1) * pw + 4 * tx + 1) * ocs;
+      for (i32 c = 0; c < cout4; c += 4) {
+        for (i32 j = 0; j < 4; j++) grad_1d(g + j * ocs + c, pw * ocs, Tb + 4 * j, 24);
+        for (i32 i = 0; i < 6; i++) grad_1d(Tb + 24 * i, 4, T2 + 24 * i, 4);
+        f32* m = M + tile * cout4 + c;
+        for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(m + pos * T * cout4, MUL(wasm_v128_load(T2 + 4 * pos), scale));
+      }
+    }
+  }
+}
+
+// Tiles per pass of the GEMM: its accumulators go through dU' once per pass.
+#define KC 256
+
+// dU' rows [co0, co0 + m) of position pos, all input channels, from tiles [k0, k0 + kn).
+static inline __attribute__((always_inline)) void wgrad_block(const Layer* L, i32 m, i32 pos, i32 co0, i32 k0,
+                                                              i32 kn) {
+  const i32 cin8 = round8(L->cin), vc8 = round8(L->vchannels), cout4 = round4(L->cout), T = L->tiles;
+  const f32* M = L->bias + (pos * T + k0) * cout4 + co0;
+  for (i32 b = 0; b < cin8 / NR; b++) {
+    f32* dU = L->out + (pos * cout4 + co0) * cin8 + b * NR;
+    v128_t acc[MR][2];
+#pragma clang loop unroll(full)
+    for (i32 p = 0; p < MR; p++) {
+      if (p < m) {
+        acc[p][0] = k0 ? wasm_v128_load(dU + p * cin8) : F32(0);
+        acc[p][1] = k0 ? wasm_v128_load(dU + p * cin8 + 4) : F32(0);
+      }
+    }
+    multiply_add(acc, m, M, 1, cout4, L->weight + ((pos * vc8 / NR + b) * T + k0) * NR, kn);
+#pragma clang loop unroll(full)
+    for (i32 p = 0; p < MR; p++) {
+      if (p < m) {
+        wasm_v128_store(dU + p * cin8, acc[p][0]);
+        wasm_v128_store(dU + p * cin8 + 4, acc[p][1]);
+      }
+    }
+  }
+}
+
+// OP_WGRAD_GEMM: positions [p0, p1) of dU' (out) from V' (weight) and M' (bias).
+static void wgrad_gemm(const Layer* L, i32 p0, i32 p1) {
+  const i32 cout4 = round4(L->cout);
+  for (i32 pos = p0; pos < p1; pos++) {
+    for (i32 k0 = 0; k0 < L->tiles; k0 += KC) {
+      const i32 kn = L->tiles - k0 < KC ? L->tiles - k0 : KC;
+      for (i32 co0 = 0; co0 < cout4; co0 += MR) {
+        switch (cout4 - co0 < MR ? cout4 - co0 : MR) {
+          case 6: wgrad_block(L, 6, pos, co0, k0, kn); break;
+          case 5: wgrad_block(L, 5, pos, co0, k0, kn); break;
+          case 4: wgrad_block(L, 4, pos, co0, k0, kn); break;
+          case 3: wgrad_block(L, 3, pos, co0, k0, kn); break;
+          case 2: wgrad_block(L, 2, pos, co0, k0, kn); break;
+          default: wgrad_block(L, 1, pos, co0, k0, kn); break;
+        }
+      }
+    }
+  }
+}
+
+// G'x for 6 values at p[0], ..., p[5s]: 3 values.
+static inline __attribute__((always_inline)) void filter_1d(const f32* p, i32 s, v128_t* y) {
+  const v128_t x0 = wasm_v128_load(p), x1 = wasm_v128_load(p + s), x2 = wasm_v128_load(p + 2 * s);
+  const v128_t x3 = wasm_v128_load(p + 3 * s), x4 = wasm_v128_load(p + 4 * s), x5 = wasm_v128_load(p + 5 * s);
+  const v128_t a = ADD(x1, x2), b = SUB(x2, x1), c = ADD(x3, x4), d = SUB(x3, x4);
+  y[0] = MADD(F32(1.0f / 24), c, MADD(F32(-1.0f / 6), a, MUL(F32(0.25f), x0)));
+  y[1] = MADD(F32(1.0f / 12), d, MUL(F32(1.0f / 6), b));
+  y[2] = ADD(MUL(F32(1.0f / 6), SUB(c, a)), x5);
+}
+
+// OP_WGRAD_FINAL: dW [3][3][real_cin][cout] (grad) = G' dU G for output channels [c0, c1) from dU'
+// (in), 4 input channels at a time; the thread that has channel 0 also writes the bias gradient,
+// the sum over tiles of M'[7].
+static void wgrad_final(const Layer* L, i32 t, i32 c0, i32 c1) {
+  const i32 cin8 = round8(L->cin), cout = L->cout, cout4 = round4(cout), rc = L->real_cin;
+  f32* Tb = L->scratch + t * L->scratch_floats;  // [6][3][4]
+  for (i32 co = c0; co < c1; co++) {
+    for (i32 ci = 0; ci < rc; ci += 4) {
+      for (i32 a = 0; a < 6; a++) {
+        v128_t y[3];
+        filter_1d(L->in + (6 * a * cout4 + co) * cin8 + ci, cout4 * cin8, y);
+        for (i32 k = 0; k < 3; k++) wasm_v128_store(Tb + 4 * (3 * a + k), y[k]);
+      }
+      for (i32 kx = 0; kx < 3; kx++) {
+        v128_t y[3];
+        filter_1d(Tb + 4 * kx, 12, y);
+        for (i32 ky = 0; ky < 3; ky++) {
+          f32* dw = L->grad + ((3 * ky + kx) * rc + ci) * cout + co;
+          dw[0] = wasm_f32x4_extract_lane(y[ky], 0);
+          if (ci + 1 < rc) dw[cout] = wasm_f32x4_extract_lane(y[ky], 1);
+          if (ci + 2 < rc) dw[2 * cout] = wasm_f32x4_extract_lane(y[ky], 2);
+          if (ci + 3 < rc) dw[3 * cout] = wasm_f32x4_extract_lane(y[ky], 3);
+        }
+      }
+    }
+  }
+  if (c0 > 0 || c1 == c0) return;
+  for (i32 c = 0; c < cout; c += 4) {
+    const f32* m = L->bias + 7 * L->tiles * cout4 + c;
+    v128_t sum = F32(0);
+    for (i32 k = 0; k < L->tiles; k++) sum = ADD(sum, wasm_v128_load(m + k * cout4));
+    store_lanes(L->bias_grad + c, sum, cout - c);
+  }
+}
+
+// OP_PACK: the Winograd weights U = GgG' (out, [36][cout/8][cin][8], zero past the source's
+// channels) of the conv with cin x cout channels, from HWIO weights at `in` ([3][3][real_cin][ics]);
+// with lrelu set, of its input-gradient conv: filters flipped, input and output channels swapped.
+// Input channels [c0, c1).
+static void pack_rows(const Layer* L, i32 c0, i32 c1) {
+  const i32 sci = L->real_cin, sco = L->ics, cin = L->cin, cout = L->cout, blocks = (cout + NR - 1) / NR;
+  const i32 flip = L->lrelu;
+  const f32 q = 1.0f / 4, s = 1.0f / 6, e = 1.0f / 12, f = 1.0f / 24;
+  for (i32 ci = c0; ci < c1; ci++) {
+    for (i32 co = 0; co < NR * blocks; co++) {
+      const i32 in_ci = flip ? co : ci, in_co = flip ? ci : co;
+      f32 g[9], gg[18];
+      const i32 real = in_ci < sci && in_co < sco;
+#pragma clang loop unroll(full)
+      for (i32 tap = 0; tap < 9; tap++) g[tap] = real ? L->in[((flip ? 8 - tap : tap) * sci + in_ci) * sco + in_co] : 0;
+#pragma clang loop unroll(full)
+      for (i32 j = 0; j < 3; j++) {
+        const f32 a = g[j], b = g[3 + j], c = g[6 + j];
+        gg[j] = q * a, gg[3 + j] = -s * (a + b + c), gg[6 + j] = -s * (a - b + c);
+        gg[9 + j] = f * a + e * b + s * c, gg[12 + j] = f * a - e * b + s * c, gg[15 + j] = c;
+      }
+      f32* u = L->out + ((co / NR) * cin + ci) * NR + co % NR;
+      const i32 step = blocks * cin * NR;
+#pragma clang loop unroll(full)
+      for (i32 i = 0; i < 6; i++) {
+        const f32 a = gg[3 * i], b = gg[3 * i + 1], c = gg[3 * i + 2];
+        u[(6 * i) * step] = q * a;
+        u[(6 * i + 1) * step] = -s * (a + b + c);
+        u[(6 * i + 2) * step] = -s * (a - b + c);
+        u[(6 * i + 3) * step] = f * a + e * b + s * c;
+        u[(6 * i + 4) * step] = f * a - e * b + s * c;
+        u[(6 * i + 5) * step] = c;
+      }
+    }
+  }
+}
+
+// OP_ADAM's record: Adam in torch.optim.Adam's order of operations, then the EMA, over n values
+// (a multiple of 4), threads splitting them in blocks of 4.
+typedef struct {
+  i32 op;
+  f32* p;
+  const f32* g;
+  f32* m;
+  f32* v;
+  f32* e;
+  i32 n;
+  f32 c1, beta2, c2;  // 1 - beta1, beta2, 1 - beta2
+  f32 step, bc2;      // lr / (1 - beta1^t), sqrt(1 - beta2^t)
+  f32 eps, decay, keep;  // keep: 1 - decay
+} Adam;
+
+static void adam(const Adam* A, i32 q0, i32 q1) {
+  const v128_t c1 = F32(A->c1), beta2 = F32(A->beta2), c2 = F32(A->c2), step = F32(A->step);
+  const v128_t bc2 = F32(A->bc2), eps = F32(A->eps), decay = F32(A->decay), keep = F32(A->keep);
+  for (i32 i = 4 * q0; i < 4 * q1; i += 4) {
+    const v128_t g = wasm_v128_load(A->g + i);
+    v128_t m = wasm_v128_load(A->m + i), v = wasm_v128_load(A->v + i), p = wasm_v128_load(A->p + i);
+    m = ADD(m, MUL(SUB(g, m), c1));
+    v = ADD(MUL(v, beta2), MUL(MUL(g, g), c2));
+    const v128_t denom = ADD(wasm_f32x4_div(wasm_f32x4_sqrt(v), bc2), eps);
+    p = SUB(p, MUL(wasm_f32x4_div(m, denom), step));
+    wasm_v128_store(A->m + i, m);
+    wasm_v128_store(A->v + i, v);
+    wasm_v128_store(A->p + i, p);
+    wasm_v128_store(A->e + i, ADD(MUL(wasm_v128_load(A->e + i), decay), MUL(p, keep)));
+  }
+}
+
 // Runs thread `t` of `threads`' share of a layer: a contiguous band of output rows.
 __attribute__((export_name("run_layer"))) void run_layer(const Layer* L, i32 t, i32 threads) {
-  const i32 rows = L->op == OP_UPSAMPLE ? 2 * L->h : L->op == OP_WINOGRAD ? (L->h + 3) / 4 : L->h;
+  const i32 op = L->op;
+  if (op == OP_ADAM) {
+    const Adam* A = (const Adam*)L;
+    const i32 quads = A->n / 4;
+    adam(A, (i32)((long long)quads * t / threads), (i32)((long long)quads * (t + 1) / threads));
+    return;
+  }
+  const i32 rows = op == OP_UPSAMPLE                                ? 2 * L->h
+                   : op == OP_WINOGRAD || op == OP_WGRAD_TRANSFORM ? (L->h + 3) / 4
+                   : op == OP_WGRAD_GEMM                            ? 36
+                   : op == OP_WGRAD_FINAL                           ? L->cout
+                   : op == OP_PACK                                  ? L->cin
+                                                                    : L->h;
   const i32 y0 = (i32)((long long)rows * t / threads), y1 = (i32)((long long)rows * (t + 1) / threads);
-  if (L->op == OP_UPSAMPLE) upsample_rows(L, y0, y1);
-  else if (L->op == OP_WINOGRAD) winograd_rows(L, t, y0, y1);
-  else conv_rows(L, y0, y1);
+  switch (op) {
+    case OP_UPSAMPLE: upsample_rows(L, y0, y1); break;
+    case OP_WINOGRAD: winograd_rows(L, t, y0, y1); break;
+    case OP_UPSAMPLE_GRAD: upsample_grad_rows(L, y0, y1); break;
+    case OP_ADD: add_rows(L, y0, y1); break;
+    case OP_WGRAD_TRANSFORM: wgrad_transform_rows(L, t, y0, y1); break;
+    case OP_WGRAD_GEMM: wgrad_gemm(L, y0, y1); break;
+    case OP_WGRAD_FINAL: wgrad_final(L, t, y0, y1); break;
+    case OP_PACK: pack_rows(L, y0, y1); break;
+    default: conv_rows(L, y0, y1); break;
+  }
 }

@@ -1,0 +1,72 @@
+/**
+ * The psnr stage on the CPU kernels (the Trainer on tfjs's wasm backend runs
+ * core/kernels/wasm_train_plan.ts): the same losses as tfjs's autodiff on the cpu backend, an exact
+ * resume from a checkpoint, and a clear refusal of what wasm cannot train.
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../core/backend.ts";
+import { decodeCheckpoint } from "../train/checkpoint.ts";
+import { validateConfig } from "../train/config.ts";
+import { makeBatch } from "../train/data.ts";
+import { Trainer } from "../train/trainer.ts";
+import { testImage, TINY } from "./train_helpers.ts";
+
+await initBackend("cpu");
+await initBackend("wasm", { threads: 2 });
+
+Deno.test("wasm: planned psnr steps give the cpu backend's autodiff losses; a run resumes exactly", async () => {
+  const cfg = { ...TINY, lrG: 2e-3, emaDecay: 0.5 };
+  const batches = [1, 2, 3, 4].map((i) => makeBatch([testImage(i), testImage(i + 4)], cfg, i));
+  const run = async (t: Trainer, from: number, to: number) => {
+    const out: number[] = [];
+    for (let i = from; i < to; i++) out.push((await t.trainStep(batches[i])).l_pix);
+    return out;
+  };
+  await tf.setBackend("cpu");
+  const auto = Trainer.create({ ...cfg, plannedStep: false });
+  assert.equal(auto.planned, false);
+  const want = await run(auto, 0, 4);
+  const autoEma = await auto.ema.stateDict();
+  auto.dispose();
+
+  await tf.setBackend("wasm");
+  try {
+    const planned = Trainer.create(cfg);
+    assert.equal(planned.planned, true);
+    const first = await run(planned, 0, 2);
+    const ckpt = decodeCheckpoint(await planned.checkpoint());
+    const rest = await run(planned, 2, 4);
+    planned.sync();
+    const ema = await planned.ema.stateDict();
+    planned.dispose();
+    [...first, ...rest].forEach((l, i) =>
+      assert.ok(Math.abs(l - want[i]) <= 1e-4 * want[i], `step ${i}: planned ${l}, autodiff ${want[i]}`)
+    );
+    // the EMA written back from the plan is autodiff's
+    for (const [k, t] of autoEma) {
+      const got = ema.get(k)!.data;
+      const worst = Math.max(...t.data.map((v, i) => Math.abs(v - got[i])));
+      assert.ok(worst <= 1e-4 * (Math.max(...t.data.map(Math.abs)) + 1e-6), `EMA ${k}: off by ${worst}`);
+    }
+
+    const resumed = Trainer.create(cfg, { checkpoint: ckpt });
+    assert.equal(resumed.step, 2);
+    const again = await run(resumed, 2, 4);
+    resumed.dispose();
+    assert.deepEqual(again, rest, "resumed planned run");
+  } finally {
+    await tf.setBackend("cpu");
+  }
+});
+
+Deno.test("wasm: the gan stage and the unplanned step are refused with the reason", () => {
+  assert.throws(
+    () => validateConfig({ ...TINY, backend: "wasm", stage: "gan" }, "x"),
+    /psnr stage with the planned step/,
+  );
+  assert.throws(
+    () => validateConfig({ ...TINY, backend: "wasm", plannedStep: false }, "x"),
+    /use cpu or webgpu/,
+  );
+});
