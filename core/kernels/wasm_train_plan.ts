@@ -201,9 +201,11 @@ export class RRDBNetTrainPlanWasm {
         36 * ((w / 4) * C + 16) + 36 * MR * NR + 144,
         36 * ((H / 4) * nf + 16) + 36 * MR * NR + 144,
       );
-      const vFloats = 36 * Math.max(roundUp(C, NR) * tLo, roundUp(nf, NR) * tHi);
-      const mFloats = 36 * roundUp(nf, 4) * Math.max(tLo, tHi),
-        duFloats = 36 * roundUp(nf, 4) * roundUp(C, NR);
+      // rrdb_cpu.c's v_pos, m_pos: 16 floats of padding per block and per position
+      const vPos = (c: number, T: number) => (roundUp(c, NR) / NR) * (T * NR + 16) + 16;
+      const vFloats = 36 * Math.max(vPos(C, tLo), vPos(nf, tHi));
+      const mFloats = 36 * (roundUp(nf, 4) * Math.max(tLo, tHi) + 16);
+      const duFloats = 36 * roundUp(nf, 4) * roundUp(C, NR);
       scratchFloats = align(4 * scratchFloats) / 4;
       const scratch = take(scratchFloats * threads);
       const vArea = take(vFloats), mArea = take(mFloats), duArea = take(duFloats);

@@ -370,9 +370,11 @@ static void add_rows(const Layer* L, i32 y0, i32 y1) {
 // the GEMM over all tiles into dU' [36][cout4][cin/8 · 8] (output channels as the broadcast rows,
 // so that neither array needs a transpose); G' dU G into dW. Sides must be multiples of 4. A
 // dense block's convs read prefixes of one buffer's channels: V' of conv5's input serves all five
-// (their transform records have cin 0). Measured (batch 16 of 32x32, 23 blocks, 2 threads): V'
-// scattered value by value into [cin][tiles] rows, 6.9 s of filter gradients per step; as vectors,
-// 6.1 s (3.4 s of it transforms); V' shared in the dense blocks, ...
+// (conv1-4's transform records have cin 0). Measured (a step on a batch of 16 32x32 patches, 23
+// blocks, 2 threads, each op kind run alone): V' scattered value by value into [cin][tiles] rows,
+// 6.9 s of filter gradients per step; written as vectors, 6.1 s (3.4 s of it transforms); V'
+// shared in the dense blocks, 3.9 s (step 9.5 s); strides padded off 4 KiB multiples, 3.4 s
+// (transforms of conv5 1.0 → 0.67 s; step 8.9 s).
 
 // A x (the adjoint of output_1d) for 4 values at p[0], ..., p[3s] into q[0], q[t], ..., q[5t].
 static inline __attribute__((always_inline)) void grad_1d(const f32* p, i32 s, f32* q, i32 t) {
@@ -395,11 +397,26 @@ static inline i32 round8(i32 c) {
   return (c + 7) & ~7;
 }
 
+// Strides (floats) of V' (8-channel blocks, positions) and M' (positions), 64 bytes more than dense:
+// as 4 KiB multiples (T a power of 2) one tile's 36 x 24 stores into V' all fell into one L1 set.
+static inline i32 v_block(i32 T) {
+  return T * NR + 16;
+}
+
+static inline i32 v_pos(i32 vchannels, i32 T) {
+  return (round8(vchannels) / NR) * v_block(T) + 16;
+}
+
+static inline i32 m_pos(i32 cout, i32 T) {
+  return T * round4(cout) + 16;
+}
+
 // OP_WGRAD_TRANSFORM: V' from in (into weight), M' from out (into bias) for tile rows [ty0, ty1)
 // of this image (its first tile: t0).
 static void wgrad_transform_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
   const i32 cin = L->cin, ics = L->ics, ocs = L->ocs, pw = L->w + 2, tw = L->w / 4;
-  const i32 cin8 = round8(cin), vc8 = round8(L->vchannels), cout4 = round4(L->cout), T = L->tiles;
+  const i32 cin8 = round8(cin), cout4 = round4(L->cout), T = L->tiles;
+  const i32 vb = v_block(T), vp = v_pos(L->vchannels, T), mp = m_pos(L->cout, T);
   f32* Tb = L->scratch + t * L->scratch_floats;  // [6][6][4]
   f32* T2 = Tb + 144;                            // [36][4]
   f32* V = (f32*)L->weight;
@@ -410,13 +427,13 @@ static void wgrad_transform_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
       const i32 tile = L->t0 + ty * tw + tx;
       const f32* d = L->in + (4 * ty * pw + 4 * tx) * ics;
       for (i32 c = 0; c < cin8; c += 4) {
-        f32* v = V + ((c / NR) * T + tile) * NR + c % NR;
+        f32* v = V + (c / NR) * vb + tile * NR + c % NR;
         if (c < cin) {
           for (i32 j = 0; j < 6; j++) input_1d(d + j * ics + c, pw * ics, Tb + 4 * j, 24);
           for (i32 i = 0; i < 6; i++) input_1d(Tb + 24 * i, 4, T2 + 24 * i, 4);
-          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vc8 * T, wasm_v128_load(T2 + 4 * pos));
+          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vp, wasm_v128_load(T2 + 4 * pos));
         } else {
-          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vc8 * T, F32(0));
+          for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(v + pos * vp, F32(0));
         }
       }
       // output channels past cout up to cout4 read the map's zero padding channels
@@ -425,7 +442,7 @@ static void wgrad_transform_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
         for (i32 j = 0; j < 4; j++) grad_1d(g + j * ocs + c, pw * ocs, Tb + 4 * j, 24);
         for (i32 i = 0; i < 6; i++) grad_1d(Tb + 24 * i, 4, T2 + 24 * i, 4);
         f32* m = M + tile * cout4 + c;
-        for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(m + pos * T * cout4, MUL(wasm_v128_load(T2 + 4 * pos), scale));
+        for (i32 pos = 0; pos < 36; pos++) wasm_v128_store(m + pos * mp, MUL(wasm_v128_load(T2 + 4 * pos), scale));
       }
     }
   }
@@ -437,8 +454,8 @@ static void wgrad_transform_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
 // dU' rows [co0, co0 + m) of position pos, all input channels, from tiles [k0, k0 + kn).
 static inline __attribute__((always_inline)) void wgrad_block(const Layer* L, i32 m, i32 pos, i32 co0, i32 k0,
                                                               i32 kn) {
-  const i32 cin8 = round8(L->cin), vc8 = round8(L->vchannels), cout4 = round4(L->cout), T = L->tiles;
-  const f32* M = L->bias + (pos * T + k0) * cout4 + co0;
+  const i32 cin8 = round8(L->cin), cout4 = round4(L->cout), T = L->tiles;
+  const f32* M = L->bias + pos * m_pos(L->cout, T) + k0 * cout4 + co0;
   for (i32 b = 0; b < cin8 / NR; b++) {
     f32* dU = L->out + (pos * cout4 + co0) * cin8 + b * NR;
     v128_t acc[MR][2];
@@ -449,7 +466,7 @@ static inline __attribute__((always_inline)) void wgrad_block(const Layer* L, i3
         acc[p][1] = k0 ? wasm_v128_load(dU + p * cin8 + 4) : F32(0);
       }
     }
-    multiply_add(acc, m, M, 1, cout4, L->weight + ((pos * vc8 / NR + b) * T + k0) * NR, kn);
+    multiply_add(acc, m, M, 1, cout4, L->weight + pos * v_pos(L->vchannels, T) + b * v_block(T) + k0 * NR, kn);
 #pragma clang loop unroll(full)
     for (i32 p = 0; p < MR; p++) {
       if (p < m) {
@@ -518,7 +535,7 @@ static void wgrad_final(const Layer* L, i32 t, i32 c0, i32 c1) {
   }
   if (c0 > 0 || c1 == c0) return;
   for (i32 c = 0; c < cout; c += 4) {
-    const f32* m = L->bias + 7 * L->tiles * cout4 + c;
+    const f32* m = L->bias + 7 * m_pos(cout, L->tiles) + c;
     v128_t sum = F32(0);
     for (i32 k = 0; k < L->tiles; k++) sum = ADD(sum, wasm_v128_load(m + k * cout4));
     store_lanes(L->bias_grad + c, sum, cout - c);
