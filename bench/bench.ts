@@ -46,9 +46,10 @@ backends and PyTorch each run in a process of their own and take turns, one run 
 
   --case SPEC         forward:NxHxW or train:NxHxW (LR size), repeatable; default forward:1x64x64
   --all-shapes        ${ALL_CASES.join(", ")}
-  --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels, forwards),
-                      cpu, webgpu, webgpu-custom (our kernels), webgpu-plan (our kernels as prepared
-                      passes, incl. the planned training step); default: webgpu,webgpu-custom,webgpu-plan
+  --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
+                      and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
+                      webgpu-plan (our kernels as prepared passes, incl. the planned training step);
+                      default: webgpu,webgpu-custom,webgpu-plan
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
   --llvmpipe          add webgpu,webgpu-custom to the default list on a software adapter

@@ -124,6 +124,27 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   assert.match(table, /0\.0e\+0 \(wasm:1\)/);
 });
 
+Deno.test("bench: wasm-plan times the CPU training step; tfjs's wasm ops say why they cannot", async () => {
+  const plan = parseBenchArgs([
+    "--backend",
+    "wasm-plan:2,wasm:1",
+    "--case",
+    "train:2x8x8",
+    "--blocks",
+    "1",
+    "--runs",
+    "1",
+    "--warmup",
+    "1",
+    "--no-torch",
+  ]);
+  const [ours, stock] = (await runBench(plan)).rows;
+  assert.equal(ours.backend, "wasm-plan:2");
+  assert.equal(ours.error, undefined, ours.error);
+  assert.ok(ours.ms > 0 && ours.threads === 2);
+  assert.match(stock.error ?? "", /Conv2DBackpropFilter/);
+});
+
 Deno.test("bench: a process on wasm with 2 threads exits by itself once done", async () => {
   const backend = new URL("../core/backend.ts", import.meta.url).href;
   const code = `import * as tf from "@tensorflow/tfjs-core";
