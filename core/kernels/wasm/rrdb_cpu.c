@@ -542,38 +542,44 @@ static void wgrad_final(const Layer* L, i32 t, i32 c0, i32 c1) {
   }
 }
 
+// Tap `tap` of the packed conv's filters from input channel ci to output channels [co, co + 4),
+// zero past the source's channels.
+static inline __attribute__((always_inline)) v128_t pack_tap(const Layer* L, i32 tap, i32 ci, i32 co) {
+  const i32 sci = L->real_cin, sco = L->ics;
+  if (!L->lrelu) return ci < sci && co < sco ? load_upto(L->in + (tap * sci + ci) * sco + co, sco - co) : F32(0);
+  // the input-gradient conv: the source's filter flipped, its channels swapped
+  const f32* p = L->in + (8 - tap) * sci * sco + co * sco + ci;
+  if (ci >= sco || co >= sci) return F32(0);
+  return wasm_f32x4_make(p[0], co + 1 < sci ? p[sco] : 0, co + 2 < sci ? p[2 * sco] : 0, co + 3 < sci ? p[3 * sco] : 0);
+}
+
 // OP_PACK: the Winograd weights U = GgG' (out, [36][cout/8][cin][8], zero past the source's
 // channels) of the conv with cin x cout channels, from HWIO weights at `in` ([3][3][real_cin][ics]);
 // with lrelu set, of its input-gradient conv: filters flipped, input and output channels swapped.
-// Input channels [c0, c1).
+// Input channels [c0, c1), 4 output channels at a time (scalar code took 0.35 s of a training step).
 static void pack_rows(const Layer* L, i32 c0, i32 c1) {
-  const i32 sci = L->real_cin, sco = L->ics, cin = L->cin, cout = L->cout, blocks = (cout + NR - 1) / NR;
-  const i32 flip = L->lrelu;
-  const f32 q = 1.0f / 4, s = 1.0f / 6, e = 1.0f / 12, f = 1.0f / 24;
+  const i32 cin = L->cin, blocks = (L->cout + NR - 1) / NR, step = blocks * cin * NR;
+  const v128_t q = F32(1.0f / 4), s = F32(-1.0f / 6), e = F32(1.0f / 12), f = F32(1.0f / 24), s6 = F32(1.0f / 6);
   for (i32 ci = c0; ci < c1; ci++) {
-    for (i32 co = 0; co < NR * blocks; co++) {
-      const i32 in_ci = flip ? co : ci, in_co = flip ? ci : co;
-      f32 g[9], gg[18];
-      const i32 real = in_ci < sci && in_co < sco;
-#pragma clang loop unroll(full)
-      for (i32 tap = 0; tap < 9; tap++) g[tap] = real ? L->in[((flip ? 8 - tap : tap) * sci + in_ci) * sco + in_co] : 0;
+    for (i32 co = 0; co < NR * blocks; co += 4) {
+      v128_t gg[18];
 #pragma clang loop unroll(full)
       for (i32 j = 0; j < 3; j++) {
-        const f32 a = g[j], b = g[3 + j], c = g[6 + j];
-        gg[j] = q * a, gg[3 + j] = -s * (a + b + c), gg[6 + j] = -s * (a - b + c);
-        gg[9 + j] = f * a + e * b + s * c, gg[12 + j] = f * a - e * b + s * c, gg[15 + j] = c;
+        const v128_t a = pack_tap(L, j, ci, co), b = pack_tap(L, 3 + j, ci, co), c = pack_tap(L, 6 + j, ci, co);
+        gg[j] = MUL(q, a), gg[3 + j] = MUL(s, ADD(ADD(a, b), c)), gg[6 + j] = MUL(s, ADD(SUB(a, b), c));
+        gg[9 + j] = ADD(ADD(MUL(f, a), MUL(e, b)), MUL(s6, c));
+        gg[12 + j] = ADD(SUB(MUL(f, a), MUL(e, b)), MUL(s6, c)), gg[15 + j] = c;
       }
       f32* u = L->out + ((co / NR) * cin + ci) * NR + co % NR;
-      const i32 step = blocks * cin * NR;
 #pragma clang loop unroll(full)
       for (i32 i = 0; i < 6; i++) {
-        const f32 a = gg[3 * i], b = gg[3 * i + 1], c = gg[3 * i + 2];
-        u[(6 * i) * step] = q * a;
-        u[(6 * i + 1) * step] = -s * (a + b + c);
-        u[(6 * i + 2) * step] = -s * (a - b + c);
-        u[(6 * i + 3) * step] = f * a + e * b + s * c;
-        u[(6 * i + 4) * step] = f * a - e * b + s * c;
-        u[(6 * i + 5) * step] = c;
+        const v128_t a = gg[3 * i], b = gg[3 * i + 1], c = gg[3 * i + 2];
+        wasm_v128_store(u + (6 * i) * step, MUL(q, a));
+        wasm_v128_store(u + (6 * i + 1) * step, MUL(s, ADD(ADD(a, b), c)));
+        wasm_v128_store(u + (6 * i + 2) * step, MUL(s, ADD(SUB(a, b), c)));
+        wasm_v128_store(u + (6 * i + 3) * step, ADD(ADD(MUL(f, a), MUL(e, b)), MUL(s6, c)));
+        wasm_v128_store(u + (6 * i + 4) * step, ADD(SUB(MUL(f, a), MUL(e, b)), MUL(s6, c)));
+        wasm_v128_store(u + (6 * i + 5) * step, c);
       }
     }
   }
