@@ -12,6 +12,7 @@ import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { applyFlags, configFlags, loadConfig, PRESETS, validateConfig } from "../train/config.ts";
 import { readCheckpoint } from "../train/checkpoint.ts";
 import { checkpointPath, runTraining } from "../train/train.ts";
+import { cpuPlannable } from "../train/trainer.ts";
 import { imageIoCodec } from "../train/codecs.ts";
 import { renderCurvesPng } from "../train/plot_png.ts";
 import { runMain } from "./run_main.ts";
@@ -61,11 +62,7 @@ async function main(): Promise<number> {
   let backend = config.backend || undefined;
   if (!backend) {
     const probe = await probeWebGPU();
-    backend = probe.adapter && !probe.software
-      ? "webgpu"
-      : config.stage === "psnr" && config.plannedStep
-      ? "wasm"
-      : "cpu";
+    backend = probe.adapter && !probe.software ? "webgpu" : cpuPlannable(config) ? "wasm" : "cpu";
   }
   const info = await initBackend(backend);
   console.error(
@@ -76,7 +73,7 @@ async function main(): Promise<number> {
         ? "a GPU was found"
         : info.name === "wasm"
         ? "no real GPU found: the psnr stage on the CPU kernels"
-        : "no real GPU found; the gan stage on tfjs's cpu ops (slow)"
+        : "no real GPU found; tfjs's cpu ops (slow; the CPU kernels train the psnr stage at x4 only)"
     } ===`,
   );
 

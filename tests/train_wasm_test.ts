@@ -9,7 +9,7 @@ import { initBackend } from "../core/backend.ts";
 import { decodeCheckpoint } from "../train/checkpoint.ts";
 import { validateConfig } from "../train/config.ts";
 import { makeBatch } from "../train/data.ts";
-import { Trainer } from "../train/trainer.ts";
+import { cpuPlannable, Trainer } from "../train/trainer.ts";
 import { testImage, TINY } from "./train_helpers.ts";
 
 await initBackend("cpu");
@@ -60,7 +60,11 @@ Deno.test("wasm: planned psnr steps give the cpu backend's autodiff losses; a ru
   }
 });
 
-Deno.test("wasm: the gan stage and the unplanned step are refused with the reason", () => {
+Deno.test("wasm: the gan stage, the unplanned step and odd patch sides are refused with the reason", () => {
+  assert.equal(cpuPlannable(TINY), true);
+  assert.equal(cpuPlannable({ ...TINY, gtSize: 24 }), false, "LR side 6");
+  assert.equal(cpuPlannable({ ...TINY, scale: 2, gtSize: 16 }), false);
+  assert.equal(cpuPlannable({ ...TINY, stage: "gan" }), false);
   assert.throws(
     () => validateConfig({ ...TINY, backend: "wasm", stage: "gan" }, "x"),
     /psnr stage with the planned step/,

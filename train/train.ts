@@ -211,6 +211,13 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     );
   }
   const trainer = Trainer.create(c, { checkpoint: options.resume, pretrainG, perceptual });
+  if (backend === "wasm" && !trainer.planned) {
+    trainer.dispose();
+    throw new Error(
+      "the CPU training step (wasm) needs the psnr stage, scale 4, widths and LR patch sides that are " +
+        "multiples of 4 (gtSize a multiple of 16): use --backend cpu",
+    );
+  }
   const startStep = trainer.step;
   if (options.resume) console.error(`resumed at step ${startStep}`);
   const log = await JsonlLog.open(`${out}/train_log.jsonl`, { fromStep: startStep });

@@ -59,6 +59,19 @@ export function generatorConfig(c: TrainConfig): RRDBNetConfig {
   };
 }
 
+/** Whether G's step can run as prepared passes (webgpu): x4, widths multiples of 4, `plannedStep` on. */
+export function plannable(c: TrainConfig): boolean {
+  return c.plannedStep && c.scale === 4 && c.numFeat % 4 === 0 && c.numGrowCh % 4 === 0;
+}
+
+/**
+ * Whether the whole step can run on the CPU kernels (wasm): the psnr stage of a plannable config
+ * whose LR patches have sides that are multiples of 4.
+ */
+export function cpuPlannable(c: TrainConfig): boolean {
+  return plannable(c) && c.stage === "psnr" && (c.gtSize / c.scale) % 4 === 0;
+}
+
 /** Nets, optimisers and step counter of a run. Dispose it when done. */
 export class Trainer {
   /** Finished steps. */
@@ -121,9 +134,8 @@ export class Trainer {
    * webgpu (or the CPU kernels on wasm, psnr stage), x4, widths a multiple of 4, `plannedStep` on.
    */
   get planned(): boolean {
-    const c = this.config, backend = tf.getBackend();
-    return c.plannedStep && c.scale === 4 && c.numFeat % 4 === 0 && c.numGrowCh % 4 === 0 &&
-      (backend === "webgpu" || backend === "wasm" && c.stage === "psnr");
+    const backend = tf.getBackend();
+    return backend === "webgpu" ? plannable(this.config) : backend === "wasm" && cpuPlannable(this.config);
   }
 
   /**
