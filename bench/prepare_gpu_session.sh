@@ -1,0 +1,59 @@
+#!/bin/bash
+# Prepares .device/ for one borrowed-GPU call of bench/gpu_session.sh and checks the 64 MiB carry.
+# Usage, from the project root (needs ../shared and Deno):
+#   bash bench/prepare_gpu_session.sh psnr [MODEL]   bench bundle + psnr training from MODEL
+#   bash bench/prepare_gpu_session.sh gan [MODEL]    gan training from MODEL with the partial VGG19 (fp16);
+#                                                    no bench bundle (it would not fit)
+#   bash bench/prepare_gpu_session.sh restore        puts weights/*.safetensors back afterwards
+# MODEL defaults to this project's PSNR model; CROP sets the side of the training crops. The repository's model files do not fit beside .device/:
+# the script moves weights/*.safetensors to /tmp/weights_away (MODEL travels as .device/init.safetensors)
+# and prints the device command. The bundles are made from the working tree as it is now.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:?usage: prepare_gpu_session.sh psnr|gan|restore [MODEL]}
+away=/tmp/weights_away
+if [ "$stage" = restore ]; then
+  mv "$away"/*.safetensors weights/ && echo "weights/ restored"
+  exit 0
+fi
+[ "$stage" = psnr ] || [ "$stage" = gan ] || { echo "stage must be psnr, gan or restore" >&2; exit 2; }
+model=${2:-weights/esrgan-psnr-x4.int8.safetensors}
+[ -f "$model" ] || model=$away/$(basename "$model")
+[ -f "$model" ] || { echo "no model file $model" >&2; exit 2; }
+
+bash ../shared/device/prepare.sh bench/train_gpu.ts >/dev/null
+# `deno bundle --minify` leaves the bundles without a `require` (tfjs's PlatformNode needs one)
+prefix='import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);'
+bundle() {
+  deno bundle --quiet --minify --keep-names -o /tmp/prepare_bundle.js "$1"
+  { echo "$prefix"; cat /tmp/prepare_bundle.js; } > "$2"
+}
+bundle bench/train_gpu.ts .device/app.js
+rm -f .device/bench.js .device/vgg.safetensors
+if [ "$stage" = psnr ]; then
+  bundle bench/bench.ts .device/bench.js
+else
+  deno run -A bench/fp16_safetensors.ts ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors \
+    .device/vgg.safetensors
+fi
+# training crops as JPEG: 480 px (3.2 MB); a gan run's VGG19 leaves room for 384 px only
+crop=${CROP:-$([ "$stage" = psnr ] && echo 480 || echo 384)}
+rm -rf .device/train_jpg
+deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size "$crop" >/dev/null
+cp "$model" .device/init.safetensors
+mkdir -p "$away"
+mv weights/*.safetensors "$away"/ 2>/dev/null || true
+
+# what travels: the tree's files (tracked and untracked, not ignored) and .device/
+# (du fails on the tracked model files just moved away: those are not counted)
+tree=$(git ls-files -co --exclude-standard -z | { xargs -0 du -cb 2>/dev/null || true; } | awk 'END { print $1 }')
+device=$(du -sb .device | cut -f1)
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+echo "carry: $(mib $((tree + device))) MiB of 64 (tree $(mib "$tree"), .device $(mib "$device")); weights moved to $away"
+[ $((tree + device)) -lt $((64 * 1048576)) ] || echo "TOO BIG: leave something out of .device/ (smaller crops: CROP=320)" >&2
+if [ "$stage" = psnr ]; then
+  echo 'device command: TRAIN_MIN=5 PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh 2>&1   (carry [".device"])'
+else
+  echo 'device command: TRAIN_MIN=6 PRETRAIN=.device/init.safetensors BENCH_S=1 TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" bash bench/gpu_session.sh 2>&1   (carry [".device"])'
+fi
+echo "afterwards: bash bench/prepare_gpu_session.sh restore"
