@@ -36,8 +36,8 @@ else
   deno run -A bench/fp16_safetensors.ts ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors \
     .device/vgg.safetensors
 fi
-# training crops as JPEG: 480 px (3.2 MB); a gan run's VGG19 leaves room for 384 px only
-crop=${CROP:-$([ "$stage" = psnr ] && echo 480 || echo 384)}
+# training crops as JPEG: 480 px (3.2 MB); beside a gan run's VGG19, 320 px (1.4 MB)
+crop=${CROP:-$([ "$stage" = psnr ] && echo 480 || echo 320)}
 rm -rf .device/train_jpg
 deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size "$crop" >/dev/null
 cp "$model" .device/init.safetensors
@@ -50,7 +50,7 @@ tree=$(git ls-files -co --exclude-standard -z | { xargs -0 du -cb 2>/dev/null ||
 device=$(du -sb .device | cut -f1)
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "carry: $(mib $((tree + device))) MiB of 64 (tree $(mib "$tree"), .device $(mib "$device")); weights moved to $away"
-[ $((tree + device)) -lt $((64 * 1048576)) ] || echo "TOO BIG: leave something out of .device/ (smaller crops: CROP=320)" >&2
+[ $((tree + device)) -lt $((64 * 1048576)) ] || echo "TOO BIG: leave something out of .device/ (smaller crops: CROP=256)" >&2
 if [ "$stage" = psnr ]; then
   echo 'device command: TRAIN_MIN=5 PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh 2>&1   (carry [".device"])'
 else
