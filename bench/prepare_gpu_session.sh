@@ -5,9 +5,10 @@
 #   bash bench/prepare_gpu_session.sh gan [MODEL]    gan training from MODEL with the partial VGG19 (fp16);
 #                                                    no bench bundle (it would not fit)
 #   bash bench/prepare_gpu_session.sh restore        puts weights/*.safetensors back afterwards
-# MODEL defaults to this project's PSNR model; CROP sets the side of the training crops. The repository's model files do not fit beside .device/:
-# the script moves weights/*.safetensors to /tmp/weights_away (MODEL travels as .device/init.safetensors)
-# and prints the device command. The bundles are made from the working tree as it is now.
+# MODEL defaults to this project's PSNR model; CROP sets the side of the training crops. The
+# repository's model files do not fit beside .device/: the script moves weights/*.safetensors to
+# /tmp/weights_away (MODEL travels as .device/init.safetensors) and prints the device command. The
+# bundles are made from the working tree as it is now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: prepare_gpu_session.sh psnr|gan|restore [MODEL]}
