@@ -190,6 +190,10 @@ Deno.test("CPU training step: clear errors for what it cannot plan", async () =>
   const net = makeNet(1), ema = cloneNet(net), adam = new Adam(net.params);
   try {
     assert.throws(() => plan(net, ema, adam, { lq: 6 }), /LR patch side 6 must be a multiple of 4/);
+    assert.throws(
+      () => plan(net, ema, adam, { n: 64, lq: 512 }),
+      /needs \d+\.\d GiB for a batch of 64 512x512 LR patches, more than wasm's 4 GiB: use a smaller batchSize/,
+    );
     const p = plan(net, ema, adam);
     try {
       const b = batch(1);

@@ -20,7 +20,7 @@
 import type * as tf from "@tensorflow/tfjs-core";
 import { tensor } from "@tensorflow/tfjs-core";
 import type { RRDBNet } from "../rrdbnet_arch.ts";
-import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
+import { KernelPool, type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
 import type { TrainPlanOptions } from "./webgpu_train_plan.ts";
 import type { PlanProfile } from "./wasm_plan.ts";
 
@@ -423,6 +423,12 @@ export class RRDBNetTrainPlanWasm {
       const pack1 = begin();
 
       const recordsAt = take(records.length * RECORD_BYTES / 4);
+      if (at > MAX_MEMORY_BYTES) {
+        throw new Error(
+          `the CPU training step needs ${(at / 1024 ** 3).toFixed(1)} GiB for a batch of ${n} ${h}x${h} LR ` +
+            `patches, more than wasm's 4 GiB: use a smaller batchSize or gtSize`,
+        );
+      }
       this.pool.reserve(at);
       const f = this.pool.floats(), i32 = new Int32Array(f.buffer);
       f.fill(0, mapsStart / 4, mapsEnd / 4);
