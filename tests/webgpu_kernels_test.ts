@@ -26,6 +26,7 @@ import {
 } from "../core/kernels/mod.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
+import { relErr as relErrOf } from "./train_plan_helpers.ts";
 
 const { opts, gpuErrors } = await setUpWebGPU("webgpu kernel tests");
 const TOL = 1e-4;
@@ -33,14 +34,7 @@ const TOL = 1e-4;
 /** max |a - b| / max |b|. */
 async function relErr(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   assert.deepEqual(a.shape, b.shape);
-  const [av, bv] = [await a.data(), await b.data()];
-  let err = 0, ref = 0;
-  for (let i = 0; i < av.length; i++) {
-    if (!Number.isFinite(av[i])) return Infinity;
-    err = Math.max(err, Math.abs(av[i] - bv[i]));
-    ref = Math.max(ref, Math.abs(bv[i]));
-  }
-  return err / (ref || 1);
+  return relErrOf(await a.data(), await b.data());
 }
 
 /** Runs `f` with the stock kernels, then with ours; checks leaks; returns both results' tensors. */
