@@ -320,15 +320,10 @@ export class RRDBNetTrainPlanWasm {
         for (let r = 0; r < 3; r++) {
           const i = 3 * b + r, d = dense[i], name = `body.${b}.rdb${r + 1}`;
           for (let k = 1; k <= 4; k++) conv(`${name}.conv${k}`, d, slice(d, nf + (k - 1) * gc), { lrelu: 1 });
-          if (r < 2) conv(`${name}.conv5`, d, dense[i + 1], { s0: 0.2, s1: 1, r1m: d });
-          // the block's output x + 0.2·(x3 + 0.2·conv5), into the next block's buffer
-          else {conv(`${name}.conv5`, d, dense[i + 1], {
-              s0: 0.04,
-              s1: 0.2,
-              r1m: d,
-              s2: 1,
-              r2m: dense[3 * b],
-            });}
+          // dense block r < 3: x + 0.2·conv5; the block's output, x₁ + 0.2·(x₃ + 0.2·conv5), goes into
+          // the next block's buffer
+          const residuals = r < 2 ? { s0: 0.2 } : { s0: 0.04, s1: 0.2, r2m: dense[3 * b], s2: 1 };
+          conv(`${name}.conv5`, d, dense[i + 1], { s1: 1, r1m: d, ...residuals });
         }
       }
       conv("conv_body", dense[3 * nb], trunk, { s1: 1, r1m: dense[0] });
