@@ -1,6 +1,7 @@
 /** Shared pieces of the training tests: a tiny config and a reproducible test image. */
 import { PRESETS, type TrainConfig } from "../train/config.ts";
-import type { RgbImage } from "../train/data.ts";
+import { type Batch, makeBatch, type RgbImage } from "../train/data.ts";
+import type { Trainer } from "../train/trainer.ts";
 
 /** nf 8, 1 block, gc 4, 16 px crops, batch 2. */
 export const TINY: TrainConfig = {
@@ -28,4 +29,23 @@ export function testImage(seed = 1): RgbImage {
     }
   }
   return { name: `test${seed}.png`, width, height, rgb };
+}
+
+/** `count` batches of two test images each (batch i from images i and i + 4, stream i). */
+export function testBatches(config: TrainConfig, count: number): Batch[] {
+  return Array.from({ length: count }, (_, k) => k + 1).map((i) =>
+    makeBatch([testImage(i), testImage(i + 4)], config, i)
+  );
+}
+
+/** The L1 losses of `trainer`'s steps on batches [from, to). */
+export async function pixelLosses(
+  trainer: Trainer,
+  batches: Batch[],
+  from: number,
+  to: number,
+): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = from; i < to; i++) out.push((await trainer.trainStep(batches[i])).l_pix);
+  return out;
 }

@@ -8,21 +8,16 @@ import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { decodeCheckpoint } from "../train/checkpoint.ts";
 import { validateConfig } from "../train/config.ts";
-import { makeBatch } from "../train/data.ts";
 import { cpuPlannable, Trainer } from "../train/trainer.ts";
-import { testImage, TINY } from "./train_helpers.ts";
+import { pixelLosses, testBatches, TINY } from "./train_helpers.ts";
 
 await initBackend("cpu");
 await initBackend("wasm", { threads: 2 });
 
 Deno.test("wasm: planned psnr steps give the cpu backend's autodiff losses; a run resumes exactly", async () => {
   const cfg = { ...TINY, lrG: 2e-3, emaDecay: 0.5 };
-  const batches = [1, 2, 3, 4].map((i) => makeBatch([testImage(i), testImage(i + 4)], cfg, i));
-  const run = async (t: Trainer, from: number, to: number) => {
-    const out: number[] = [];
-    for (let i = from; i < to; i++) out.push((await t.trainStep(batches[i])).l_pix);
-    return out;
-  };
+  const batches = testBatches(cfg, 4);
+  const run = (t: Trainer, from: number, to: number) => pixelLosses(t, batches, from, to);
   await tf.setBackend("cpu");
   const auto = Trainer.create({ ...cfg, plannedStep: false });
   assert.equal(auto.planned, false);

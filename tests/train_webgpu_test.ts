@@ -11,7 +11,7 @@ import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
 import { randomVgg19Weights } from "../core/vgg19_arch.ts";
 import { makeBatch } from "../train/data.ts";
 import { Trainer } from "../train/trainer.ts";
-import { testImage, TINY } from "./train_helpers.ts";
+import { pixelLosses, testBatches, testImage, TINY } from "./train_helpers.ts";
 
 const probe = await probeWebGPU();
 const ignore = !probe.adapter;
@@ -64,12 +64,8 @@ Deno.test({
   ignore,
   fn: async () => {
     const cfg = { ...TINY, lrG: 2e-3, emaDecay: 0.5 };
-    const batches = [1, 2, 3, 4].map((i) => makeBatch([testImage(i), testImage(i + 4)], cfg, i));
-    const run = async (t: Trainer, from: number, to: number) => {
-      const out: number[] = [];
-      for (let i = from; i < to; i++) out.push((await t.trainStep(batches[i])).l_pix);
-      return out;
-    };
+    const batches = testBatches(cfg, 4);
+    const run = (t: Trainer, from: number, to: number) => pixelLosses(t, batches, from, to);
     const auto = Trainer.create({ ...cfg, plannedStep: false });
     assert.equal(auto.planned, false);
     const want = await run(auto, 0, 4);

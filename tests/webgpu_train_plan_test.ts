@@ -4,7 +4,6 @@
  * parameter's gradient, the updated parameters, EMA and moments after a step, and a loss that
  * falls over steps. Runs on any WebGPU adapter (Mesa llvmpipe here).
  */
-import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 // The gradient functions of tfjs's ops are registered by the union package, not by tfjs-core.
 import "@tensorflow/tfjs";
