@@ -1,8 +1,9 @@
 /**
  * `deno task train --config smoke|psnr|gan|smoke-gan|FILE --data DIR [--val DIR] --out DIR [--resume]`
  * plus any option as a flag (`--total-steps 100`, `--lr-g 1e-4`, `--no-rot`, lists comma-separated).
- * Backend: webgpu on a real GPU; else wasm for the psnr stage (core/kernels' CPU training step),
- * cpu for the gan stage (tfjs's ops, slow); `--backend` forces one.
+ * Backend: webgpu on a real GPU; else wasm (G's step on core/kernels' CPU training step, the gan
+ * stage's D and VGG on tfjs-wasm), or cpu where the step cannot be planned (tfjs's ops, slow);
+ * `--backend` forces one.
  * Ctrl-C saves a checkpoint after the current step and exits; `--resume` continues from
  * OUT/checkpoint.safetensors (or `--resume-from FILE`) with the checkpoint's options, flags on top.
  * @module
@@ -72,8 +73,8 @@ async function main(): Promise<number> {
         : info.name === "webgpu"
         ? "a GPU was found"
         : info.name === "wasm"
-        ? "no real GPU found: the psnr stage on the CPU kernels"
-        : "no real GPU found; tfjs's cpu ops (slow; the CPU kernels train the psnr stage at x4 only)"
+        ? "no real GPU found: G's step on the CPU kernels"
+        : "no real GPU found; tfjs's cpu ops (slow; the CPU kernels need x4, widths and LR sides multiples of 4)"
     } ===`,
   );
 

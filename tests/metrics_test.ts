@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { RgbaImage } from "../core/image_io.ts";
-import { lumaBT601, psnr, psnrSsim, rgbToY, ssim } from "../core/metrics.ts";
+import { laplacianEnergy, lumaBT601, psnr, psnrSsim, rgbToY, ssim } from "../core/metrics.ts";
 
 /** An opaque image whose channel c at (x, y) is f(x, y, c). */
 function makeImage(width: number, height: number, f: (x: number, y: number, c: number) => number): RgbaImage {
@@ -123,4 +123,21 @@ Deno.test("grayAsLuma: grey pairs on their grey values, colour pairs unchanged",
   assert.ok(Math.abs(rawPsnr - psnr(a, b, { yChannel: false })) < 1e-9);
   const c = makeImage(20, 20, (x, y, ch) => (x * 13 + y * 7 + ch) % 256);
   assert.equal(psnr(c, b, { grayAsLuma: true }), psnr(c, b));
+});
+
+Deno.test("laplacianEnergy: 0 on flat and linear ramps, closed form on a checkerboard, RGB planes averaged", () => {
+  assert.ok(laplacianEnergy(makeImage(8, 8, () => 90)) < 1e-9);
+  assert.ok(laplacianEnergy(makeImage(8, 8, (x, y) => 10 * x + 3 * y)) < 1e-9, "a ramp has no curvature");
+  // ±d checkerboard on grey: every interior pixel's Laplacian is ±8d
+  const d = 5, board = makeImage(9, 7, (x, y) => 100 + ((x + y) % 2 ? d : -d));
+  assert.ok(Math.abs(laplacianEnergy(board, { yChannel: false }) - 8 * d) < 1e-9);
+  assert.ok(Math.abs(laplacianEnergy(board) - 8 * d * (65.481 + 128.553 + 24.966) / 255) < 1e-9, "on Y");
+  // only the red plane varies: a third of it over R, G, B
+  const red = makeImage(9, 7, (x, y, c) => c === 0 ? 100 + ((x + y) % 2 ? d : -d) : 100);
+  assert.ok(Math.abs(laplacianEnergy(red, { yChannel: false }) - 8 * d / 3) < 1e-9);
+  // what the crop removes is not measured: a flat image with a noisy 2 px frame
+  const framed = makeImage(10, 10, (x, y) => x < 2 || y < 2 || x > 7 || y > 7 ? (x * 37 + y * 11) % 256 : 50);
+  assert.ok(laplacianEnergy(framed) > 0);
+  assert.ok(laplacianEnergy(framed, { cropBorder: 2 }) < 1e-9);
+  assert.throws(() => laplacianEnergy(makeImage(4, 4, () => 0), { cropBorder: 1 }), /under 3x3/);
 });

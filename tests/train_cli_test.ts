@@ -79,8 +79,8 @@ Deno.test({
       ...SHRINK,
     ]);
     assert.equal(r.code, 0, r.out);
-    // without a GPU the psnr-type presets train on the CPU kernels (CI's Mesa adapter is software)
-    assert.match(r.out, /BACKEND: wasm, no real GPU found: the psnr stage on the CPU kernels/);
+    // without a GPU plannable configs train on the CPU kernels (CI's Mesa adapter is software)
+    assert.match(r.out, /BACKEND: wasm, no real GPU found: G's step on the CPU kernels/);
     for (
       const f of [
         "checkpoint.safetensors",

@@ -1,4 +1,7 @@
-/** Network interpolation: (1 − α)·A + α·B, α = 0 gives A and α = 1 gives B; layouts must agree. */
+/**
+ * Network interpolation: (1 − α)·A + α·B, α = 0 gives A and α = 1 gives B; layouts must agree; the
+ * CLI's trade-off table.
+ */
 import assert from "node:assert/strict";
 import { interpolateStateDicts } from "../core/interp.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
@@ -6,6 +9,10 @@ import { decodeModelFile } from "../core/weights/model_file.ts";
 import { rrdbnetShapes } from "../core/rrdbnet_arch.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { interpolateModelFiles } from "../train/interp.ts";
+import { encodeImage } from "../core/image_io.ts";
+import { initBackend } from "../core/backend.ts";
+import { evaluateDataset, listDataset, upscalerModel } from "../core/eval.ts";
+import { Upscaler } from "../core/upscaler.ts";
 
 function net(seed: number): StateDict {
   const sd: StateDict = new Map();
@@ -46,4 +53,52 @@ Deno.test("model files interpolate into a model file of A's precision", () => {
     out.stateDict.get("conv_hr.weight")!.data,
     decodeModelFile(fa.bytes).stateDict.get("conv_hr.weight")!.data,
   );
+});
+
+Deno.test("interp --table: one row per alpha, its ends scoring as A and B themselves", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/set`);
+    for (const k of [1, 2]) {
+      const data = new Uint8ClampedArray(32 * 32 * 4).map((_, i) => i % 4 === 3 ? 255 : (i * 37 * k) % 251);
+      await Deno.writeFile(
+        `${dir}/set/img${k}.png`,
+        await encodeImage({ width: 32, height: 32, data }, { format: "png" }),
+      );
+    }
+    const files = [net(1), net(7)].map((sd, i) => ({ name: `${dir}/${"ab"[i]}.safetensors`, sd }));
+    for (const f of files) await Deno.writeFile(f.name, encodeModelFile(f.sd, { dtype: "fp32" }));
+    const cli = new URL("../cli/interp.ts", import.meta.url).pathname;
+    const run = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", cli, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      })
+        .output();
+    const out = await run(files[0].name, files[1].name, "--table", `${dir}/set`, "--alphas", "0,0.5,1");
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const rows = text.split("\n").filter((l) => /^\| (bicubic|[\d.]+) \|/.test(l)).map((l) =>
+      l.split("|")[2].trim()
+    );
+    assert.equal(rows.length, 4, text);
+
+    await initBackend("wasm");
+    const ups = files.map((f) => Upscaler.fromBytes(encodeModelFile(f.sd, { dtype: "fp32" })));
+    const result = await evaluateDataset(
+      await listDataset(`${dir}/set`, { scale: 4 }),
+      ups.map((u, i) => upscalerModel("ab"[i], u)),
+      { scale: 4 },
+    );
+    ups.forEach((u) => u.dispose());
+    assert.equal(rows[1], result.models.a.psnr.toFixed(2), "alpha 0 is A");
+    assert.equal(rows[3], result.models.b.psnr.toFixed(2), "alpha 1 is B");
+
+    const bad = await run(files[0].name, files[1].name, "--table", `${dir}/set`, "--alphas", "0,x");
+    assert.notEqual(bad.code, 0);
+    assert.match(new TextDecoder().decode(bad.stderr), /--alphas must be a number, not "x"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -9,7 +9,7 @@ import { initBackend } from "../core/backend.ts";
 import { decodeCheckpoint } from "../train/checkpoint.ts";
 import { validateConfig } from "../train/config.ts";
 import { cpuPlannable, Trainer } from "../train/trainer.ts";
-import { pixelLosses, testBatches, TINY } from "./train_helpers.ts";
+import { assertSameGanLosses, ganLosses, pixelLosses, testBatches, TINY } from "./train_helpers.ts";
 
 await initBackend("cpu");
 await initBackend("wasm", { threads: 2 });
@@ -55,17 +55,24 @@ Deno.test("wasm: planned psnr steps give the cpu backend's autodiff losses; a ru
   }
 });
 
-Deno.test("wasm: the gan stage, the unplanned step and odd patch sides are refused with the reason", () => {
+Deno.test("wasm: the unplanned step and odd patch sides are refused with the reason; the gan stage plans", () => {
   assert.equal(cpuPlannable(TINY), true);
   assert.equal(cpuPlannable({ ...TINY, gtSize: 24 }), false, "LR side 6");
   assert.equal(cpuPlannable({ ...TINY, scale: 2, gtSize: 16 }), false);
-  assert.equal(cpuPlannable({ ...TINY, stage: "gan" }), false);
-  assert.throws(
-    () => validateConfig({ ...TINY, backend: "wasm", stage: "gan" }, "x"),
-    /psnr stage with the planned step/,
-  );
+  assert.equal(cpuPlannable({ ...TINY, stage: "gan" }), true);
   assert.throws(
     () => validateConfig({ ...TINY, backend: "wasm", plannedStep: false }, "x"),
     /use cpu or webgpu/,
   );
+});
+
+Deno.test("wasm: planned gan steps (G on the CPU kernels, D and VGG on tfjs-wasm) give the cpu backend's losses", async () => {
+  await tf.setBackend("cpu");
+  const want = await ganLosses(false);
+  await tf.setBackend("wasm");
+  try {
+    assertSameGanLosses(await ganLosses(true), want);
+  } finally {
+    await tf.setBackend("cpu");
+  }
 });

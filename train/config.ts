@@ -57,13 +57,14 @@ export interface TrainConfig {
   valSamples: number;
   logEvery: number;
   exportDtype: "fp32" | "fp16" | "int8";
-  /** "": webgpu on a real GPU; else wasm for the psnr stage (the CPU kernels), cpu for the gan stage. */
+  /** "": webgpu on a real GPU; else wasm (the CPU kernels) where the step can be planned, else cpu. */
   backend: "" | "webgpu" | "wasm" | "cpu";
   /**
    * On webgpu: G's forward, backward, Adam and EMA as prepared passes of our kernels
    * (core/kernels/webgpu_train_plan.ts; the gan stage's perceptual, adversarial and D terms stay tfjs
-   * ops); on wasm (psnr stage only): the same on the CPU kernels (core/kernels/wasm_train_plan.ts);
-   * off: tfjs's autodiff with its stock kernels throughout (not on wasm).
+   * ops); on wasm: the same on the CPU kernels (core/kernels/wasm_train_plan.ts), the gan stage's
+   * other terms on tfjs-wasm with train/wasm_conv_grads.ts; off: tfjs's autodiff with its stock
+   * kernels throughout (not on wasm).
    */
   plannedStep: boolean;
 }
@@ -237,10 +238,9 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
     throw bad(`exportDtype must be fp32, fp16 or int8`);
   }
   if (!["", "webgpu", "wasm", "cpu"].includes(full.backend)) throw bad(`backend must be webgpu, wasm or cpu`);
-  if (full.backend === "wasm" && (full.stage !== "psnr" || !full.plannedStep)) {
+  if (full.backend === "wasm" && !full.plannedStep) {
     throw bad(
-      "backend wasm trains the psnr stage with the planned step only (tfjs-wasm has no Conv2DBackpropFilter): " +
-        "use cpu or webgpu",
+      "backend wasm trains with the planned step only (G's step on the CPU kernels): use cpu or webgpu",
     );
   }
   return full;

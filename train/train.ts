@@ -145,10 +145,10 @@ const mean = (rows: StepLosses[]) => {
 export async function runTraining(options: RunOptions): Promise<RunSummary> {
   const c = options.config;
   const backend = tf.getBackend();
-  if (backend === "wasm" ? c.stage !== "psnr" || !c.plannedStep : backend !== "webgpu" && backend !== "cpu") {
+  if (backend === "wasm" ? !c.plannedStep : backend !== "webgpu" && backend !== "cpu") {
     throw new Error(
-      `training needs the webgpu or cpu backend, or wasm for the psnr stage's planned step, not ${backend} ` +
-        `for the ${c.stage} stage (tfjs-wasm has no Conv2DBackpropFilter)`,
+      `training needs the webgpu or cpu backend, or wasm with the planned step, not ${backend}` +
+        (backend === "wasm" ? " without it (tfjs-wasm cannot take G's gradients)" : ""),
     );
   }
   const out = options.outDir.replace(/\/$/, "");
@@ -214,7 +214,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   if (backend === "wasm" && !trainer.planned) {
     trainer.dispose();
     throw new Error(
-      "the CPU training step (wasm) needs the psnr stage, scale 4, widths and LR patch sides that are " +
+      "the CPU training step (wasm) needs scale 4, widths and LR patch sides that are " +
         "multiples of 4 (gtSize a multiple of 16): use --backend cpu",
     );
   }

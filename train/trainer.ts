@@ -21,6 +21,7 @@ import { copyInto, updateEma } from "./ema.ts";
 import { scheduleOf, type TrainConfig } from "./config.ts";
 import { lrAt } from "./schedule.ts";
 import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
+import { useFastWasmConvGrads } from "./wasm_conv_grads.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
@@ -65,11 +66,11 @@ export function plannable(c: TrainConfig): boolean {
 }
 
 /**
- * Whether the whole step can run on the CPU kernels (wasm): the psnr stage of a plannable config
- * whose LR patches have sides that are multiples of 4.
+ * Whether G's step can run on the CPU kernels (wasm): a plannable config whose LR patches have
+ * sides that are multiples of 4. The gan stage's D and perceptual terms then run on tfjs-wasm.
  */
 export function cpuPlannable(c: TrainConfig): boolean {
-  return plannable(c) && c.stage === "psnr" && (c.gtSize / c.scale) % 4 === 0;
+  return plannable(c) && (c.gtSize / c.scale) % 4 === 0;
 }
 
 /** Nets, optimisers and step counter of a run. Dispose it when done. */
@@ -78,7 +79,7 @@ export class Trainer {
   step = 0;
   private readonly gNames: Map<string, string>;
   private readonly dNames: Map<string, string>;
-  /** The planned G step (webgpu, or wasm: psnr only) and whether the variables lag behind its buffers. */
+  /** The planned G step (webgpu or wasm) and whether the variables lag behind its buffers. */
   private plan?: RRDBNetTrainPlanWebGPU | RRDBNetTrainPlanWasm;
   private planAhead = false;
 
@@ -98,6 +99,7 @@ export class Trainer {
   /** Builds the nets: fresh (seeded), from pretrained G weights, or from a checkpoint. */
   static create(config: TrainConfig, options: TrainerOptions = {}): Trainer {
     if (tf.getBackend() === "cpu") useFastCpuConvBackprop();
+    if (tf.getBackend() === "wasm") useFastWasmConvGrads();
     const ck = options.checkpoint;
     const gCfg = generatorConfig(config);
     const gWeights = ck?.netG ?? options.pretrainG;
@@ -131,7 +133,7 @@ export class Trainer {
 
   /**
    * Whether G's part of a step runs as prepared WebGPU passes (core/kernels/webgpu_train_plan.ts):
-   * webgpu (or the CPU kernels on wasm, psnr stage), x4, widths a multiple of 4, `plannedStep` on.
+   * webgpu (or the CPU kernels on wasm), x4, widths a multiple of 4, `plannedStep` on.
    */
   get planned(): boolean {
     const backend = tf.getBackend();
@@ -246,12 +248,12 @@ export class Trainer {
       : new RRDBNetTrainPlanWebGPU(this.g, options);
     const lr = this.lr();
     this.planAhead = true;
-    if (c.stage === "psnr" || this.plan instanceof RRDBNetTrainPlanWasm) {
+    if (c.stage === "psnr") {
       const l_pix = await this.plan.step(batch, lr.g);
       this.step++;
       return { lr: lr.g, l_pix };
     }
-    const sr = this.plan.forward(batch);
+    const sr = (await this.plan.forward(batch))!;
     const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
     let gParts: tf.Tensor | undefined, dParts: tf.Tensor | undefined, dSr: tf.Tensor | undefined;
     try {

@@ -1,8 +1,10 @@
 /**
- * RRDBNet's psnr training step (L1, Adam, EMA) on the CPU kernels (wasm/rrdb_cpu.c), the CPU
+ * RRDBNet's training step (L1, Adam, EMA) on the CPU kernels (wasm/rrdb_cpu.c), the CPU
  * counterpart of webgpu_train_plan.ts and laid out the same way: the forward with every activation
  * kept (each dense block its own concatenation buffer), the L1 gradient, the backward written by
  * hand, then Adam and the EMA over flat arrays, and the weights packed again for the next forward.
+ * `step()` is the psnr stage; `forward()` and `backward(extra)` split it so that the gan stage can
+ * add the gradient of its other losses w.r.t. G's output, as on WebGPU.
  *
  * Every 3x3 convolution runs as Winograd F(4x4, 3x3): the forward and the input gradients as the
  * inference kernel (the input gradient is the convolution with flipped, transposed filters, packed
@@ -105,7 +107,7 @@ interface PackedConv {
   bias: number;
 }
 
-/** A prepared psnr training step of `net` (scale 4) for batches of one size, on the CPU. Dispose it. */
+/** A prepared training step of `net` (scale 4) for batches of one size, on the CPU. Dispose it. */
 export class RRDBNetTrainPlanWasm {
   /** Adam steps taken, counted as train/adam.ts counts them. */
   t: number;
@@ -472,8 +474,20 @@ export class RRDBNetTrainPlanWasm {
     lr: number,
     options: { signal?: AbortSignal } = {},
   ): Promise<number> {
+    await this.forward(batch, { ...options, output: false });
+    return this.backward(null, lr, options);
+  }
+
+  /**
+   * The first half of a step: G's forward on the batch, kept for {@link backward}. With `output`
+   * (default true) resolves to G's output as a tensor the caller owns, for losses computed with
+   * tfjs (the gan stage's), as the WebGPU plan's `forward` does.
+   */
+  async forward(
+    batch: { lq: Float32Array; gt: Float32Array },
+    options: { output?: boolean; signal?: AbortSignal } = {},
+  ): Promise<tf.Tensor4D | undefined> {
     await this.packed();
-    const { signal } = options;
     const { numInCh, numOutCh } = this.net.config;
     const n = this.options.batch, h = this.options.lqSize, H = 4 * h;
     if (batch.lq.length !== n * h * h * numInCh || batch.gt.length !== this.count) {
@@ -482,6 +496,7 @@ export class RRDBNetTrainPlanWasm {
           `the plan wants ${n * h * h * numInCh} / ${this.count}`,
       );
     }
+    this.gt = undefined;
     let f = this.pool.floats();
     for (let i = 0; i < n; i++) {
       const base = (this.input.ptr + i * this.input.img) / 4;
@@ -492,31 +507,71 @@ export class RRDBNetTrainPlanWasm {
         }
       }
     }
-    await this.pool.run(this.request("forward"), signal);
+    await this.pool.run(this.request("forward"), options.signal);
+    this.gt = batch.gt;
+    if (options.output === false) return undefined;
     f = this.pool.floats();
+    const out = new Float32Array(this.count);
+    this.eachOutput((op, _dp, s) => {
+      for (let k = 0; k < numOutCh; k++) out[s + k] = f[op + k];
+    });
+    return tensor(out, [n, H, H, numOutCh], "float32") as tf.Tensor4D;
+  }
+
+  /**
+   * The second half: the L1 gradient plus `extra` (the gradient of G's other losses w.r.t. its
+   * output, NHWC, shape of G's output; null: none), the backward pass, Adam (train/adam.ts's order
+   * of operations) and the EMA at learning rate `lr`, the weights packed again. Resolves to the
+   * weighted L1 loss of the batch before the update.
+   */
+  async backward(
+    extra: tf.Tensor | Float32Array | null,
+    lr: number,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<number> {
+    const gt = this.gt;
+    if (!gt) throw new Error("RRDBNetTrainPlanWasm: backward() without forward()");
+    this.gt = undefined;
+    const more = extra && !(extra instanceof Float32Array) ? await extra.data() as Float32Array : extra;
+    if (more && more.length !== this.count) {
+      throw new Error(
+        `RRDBNetTrainPlanWasm: extra gradient of ${more.length} values, G's output has ${this.count}`,
+      );
+    }
+    const { numOutCh } = this.net.config;
+    const f = this.pool.floats();
     // L1 (BasicSR's mean over every value) and its gradient, sign(sr - gt)·w/count
     const w = this.options.pixelWeight ?? 1, g = w / this.count;
     let sum = 0;
+    this.eachOutput((op, dp, s) => {
+      for (let k = 0; k < numOutCh; k++) {
+        const diff = f[op + k] - gt[s + k];
+        sum += Math.abs(diff);
+        f[dp + k] = (diff > 0 ? g : diff < 0 ? -g : 0) + (more ? more[s + k] : 0);
+      }
+    });
+    this.t++;
+    const { beta1, beta2 } = this.options.adam;
+    f.set([lr / (1 - Math.pow(beta1, this.t)), Math.sqrt(1 - Math.pow(beta2, this.t))], this.adamAt / 4 + 10);
+    await this.pool.run(this.request("update"), options.signal);
+    return (sum / this.count) * w;
+  }
+
+  /** The batch's targets while a forward waits for its backward. */
+  private gt?: Float32Array;
+
+  /** Calls `each` with the float index of every output pixel, of its gradient and of the NHWC value. */
+  private eachOutput(each: (out: number, grad: number, nhwc: number) => void): void {
+    const n = this.options.batch, H = 4 * this.options.lqSize, c = this.net.config.numOutCh;
     for (let i = 0; i < n; i++) {
       const o = (this.output.ptr + i * this.output.img) / 4, d = (this.dOut.ptr + i * this.dOut.img) / 4;
       for (let y = 0; y < H; y++) {
         for (let x = 0; x < H; x++) {
-          const op = o + ((y + 1) * (H + 2) + x + 1) * numOutCh, dp = d + ((y + 1) * (H + 2) + x + 1) * 4;
-          const s = ((i * H + y) * H + x) * numOutCh;
-          for (let k = 0; k < numOutCh; k++) {
-            const diff = f[op + k] - batch.gt[s + k];
-            sum += Math.abs(diff);
-            f[dp + k] = diff > 0 ? g : diff < 0 ? -g : 0;
-          }
+          const p = (y + 1) * (H + 2) + x + 1;
+          each(o + p * c, d + p * 4, ((i * H + y) * H + x) * c);
         }
       }
     }
-    // backward, Adam (train/adam.ts's order of operations) + EMA, the weights packed again: one run
-    this.t++;
-    const { beta1, beta2 } = this.options.adam;
-    f.set([lr / (1 - Math.pow(beta1, this.t)), Math.sqrt(1 - Math.pow(beta2, this.t))], this.adamAt / 4 + 10);
-    await this.pool.run(this.request("update"), signal);
-    return (sum / this.count) * w;
   }
 
   private request(list: "forward" | "update" | "pack") {
