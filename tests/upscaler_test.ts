@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { PLAN_CONFIG } from "./train_plan_helpers.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { decodeImage, type RgbaImage } from "../core/image_io.ts";
@@ -12,15 +13,7 @@ await initBackend("wasm");
 
 /** A small random RRDBNet as a model file; two blocks give it a receptive field wider than the pad. */
 async function tinyModel(config: Partial<RRDBNetConfig> = {}, seed = 7): Promise<Uint8Array> {
-  const net = new RRDBNet({
-    numInCh: 3,
-    numOutCh: 3,
-    scale: 4,
-    numFeat: 8,
-    numBlock: 2,
-    numGrowCh: 4,
-    ...config,
-  }, {
+  const net = new RRDBNet({ ...PLAN_CONFIG, ...config }, {
     seed,
   });
   const sd = await net.stateDict();
