@@ -525,14 +525,14 @@ export class RRDBNetTrainPlanWasm {
    * weighted L1 loss of the batch before the update.
    */
   async backward(
-    extra: tf.Tensor | Float32Array | null,
+    extra: tf.Tensor | null,
     lr: number,
     options: { signal?: AbortSignal } = {},
   ): Promise<number> {
     const gt = this.gt;
     if (!gt) throw new Error("RRDBNetTrainPlanWasm: backward() without forward()");
     this.gt = undefined;
-    const more = extra && !(extra instanceof Float32Array) ? await extra.data() as Float32Array : extra;
+    const more = extra && await extra.data() as Float32Array;
     if (more && more.length !== this.count) {
       throw new Error(
         `RRDBNetTrainPlanWasm: extra gradient of ${more.length} values, G's output has ${this.count}`,
