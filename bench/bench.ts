@@ -48,8 +48,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
   --all-shapes        ${ALL_CASES.join(", ")}
   --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
-                      webgpu-plan (our kernels as prepared passes, incl. the planned training step);
-                      default: webgpu,webgpu-custom,webgpu-plan
+                      webgpu-plan (our kernels as prepared passes, incl. the planned training step),
+                      webgpu-plan:f16, webgpu-plan:f16-f32acc (the forward plan in half precision);
+                      default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
   --llvmpipe          add webgpu,webgpu-custom to the default list on a software adapter
@@ -157,6 +158,7 @@ export async function defaultBackends(plan: BenchPlan): Promise<{ backends: Back
   let note: string;
   if (probe.adapter && !probe.software) {
     backends.push({ name: "webgpu" }, { name: "webgpu", custom: true }, { name: "webgpu", plan: true });
+    if (probe.f16) backends.push({ name: "webgpu", plan: true, precision: "f16" });
     note = `GPU adapter: ${probe.adapter}`;
   } else {
     // wasm:1 first: the other outputs are compared with the first backend's
@@ -181,7 +183,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
   await serve(async () => {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
-    usePlannedPasses(!!spec.plan);
+    usePlannedPasses(!!spec.plan, spec.precision);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {

@@ -8,6 +8,7 @@ import { type BackendName, backendThreads } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
@@ -41,28 +42,37 @@ export function caseName(c: BenchCase): string {
 /**
  * A backend as the bench runs it: `wasm:N` (N threads), `cpu`, `webgpu`, `webgpu-custom` (our
  * kernels under tfjs's ops), `webgpu-plan` (our kernels as prepared passes: RRDBNetPlanWebGPU for
- * forwards, RRDBNetTrainPlanWebGPU for training steps).
+ * forwards, RRDBNetTrainPlanWebGPU for training steps), `webgpu-plan:f16` / `webgpu-plan:f16-f32acc`
+ * (the forward plan in half precision; no training step).
  */
 export interface BackendSpec {
   name: BackendName;
   threads?: number;
   custom?: boolean;
   plan?: boolean;
+  /** Number format of the webgpu plan (default f32). */
+  precision?: ConvPrecision;
 }
 
 /**
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
- * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`.
+ * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`.
  */
 export function parseBackend(spec: string): BackendSpec {
-  const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+))?$/.exec(spec);
-  if (!m || (m[2] && !m[1].startsWith("wasm"))) {
+  const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+|f16|f16-f32acc))?$/.exec(spec);
+  const numeric = m?.[2] && /^\d+$/.test(m[2]);
+  if (!m || (numeric && !m[1].startsWith("wasm")) || (m[2] && !numeric && m[1] !== "webgpu-plan")) {
     throw new Error(
-      `bad backend "${spec}": expected wasm, wasm:N, wasm-plan, wasm-plan:N, cpu, webgpu, webgpu-custom or webgpu-plan`,
+      `bad backend "${spec}": expected wasm, wasm:N, wasm-plan, wasm-plan:N, cpu, webgpu, webgpu-custom, ` +
+        "webgpu-plan or webgpu-plan:f16 / :f16-f32acc",
     );
   }
   if (m[1] === "webgpu-custom") return { name: "webgpu", custom: true };
-  if (m[1] === "webgpu-plan") return { name: "webgpu", plan: true };
+  if (m[1] === "webgpu-plan") {
+    return m[2]
+      ? { name: "webgpu", plan: true, precision: m[2] as ConvPrecision }
+      : { name: "webgpu", plan: true };
+  }
   if (!m[1].startsWith("wasm")) return { name: m[1] as BackendName };
   const threads = m[2] ? Number(m[2]) : navigator.hardwareConcurrency ?? 1;
   if (!(threads >= 1)) throw new Error(`bad backend "${spec}": threads must be at least 1`);
@@ -76,7 +86,7 @@ export function backendLabel(b: BackendSpec): string {
     : b.custom
     ? "webgpu-custom"
     : b.plan
-    ? "webgpu-plan"
+    ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}`
     : b.name;
 }
 
@@ -120,10 +130,15 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 }
 
 let withPlan = false;
+let planPrecision: ConvPrecision = "f32";
 
-/** Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu, the CPU kernels on wasm. */
-export function usePlannedPasses(on: boolean): void {
+/**
+ * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (forwards in
+ * `precision`), the CPU kernels on wasm.
+ */
+export function usePlannedPasses(on: boolean, precision: ConvPrecision = "f32"): void {
   withPlan = on;
+  planPrecision = precision;
 }
 
 /**
@@ -145,7 +160,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     };
   }
   if (c.kind === "forward") {
-    const plan = new RRDBNetPlanWebGPU(net, x.shape);
+    const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision: planPrecision });
     const step = async () => {
       const out = plan.run(x);
       try {
@@ -155,6 +170,10 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
       }
     };
     return { step, profile: () => planProfile(plan), dispose: () => (plan.dispose(), x.dispose()) };
+  }
+  if (planPrecision !== "f32") {
+    x.dispose();
+    throw new Error(`the planned training step computes in f32 only, not ${planPrecision}`);
   }
   if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);

@@ -21,7 +21,7 @@
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # Knobs (environment): TRAIN_MIN (4), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
 # random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
-# (webgpu,webgpu-plan), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. to try the script on llvmpipe
+# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. to try the script on llvmpipe
 # with --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ EOF
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan}" \
+timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"

@@ -3,7 +3,8 @@
  * another folder. A thin wrapper over {@link Upscaler}.
  *
  *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--model PATH]
- *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--max-pixels N] [--force]
+ *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--precision f32|f16]
+ *       [--max-pixels N] [--force]
  *
  * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
@@ -24,6 +25,7 @@ import {
 } from "../core/image_io.ts";
 import { planTiles } from "../core/tile.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { createProgress } from "./progress.ts";
 
 const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
@@ -39,6 +41,8 @@ options:
   -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE})
       --tile-pad P      tile overlap in input pixels (default ${DEFAULT_TILE_PAD})
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
+      --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
+                        weights and products) or f16-f32acc (half-precision maps and weights)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -57,6 +61,7 @@ export interface UpscaleArgs {
   tile: number;
   tilePad: number;
   backend?: BackendName;
+  precision: ConvPrecision;
   maxPixels: number;
   force: boolean;
 }
@@ -88,6 +93,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         tile: { type: "string", short: "t" },
         "tile-pad": { type: "string" },
         backend: { type: "string" },
+        precision: { type: "string" },
         "max-pixels": { type: "string" },
         force: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
@@ -113,6 +119,10 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (backend !== undefined && !["webgpu", "wasm", "cpu"].includes(backend)) {
     throw new UsageError(`--backend must be webgpu, wasm or cpu, not "${backend}"`);
   }
+  const precision = (v.precision ?? "f32") as ConvPrecision;
+  if (!["f32", "f16", "f16-f32acc"].includes(precision)) {
+    throw new UsageError(`--precision must be f32, f16 or f16-f32acc, not "${v.precision}"`);
+  }
   return {
     input: positionals[0],
     output: v.output,
@@ -123,6 +133,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     tile: parseNumber("--tile", v.tile, isInt, "a whole number ≥ 0") ?? DEFAULT_TILE,
     tilePad: parseNumber("--tile-pad", v["tile-pad"], isInt, "a whole number ≥ 0") ?? DEFAULT_TILE_PAD,
     backend,
+    precision,
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
   };
@@ -242,15 +253,24 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const backend = await initBackend(args.backend);
     console.error(`backend: ${describeBackend(backend)}`);
+    if (args.precision !== "f32" && !backend.f16) {
+      console.error(
+        `error: --precision ${args.precision} needs the webgpu backend on an adapter with shader-f16; ` +
+          (backend.name === "webgpu" ? `${backend.adapter} has none` : `this run uses ${backend.name}`),
+      );
+      return 2;
+    }
     try {
       upscaler = await Upscaler.load(args.model);
     } catch (e) {
       console.error(`error: ${(e as Error).message}`);
       return 1;
     }
+    upscaler.precision = args.precision;
     const c = upscaler.config;
     console.error(
-      `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"})`,
+      `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"}` +
+        `${args.precision === "f32" ? "" : `, computed in ${args.precision}`})`,
     );
     let jobs: Job[];
     try {

@@ -7,6 +7,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-webgpu";
 import { BackendWasm, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import { useWebGPUWithF16 } from "./kernels/webgpu_f16.ts";
 import threadedSimdFactory from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.js";
 import { wasmWorkerContents } from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.worker.js";
 
@@ -22,6 +23,8 @@ export interface BackendInfo {
   reason: string;
   /** Threads of the wasm backend. */
   threads?: number;
+  /** Whether the webgpu device compiles half-precision shaders (`shader-f16`). */
+  f16?: boolean;
 }
 
 /** Options of {@link initBackend}. */
@@ -34,7 +37,9 @@ export interface BackendOptions {
 }
 
 /** Describes the WebGPU adapter, or says why there is none. */
-export async function probeWebGPU(): Promise<{ adapter?: string; software: boolean; why?: string }> {
+export async function probeWebGPU(): Promise<
+  { adapter?: string; software: boolean; f16?: boolean; why?: string }
+> {
   const gpu = (navigator as { gpu?: GPU }).gpu;
   if (!gpu) return { software: true, why: "no WebGPU in this runtime" };
   await quietMesa();
@@ -43,7 +48,7 @@ export async function probeWebGPU(): Promise<{ adapter?: string; software: boole
   const info = adapter.info;
   const description = info.description || `${info.vendor} ${info.device}`.trim();
   const software = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/i.test(description);
-  return { adapter: description, software };
+  return { adapter: description, software, f16: adapter.features.has("shader-f16") };
 }
 
 /**
@@ -71,6 +76,8 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
     }
   }
   let threads: number | undefined;
+  // before webgpu first starts: its device must ask for shader-f16
+  if (name === "webgpu") useWebGPUWithF16();
   if (name === "wasm") {
     const dist = new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url);
     setWasmPaths(dist.href);
@@ -84,13 +91,16 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
   await tf.ready();
   if (name === "webgpu" && !adapter) adapter = (await probeWebGPU()).adapter;
   if (name === "wasm") threads = (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
-  return { name, adapter, reason, threads };
+  const f16 = name === "webgpu"
+    ? (tf.backend() as unknown as { device: GPUDevice }).device.features.has("shader-f16")
+    : undefined;
+  return { name, adapter, reason, threads, f16 };
 }
 
 /** One line for the logs: the backend, its adapter or threads, what runs the Upscaler's net, and why. */
 export function describeBackend(info: BackendInfo): string {
   const adapter = info.name === "webgpu" && info.adapter
-    ? ` on ${info.adapter}, our prepared WGSL passes`
+    ? ` on ${info.adapter}, our prepared WGSL passes${info.f16 ? " (shader-f16)" : ""}`
     : "";
   const threads = info.name === "wasm"
     ? `, ${info.threads} thread${info.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`

@@ -19,6 +19,7 @@ import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
+import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
 import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
 import { backendThreads } from "./backend.ts";
 import { decodeModelFile, type WeightDType } from "./weights/model_file.ts";
@@ -82,10 +83,10 @@ function abortError(signal: AbortSignal): DOMException {
   return new DOMException(`upscale aborted${why}`, "AbortError");
 }
 
-/** An RRDBNet upscaler. Dispose it when done: it holds the weights on the backend. */
 /** Patch shapes whose prepared forward an {@link Upscaler} keeps (a tiled image has up to four). */
 const MAX_PLANS = 4;
 
+/** An RRDBNet upscaler. Dispose it when done: it holds the weights on the backend. */
 export class Upscaler {
   readonly net: RRDBNet;
   readonly info: ModelInfo;
@@ -101,6 +102,12 @@ export class Upscaler {
    * against 2.61 s for a 64x64 tile on 2 cores; false runs tfjs's ops.
    */
   cpuKernels = true;
+  /**
+   * Number format of the forward on webgpu: "f32", or "f16" / "f16-f32acc" (half-precision maps and
+   * weights, see ConvPrecision; needs the adapter's shader-f16 and a backend started by initBackend).
+   * The other backends compute in f32 only and refuse anything else.
+   */
+  precision: ConvPrecision = "f32";
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
 
   /** Wraps a net (for instance one being trained); the upscaler disposes it on dispose(). */
@@ -273,7 +280,7 @@ export class Upscaler {
 
   /** `net.apply(x)` through a cached plan for x's shape. */
   private plannedApply(x: tf.Tensor4D): tf.Tensor4D {
-    const key = x.shape.join("x");
+    const key = `${x.shape.join("x")} ${this.precision}`;
     const weights = this.weightIds();
     let entry = this.plans.get(key);
     if (entry && !sameIds(entry.weights, weights)) {
@@ -287,7 +294,7 @@ export class Upscaler {
         old.plan.dispose();
         this.plans.delete(k);
       }
-      entry = { plan: new RRDBNetPlanWebGPU(this.net, x.shape), weights };
+      entry = { plan: new RRDBNetPlanWebGPU(this.net, x.shape, { precision: this.precision }), weights };
     }
     // most recently used last
     this.plans.delete(key);
@@ -297,6 +304,9 @@ export class Upscaler {
 
   /** The net on one patch as NHWC floats, clamped to [0, 1]: on the CPU kernels or tfjs's ops. */
   private async patch(x: tf.Tensor4D, signal?: AbortSignal): Promise<Float32Array> {
+    if (this.precision !== "f32" && tf.getBackend() !== "webgpu") {
+      throw new Error(`precision ${this.precision} runs on the webgpu backend only, not ${tf.getBackend()}`);
+    }
     const plan = this.cpuKernels && tf.getBackend() === "wasm" ? this.wasmPlan() : undefined;
     if (!plan) {
       const y = tf.tidy(() => this.forward(x));

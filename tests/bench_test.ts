@@ -25,6 +25,11 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.deepEqual(parseBackend("webgpu-custom"), { name: "webgpu", custom: true });
   assert.equal(backendLabel(parseBackend("wasm:1")), "wasm:1");
   assert.throws(() => parseBackend("cpu:2"), /bad backend "cpu:2"/);
+  assert.deepEqual(parseBackend("webgpu-plan:f16"), { name: "webgpu", plan: true, precision: "f16" });
+  assert.equal(backendLabel(parseBackend("webgpu-plan:f16-f32acc")), "webgpu-plan:f16-f32acc");
+  assert.equal(backendLabel(parseBackend("webgpu-plan")), "webgpu-plan");
+  assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
+  assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);
 
   const plan = parseBenchArgs([

@@ -86,6 +86,12 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--tile=-3"]), /--tile must be/);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--outscale", "0"]), /--outscale must be/);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--backend", "gl"]), /--backend must be/);
+  assert.equal(a.precision, "f32");
+  assert.equal(parseUpscaleArgs(["a", "-o", "b", "--precision", "f16-f32acc"])!.precision, "f16-f32acc");
+  assert.throws(
+    () => parseUpscaleArgs(["a", "-o", "b", "--precision", "f8"]),
+    /--precision must be f32, f16/,
+  );
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
 });
 
@@ -185,6 +191,22 @@ Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
   const r = await cli("--tile", "x", "a.png", "-o", "b.png");
   assert.equal(r.code, 2);
   assert.match(r.err, /^error: --tile must be a whole number ≥ 0, not "x"$/m);
+  // f16 on a backend without it: said before any work, nothing written
+  const f = await cli(
+    "--backend",
+    "wasm",
+    "--precision",
+    "f16",
+    "samples/spaniel.png",
+    "-o",
+    `${dir}/never.png`,
+  );
+  assert.equal(f.code, 2);
+  assert.match(
+    f.err,
+    /^error: --precision f16 needs the webgpu backend on an adapter with shader-f16; this run uses wasm$/m,
+  );
+  assert.ok(!(await list(dir)).includes("never.png"));
   const h = await cli("--help");
   assert.equal(h.code, 0);
   assert.match(h.out, /^usage: deno task upscale INPUT -o OUTPUT/);

@@ -101,6 +101,21 @@ Deno.test("Upscaler: model file in, sizes, outscale, no tensor leaks", async () 
   assert.ok(DEFAULT_MODEL.endsWith("weights/realesrgan-x4plus.int8.safetensors"));
 });
 
+Deno.test("precision f16 on wasm: refused, naming the backend", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  try {
+    up.precision = "f16";
+    const before = tf.memory().numTensors;
+    await assert.rejects(
+      up.upscale(solid(8, 8, () => [1, 2, 3, 255])),
+      /f16 runs on the webgpu backend only, not wasm/,
+    );
+    assert.equal(tf.memory().numTensors, before);
+  } finally {
+    up.dispose();
+  }
+});
+
 Deno.test("upscaleTensor untiled equals the net clamped; batches work", async () => {
   const bytes = await tinyModel();
   const up = Upscaler.fromBytes(bytes);

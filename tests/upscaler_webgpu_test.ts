@@ -66,3 +66,27 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "webgpu upscaler: precision f16 runs half-precision plans, within f16 rounding of f32",
+  ignore: ignore || !(tf.backend() as unknown as { device: GPUDevice }).device.features.has("shader-f16"),
+  fn: async () => {
+    const up = new Upscaler(tinyNet(9));
+    const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 4) as tf.Tensor4D;
+    try {
+      const ref = await up.upscaleTensor(x, { tile: 0 });
+      up.precision = "f16";
+      const half = await up.upscaleTensor(x, { tile: 0 });
+      const d = await maxDiff(half, ref);
+      // a different plan ran (f16 rounding shows), and stayed close
+      assert.ok(d > 0 && d < 5e-3, `f16 vs f32: max difference ${d}`);
+      up.precision = "f32";
+      const again = await up.upscaleTensor(x, { tile: 0 });
+      assert.equal(await maxDiff(again, ref), 0, "back to f32: the f32 plan");
+      tf.dispose([ref, half, again]);
+    } finally {
+      x.dispose();
+      up.dispose();
+    }
+  },
+});

@@ -5,12 +5,14 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
+import { useWebGPUWithF16 } from "../core/kernels/webgpu_f16.ts";
 
 /** Sets up webgpu; `what` names the skipped tests when there is no adapter. */
 export async function setUpWebGPU(what: string): Promise<{
   opts: { ignore: boolean; sanitizeResources: boolean; sanitizeOps: boolean };
   gpuErrors: string[];
 }> {
+  useWebGPUWithF16(); // the device initBackend makes: with shader-f16 where the adapter has it
   const hasWebGPU = await (async () => {
     try {
       return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");

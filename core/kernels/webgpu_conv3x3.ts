@@ -22,6 +22,14 @@ import {
 /** Activations the kernels fuse. */
 export type Activation = "linear" | "relu" | "leakyrelu";
 
+/**
+ * Number formats of the forward kernel: "f32"; "f16" (`shader-f16`: maps, filters and products in
+ * half precision, the epilogue — bias, activation, residual adds — in f32, rounded once when
+ * stored); "f16-f32acc" (half-precision maps and filters, which halve memory and workgroup-memory
+ * traffic, multiplied and summed in f32).
+ */
+export type ConvPrecision = "f32" | "f16" | "f16-f32acc";
+
 /** A 3x3 convolution's output size and where its input channels come from (forward and filter gradient). */
 export interface Conv3x3Input {
   /** Batch and output height / width (the input's, or twice it with `upsample`). */
@@ -76,6 +84,8 @@ export interface Conv3x3Spec extends Conv3x3Input {
    * `mask[pixel · stride + co − lo + offset] > 0` (the forward activation), else times `alpha`.
    */
   mask?: { lo: number; hi: number; stride: number; offset: number };
+  /** Number format of every buffer the convolution reads and writes, and of its products (default f32). */
+  precision?: ConvPrecision;
 }
 
 /**
@@ -145,10 +155,16 @@ function forwardSource(
     resB: boolean;
     accumulate: boolean;
     mask: boolean;
+    precision: ConvPrecision;
   },
 ): string {
   const { bm, bn, bk, ks } = o.tile;
-  const T = o.vec ? "vec4<f32>" : "f32";
+  // S: what buffers and workgroup tiles hold; A: what products and sums are computed in.
+  const S = o.precision === "f32" ? "f32" : "f16";
+  const A = o.precision === "f16" ? "f16" : "f32";
+  const T = o.vec ? `vec4<${S}>` : S;
+  const toA = (e: string) => (S === A ? e : `vec4<${A}>(${e})`);
+  const toF32 = (e: string, vec = true) => (S === "f32" ? e : vec ? `vec4<f32>(${e})` : `f32(${e})`);
   const nt = (bm / 4) * (bn / 4);
   // Per slice: an A tile of bm rows x bk/4 vec4s (+1 of padding against bank conflicts), then a
   // B tile of bk rows x bn/4 vec4s. After the loop the same memory takes the slices' partial sums.
@@ -201,7 +217,7 @@ function forwardSource(
       let kr = l / ${bn / 4};
       let col = n0 + (l % ${bn / 4}) * 4;
       let row = tap * cin + cb + kr;
-      var v = vec4<f32>(0.0);
+      var v = vec4<${S}>(0.0);
       if (live && cb + kr < cin && l < ${bUnits}) { ${loadB} }
       if (l < ${bUnits}) { Sh[bBase + l] = v; }
     }`;
@@ -212,7 +228,7 @@ function forwardSource(
       let l = s * NT + tid;
       let kq = l / ${bn / 4}; let nq = l % ${bn / 4};
       let col = n0 + nq * 4; let o0 = cb + kq * 4;
-      var v0 = vec4<f32>(0.0); var v1 = vec4<f32>(0.0); var v2 = vec4<f32>(0.0); var v3 = vec4<f32>(0.0);
+      var v0 = vec4<${S}>(0.0); var v1 = vec4<${S}>(0.0); var v2 = vec4<${S}>(0.0); var v3 = vec4<${S}>(0.0);
       if (live && l < ${blocks} && o0 < cin) {
         let base = (8 - tap) * u.cout + col;
         if (col < u.cout) { v0 = W[(base * cin + o0) / 4]; }
@@ -221,22 +237,26 @@ function forwardSource(
         if (col + 3 < u.cout) { v3 = W[((base + 3) * cin + o0) / 4]; }
       }
       if (l < ${blocks}) {
-        Sh[bBase + (kq * 4 + 0) * ${bn / 4} + nq] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
-        Sh[bBase + (kq * 4 + 1) * ${bn / 4} + nq] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
-        Sh[bBase + (kq * 4 + 2) * ${bn / 4} + nq] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
-        Sh[bBase + (kq * 4 + 3) * ${bn / 4} + nq] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+        Sh[bBase + (kq * 4 + 0) * ${bn / 4} + nq] = vec4<${S}>(v0.x, v1.x, v2.x, v3.x);
+        Sh[bBase + (kq * 4 + 1) * ${bn / 4} + nq] = vec4<${S}>(v0.y, v1.y, v2.y, v3.y);
+        Sh[bBase + (kq * 4 + 2) * ${bn / 4} + nq] = vec4<${S}>(v0.z, v1.z, v2.z, v3.z);
+        Sh[bBase + (kq * 4 + 3) * ${bn / 4} + nq] = vec4<${S}>(v0.w, v1.w, v2.w, v3.w);
       }
     }`;
+  // The epilogue works in f32 whatever the storage (one rounding per stored value).
   const loadVec4 = (arr: string, idx: string, col: string) =>
     o.vec
-      ? `${arr}[(${idx}) / 4]`
+      ? toF32(`${arr}[(${idx}) / 4]`)
       : `vec4<f32>(${
-        [0, 1, 2, 3].map((j) => `select(0.0, ${arr}[${idx} + ${j}], ${col} + ${j} < u.cout)`).join(", ")
+        [0, 1, 2, 3].map((j) =>
+          `select(0.0, ${toF32(`${arr}[${idx} + ${j}]`, false)}, ${col} + ${j} < u.cout)`
+        )
+          .join(", ")
       })`;
   const write = o.vec
-    ? `result[(m * u.outStride + u.outOffset + col) / 4] = v;`
+    ? `result[(m * u.outStride + u.outOffset + col) / 4] = ${S === "f32" ? "v" : "vec4<f16>(v)"};`
     : [0, 1, 2, 3].map((j) =>
-      `if (col + ${j} < u.cout) { result[m * u.outStride + u.outOffset + col + ${j}] = v[${j}]; }`
+      `if (col + ${j} < u.cout) { result[m * u.outStride + u.outOffset + col + ${j}] = ${S}(v[${j}]); }`
     )
       .join("\n    ");
   // Gradient epilogues; channel ranges are multiples of 4 in vec mode, checked per channel otherwise.
@@ -254,30 +274,41 @@ function forwardSource(
         inRange("0", "u.resLimit"),
         (j) =>
           j === null
-            ? `v += u.res${r}Scale * res${r}[(m * u.res${r}Stride + col) / 4];`
-            : `v[${j}] += u.res${r}Scale * res${r}[m * u.res${r}Stride + col + ${j}];`,
+            ? `v += u.res${r}Scale * ${toF32(`res${r}[(m * u.res${r}Stride + col) / 4]`)};`
+            : `v[${j}] += u.res${r}Scale * ${toF32(`res${r}[m * u.res${r}Stride + col + ${j}]`, false)};`,
       ),
     mask: perChannel(
       inRange("u.maskLo", "u.maskHi"),
       (j) =>
         j === null
           ? `let mk = mask[(m * u.maskStride + col - u.maskLo + u.maskOffset) / 4];
-      v = select(v * u.alpha, v, mk > vec4<f32>(0.0));`
-          : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= 0.0) { v[${j}] *= u.alpha; }`,
+      v = select(v * u.alpha, v, mk > vec4<${S}>(0.0));`
+          : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= ${S}(0.0)) { v[${j}] *= u.alpha; }`,
     ),
   };
-  const reduce = ks === 1 ? "" : `
-  // Sum the reduction slices' partial results through workgroup memory.
+  // Sum the reduction slices' partial results through workgroup memory: the tiles' own when they
+  // hold the sums' type, else a smaller f32 array that takes one of the four rows at a time.
+  const reduce = ks === 1 ? "" : S === A
+    ? `
   if (sl > 0) { for (var i = 0; i < 4; i++) { Sh[((sl - 1) * NT + tid) * 4 + i] = acc[i]; } }
   workgroupBarrier();
   if (sl > 0) { return; }
   for (var s = 1; s < KS; s++) {
     for (var i = 0; i < 4; i++) { acc[i] += Sh[((s - 1) * NT + tid) * 4 + i]; }
-  }`;
-  return `${prelude}
+  }`
+    : `
+  for (var i = 0; i < 4; i++) {
+    if (sl > 0) { Red[(sl - 1) * NT + tid] = acc[i]; }
+    workgroupBarrier();
+    if (sl == 0) { for (var s = 1; s < KS; s++) { acc[i] += Red[(s - 1) * NT + tid]; } }
+    workgroupBarrier();
+  }
+  if (sl > 0) { return; }`;
+  return `${S === "f16" ? "enable f16;\n" : ""}${prelude}
 ${decls}
 const BM = ${bm}; const BN = ${bn}; const BK = ${bk}; const NT = ${nt}; const KS = ${ks}; const AST = ${ast};
-var<workgroup> Sh: array<vec4<f32>, ${shared}>;
+var<workgroup> Sh: array<vec4<${S}>, ${S === A ? shared : ks * slice}>;
+${S !== A && ks > 1 ? `var<workgroup> Red: array<vec4<${A}>, ${(ks - 1) * nt}>;` : ""}
 
 fn readX(p: i32, c: i32) -> ${T} {
   ${readX}
@@ -305,7 +336,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     rowY[s] = rem / u.w; rowX[s] = rem % u.w;
   }
   let tx = tid % ${bn / 4}; let ty = tid / ${bn / 4};
-  var acc: array<vec4<f32>, 4>;
+  var acc: array<vec4<${A}>, 4>;
   // Chunks of the reduction: 9 taps x ceil(cin / BK) channel blocks, dealt round-robin to the slices.
   let nCb = (cin + BK - 1) / BK;
   let chunks = 9 * nCb;
@@ -320,7 +351,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
       let l = s * NT + tid;
       let kq = l % ${bk / 4};
       let iy = rowY[s] + dy; let ix = rowX[s] + dx;
-      var v = vec4<f32>(0.0);
+      var v = vec4<${S}>(0.0);
       let c = cb + kq * 4;
       if (live && rowN[s] >= 0 && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w && c < cin) {
         ${
@@ -336,12 +367,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     workgroupBarrier();
     if (live) {
       for (var k4 = 0; k4 < ${bk / 4}; k4++) {
-        let b0 = Sh[bBase + (k4 * 4 + 0) * ${bn / 4} + tx];
-        let b1 = Sh[bBase + (k4 * 4 + 1) * ${bn / 4} + tx];
-        let b2 = Sh[bBase + (k4 * 4 + 2) * ${bn / 4} + tx];
-        let b3 = Sh[bBase + (k4 * 4 + 3) * ${bn / 4} + tx];
+        let b0 = ${toA(`Sh[bBase + (k4 * 4 + 0) * ${bn / 4} + tx]`)};
+        let b1 = ${toA(`Sh[bBase + (k4 * 4 + 1) * ${bn / 4} + tx]`)};
+        let b2 = ${toA(`Sh[bBase + (k4 * 4 + 2) * ${bn / 4} + tx]`)};
+        let b3 = ${toA(`Sh[bBase + (k4 * 4 + 3) * ${bn / 4} + tx]`)};
         for (var i = 0; i < 4; i++) {
-          let a = Sh[aBase + (ty * 4 + i) * AST + k4];
+          let a = ${toA(`Sh[aBase + (ty * 4 + i) * AST + k4]`)};
           acc[i] += a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
         }
       }
@@ -355,7 +386,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   for (var i = 0; i < 4; i++) {
     let m = m0 + ty * 4 + i;
     if (m >= u.M) { break; }
-    var v = acc[i];
+    var v = ${A === "f32" ? "acc[i]" : "vec4<f32>(acc[i])"};
     ${o.scaled ? "v *= u.accScale;" : ""}
     ${o.bias ? "v += bv;" : ""}
     ${actSnippet(o.act)}
@@ -428,6 +459,7 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
     resB: !!spec.resB,
     accumulate: !!spec.accumulate,
     mask: !!spec.mask,
+    precision: spec.precision ?? "f32",
   };
   const mTiles = Math.ceil(m / tile.bm);
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });

@@ -4,27 +4,49 @@
  * forward copies the input in and replays them into one compute pass. On an H200 this took the
  * forward of 1x64x64 from 106 ms (stock) to 43 ms with 3 ms of CPU. Weights are bound as they are
  * when the plan is made: rebuild the plan after changing the net's parameters.
+ *
+ * In half precision (`precision: "f16"` or `"f16-f32acc"`, needs `shader-f16`, see webgpu_f16.ts)
+ * every map and filter of the plan is f16: the weights are converted once when the plan is made,
+ * the input on the way in and the output on the way out; tensors stay f32.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
-import { conv3x3Program, type Conv3x3Spec } from "./webgpu_conv3x3.ts";
+import { conv3x3Program, type Conv3x3Spec, type ConvPrecision } from "./webgpu_conv3x3.ts";
+import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
+
+/** Options of {@link RRDBNetPlanWebGPU}. */
+export interface PlanWebGPUOptions {
+  /** Number format of the plan's maps, filters and products (default f32; see ConvPrecision). */
+  precision?: ConvPrecision;
+}
 
 /** A prepared forward of `net` for inputs of one shape [n, h, w, numInCh] (webgpu only). */
 export class RRDBNetPlanWebGPU {
   readonly inputShape: number[];
   readonly outputShape: number[];
+  readonly precision: ConvPrecision;
   private readonly backend: PassBackend;
   private readonly pass: PlannedPass;
   private readonly input: GPUBuffer;
+  /** Where run() copies its f32 input: `input` itself, or the buffer converted into it. */
+  private readonly inputF32: GPUBuffer;
   private readonly out: GPUBuffer;
 
-  constructor(readonly net: RRDBNet, inputShape: number[]) {
+  constructor(readonly net: RRDBNet, inputShape: number[], options: PlanWebGPUOptions = {}) {
     if (tf.getBackend() !== "webgpu") throw new Error("RRDBNetPlanWebGPU: the webgpu backend is not active");
     this.backend = tf.backend() as unknown as PassBackend;
+    const precision = this.precision = options.precision ?? "f32";
+    const half = precision !== "f32";
+    if (half && !hasShaderF16(this.backend)) {
+      throw new Error(
+        `RRDBNetPlanWebGPU: ${precision} needs the WebGPU feature shader-f16, which this device lacks ` +
+          "(the adapter has none, or the backend started without useWebGPUWithF16)",
+      );
+    }
     this.pass = new PlannedPass(this.backend);
     const { scale, numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = net.config;
     const [n, hh, ww] = inputShape;
@@ -37,21 +59,31 @@ export class RRDBNetPlanWebGPU {
     this.inputShape = inputShape;
     const H = h * 4, W = w * 4;
     this.outputShape = [n, H, W, numOutCh];
-    const buf = (shape: number[]) => this.pass.buffer(shape.reduce((a, b) => a * b, 1) * 4);
+    const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    const buf = (shape: number[]) => this.pass.buffer(size(shape) * (half ? 2 : 4));
     const whole = (buffer: GPUBuffer): Region => ({ buffer });
+    // f16 copies of the weights, converted by one submit of cast dispatches
+    const setup = new PlannedPass(this.backend);
     const param = (name: string): Region => {
       const v = net.params.get(name);
       if (!v) throw new Error(`RRDBNetPlanWebGPU: the net has no parameter ${name}`);
       this.backend.uploadToGPU(v.dataId);
-      return { buffer: this.backend.tensorMap.get(v.dataId)!.resource as GPUBuffer };
+      const buffer = this.backend.tensorMap.get(v.dataId)!.resource as GPUBuffer;
+      if (!half) return { buffer };
+      const copy = buf(v.shape);
+      setup.add(castProgram(v.size, "f16"), whole(copy), [{ buffer }]);
+      return whole(copy);
     };
     const f = [n, h, w, nf];
     this.input = buf([n, h, w, cin]);
+    const inputF32 = half ? this.pass.buffer(size([n, h, w, cin]) * 4) : this.input;
+    if (half) this.pass.add(castProgram(size([n, h, w, cin]), "f16"), whole(this.input), [whole(inputF32)]);
     const feat = buf(f), trunk = [buf(f), buf(f)], rdbOut = [buf(f), buf(f)], grow = buf([n, h, w, 4 * gc]);
     const body = buf(f), up1 = buf([n, 2 * h, 2 * w, nf]), up2 = buf([n, H, W, nf]), hr = buf([n, H, W, nf]);
-    this.out = buf(this.outputShape);
+    const outHalf = buf(this.outputShape);
+    this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
     const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
-      this.pass.add(conv3x3Program(spec), whole(output), inputs, "conv3x3 forward");
+      this.pass.add(conv3x3Program({ ...spec, precision }), whole(output), inputs, "conv3x3 forward");
     const base = { n, h, w };
     conv({ ...base, c0: cin, x0Stride: cin, cout: nf, bias: true }, feat, [
       whole(this.input),
@@ -112,11 +144,15 @@ export class RRDBNetPlanWebGPU {
       param("conv_up2.bias"),
     ]);
     conv(lin(nf, lrelu, { n, h: H, w: W }), hr, [whole(up2), param("conv_hr.weight"), param("conv_hr.bias")]);
-    conv(lin(numOutCh, {}, { n, h: H, w: W }), this.out, [
+    conv(lin(numOutCh, {}, { n, h: H, w: W }), outHalf, [
       whole(hr),
       param("conv_last.weight"),
       param("conv_last.bias"),
     ]);
+    if (half) this.pass.add(castProgram(size(this.outputShape), "f32"), whole(this.out), [whole(outHalf)]);
+    this.inputF32 = inputF32;
+    if (setup.size) setup.submitWithTfjs((encoder) => setup.record(encoder));
+    setup.dispose();
   }
 
   /** `net.apply(x)` for x of the plan's input shape. */
@@ -131,7 +167,7 @@ export class RRDBNetPlanWebGPU {
     const inBuf = be.tensorMap.get(input.dataId)!.resource as GPUBuffer;
     // Into tfjs's own encoder, after whatever it has recorded (the input's upload, for one).
     this.pass.submitWithTfjs((encoder) => {
-      encoder.copyBufferToBuffer(inBuf, 0, this.input, 0, input.size * 4);
+      encoder.copyBufferToBuffer(inBuf, 0, this.inputF32, 0, input.size * 4);
       this.pass.record(encoder);
     });
     if (input !== x) input.dispose();
