@@ -13,6 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { parseNumberFlag, POSITIVE, WHOLE } from "./flags.ts";
 import process from "node:process";
 import { basename, join } from "node:path";
 import cliProgress from "cli-progress";
@@ -50,12 +51,7 @@ export interface EvalArgs {
   grayAsLuma: boolean;
 }
 
-function positiveInt(flag: string, v: string | undefined, fallback?: number): number {
-  if (v === undefined) return fallback!;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`--${flag} wants a whole number, not ${v}`);
-  return n;
-}
+const wholeNumber = (flag: string, v: string | undefined) => parseNumberFlag(`--${flag}`, v, WHOLE);
 
 /** Parses the command line; throws a one-line message on bad usage. */
 export function parseEvalArgs(argv: string[]): EvalArgs {
@@ -84,7 +80,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
   if (backend && !["webgpu", "wasm", "cpu"].includes(backend)) {
     throw new Error(`--backend must be webgpu, wasm or cpu, not ${backend}`);
   }
-  const scale = positiveInt("scale", values.scale, 4);
+  const scale = parseNumberFlag("--scale", values.scale, POSITIVE) ?? 4;
   if (scale < 1) throw new Error("--scale must be at least 1");
   return {
     data: values.data,
@@ -93,10 +89,10 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     json: values.json!,
     report: values.report,
     backend,
-    tile: values.tile === undefined ? undefined : positiveInt("tile", values.tile),
+    tile: wholeNumber("tile", values.tile),
     font: values.font,
-    crop: positiveInt("crop", values.crop, 128),
-    zoom: Math.max(1, positiveInt("zoom", values.zoom, 2)),
+    crop: wholeNumber("crop", values.crop) ?? 128,
+    zoom: Math.max(1, wholeNumber("zoom", values.zoom) ?? 2),
     grayAsLuma: values["gray-as-luma"]!,
   };
 }

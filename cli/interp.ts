@@ -10,6 +10,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { parseNumberFlag, POSITIVE } from "./flags.ts";
 import { interpolateModelFiles } from "../train/interp.ts";
 import { initBackend } from "../core/backend.ts";
 import { bicubicModel, evaluateDataset, listDataset, type SrModel, upscalerModel } from "../core/eval.ts";
@@ -48,7 +49,15 @@ async function main(): Promise<number> {
   );
   if (table) {
     const alphas = (values.alphas ?? "0,0.2,0.4,0.6,0.8,1").split(",").map(number("--alphas"));
-    console.log(await tradeOffTable(a, b, values.table!, alphas, number("--scale")(values.scale ?? "4")));
+    console.log(
+      await tradeOffTable(
+        a,
+        b,
+        values.table!,
+        alphas,
+        parseNumberFlag("--scale", values.scale, POSITIVE) ?? 4,
+      ),
+    );
     return 0;
   }
   const alpha = number("--alpha")(values.alpha!);
@@ -59,13 +68,7 @@ async function main(): Promise<number> {
   return 0;
 }
 
-function number(flag: string): (s: string) => number {
-  return (s) => {
-    const v = Number(s);
-    if (s.trim() === "" || !Number.isFinite(v)) throw new Error(`${flag} must be a number, not "${s}"`);
-    return v;
-  };
-}
+const number = (flag: string) => (s: string): number => parseNumberFlag(flag, s)!;
 
 type ModelBytes = { name: string; bytes: Uint8Array };
 

@@ -27,6 +27,7 @@ import { planTiles } from "../core/tile.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { createProgress } from "./progress.ts";
+import { parseNumberFlag, UsageError, WHOLE } from "./flags.ts";
 
 const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
 
@@ -66,16 +67,10 @@ export interface UpscaleArgs {
   force: boolean;
 }
 
-/** A usage error: printed with a hint to --help, exit code 2. */
-export class UsageError extends Error {}
+export { UsageError };
 
-function parseNumber(flag: string, value: string | undefined, check: (n: number) => boolean, want: string) {
-  if (value === undefined) return undefined;
-  const m = /^\s*([0-9.eE+-]+)\s*([kKmM]?)\s*$/.exec(value);
-  const n = m ? Number(m[1]) * ({ k: 1e3, m: 1e6 }[m[2].toLowerCase() as "k" | "m"] ?? 1) : NaN;
-  if (!Number.isFinite(n) || !check(n)) throw new UsageError(`${flag} must be ${want}, not "${value}"`);
-  return n;
-}
+const parseNumber = (flag: string, value: string | undefined, check: (n: number) => boolean, want: string) =>
+  parseNumberFlag(flag, value, { check, want, suffixes: true });
 
 /** Parses the command line; throws {@link UsageError} on bad usage, returns null for --help. */
 export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
@@ -114,7 +109,6 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     if (!format) throw new UsageError(`--format must be png, jpeg or webp, not "${v.format}"`);
   }
   const quality = parseNumber("--quality", v.quality, (n) => n >= 0 && n <= 100, "0-100");
-  const isInt = (n: number) => Number.isInteger(n) && n >= 0;
   const backend = v.backend as BackendName | undefined;
   if (backend !== undefined && !["webgpu", "wasm", "cpu"].includes(backend)) {
     throw new UsageError(`--backend must be webgpu, wasm or cpu, not "${backend}"`);
@@ -130,8 +124,8 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     quality,
     model: v.model ?? DEFAULT_MODEL,
     outscale: parseNumber("--outscale", v.outscale, (n) => n > 0 && n <= 16, "a number in (0, 16]"),
-    tile: parseNumber("--tile", v.tile, isInt, "a whole number ≥ 0") ?? DEFAULT_TILE,
-    tilePad: parseNumber("--tile-pad", v["tile-pad"], isInt, "a whole number ≥ 0") ?? DEFAULT_TILE_PAD,
+    tile: parseNumberFlag("--tile", v.tile, WHOLE) ?? DEFAULT_TILE,
+    tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,
     backend,
     precision,
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,

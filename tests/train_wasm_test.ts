@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { decodeCheckpoint } from "../train/checkpoint.ts";
-import { validateConfig } from "../train/config.ts";
+import { PRESETS, validateConfig } from "../train/config.ts";
+import { runTraining, wasmGanHeapMiB } from "../train/train.ts";
 import { cpuPlannable, Trainer } from "../train/trainer.ts";
 import { assertSameGanLosses, ganLosses, pixelLosses, testBatches, TINY } from "./train_helpers.ts";
 
@@ -64,6 +65,24 @@ Deno.test("wasm: the unplanned step and odd patch sides are refused with the rea
     () => validateConfig({ ...TINY, backend: "wasm", plannedStep: false }, "x"),
     /use cpu or webgpu/,
   );
+});
+
+Deno.test("wasm: a gan batch beyond tfjs-wasm's 4 GiB is refused before any work, naming a batch that fits", async () => {
+  assert.equal(tf.getBackend(), "wasm");
+  const gan = PRESETS.gan;
+  assert.equal(gan.batchSize, 16);
+  // the fit's own data points: batch 4 and 8 ran (2.2 and 3.7 GiB), 16 ran out of memory
+  assert.ok(wasmGanHeapMiB({ ...gan, batchSize: 8 }) < 0.95 * 4096);
+  const outDir = `${await Deno.makeTempDir()}/never`;
+  await assert.rejects(
+    runTraining({ config: gan, dataDir: "/nonexistent", outDir, codec: undefined! }),
+    /memory stops at 4 GiB: batch 16 at gtSize 128 would need about 6\.5 GiB; use --batch-size 8 or less/,
+  );
+  await assert.rejects(
+    runTraining({ config: { ...gan, gtSize: 512 }, dataDir: "/nonexistent", outDir, codec: undefined! }),
+    /use a smaller --gt-size/,
+  );
+  assert.equal(await Deno.stat(outDir).then(() => true, () => false), false, "nothing written");
 });
 
 Deno.test("wasm: planned gan steps (G on the CPU kernels, D and VGG on tfjs-wasm) give the cpu backend's losses", async () => {

@@ -141,6 +141,19 @@ const mean = (rows: StepLosses[]) => {
   return out;
 };
 
+/** tfjs-wasm's memory cannot grow past 4 GiB (wasm32); leave a little for what the estimate misses. */
+const WASM_HEAP_LIMIT_MIB = 0.95 * 4096;
+
+/**
+ * tfjs-wasm memory (MiB) a gan step on the CPU takes: G's weights, EMA and Adam moments, D and VGG
+ * as tf tensors, plus what the perceptual, RaGAN and D terms keep for their gradients per GT pixel.
+ * Fitted to the heap after two steps of the `gan` preset: 2,298 MiB at batch 4, 3,755 at batch 8
+ * (gt 128); batch 16 ran out of it ("table index is out of bounds").
+ */
+export function wasmGanHeapMiB(c: Pick<TrainConfig, "batchSize" | "gtSize">): number {
+  return 830 + 365 * c.batchSize * (c.gtSize / 128) ** 2;
+}
+
 /** Trains as `options.config` says; see the module doc for what lands in `outDir`. */
 export async function runTraining(options: RunOptions): Promise<RunSummary> {
   const c = options.config;
@@ -149,6 +162,15 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     throw new Error(
       `training needs the webgpu or cpu backend, or wasm with the planned step, not ${backend}` +
         (backend === "wasm" ? " without it (tfjs-wasm cannot take G's gradients)" : ""),
+    );
+  }
+  if (backend === "wasm" && c.stage === "gan" && wasmGanHeapMiB(c) > WASM_HEAP_LIMIT_MIB) {
+    let fits = 0;
+    while (wasmGanHeapMiB({ ...c, batchSize: fits + 1 }) <= WASM_HEAP_LIMIT_MIB) fits++;
+    throw new Error(
+      `the gan stage on the CPU runs D and VGG on tfjs-wasm, whose memory stops at 4 GiB: batch ${c.batchSize} ` +
+        `at gtSize ${c.gtSize} would need about ${(wasmGanHeapMiB(c) / 1024).toFixed(1)} GiB; ` +
+        (fits ? `use --batch-size ${fits} or less` : "use a smaller --gt-size") + " (or a GPU)",
     );
   }
   const out = options.outDir.replace(/\/$/, "");
@@ -266,7 +288,17 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     while (trainer.step < c.totalSteps && !options.signal?.aborted) {
       const ts = performance.now();
       const batch = await queue.next();
-      const losses = await trainer.trainStep(batch);
+      const losses = await trainer.trainStep(batch).catch((e) => {
+        // what a wasm module's failed allocation looks like from here
+        if (backend === "wasm" && e instanceof WebAssembly.RuntimeError) {
+          throw new Error(
+            `step ${trainer.step + 1} failed in WebAssembly (${e.message}), most likely out of tfjs-wasm's ` +
+              `4 GiB of memory: try a smaller --batch-size or --gt-size; the last good state is ${ckptPath} ` +
+              `(step ${savedAt})`,
+          );
+        }
+        throw e;
+      });
       const secs = (performance.now() - ts) / 1000;
       const bad = Object.entries(losses).find(([, v]) => !Number.isFinite(v));
       if (bad) {
