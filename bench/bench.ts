@@ -49,7 +49,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
   --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
                       webgpu-plan (our kernels as prepared passes, incl. the planned training step),
-                      webgpu-plan:f16, webgpu-plan:f16-f32acc (the forward plan in half precision);
+                      webgpu-plan:f16, webgpu-plan:f16-f32acc (half precision: the forward plan, the
+                      training step in mixed precision);
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list

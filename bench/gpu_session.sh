@@ -21,7 +21,9 @@
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # Knobs (environment): TRAIN_MIN (4), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
 # random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
-# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. to try the script on llvmpipe
+# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc: the f16 rows time the forward in half precision
+# and the training step in mixed precision), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. "--precision f16"
+# to train in mixed precision, or to try the script on llvmpipe
 # with --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."

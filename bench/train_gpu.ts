@@ -67,12 +67,17 @@ const { values } = parseArgs({
     vgg: { type: "string" },
     /** gan: weight of the perceptual term (BasicSR: 1 for torchvision's conv5_4). */
     "perceptual-weight": { type: "string" },
+    /** G's planned step in f32, or mixed precision: f16 / f16-f32acc (needs shader-f16). */
+    precision: { type: "string", default: "f32" },
   },
 });
 if (values.stage !== "psnr" && values.stage !== "gan") {
   throw new Error(`--stage must be psnr or gan, got "${values.stage}"`);
 }
 const gan = values.stage === "gan";
+if (!["f32", "f16", "f16-f32acc"].includes(values.precision!)) {
+  throw new Error(`--precision must be f32, f16 or f16-f32acc, got "${values.precision}"`);
+}
 if (gan && !values.vgg) {
   throw new Error("--stage gan needs --vgg FILE (VGG19 weights for the perceptual loss)");
 }
@@ -128,6 +133,7 @@ const config: TrainConfig = {
   maxImages: Number(values["max-images"]),
   exportDtype: "fp16",
   plannedStep: !values["no-planned-step"],
+  precision: values.precision as TrainConfig["precision"],
   pretrainG: values.pretrain ?? "",
   ...(values.tiny
     ? { numFeat: 8, numBlock: 1, numGrowCh: 4, dNumFeat: 4, batchSize: 2, gtSize: 32, valCrop: 64 }
@@ -139,7 +145,9 @@ console.log(
     `gt ${config.gtSize}, ${steps} steps${
       values.minutes ? ` or ${values.minutes} min` : ""
     }, Adam lr ${config.lrG} ` +
-    `betas ${config.beta1}/${config.beta2}; ${config.plannedStep ? "planned step" : "tfjs autodiff"}` +
+    `betas ${config.beta1}/${config.beta2}; ${
+      config.plannedStep ? `planned step (${config.precision})` : "tfjs autodiff"
+    }` +
     (gan
       ? `; perceptual ${config.perceptualLayer} x${config.perceptualWeight} from ${config.vggWeights}`
       : "") +
@@ -171,6 +179,7 @@ async function timeVariants(
       ema: net.params,
       adam,
       emaDecay: 0.999,
+      precision: config.precision,
     });
     const loss = await plan.step(batch, 0);
     await plan.step(batch, 0);

@@ -58,6 +58,20 @@ Deno.test("every option is a flag; flags override the preset; bad values name th
   assert.equal(validateConfig({ backend: "wasm", stage: "gan" }, "x.json").stage, "gan");
 });
 
+Deno.test("precision: f32 by default; half precision only for the planned step on webgpu", () => {
+  assert.equal(PRESETS.psnr.precision, "f32");
+  assert.equal(validateConfig({ precision: "f16" }, "x").precision, "f16");
+  assert.throws(() => validateConfig({ precision: "f8" }, "x"), /precision must be f32, f16 or f16-f32acc/);
+  assert.throws(
+    () => validateConfig({ precision: "f16", backend: "wasm" }, "x"),
+    /planned step on webgpu only/,
+  );
+  assert.throws(
+    () => validateConfig({ precision: "f16", plannedStep: false }, "x"),
+    /planned step on webgpu only/,
+  );
+});
+
 Deno.test("a JSON config file lays its options over the preset it names", async () => {
   const path = await Deno.makeTempFile({ suffix: ".json" });
   await Deno.writeTextFile(path, JSON.stringify({ preset: "gan", batchSize: 4 }));

@@ -108,3 +108,26 @@ Deno.test({
     assertSameGanLosses(await ganLosses(true), await ganLosses(false));
   },
 });
+
+Deno.test({
+  name: "webgpu: precision f16 trains the planned step in mixed precision, close to f32, loss scale logged",
+  ignore: ignore || !probe.f16,
+  fn: async () => {
+    const cfg = { ...TINY, lrG: 2e-3 };
+    const batches = testBatches(cfg, 4);
+    const t32 = Trainer.create(cfg);
+    const want = await pixelLosses(t32, batches, 0, 4);
+    t32.dispose();
+    const t16 = Trainer.create({ ...cfg, precision: "f16" });
+    const got: number[] = [];
+    for (const b of batches) {
+      const l = await t16.trainStep(b);
+      assert.equal(l.loss_scale, 2 ** 16, "the loss scale is logged, and no step overflowed");
+      got.push(l.l_pix);
+    }
+    t16.dispose();
+    got.forEach((l, i) =>
+      assert.ok(Math.abs(l - want[i]) <= 2e-3 * want[i], `step ${i}: f16 ${l}, f32 ${want[i]}`)
+    );
+  },
+});

@@ -2,13 +2,21 @@
  * The planned training step (core/kernels/webgpu_train_plan.ts) against tfjs's autodiff with the
  * stock webgpu kernels and train/adam.ts + train/ema.ts on a small RRDBNet: loss, every
  * parameter's gradient, the updated parameters, EMA and moments after a step, and a loss that
- * falls over steps. Runs on any WebGPU adapter (Mesa llvmpipe here).
+ * falls over steps; mixed precision (f16 maps, where the adapter has shader-f16) against the same,
+ * within f16's reach, and its loss scaling. Runs on any WebGPU adapter (Mesa llvmpipe here).
  */
 import "@tensorflow/tfjs-backend-webgpu";
 // The gradient functions of tfjs's ops are registered by the union package, not by tfjs-core.
 import "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { RRDBNetTrainPlanWebGPU, setFilterGradVariant } from "../core/kernels/mod.ts";
+import * as tf from "@tensorflow/tfjs-core";
+import {
+  type ConvPrecision,
+  hasShaderF16,
+  RRDBNetTrainPlanWebGPU,
+  setFilterGradVariant,
+} from "../core/kernels/mod.ts";
+import type { PassBackend } from "../core/kernels/webgpu_pass.ts";
 import { disableCustomWebGPUKernels } from "../core/kernels/register.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { Adam } from "../train/adam.ts";
@@ -123,3 +131,131 @@ Deno.test("planned step: the loss of a fixed batch falls", opts, async () => {
   }
   assert.deepEqual(gpuErrors, []);
 });
+
+const halfOpts = { ...opts, ignore: opts.ignore || !hasShaderF16(tf.backend() as unknown as PassBackend) };
+const REAL_WIDTHS = { ...PLAN_CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 };
+
+Deno.test("mixed precision: the gradient within f16's reach of tfjs's autodiff", halfOpts, async () => {
+  for (const precision of ["f16", "f16-f32acc"] as const) {
+    for (const [config, n, lqSize] of [[PLAN_CONFIG, BATCH, LQ], [REAL_WIDTHS, 2, 4]] as const) {
+      const s = trainState(3, config);
+      const b = await batch(11, n, lqSize);
+      const plan = new RRDBNetTrainPlanWebGPU(s.net, {
+        batch: n,
+        lqSize,
+        ema: s.ema.params,
+        adam: s.adam,
+        emaDecay: 0.999,
+        precision,
+      });
+      try {
+        const ref = await referenceGradients(s.net, b, n, lqSize);
+        const loss = await plan.step(b, 1e-3), grads = await plan.gradients();
+        assert.ok(Math.abs(loss - ref.loss) <= 1e-3 * ref.loss, `${precision}: loss ${loss} vs ${ref.loss}`);
+        // f16 maps hold ~3 decimal digits: the body's small gradients, summed from large terms, carry
+        // errors of several percent each (measured up to 25% for a dense block's bias); what must hold
+        // is the whole gradient's direction and size, and the tail's layers each
+        let dot = 0, gg = 0, rr = 0;
+        for (const [name, r] of ref.grads) {
+          const g = grads.get(name)!;
+          let e = 0, rn = 0;
+          for (let i = 0; i < r.length; i++) {
+            dot += g[i] * r[i], gg += g[i] ** 2, rr += r[i] ** 2;
+            e += (g[i] - r[i]) ** 2, rn += r[i] ** 2;
+          }
+          if (!name.startsWith("body.")) {
+            const rel = Math.sqrt(e / rn);
+            assert.ok(rel <= 1e-2, `${precision} ${name}: relative L2 error ${rel}`);
+          }
+        }
+        const cosDistance = 1 - dot / Math.sqrt(gg * rr);
+        console.log(
+          `${precision} nf ${config.numFeat}: 1 - cos ${cosDistance.toExponential(2)}, norm ratio ${
+            Math.sqrt(gg / rr)
+          }`,
+        );
+        assert.ok(cosDistance <= 1e-3, `${precision}: 1 - cos(gradient, autodiff's) = ${cosDistance}`);
+        assert.ok(
+          Math.abs(Math.sqrt(gg / rr) - 1) <= 1e-2,
+          `${precision}: gradient norm ratio ${Math.sqrt(gg / rr)}`,
+        );
+      } finally {
+        plan.dispose();
+        disposeState(s);
+      }
+    }
+  }
+  assert.deepEqual(gpuErrors, []);
+});
+
+Deno.test("mixed precision: the loss of a fixed batch falls as in f32", halfOpts, async () => {
+  const finals: Record<string, number> = {};
+  for (const precision of ["f32", "f16"] as const) {
+    const net = new RRDBNet(PLAN_CONFIG, { seed: 7, trainable: true }), ema = cloneNet(net);
+    const adam = new Adam(net.params, { betas: [0.9, 0.99] });
+    const plan = new RRDBNetTrainPlanWebGPU(net, {
+      batch: BATCH,
+      lqSize: LQ,
+      ema: ema.params,
+      adam,
+      emaDecay: 0.999,
+      precision,
+    });
+    try {
+      const b = await batch(31);
+      const losses: number[] = [];
+      for (let s = 0; s < 30; s++) losses.push(await plan.step(b, 2e-3));
+      finals[precision] = losses[29];
+      assert.ok(losses[29] < 0.7 * losses[0], `${precision}: loss ${losses[0]} → ${losses[29]}`);
+      assert.equal(plan.skippedSteps, 0);
+    } finally {
+      plan.dispose();
+      for (const x of [adam, net, ema]) x.dispose();
+    }
+  }
+  console.log(`after 30 steps: f32 ${finals.f32}, f16 ${finals.f16}`);
+  assert.ok(Math.abs(finals.f16 - finals.f32) <= 0.05 * finals.f32, `f16 ${finals.f16} vs f32 ${finals.f32}`);
+});
+
+Deno.test(
+  "mixed precision: an overflowing loss scale skips the update and halves the scale",
+  halfOpts,
+  async () => {
+    const s = trainState(5);
+    const before = new Map<string, Float32Array>();
+    for (const [k, v] of s.net.params) before.set(k, (await v.data()) as Float32Array);
+    const plan = new RRDBNetTrainPlanWebGPU(s.net, {
+      batch: BATCH,
+      lqSize: LQ,
+      ema: s.ema.params,
+      adam: s.adam,
+      emaDecay: 0.9,
+      precision: "f16",
+      lossScale: 2 ** 40, // far past f16's 65504
+    });
+    try {
+      const b = await batch(41);
+      const loss = await plan.step(b, 1e-3);
+      assert.ok(Number.isFinite(loss));
+      assert.equal(plan.skippedSteps, 1);
+      assert.equal(plan.lossScale, 2 ** 39);
+      assert.equal(plan.t, 0, "Adam's step is not counted");
+      plan.writeBack();
+      for (const [k, v] of s.net.params) {
+        assert.deepEqual((await v.data()) as Float32Array, before.get(k), `${k} changed in a skipped step`);
+      }
+      // a scale f16 can hold: the next step updates
+      plan.lossScale = 2 ** 10;
+      await plan.step(b, 1e-3);
+      assert.equal(plan.skippedSteps, 1);
+      assert.equal(plan.t, 1);
+      plan.writeBack();
+      const w = (await s.net.params.get("conv_first.weight")!.data()) as Float32Array;
+      assert.notDeepEqual(w, before.get("conv_first.weight"));
+    } finally {
+      plan.dispose();
+      disposeState(s);
+    }
+    assert.deepEqual(gpuErrors, []);
+  },
+);

@@ -67,6 +67,12 @@ export interface TrainConfig {
    * kernels throughout (not on wasm).
    */
   plannedStep: boolean;
+  /**
+   * G's planned step on webgpu in mixed precision (opt-in): "f16" or "f16-f32acc" keep maps, their
+   * gradients and a weight copy in f16 with dynamic loss scaling (core/kernels/webgpu_train_plan.ts);
+   * "f32" everywhere else.
+   */
+  precision: "f32" | "f16" | "f16-f32acc";
 }
 
 const BASE: TrainConfig = {
@@ -110,6 +116,7 @@ const BASE: TrainConfig = {
   exportDtype: "fp16",
   backend: "",
   plannedStep: true,
+  precision: "f32",
 };
 
 /** Built-in presets. */
@@ -238,6 +245,12 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
     throw bad(`exportDtype must be fp32, fp16 or int8`);
   }
   if (!["", "webgpu", "wasm", "cpu"].includes(full.backend)) throw bad(`backend must be webgpu, wasm or cpu`);
+  if (!["f32", "f16", "f16-f32acc"].includes(full.precision)) {
+    throw bad(`precision must be f32, f16 or f16-f32acc`);
+  }
+  if (full.precision !== "f32" && (!full.plannedStep || full.backend === "wasm" || full.backend === "cpu")) {
+    throw bad(`precision ${full.precision} is for the planned step on webgpu only`);
+  }
   if (full.backend === "wasm" && !full.plannedStep) {
     throw bad(
       "backend wasm trains with the planned step only (G's step on the CPU kernels): use cpu or webgpu",

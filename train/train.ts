@@ -164,6 +164,11 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
         (backend === "wasm" ? " without it (tfjs-wasm cannot take G's gradients)" : ""),
     );
   }
+  if (c.precision !== "f32" && (backend !== "webgpu" || !c.plannedStep)) {
+    throw new Error(
+      `precision ${c.precision} is for the planned step on webgpu only; this run uses ${backend}`,
+    );
+  }
   if (backend === "wasm" && c.stage === "gan" && wasmGanHeapMiB(c) > WASM_HEAP_LIMIT_MIB) {
     let fits = 0;
     while (wasmGanHeapMiB({ ...c, batchSize: fits + 1 }) <= WASM_HEAP_LIMIT_MIB) fits++;

@@ -245,13 +245,18 @@ export class Trainer {
     };
     this.plan ??= tf.getBackend() === "wasm"
       ? new RRDBNetTrainPlanWasm(this.g, options)
-      : new RRDBNetTrainPlanWebGPU(this.g, options);
+      : new RRDBNetTrainPlanWebGPU(this.g, { ...options, precision: c.precision });
+    // mixed precision: its loss scale shows in the logs (it halves at each skipped step)
+    const scaled = (l: StepLosses): StepLosses =>
+      this.plan instanceof RRDBNetTrainPlanWebGPU && c.precision !== "f32"
+        ? { ...l, loss_scale: this.plan.lossScale }
+        : l;
     const lr = this.lr();
     this.planAhead = true;
     if (c.stage === "psnr") {
       const l_pix = await this.plan.step(batch, lr.g);
       this.step++;
-      return { lr: lr.g, l_pix };
+      return scaled({ lr: lr.g, l_pix });
     }
     const sr = (await this.plan.forward(batch))!;
     const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
@@ -268,7 +273,7 @@ export class Trainer {
       dParts = this.discriminatorStep(gt, sr, lr.d);
       const [g, d] = [await gParts!.data(), await dParts.data()];
       this.step++;
-      return { lr: lr.g, l_pix, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] };
+      return scaled({ lr: lr.g, l_pix, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] });
     } finally {
       tf.dispose([sr, gt, ...[gParts, dParts, dSr].filter((t): t is tf.Tensor => !!t)]);
     }

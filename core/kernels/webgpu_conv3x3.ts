@@ -413,7 +413,8 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
   const c1 = spec.c1 ?? 0;
   const outStride = spec.outStride ?? spec.cout;
   const outOffset = spec.outOffset ?? 0;
-  const x1Stride = spec.x1Stride ?? Math.max(c1, 1);
+  // without x1 its stride is moot: a multiple of 4 keeps the vector path
+  const x1Stride = spec.x1Stride ?? (c1 > 0 ? c1 : 4);
   const res2Stride = spec.res2Stride ?? spec.cout;
   const res1 = spec.res1Scale !== undefined, res2 = spec.res2Scale !== undefined;
   if (res1 && (spec.upsample || spec.cout > spec.c0)) {
@@ -532,6 +533,8 @@ export interface FilterGradSpec extends Conv3x3Input {
   biasAt?: number;
   /** Multiplies the result (a residual scaling of `dy`). */
   scale?: number;
+  /** `x` and `dy` are f16 (needs shader-f16); products and sums stay f32, as does the result. */
+  half?: boolean;
 }
 
 function filterGradSource(
@@ -547,10 +550,14 @@ function filterGradSource(
     two: boolean;
     up: boolean;
     bias: boolean;
+    half: boolean;
   },
 ) {
   const { bk, bn, br, ks } = o;
   const T = o.vec ? "vec4<f32>" : "f32";
+  // what x and dy hold; read into f32
+  const I = o.half ? (o.vec ? "vec4<f16>" : "f16") : T;
+  const load = (e: string) => (o.half ? `${T}(${e})` : e);
   const div = o.vec ? 4 : 1;
   const nt = (bk / 4) * (bn / 4);
   // Load units: 4 consecutive k (taps·channels) of one pixel, 4 consecutive out-channels of one pixel.
@@ -573,8 +580,9 @@ function filterGradSource(
     : [0, 1, 2, 3].map((j) => readXAt(`(k + ${j})`, `v[${j}]`, "1.0")).join("\n        ");
   const dyAt = (j: string) => `(m * u.dyStride + u.dyOffset + col${j}) / ${div}`;
   const loadD = o.vec
-    ? `if (col < u.cout) { v = dy[${dyAt("")}]; }`
-    : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = dy[${dyAt(` + ${j}`)}]; }`).join(" ");
+    ? `if (col < u.cout) { v = ${load(`dy[${dyAt("")}]`)}; }`
+    : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = ${load(`dy[${dyAt(` + ${j}`)}]`)}; }`)
+      .join(" ");
   const write = o.vec
     ? `result[(base + row + col) / 4] = acc[i] * u.scale;`
     : [0, 1, 2, 3].map((j) =>
@@ -582,9 +590,9 @@ function filterGradSource(
     )
       .join("\n    ");
   const readX = o.two
-    ? `if (c < u.c0) { return x0[(p * u.x0Stride + c) / ${div}]; }
-  return x1[(p * u.x1Stride + c - u.c0) / ${div}];`
-    : `return x0[(p * u.x0Stride + c) / ${div}];`;
+    ? `if (c < u.c0) { return ${load(`x0[(p * u.x0Stride + c) / ${div}]`)}; }
+  return ${load(`x1[(p * u.x1Stride + c - u.c0) / ${div}]`)};`
+    : `return ${load(`x0[(p * u.x0Stride + c) / ${div}]`)};`;
   // Slices of the workgroup take turns over the pixel chunks; their sums meet in workgroup memory.
   const shared = Math.max(ks * (xUnits + dUnits), (ks - 1) * nt * 4);
   const reduce = ks === 1 ? "" : `
@@ -595,11 +603,11 @@ function filterGradSource(
   for (var s = 1; s < ${ks}; s++) {
     for (var i = 0; i < 4; i++) { acc[i] += Sh[((s - 1) * ${nt} + tid) * 4 + i]; }
   }`;
-  return `${prelude}
+  return `${o.half ? "enable f16;\n" : ""}${prelude}
 @group(0) @binding(0) var<storage, read_write> result: array<${T}>;
-@group(0) @binding(1) var<storage, read> x0: array<${T}>;
-${o.two ? `@group(0) @binding(2) var<storage, read> x1: array<${T}>;` : ""}
-@group(0) @binding(${o.two ? 3 : 2}) var<storage, read> dy: array<${T}>;
+@group(0) @binding(1) var<storage, read> x0: array<${I}>;
+${o.two ? `@group(0) @binding(2) var<storage, read> x1: array<${I}>;` : ""}
+@group(0) @binding(${o.two ? 3 : 2}) var<storage, read> dy: array<${I}>;
 @group(0) @binding(${o.two ? 4 : 3}) var<uniform> u: Uniforms;
 var<workgroup> Sh: array<vec4<f32>, ${shared}>;
 
@@ -697,7 +705,8 @@ export interface FilterGradPrograms {
 export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
   const { n, h, w, cout } = spec;
   const c1 = spec.c1 ?? 0, cin = spec.c0 + c1;
-  const x1Stride = spec.x1Stride ?? Math.max(c1, 1);
+  // without x1 its stride is moot: a multiple of 4 keeps the vector path
+  const x1Stride = spec.x1Stride ?? (c1 > 0 ? c1 : 4);
   const dyStride = spec.dyStride ?? cout, dyOffset = spec.dyOffset ?? 0;
   const bias = !!spec.bias;
   const K = 9 * cin, M = n * h * w;
@@ -722,7 +731,19 @@ export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
   const split = splits > 1;
   const partSize = K * cout + (bias ? cout : 0);
   const tapUniform = v2 && cin % bk === 0;
-  const o = { vec, bk, bn, br, ks, tapUniform, split, two: c1 > 0, up: !!spec.upsample, bias };
+  const o = {
+    vec,
+    bk,
+    bn,
+    br,
+    ks,
+    tapUniform,
+    split,
+    two: c1 > 0,
+    up: !!spec.upsample,
+    bias,
+    half: !!spec.half,
+  };
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
   const main = {
     name: "Conv3x3FilterGradProgram",

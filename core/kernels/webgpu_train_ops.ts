@@ -2,7 +2,10 @@
  * The element-wise programs of RRDBNet's planned training step (webgpu_train_plan.ts), beside the
  * 3x3 convolutions of webgpu_conv3x3.ts: the L1 loss and its gradient, the nearest 2x upsampling's
  * gradient (a 2x2 sum, with the LeakyReLU derivative of the layer below fused), a strided add, and
- * Adam fused with the EMA update over all parameters at once.
+ * Adam fused with the EMA update over all parameters at once. With `half`, maps and map gradients
+ * are f16 (shader-f16) and the arithmetic f32; the mixed-precision step's loss scaling lives in
+ * {@link l1LossGrad} (scales), {@link checkFinite} (finds overflow) and {@link adamEma} (unscales,
+ * skips the update after an overflow).
  * @module
  */
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
@@ -11,6 +14,12 @@ import { dispatch1d } from "./webgpu_pass.ts";
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
 
 const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
+/** `enable f16;` when half, and the element type of maps: f16 or f32 (vec4 of it with `vec`). */
+const maps = (half: boolean, vec = true) => ({
+  enable: half ? "enable f16;\n" : "",
+  T: vec ? `vec4<${half ? "f16" : "f32"}>` : half ? "f16" : "f32",
+  F: vec ? "vec4<f32>" : "f32",
+});
 const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
 /** The flat thread index of a launch made by {@link dispatch1d} with workgroups of 64 or 256. */
 const flatIndex = (size: number) => `i32(gid.x + gid.y * ${65535 * size}u)`;
@@ -19,18 +28,23 @@ const flatIndex = (size: number) => `i32(gid.x + gid.y * ${65535 * size}u)`;
 export const L1_GROUP = 256;
 
 /**
- * `result = sign(out − gt) · scale + extra` (`extra`: the gradient of G's other losses) and, per
- * workgroup of {@link L1_GROUP}, the partial sum of |out − gt| into `partials` (bindings: result,
- * out, gt, partials, extra).
+ * `result = (sign(out − gt) · scale + extra) · lossScale` (`extra`: the gradient of G's other
+ * losses) and, per workgroup of {@link L1_GROUP}, the partial sum of |out − gt| into `partials`
+ * (bindings: result, out, gt, partials, extra). With `half`, `out` and `result` are f16.
  */
-export function l1LossGrad(count: number, scale: number): Program {
+export function l1LossGrad(
+  count: number,
+  scale: number,
+  options: { half?: boolean; lossScale?: number } = {},
+): Program {
+  const { enable, T } = maps(!!options.half, false);
   return {
     name: "L1LossGradProgram",
-    key: "l1LossGrad",
+    key: `l1LossGrad:${!!options.half}`,
     source: (prelude) =>
-      `${prelude}
-@group(0) @binding(0) var<storage, read_write> result: array<f32>;
-@group(0) @binding(1) var<storage, read> out: array<f32>;
+      `${enable}${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<${T}>;
+@group(0) @binding(1) var<storage, read> out: array<${T}>;
 @group(0) @binding(2) var<storage, read> gt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read> extra: array<f32>;
@@ -42,8 +56,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   let i = ${flatIndex(L1_GROUP)};
   var a = 0.0;
   if (i < u.count) {
-    let d = out[i] - gt[i];
-    result[i] = sign(d) * u.scale + extra[i];
+    let d = f32(out[i]) - gt[i];
+    result[i] = ${T}((sign(d) * u.scale + extra[i]) * u.lossScale);
     a = abs(d);
   }
   S[lidx] = a;
@@ -55,8 +69,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   if (lidx == 0u) { partials[wid.x + wid.y * 65535u] = S[0]; }
 }`,
     dispatch: dispatch1d(count, L1_GROUP),
-    uniforms: "count : i32, scale : f32,",
-    params: [i32(count), f32(scale)],
+    uniforms: "count : i32, scale : f32, lossScale : f32,",
+    params: [i32(count), f32(scale), f32(options.lossScale ?? 1)],
   };
 }
 
@@ -74,18 +88,20 @@ export function l1Partials(count: number): number {
 export function upsampleGrad(
   size: { n: number; h: number; w: number; c: number },
   mask?: { alpha: number },
+  half = false,
 ): Program {
   const { n, h, w, c } = size;
   if (c % 4) throw new Error(`upsampleGrad: ${c} channels, not a multiple of 4`);
   const count = (n * h * w * c) / 4;
+  const { enable, T, F } = maps(half);
   return {
     name: "UpsampleGradProgram",
-    key: `upsampleGrad:${!!mask}`,
+    key: `upsampleGrad:${!!mask}:${half}`,
     source: (prelude) =>
-      `${prelude}
-@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
-${mask ? "@group(0) @binding(2) var<storage, read> mask: array<vec4<f32>>;" : ""}
+      `${enable}${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<${T}>;
+@group(0) @binding(1) var<storage, read> src: array<${T}>;
+${mask ? `@group(0) @binding(2) var<storage, read> mask: array<${T}>;` : ""}
 @group(0) @binding(${mask ? 3 : 2}) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -95,9 +111,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let x = p % u.w; let y = (p / u.w) % u.h; let b = p / (u.w * u.h);
   let row = 2 * u.w * u.c4;
   let at = ((b * 2 * u.h + 2 * y) * 2 * u.w + 2 * x) * u.c4 + c4;
-  var v = src[at] + src[at + u.c4] + src[at + row] + src[at + row + u.c4];
-  ${mask ? "v = select(v * u.alpha, v, mask[i] > vec4<f32>(0.0));" : ""}
-  result[i] = v;
+  var v = ${F}(src[at]) + ${F}(src[at + u.c4]) + ${F}(src[at + row]) + ${F}(src[at + row + u.c4]);
+  ${mask ? `v = select(v * u.alpha, v, ${F}(mask[i]) > vec4<f32>(0.0));` : ""}
+  result[i] = ${T}(v);
 }`,
     dispatch: dispatch1d(count),
     uniforms: "count : i32, h : i32, w : i32, c4 : i32, alpha : f32,",
@@ -109,23 +125,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * `result[p, c] = a[p · aStride + c] + b[p · c + c']` for `pixels` pixels of `c` channels
  * (a is a channel slice of a wider buffer). Bindings: result, a, b. c, aStride multiples of 4.
  */
-export function addStrided(pixels: number, c: number, aStride: number): Program {
+export function addStrided(pixels: number, c: number, aStride: number, half = false): Program {
   if (c % 4 || aStride % 4) throw new Error(`addStrided: ${c} / ${aStride} channels, not multiples of 4`);
   const count = (pixels * c) / 4;
+  const { enable, T, F } = maps(half);
   return {
     name: "AddStridedProgram",
-    key: "addStrided",
+    key: `addStrided:${half}`,
     source: (prelude) =>
-      `${prelude}
-@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+      `${enable}${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<${T}>;
+@group(0) @binding(1) var<storage, read> a: array<${T}>;
+@group(0) @binding(2) var<storage, read> b: array<${T}>;
 @group(0) @binding(3) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex(64)};
   if (i >= u.count) { return; }
-  result[i] = a[(i / u.c4) * u.a4 + i % u.c4] + b[i];
+  result[i] = ${T}(${F}(a[(i / u.c4) * u.a4 + i % u.c4]) + ${F}(b[i]));
 }`,
     dispatch: dispatch1d(count),
     uniforms: "count : i32, c4 : i32, a4 : i32,",
@@ -135,53 +152,92 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 /** The uniform block of {@link adamEma}, rewritten before every step (learning rate, step count). */
 export const ADAM_EMA_UNIFORMS = "count : i32, oneMinusBeta1 : f32, beta2 : f32, oneMinusBeta2 : f32, " +
-  "bc2Sqrt : f32, eps : f32, stepSize : f32, decay : f32, oneMinusDecay : f32,";
+  "bc2Sqrt : f32, eps : f32, stepSize : f32, decay : f32, oneMinusDecay : f32, gradScale : f32,";
 
-/** The values of {@link ADAM_EMA_UNIFORMS} for step `t` (counted from 1) at learning rate `lr`. */
+/**
+ * The values of {@link ADAM_EMA_UNIFORMS} for step `t` (counted from 1) at learning rate `lr`;
+ * the gradients are multiplied by `gradScale` first (1 / the loss scale).
+ */
 export function adamEmaParams(
   count: number,
-  o: { lr: number; t: number; beta1: number; beta2: number; eps: number; decay: number },
+  o: { lr: number; t: number; beta1: number; beta2: number; eps: number; decay: number; gradScale?: number },
 ): Uniform[] {
   const bc1 = 1 - Math.pow(o.beta1, o.t);
   const bc2Sqrt = Math.sqrt(1 - Math.pow(o.beta2, o.t));
   return [
     i32(count / 4),
-    ...[1 - o.beta1, o.beta2, 1 - o.beta2, bc2Sqrt, o.eps, o.lr / bc1, o.decay, 1 - o.decay].map(f32),
+    ...[1 - o.beta1, o.beta2, 1 - o.beta2, bc2Sqrt, o.eps, o.lr / bc1, o.decay, 1 - o.decay, o.gradScale ?? 1]
+      .map(f32),
   ];
 }
 
 /**
  * Adam in PyTorch's update order (train/adam.ts), then the EMA of the parameters, over flat
- * buffers of `count` floats (a multiple of 4). Bindings: params (read-write), grads, m, v, ema.
+ * buffers of `count` floats (a multiple of 4). Bindings: params (read-write), grads, m, v, ema;
+ * with `half` also an f16 copy of the params it writes, and the overflow flag of
+ * {@link checkFinite}: when set, nothing is updated (the step is skipped).
  */
-export function adamEma(count: number): Program {
+export function adamEma(count: number, half = false): Program {
   if (count % 4) throw new Error(`adamEma: ${count} elements, not a multiple of 4`);
   return {
     name: "AdamEmaProgram",
-    key: "adamEma",
+    key: `adamEma:${half}`,
     source: (prelude) =>
-      `${prelude}
+      `${half ? "enable f16;\n" : ""}${prelude}
 @group(0) @binding(0) var<storage, read_write> p: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> m: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> v: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> e: array<vec4<f32>>;
-@group(0) @binding(5) var<uniform> u: Uniforms;
+${
+        half
+          ? `@group(0) @binding(5) var<storage, read_write> ph: array<vec4<f16>>;
+@group(0) @binding(6) var<storage, read> overflow: array<u32>;`
+          : ""
+      }
+@group(0) @binding(${half ? 7 : 5}) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex(64)};
-  if (i >= u.count) { return; }
-  let gi = g[i];
+  if (i >= u.count${half ? " || overflow[0] != 0u" : ""}) { return; }
+  let gi = g[i] * u.gradScale;
   let mi = m[i] + (gi - m[i]) * u.oneMinusBeta1;
   let vi = v[i] * u.beta2 + gi * gi * u.oneMinusBeta2;
   let pi = p[i] - mi / (sqrt(vi) / u.bc2Sqrt + u.eps) * u.stepSize;
   m[i] = mi;
   v[i] = vi;
   p[i] = pi;
-  e[i] = e[i] * u.decay + pi * u.oneMinusDecay;
+  e[i] = e[i] * u.decay + pi * u.oneMinusDecay;${half ? "\n  ph[i] = vec4<f16>(pi);" : ""}
 }`,
     dispatch: dispatch1d(count / 4),
     uniforms: ADAM_EMA_UNIFORMS,
     params: adamEmaParams(count, { lr: 0, t: 1, beta1: 0.9, beta2: 0.99, eps: 1e-8, decay: 0.999 }),
+  };
+}
+
+/**
+ * Sets `flag[0]` to 1 when any of `count` f32 values (a multiple of 4) is infinite or NaN: read as
+ * bits, since shader compilers may assume floats are finite. Bindings: flag (cleared before), values.
+ */
+export function checkFinite(count: number): Program {
+  if (count % 4) throw new Error(`checkFinite: ${count} elements, not a multiple of 4`);
+  return {
+    name: "CheckFiniteProgram",
+    key: "checkFinite",
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> flag: array<atomic<u32>>;
+@group(0) @binding(1) var<storage, read> values: array<vec4<u32>>;
+@group(0) @binding(2) var<uniform> u: Uniforms;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex(64)};
+  if (i >= u.count) { return; }
+  let exponent = values[i] & vec4<u32>(0x7f800000u);
+  if (any(exponent == vec4<u32>(0x7f800000u))) { atomicStore(&flag[0], 1u); }
+}`,
+    dispatch: dispatch1d(count / 4),
+    uniforms: "count : i32,",
+    params: [i32(count / 4)],
   };
 }

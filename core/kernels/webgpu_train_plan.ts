@@ -16,6 +16,14 @@
  *
  * Values move between the plan and the nets' tf.Variables only on {@link RRDBNetTrainPlanWebGPU.writeBack}
  * (and at construction): checkpoints, validation and export keep using the variables.
+ *
+ * Mixed precision (`precision: "f16"` or `"f16-f32acc"`, needs shader-f16; opt-in): feature maps,
+ * their gradients and a copy of the weights are f16, the convolutions as in webgpu_conv3x3.ts's
+ * ConvPrecision; the parameters, their gradients (filter gradients sum in f32), Adam's moments and
+ * the EMA stay f32. Dynamic loss scaling as PyTorch's GradScaler does it: the loss gradient is
+ * multiplied by {@link RRDBNetTrainPlanWebGPU.lossScale} (2^16 at first) so small gradients do not
+ * vanish in f16, Adam divides it out; a step whose gradients hold an inf or NaN is skipped and halves
+ * the scale, and every 1,000 good steps double it.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -24,15 +32,18 @@ import type { RRDBNet } from "../rrdbnet_arch.ts";
 import {
   conv3x3Program,
   type Conv3x3Spec,
+  type ConvPrecision,
   filterGradPrograms,
   type FilterGradSpec,
 } from "./webgpu_conv3x3.ts";
+import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
 import {
   adamEma,
   adamEmaParams,
   addStrided,
+  checkFinite,
   l1LossGrad,
   l1Partials,
   upsampleGrad,
@@ -58,7 +69,15 @@ export interface TrainPlanOptions {
   emaDecay: number;
   /** Weight of the L1 loss (BasicSR's `pixel_opt.loss_weight`). */
   pixelWeight?: number;
+  /** Number format of maps, map gradients and products (default f32; f16 forms: mixed precision). */
+  precision?: ConvPrecision;
+  /** The first loss scale of mixed precision (default 2^16). */
+  lossScale?: number;
 }
+
+/** Good steps after which mixed precision doubles its loss scale (PyTorch's GradScaler: 2,000). */
+const GROWTH_INTERVAL = 1000;
+const MAX_LOSS_SCALE = 2 ** 24;
 
 /** A source of a gradient: a buffer, its channel stride and first channel. */
 interface Src {
@@ -67,7 +86,8 @@ interface Src {
   offset: number;
 }
 
-const ALIGN = 64; // floats: 256 bytes, WebGPU's minStorageBufferOffsetAlignment
+/** Parameters start at multiples of this many elements: 256 bytes (minStorageBufferOffsetAlignment) in f16. */
+const ALIGN = 128;
 const LRELU = 0.2;
 
 /** A prepared training step of `net` (scale 4) for batches of one size. Dispose it when done. */
@@ -79,6 +99,15 @@ export class RRDBNetTrainPlanWebGPU {
   private readonly layout = new Map<string, { offset: number; size: number; shape: number[] }>();
   private readonly total: number;
   private readonly flat: { p: GPUBuffer; g: GPUBuffer; m: GPUBuffer; v: GPUBuffer; e: GPUBuffer };
+  /** Mixed precision: the f16 copy of `flat.p` the convolutions read, and the overflow flag. */
+  private readonly half?: { p: GPUBuffer; overflow: GPUBuffer; lqF32: GPUBuffer; outF32: GPUBuffer };
+  /** Mixed precision: what the loss gradient is multiplied by (1 in f32). */
+  lossScale: number;
+  /** Mixed precision: steps skipped for an overflow so far. */
+  skippedSteps = 0;
+  private goodSteps = 0;
+  private lastScale = 1;
+  private readonly setL1: (params: Uniform[]) => void;
   private readonly lq: GPUBuffer;
   private readonly gt: GPUBuffer;
   private readonly partials: GPUBuffer;
@@ -103,8 +132,15 @@ export class RRDBNetTrainPlanWebGPU {
       throw new Error(`RRDBNetTrainPlanWebGPU: nf ${nf} and gc ${gc} must be multiples of 4`);
     }
     this.be = tf.backend() as unknown as PassBackend;
+    const precision = options.precision ?? "f32", half = precision !== "f32";
+    if (half && !hasShaderF16(this.be)) {
+      throw new Error(
+        `RRDBNetTrainPlanWebGPU: ${precision} needs the WebGPU feature shader-f16, which this device lacks`,
+      );
+    }
     this.pass = new PlannedPass(this.be);
     this.t = options.adam.t;
+    this.lossScale = half ? options.lossScale ?? 2 ** 16 : 1;
 
     let total = 0;
     for (const [name, v] of net.params) {
@@ -114,19 +150,29 @@ export class RRDBNetTrainPlanWebGPU {
     this.total = total;
     const flatBuf = () => this.pass.buffer(total * 4);
     this.flat = { p: flatBuf(), g: flatBuf(), m: flatBuf(), v: flatBuf(), e: flatBuf() };
-    this.copyVariables("in");
 
     const n = options.batch, h = options.lqSize, w = h, H = 4 * h, W = 4 * w;
     const C = nf + 4 * gc;
-    const act = (hh: number, c: number) => this.pass.buffer(n * hh * hh * c * 4);
+    const f32 = (hh: number, c: number) => this.pass.buffer(n * hh * hh * c * 4);
+    const act = (hh: number, c: number) => this.pass.buffer(n * hh * hh * c * (half ? 2 : 4));
+    if (half) {
+      this.half = {
+        p: this.pass.buffer(total * 2),
+        overflow: this.pass.buffer(4),
+        lqF32: f32(h, numInCh),
+        outF32: f32(H, numOutCh),
+      };
+    }
+    this.copyVariables("in");
     this.lq = act(h, numInCh);
-    this.gt = act(H, numOutCh);
+    this.gt = f32(H, numOutCh);
     this.count = n * H * W * numOutCh;
     this.nPartials = l1Partials(this.count);
     this.partials = this.pass.buffer(this.nPartials * 4);
     this.extra = this.pass.buffer(this.count * 4);
     this.staging = this.be.device.createBuffer({
-      size: Math.ceil(this.nPartials / 4) * 16,
+      // the L1 partial sums, then the overflow flag
+      size: Math.ceil((this.nPartials + 1) / 4) * 16,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
 
@@ -134,6 +180,7 @@ export class RRDBNetTrainPlanWebGPU {
     const param = (name: string): Region => {
       const l = this.layout.get(name);
       if (!l) throw new Error(`RRDBNetTrainPlanWebGPU: the net has no parameter ${name}`);
+      if (this.half) return { buffer: this.half.p, offset: l.offset * 2, size: Math.ceil(l.size / 4) * 8 };
       return { buffer: this.flat.p, offset: l.offset * 4, size: Math.ceil(l.size / 4) * 16 };
     };
     // Dispatches are planned as closures first: the scratch buffer for split filter gradients is
@@ -142,7 +189,7 @@ export class RRDBNetTrainPlanWebGPU {
     const add = (...a: Parameters<PlannedPass["add"]>) => ops.push(() => void this.pass.add(...a));
     const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
       add(
-        conv3x3Program(spec),
+        conv3x3Program({ ...spec, precision }),
         whole(output),
         inputs,
         spec.flipTransposed ? "conv3x3 input grad" : "conv3x3 forward",
@@ -152,7 +199,7 @@ export class RRDBNetTrainPlanWebGPU {
     /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
     const filterGrad = (name: string, spec: Omit<FilterGradSpec, "bias" | "biasAt">, inputs: Region[]) => {
       const wl = this.layout.get(`${name}.weight`)!, bl = this.layout.get(`${name}.bias`)!;
-      const programs = filterGradPrograms({ ...spec, bias: true, biasAt: bl.offset - wl.offset });
+      const programs = filterGradPrograms({ ...spec, bias: true, biasAt: bl.offset - wl.offset, half });
       const grad: Region = {
         buffer: this.flat.g,
         offset: wl.offset * 4,
@@ -191,6 +238,7 @@ export class RRDBNetTrainPlanWebGPU {
     };
 
     // ---- forward, keeping what the backward reads ----
+    if (this.half) add(castProgram(n * h * w * numInCh, "f16"), whole(this.lq), [whole(this.half.lqF32)]);
     const base = { n, h, w };
     const feat = act(h, nf);
     conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, [
@@ -260,16 +308,21 @@ export class RRDBNetTrainPlanWebGPU {
     ]);
     conv(lin(nf, size4, lrelu), hr, [whole(u2), param("conv_hr.weight"), param("conv_hr.bias")]);
     conv(lin(numOutCh, size4), out, [whole(hr), param("conv_last.weight"), param("conv_last.bias")]);
+    if (this.half) add(castProgram(this.count, "f32"), whole(this.half.outF32), [whole(out)]);
 
     // ---- loss: everything from here on is the backward pass ----
     ops.push(() => this.forwardEnd = this.pass.size);
     const dOut = act(H, numOutCh);
-    add(l1LossGrad(this.count, (options.pixelWeight ?? 1) / this.count), whole(dOut), [
-      whole(out),
-      whole(this.gt),
-      whole(this.partials),
-      whole(this.extra),
-    ]);
+    let setL1: (params: Uniform[]) => void = () => {};
+    const l1 = l1LossGrad(this.count, (options.pixelWeight ?? 1) / this.count, { half });
+    ops.push(() =>
+      setL1 = this.pass.add(l1, whole(dOut), [
+        whole(out),
+        whole(this.gt),
+        whole(this.partials),
+        whole(this.extra),
+      ])
+    );
 
     // ---- backward: the tail, from the output to the trunk ----
     const src = (buf: GPUBuffer, stride: number, offset = 0): Src => ({ buf, stride, offset });
@@ -296,7 +349,7 @@ export class RRDBNetTrainPlanWebGPU {
       whole(dU2),
     ]);
     inputGrad("conv_up2", src(dU2, nf), dFull, { size: size4, cin: nf, cout: nf });
-    add(upsampleGrad({ n, h: 2 * h, w: 2 * w, c: nf }, { alpha: LRELU }), whole(dU1), [
+    add(upsampleGrad({ n, h: 2 * h, w: 2 * w, c: nf }, { alpha: LRELU }, half), whole(dU1), [
       whole(dFull),
       whole(u1),
     ]);
@@ -305,7 +358,7 @@ export class RRDBNetTrainPlanWebGPU {
       whole(dU1),
     ]);
     inputGrad("conv_up1", src(dU1, nf), dFull, { size: size2, cin: nf, cout: nf });
-    add(upsampleGrad({ n, h, w, c: nf }), whole(dBody), [whole(dFull)]);
+    add(upsampleGrad({ n, h, w, c: nf }, undefined, half), whole(dBody), [whole(dFull)]);
     filterGrad("conv_body", { ...base, c0: nf, x0Stride: nf, cout: nf }, [whole(trunk), whole(dBody)]);
     const dTrunk = act(h, nf);
     inputGrad("conv_body", src(dBody, nf), dTrunk, { size: base, cin: nf, cout: nf });
@@ -379,7 +432,7 @@ export class RRDBNetTrainPlanWebGPU {
     }
     // feat feeds the first block and, through the long skip, conv_body's output
     const dFeat = act(h, nf);
-    add(addStrided(n * h * w, nf, C), whole(dFeat), [whole(dCats[0]), whole(dBody)]);
+    add(addStrided(n * h * w, nf, C, half), whole(dFeat), [whole(dCats[0]), whole(dBody)]);
     filterGrad("conv_first", { ...base, c0: numInCh, x0Stride: numInCh, cout: nf }, [
       whole(this.lq),
       whole(dFeat),
@@ -388,13 +441,22 @@ export class RRDBNetTrainPlanWebGPU {
     // ---- Adam, then the EMA, over every parameter at once ----
     const { p, g, m, v, e } = this.flat;
     let setAdam: (params: Uniform[]) => void = () => {};
+    const hp = this.half;
+    if (hp) add(checkFinite(total), whole(hp.overflow), [whole(g)]);
     ops.push(() =>
-      setAdam = this.pass.add(adamEma(total), whole(p), [whole(g), whole(m), whole(v), whole(e)])
+      setAdam = this.pass.add(adamEma(total, half), whole(p), [
+        whole(g),
+        whole(m),
+        whole(v),
+        whole(e),
+        ...(hp ? [whole(hp.p), whole(hp.overflow)] : []),
+      ])
     );
 
     scratch.buffer = this.pass.buffer(scratchBytes);
     for (const op of ops) op();
     this.setAdam = setAdam;
+    this.setL1 = setL1;
   }
 
   /** Dispatches one step records. */
@@ -424,13 +486,14 @@ export class RRDBNetTrainPlanWebGPU {
       );
     }
     const { device } = this.be;
-    device.queue.writeBuffer(this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
+    device.queue.writeBuffer(this.half?.lqF32 ?? this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
     device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
     this.pass.submitWithTfjs((encoder) => this.pass.record(encoder, undefined, 0, this.forwardEnd));
     this.forwarded = true;
     if (options.output === false) return undefined as unknown as tf.Tensor4D;
     const s = this.options.lqSize * 4;
-    return tf.tensor({ buffer: this.out }, [this.options.batch, s, s, 3], "float32") as tf.Tensor4D;
+    const out = this.half?.outF32 ?? this.out;
+    return tf.tensor({ buffer: out }, [this.options.batch, s, s, 3], "float32") as tf.Tensor4D;
   }
 
   /**
@@ -448,9 +511,24 @@ export class RRDBNetTrainPlanWebGPU {
     }
     this.t++;
     const { beta1, beta2, eps } = this.options.adam;
+    const scale = this.lastScale = this.lossScale;
     this.setAdam(
-      adamEmaParams(this.total, { lr, t: this.t, beta1, beta2, eps, decay: this.options.emaDecay }),
+      adamEmaParams(this.total, {
+        lr,
+        t: this.t,
+        beta1,
+        beta2,
+        eps,
+        decay: this.options.emaDecay,
+        gradScale: 1 / scale,
+      }),
     );
+    if (this.half) {
+      this.setL1([this.count, (this.options.pixelWeight ?? 1) / this.count, scale].map((v, i) => ({
+        type: i ? "float32" : "int32",
+        data: [v],
+      })));
+    }
     let extraBuf: GPUBuffer | undefined;
     if (extra) {
       this.be.uploadToGPU(extra.dataId);
@@ -459,15 +537,35 @@ export class RRDBNetTrainPlanWebGPU {
     this.pass.submitWithTfjs((encoder) => {
       if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
       else encoder.clearBuffer(this.extra);
+      if (this.half) encoder.clearBuffer(this.half.overflow);
       this.pass.record(encoder, undefined, this.forwardEnd);
       encoder.copyBufferToBuffer(this.partials, 0, this.staging, 0, this.nPartials * 4);
+      if (this.half) encoder.copyBufferToBuffer(this.half.overflow, 0, this.staging, this.nPartials * 4, 4);
     });
     await this.staging.mapAsync(GPUMapMode.READ);
-    const sums = new Float32Array(this.staging.getMappedRange().slice(0, this.nPartials * 4));
+    const mapped = this.staging.getMappedRange();
+    const sums = new Float32Array(mapped.slice(0, this.nPartials * 4));
+    const overflow = this.half
+      ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
+      : 0;
     this.staging.unmap();
+    if (this.half) this.adjustLossScale(overflow !== 0);
     let sum = 0;
     for (const v of sums) sum += v;
     return (sum / this.count) * (this.options.pixelWeight ?? 1);
+  }
+
+  /** GradScaler's rule: an overflow skipped the update (Adam's step is not counted) and halves the scale. */
+  private adjustLossScale(overflow: boolean): void {
+    if (overflow) {
+      this.t--;
+      this.skippedSteps++;
+      this.goodSteps = 0;
+      this.lossScale /= 2;
+    } else if (++this.goodSteps >= GROWTH_INTERVAL) {
+      this.goodSteps = 0;
+      this.lossScale = Math.min(MAX_LOSS_SCALE, this.lossScale * 2);
+    }
   }
 
   /** GPU time of the step by kind of dispatch (see PlannedPass.profile); leaves the plan's values garbage. */
@@ -479,7 +577,9 @@ export class RRDBNetTrainPlanWebGPU {
   async gradients(): Promise<Map<string, Float32Array>> {
     const all = await this.read(this.flat.g);
     const out = new Map<string, Float32Array>();
-    for (const [name, l] of this.layout) out.set(name, all.slice(l.offset, l.offset + l.size));
+    for (const [name, l] of this.layout) {
+      out.set(name, all.slice(l.offset, l.offset + l.size).map((v) => v / this.lastScale));
+    }
     return out;
   }
 
@@ -519,6 +619,12 @@ export class RRDBNetTrainPlanWebGPU {
     ];
     const adopt: [tf.Variable, tf.TensorInfo][] = [];
     const be = this.be;
+    // the f16 copy of the parameters the convolutions read, made again after they come in
+    let cast: PlannedPass | undefined;
+    if (direction === "in" && this.half) {
+      cast = new PlannedPass(be);
+      cast.add(castProgram(this.total, "f16"), { buffer: this.half.p }, [{ buffer: this.flat.p }]);
+    }
     this.pass.submitWithTfjs((encoder) => {
       for (const [flat, vars] of sets) {
         for (const [name, l] of this.layout) {
@@ -542,7 +648,9 @@ export class RRDBNetTrainPlanWebGPU {
           }
         }
       }
+      cast?.record(encoder);
     });
+    cast?.dispose();
     for (const [variable, info] of adopt) {
       const t = tf.engine().makeTensorFromTensorInfo(info);
       variable.assign(t);
