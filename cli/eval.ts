@@ -3,8 +3,8 @@
  * channel, `scale` pixels of border cropped, the bicubic baseline from MATLAB-compatible imresize.
  *
  *     deno task eval --data DIR [--data DIR]... [--model PATH|bicubic]... [--scale 4]
- *       [--json] [--report DIR] [--backend webgpu|wasm|cpu] [--tile N] [--font TTF] [--crop 128] [--zoom 2]
- *       [--gray-as-luma]
+ *       [--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N]
+ *       [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]
  *
  * Without --model only the bicubic baseline runs. A DIR holds `*_HR.png` with matching `*_LR.png`, or
  * plain HR images (their LR is made with imresize); `Set5` finds `Set5/x4`. Markdown tables go to
@@ -31,10 +31,11 @@ import {
 } from "../core/eval.ts";
 import { chooseCrop, cropPanel, findFont, type Panel, sideBySide } from "../core/report.ts";
 import type { BackendName } from "../core/backend.ts";
+import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 
 const USAGE = "usage: deno task eval --data DIR [--data DIR]... [--model PATH|bicubic]... [--scale 4] " +
-  "[--json] [--report DIR] [--backend webgpu|wasm|cpu] [--tile N] [--font TTF] [--crop 128] [--zoom 2] " +
-  "[--gray-as-luma]";
+  "[--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N] " +
+  "[--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
 
 /** Parsed command line of the eval tool. */
 export interface EvalArgs {
@@ -44,6 +45,8 @@ export interface EvalArgs {
   json: boolean;
   report?: string;
   backend?: BackendName;
+  /** The models' number format on webgpu (see Upscaler.precision). */
+  precision: ConvPrecision;
   tile?: number;
   font?: string;
   crop: number;
@@ -65,6 +68,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
       json: { type: "boolean", default: false },
       report: { type: "string" },
       backend: { type: "string" },
+      precision: { type: "string", default: "f32" },
       tile: { type: "string" },
       font: { type: "string" },
       crop: { type: "string" },
@@ -80,6 +84,10 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
   if (backend && !["webgpu", "wasm", "cpu"].includes(backend)) {
     throw new Error(`--backend must be webgpu, wasm or cpu, not ${backend}`);
   }
+  const precision = values.precision as ConvPrecision;
+  if (!["f32", "f16", "f16-f32acc"].includes(precision)) {
+    throw new Error(`--precision must be f32, f16 or f16-f32acc, not ${precision}`);
+  }
   const scale = parseNumberFlag("--scale", values.scale, POSITIVE) ?? 4;
   if (scale < 1) throw new Error("--scale must be at least 1");
   return {
@@ -89,6 +97,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     json: values.json!,
     report: values.report,
     backend,
+    precision,
     tile: wholeNumber("tile", values.tile),
     font: values.font,
     crop: wholeNumber("crop", values.crop) ?? 128,
@@ -113,7 +122,13 @@ async function loadModels(
   const files = args.models.filter((m) => m !== "bicubic");
   if (files.length) {
     const { describeBackend, initBackend } = await import("../core/backend.ts");
-    log(`backend: ${describeBackend(await initBackend(args.backend))}`);
+    const info = await initBackend(args.backend);
+    log(`backend: ${describeBackend(info)}`);
+    if (args.precision !== "f32" && !info.f16) {
+      throw new Error(
+        `--precision ${args.precision} needs the webgpu backend with shader-f16, not ${info.name}`,
+      );
+    }
   }
   const names = args.models.map(modelName);
   for (const [i, spec] of args.models.entries()) {
@@ -125,6 +140,7 @@ async function loadModels(
     }
     const { Upscaler } = await import("../core/upscaler.ts");
     const upscaler = await Upscaler.load(spec);
+    upscaler.precision = args.precision;
     disposers.push(() => upscaler.dispose());
     models.push(upscalerModel(name, upscaler, { tile: args.tile, onProgress }));
   }

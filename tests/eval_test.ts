@@ -146,6 +146,13 @@ Deno.test("eval CLI: a tiny random model beside bicubic, JSON shape and report",
       "--crop",
       "16",
     ]);
+    assert.equal(args.precision, "f32");
+    // half precision needs webgpu with shader-f16: said before any image is read
+    await assert.rejects(
+      runEval({ ...args, precision: "f16" }, { log: () => {} }),
+      /--precision f16 needs the webgpu backend with shader-f16, not cpu/,
+    );
+    assert.throws(() => parseEvalArgs(["--data", data, "--precision", "f8"]), /--precision must be f32, f16/);
     const out = JSON.parse(await runEval(args, { log: (s) => logs.push(s) }));
     assert.deepEqual(Object.keys(out.datasets), ["Tiny"]);
     const models = out.datasets.Tiny.models;

@@ -524,10 +524,8 @@ export class RRDBNetTrainPlanWebGPU {
       }),
     );
     if (this.half) {
-      this.setL1([this.count, (this.options.pixelWeight ?? 1) / this.count, scale].map((v, i) => ({
-        type: i ? "float32" : "int32",
-        data: [v],
-      })));
+      const weight = (this.options.pixelWeight ?? 1) / this.count;
+      this.setL1(l1LossGrad(this.count, weight, { half: true, lossScale: scale }).params);
     }
     let extraBuf: GPUBuffer | undefined;
     if (extra) {
