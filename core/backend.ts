@@ -7,7 +7,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-webgpu";
 import { BackendWasm, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
-import { useWebGPUWithF16 } from "./kernels/webgpu_f16.ts";
+import { hasShaderF16, useWebGPUWithF16 } from "./kernels/webgpu_f16.ts";
+import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import threadedSimdFactory from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.js";
 import { wasmWorkerContents } from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.worker.js";
 
@@ -91,9 +92,7 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
   await tf.ready();
   if (name === "webgpu" && !adapter) adapter = (await probeWebGPU()).adapter;
   if (name === "wasm") threads = (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
-  const f16 = name === "webgpu"
-    ? (tf.backend() as unknown as { device: GPUDevice }).device.features.has("shader-f16")
-    : undefined;
+  const f16 = name === "webgpu" ? hasShaderF16(tf.backend() as unknown as WebGPUBackendLike) : undefined;
   return { name, adapter, reason, threads, f16 };
 }
 

@@ -15,6 +15,7 @@ import { imresizeArray } from "../core/imresize.ts";
 import type { RgbaImage } from "../core/image_io.ts";
 import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
 import type { StateDict } from "../core/state_dict.ts";
+import { MAX_MEMORY_BYTES } from "../core/kernels/wasm_pool.ts";
 import type { TrainConfig } from "./config.ts";
 import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
 import {
@@ -141,8 +142,8 @@ const mean = (rows: StepLosses[]) => {
   return out;
 };
 
-/** tfjs-wasm's memory cannot grow past 4 GiB (wasm32); leave a little for what the estimate misses. */
-const WASM_HEAP_LIMIT_MIB = 0.95 * 4096;
+/** tfjs-wasm's memory cannot grow past wasm32's 4 GiB either; leave a little for what the estimate misses. */
+const WASM_HEAP_LIMIT_MIB = (0.95 * MAX_MEMORY_BYTES) / 2 ** 20;
 
 /**
  * tfjs-wasm memory (MiB) a gan step on the CPU takes: G's weights, EMA and Adam moments, D and VGG
