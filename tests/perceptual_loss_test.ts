@@ -11,7 +11,13 @@ import {
 } from "../core/losses/perceptual_loss.ts";
 import { existsSync } from "node:fs";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
-import { deepestVggConv, loadVgg19Weights, torchvisionIndex, VGG19Features } from "../core/vgg19_arch.ts";
+import {
+  deepestVggConv,
+  loadVgg19Weights,
+  randomVgg19Weights,
+  torchvisionIndex,
+  VGG19Features,
+} from "../core/vgg19_arch.ts";
 import {
   decodeFloat,
   encodeFloat,
@@ -316,3 +322,24 @@ for (const backend of BACKENDS) {
     },
   });
 }
+
+Deno.test("perceptual loss: HR features taken once, off the tape, give apply()'s loss and gradient", async () => {
+  await initBackend("cpu");
+  const loss = PerceptualLoss.fromWeights(randomVgg19Weights("conv2_2", 4), {
+    layerWeights: { conv2_2: 1, conv1_2: 0.5 },
+  });
+  const sr = tf.randomUniform([2, 12, 12, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+  const hr = tf.randomUniform([2, 12, 12, 3], 0, 1, "float32", 4) as tf.Tensor4D;
+  const before = tf.memory().numTensors;
+  const features = loss.features(hr);
+  assert.deepEqual([...features.keys()].sort(), ["conv1_2", "conv2_2"]);
+  assert.equal(tf.memory().numTensors, before + 2, "only the used layers' features are kept");
+  const f = (x: tf.Tensor) => loss.apply(x as tf.Tensor4D, hr);
+  const g = (x: tf.Tensor) => loss.applyToFeatures(x as tf.Tensor4D, features);
+  const [a, b] = [tf.valueAndGrad(f)(sr), tf.valueAndGrad(g)(sr)];
+  assert.equal((await a.value.data())[0], (await b.value.data())[0]);
+  assert.deepEqual(await a.grad.data(), await b.grad.data());
+  assert.throws(() => loss.applyToFeatures(sr, new Map()), /no HR features of/);
+  tf.dispose([sr, hr, a.value, a.grad, b.value, b.grad, ...features.values()]);
+  loss.dispose();
+});

@@ -31,8 +31,15 @@ import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 export interface PerceptualLike {
   layer: string;
   warning?: string | null;
-  apply(sr: tf.Tensor4D, hr: tf.Tensor4D): tf.Scalar;
+  features(hr: tf.Tensor4D): Map<string, tf.Tensor4D>;
+  applyToFeatures(sr: tf.Tensor4D, hrFeatures: Map<string, tf.Tensor4D>): tf.Scalar;
   dispose(): void;
+}
+
+/** What G's gan terms need of the real batch: VGG's features of it and D's logits on it. */
+interface RealSide {
+  features: Map<string, tf.Tensor4D>;
+  logits: tf.Tensor;
 }
 
 /** Options of {@link Trainer.create}. */
@@ -159,6 +166,7 @@ export class Trainer {
     const names: string[] = [];
     let parts: tf.Tensor | undefined;
     let sr: tf.Tensor4D | undefined;
+    const real = c.stage === "gan" ? this.realSide(gt) : undefined;
     try {
       const gVars = [...this.g.params.values()];
       const { value, grads } = tf.variableGrads(() => {
@@ -169,7 +177,7 @@ export class Trainer {
         ]];
         if (c.stage === "gan") {
           sr = tf.keep(out);
-          const { percep, gan } = this.generatorGanTerms(out, gt);
+          const { percep, gan } = this.generatorGanTerms(out, real!);
           terms.push(["l_percep", percep], ["l_gan", gan]);
         }
         for (const [n] of terms) names.push(n);
@@ -193,16 +201,28 @@ export class Trainer {
       names.forEach((n, i) => out[n] = values[i]);
       return out;
     } finally {
-      tf.dispose([lq, gt, ...(sr ? [sr] : []), ...(parts ? [parts] : [])]);
+      tf.dispose([lq, gt, ...(sr ? [sr] : []), ...(parts ? [parts] : []), ...disposeRealSide(real)]);
     }
   }
 
+  /**
+   * The real batch's side of G's gan terms, computed before the gradient scope: inside it, tfjs's
+   * tape would keep every VGG and D activation on `gt` until the backward ends, though no gradient
+   * flows there (on tfjs-wasm, whose memory stops at 4 GiB, that is what limits the batch).
+   */
+  private realSide(gt: tf.Tensor4D): RealSide {
+    return { features: this.perceptual!.features(gt), logits: this.d!.apply(gt, { training: true }) };
+  }
+
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
-  private generatorGanTerms(out: tf.Tensor4D, gt: tf.Tensor4D): { percep: tf.Scalar; gan: tf.Scalar } {
+  private generatorGanTerms(out: tf.Tensor4D, real: RealSide): { percep: tf.Scalar; gan: tf.Scalar } {
     const c = this.config;
-    const percep = tf.mul(this.perceptual!.apply(out, gt), c.perceptualWeight) as tf.Scalar;
-    const real = this.d!.apply(gt, { training: true }), fake = this.d!.apply(out, { training: true });
-    return { percep, gan: tf.mul(raganGeneratorLoss(real, fake), c.ganWeight) as tf.Scalar };
+    const percep = tf.mul(
+      this.perceptual!.applyToFeatures(out, real.features),
+      c.perceptualWeight,
+    ) as tf.Scalar;
+    const fake = this.d!.apply(out, { training: true });
+    return { percep, gan: tf.mul(raganGeneratorLoss(real.logits, fake), c.ganWeight) as tf.Scalar };
   }
 
   /** D's step on real `gt` and (detached) fake `sr`; returns [l_d_real, l_d_fake] (the caller disposes). */
@@ -260,10 +280,11 @@ export class Trainer {
     }
     const sr = (await this.plan.forward(batch))!;
     const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
+    const real = this.realSide(gt);
     let gParts: tf.Tensor | undefined, dParts: tf.Tensor | undefined, dSr: tf.Tensor | undefined;
     try {
       const { value, grad } = tf.valueAndGrad((x: tf.Tensor) => {
-        const { percep, gan } = this.generatorGanTerms(x as tf.Tensor4D, gt);
+        const { percep, gan } = this.generatorGanTerms(x as tf.Tensor4D, real);
         gParts = tf.keep(tf.stack([percep, gan]));
         return tf.add(percep, gan) as tf.Scalar;
       })(sr);
@@ -275,7 +296,12 @@ export class Trainer {
       this.step++;
       return scaled({ lr: lr.g, l_pix, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] });
     } finally {
-      tf.dispose([sr, gt, ...[gParts, dParts, dSr].filter((t): t is tf.Tensor => !!t)]);
+      tf.dispose([
+        sr,
+        gt,
+        ...[gParts, dParts, dSr].filter((t): t is tf.Tensor => !!t),
+        ...disposeRealSide(real),
+      ]);
     }
   }
 
@@ -314,4 +340,9 @@ export class Trainer {
     }
     return out;
   }
+}
+
+/** The tensors of a {@link RealSide}, for tf.dispose. */
+function disposeRealSide(real: RealSide | undefined): tf.Tensor[] {
+  return real ? [...real.features.values(), real.logits] : [];
 }

@@ -177,12 +177,36 @@ export class PerceptualLoss {
     if (sr.shape.join(",") !== hr.shape.join(",")) {
       throw new Error(`perceptual loss: SR [${sr.shape}] and HR [${hr.shape}] differ in shape`);
     }
+    return tf.tidy(() => this.applyToFeatures(sr, this.vgg.apply(stopGradient(hr))));
+  }
+
+  /**
+   * HR's features at the loss's layers (the caller disposes them). Taken outside a gradient scope,
+   * VGG's activations on HR are not kept for a backward pass that never reaches them.
+   */
+  features(hr: tf.Tensor4D): Map<string, tf.Tensor4D> {
+    const layers = Object.keys(this.layerWeights);
+    const kept = tf.tidy(() => {
+      const all = this.vgg.apply(hr);
+      return layers.map((l) => all.get(l)!);
+    });
+    return new Map(layers.map((l, i) => [l, kept[i]]));
+  }
+
+  /** {@link apply} with HR's features from {@link features}. */
+  applyToFeatures(sr: tf.Tensor4D, hrFeatures: Map<string, tf.Tensor4D>): tf.Scalar {
     return tf.tidy(() => {
       const fs = this.vgg.apply(sr);
-      const fh = this.vgg.apply(stopGradient(hr));
       let loss: tf.Scalar = tf.scalar(0);
       for (const [layer, w] of Object.entries(this.layerWeights)) {
-        const l1 = tf.mean(tf.abs(tf.sub(fs.get(layer)!, fh.get(layer)!)));
+        const fh = hrFeatures.get(layer);
+        if (!fh) throw new Error(`perceptual loss: no HR features of ${layer}`);
+        if (fh.shape.join(",") !== fs.get(layer)!.shape.join(",")) {
+          throw new Error(
+            `perceptual loss: SR [${sr.shape}] and HR features of ${layer} [${fh.shape}] differ`,
+          );
+        }
+        const l1 = tf.mean(tf.abs(tf.sub(fs.get(layer)!, stopGradient(fh))));
         loss = tf.add(loss, tf.mul(l1, w));
       }
       return tf.mul(loss, this.perceptualWeight) as tf.Scalar;
