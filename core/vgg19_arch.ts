@@ -237,6 +237,8 @@ export class VGG19Features {
   readonly layers: readonly string[];
   private readonly kernels = new Map<string, tf.Tensor4D>();
   private readonly biases = new Map<string, tf.Tensor1D>();
+  /** Each conv as a function of its input alone, with ReLU fused and without. */
+  private readonly convs = new Map<string, Record<"relu" | "linear", (x: tf.Tensor4D) => tf.Tensor4D>>();
   private readonly mean: tf.Tensor1D;
   private readonly invStd: tf.Tensor1D;
 
@@ -256,8 +258,10 @@ export class VGG19Features {
       const c = weights.convs.get(name);
       if (!c) continue;
       // Constants, not variables: the perceptual net is frozen and must never reach an optimizer.
-      this.kernels.set(name, tf.tensor4d(c.kernel, c.shape));
-      this.biases.set(name, tf.tensor1d(c.bias));
+      const kernel = tf.tensor4d(c.kernel, c.shape), bias = tf.tensor1d(c.bias);
+      this.kernels.set(name, kernel);
+      this.biases.set(name, bias);
+      this.convs.set(name, { relu: frozenConv(kernel, bias, true), linear: frozenConv(kernel, bias, false) });
     }
     const norm = VGG_INPUT_NORM[weights.convention];
     this.mean = tf.tensor1d(norm.mean);
@@ -276,14 +280,7 @@ export class VGG19Features {
         const name = VGG19_LAYERS[i];
         if (name.startsWith("conv")) {
           const reluToo = !want.has(name) && i < lastIndex; // fuse the ReLU unless the raw conv is wanted
-          h = tf.fused.conv2d({
-            x: h,
-            filter: this.kernels.get(name)!,
-            bias: this.biases.get(name)!,
-            strides: 1,
-            pad: "same",
-            activation: reluToo ? "relu" : "linear",
-          });
+          h = this.convs.get(name)![reluToo ? "relu" : "linear"](h);
           if (reluToo) i++; // the relu layer was fused
           if (reluToo && want.has(VGG19_LAYERS[i])) out.set(VGG19_LAYERS[i], h);
         } else if (name.startsWith("relu")) {
@@ -304,4 +301,36 @@ export class VGG19Features {
     this.kernels.clear();
     this.biases.clear();
   }
+}
+
+/**
+ * A 3x3 'same' conv of frozen weights (+ bias, + ReLU when `relu`) whose gradient is its input's
+ * alone. tfjs's fused conv also computes the filter's and the bias's gradients and keeps its input
+ * for them, all for nothing in a frozen net; this keeps only the output (the ReLU's mask) and
+ * computes one transposed convolution.
+ */
+function frozenConv(filter: tf.Tensor4D, bias: tf.Tensor1D, relu: boolean): (x: tf.Tensor4D) => tf.Tensor4D {
+  // customGrad's typing takes the save function as one of the inputs
+  const f = (x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const shape = x.shape as [number, number, number, number];
+    const y = tf.fused.conv2d({
+      x: x as tf.Tensor4D,
+      filter,
+      bias,
+      strides: 1,
+      pad: "same",
+      activation: relu ? "relu" : "linear",
+    });
+    save([y]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const g = relu ? tf.mul(dy, tf.step(saved[0])) : dy;
+        return tf.conv2dTranspose(g as tf.Tensor4D, filter, shape, 1, "same");
+      },
+    };
+  };
+  return tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (
+    x: tf.Tensor4D,
+  ) => tf.Tensor4D;
 }

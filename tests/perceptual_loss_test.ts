@@ -16,7 +16,9 @@ import {
   loadVgg19Weights,
   randomVgg19Weights,
   torchvisionIndex,
+  VGG19_LAYERS,
   VGG19Features,
+  VGG_INPUT_NORM,
 } from "../core/vgg19_arch.ts";
 import {
   decodeFloat,
@@ -342,4 +344,37 @@ Deno.test("perceptual loss: HR features taken once, off the tape, give apply()'s
   assert.throws(() => loss.applyToFeatures(sr, new Map()), /no HR features of/);
   tf.dispose([sr, hr, a.value, a.grad, b.value, b.grad, ...features.values()]);
   loss.dispose();
+});
+
+Deno.test("vgg19: the input's gradient through the frozen convs equals tfjs's ops' own", async () => {
+  await initBackend("cpu");
+  const weights = randomVgg19Weights("conv2_2", 9);
+  for (const c of weights.convs.values()) c.bias.forEach((_, i) => c.bias[i] = 0.1 * Math.sin(i)); // biases matter
+  const layers = ["relu1_2", "conv2_2"]; // a fused ReLU and a raw conv
+  const vgg = new VGG19Features(weights, layers);
+  // the same net from plain ops: conv2d + bias, relu, max pool (tfjs's autodiff for each)
+  const reference = (x: tf.Tensor4D) => {
+    const norm = VGG_INPUT_NORM.torchvision;
+    let h = tf.div(tf.sub(x, norm.mean), norm.std) as tf.Tensor4D;
+    const out: tf.Tensor4D[] = [];
+    for (const name of VGG19_LAYERS.slice(0, VGG19_LAYERS.indexOf("conv2_2") + 1)) {
+      const c = weights.convs.get(name);
+      if (c) h = tf.add(tf.conv2d(h, tf.tensor4d(c.kernel, c.shape), 1, "same"), tf.tensor1d(c.bias));
+      else if (name.startsWith("relu")) h = tf.relu(h);
+      else h = tf.maxPool(h, 2, 2, "valid");
+      if (layers.includes(name)) out.push(h);
+    }
+    return out;
+  };
+  const x = tf.randomUniform([2, 10, 8, 3], 0, 1, "float32", 5) as tf.Tensor4D;
+  const weighting = (fs: tf.Tensor4D[]) =>
+    tf.addN(fs.map((f, i) => tf.sum(tf.mul(f, tf.sin(tf.mul(tf.range(0, f.size).reshape(f.shape), i + 1))))));
+  const ours = tf.grad((v: tf.Tensor) => weighting([...vgg.apply(v as tf.Tensor4D).values()]))(x);
+  const want = tf.grad((v: tf.Tensor) => weighting(reference(v as tf.Tensor4D)))(x);
+  const [a, b] = [await ours.data(), await want.data()];
+  const scale = Math.max(...b.map(Math.abs));
+  const worst = Math.max(...a.map((v, i) => Math.abs(v - b[i])));
+  assert.ok(worst <= 1e-5 * scale, `input gradient off by ${worst} (scale ${scale})`);
+  tf.dispose([x, ours, want]);
+  vgg.dispose();
 });
