@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { runCustomProgram, type WebGPUBackendLike } from "./webgpu_program.ts";
+import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
 
 /** Adam's hyper-parameters; `step` counts from 1 (bias correction). */
 export interface AdamOptions {
@@ -31,7 +32,7 @@ const SOURCE = (prelude: string, vec: boolean) => {
 @group(0) @binding(5) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = i32(gid.x + gid.y * 65535u * 64u);
+  let i = ${flatIndex()};
   if (i >= u.count) { return; }
   let g = grad[i];
   let mi = u.beta1 * m[i] + (1.0 - u.beta1) * g;
@@ -69,12 +70,11 @@ export function adamUpdateWebGPU(
   const c2 = Math.sqrt(1 - Math.pow(beta2, step));
   const lrT = (lr * c2) / (1 - Math.pow(beta1, step));
   const out = backend.makeTensorInfo(param.shape, "float32");
-  const groups = Math.ceil(count / 64);
   runCustomProgram(backend, {
     name: "AdamProgram",
     key: `adam:${vec}`,
     source: (prelude) => SOURCE(prelude, vec),
-    dispatch: [Math.min(groups, 65535), Math.ceil(groups / 65535), 1],
+    dispatch: dispatch1d(count),
     uniforms: "count : i32, beta1 : f32, beta2 : f32, lrT : f32, epsT : f32,",
     params: [
       { type: "int32", data: [count] },

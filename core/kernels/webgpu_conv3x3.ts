@@ -18,6 +18,7 @@ import {
   type Uniform,
   type WebGPUBackendLike,
 } from "./webgpu_program.ts";
+import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
 
 /** Activations the kernels fuse. */
 export type Activation = "linear" | "relu" | "leakyrelu";
@@ -792,13 +793,13 @@ function sumSplitsProgram(
 @group(0) @binding(2) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = i32(gid.x + gid.y * 65535u * 64u);
+  let i = ${flatIndex()};
   if (i >= u.count) { return; }
   var s = ${T}(0.0);
   for (var p = 0; p < u.splits; p++) { s += parts[p * u.count + i]; }
   result[select(i, i + u.gap, i >= u.cut)] = s;
 }`,
-    dispatch: [Math.min(Math.ceil(count / 64), 65535), Math.ceil(Math.ceil(count / 64) / 65535), 1],
+    dispatch: dispatch1d(count),
     uniforms: "count : i32, splits : i32, cut : i32, gap : i32,",
     params: [count, splits, place.cut / d, place.gap / d].map((v) => ({ type: "int32", data: [v] })),
   };

@@ -9,7 +9,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import type { CustomProgram, Uniform, WebGPUBackendLike } from "./webgpu_program.ts";
-import { dispatch1d } from "./webgpu_pass.ts";
+import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
 
 let registered = false;
 
@@ -79,7 +79,7 @@ ${prelude}
 @group(0) @binding(2) var<uniform> u: Uniforms;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = i32(gid.x + gid.y * 65535u * 64u);
+  let i = ${flatIndex()};
   if (i >= u.pairs) { return; }
   ${body}
 }`,

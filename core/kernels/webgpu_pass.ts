@@ -166,3 +166,6 @@ export function dispatch1d(count: number, size = 64): [number, number, number] {
   const groups = Math.ceil(count / size);
   return [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
 }
+
+/** WGSL of a thread's flat index in a {@link dispatch1d} launch with workgroups of `size` (`gid`: the global id). */
+export const flatIndex = (size = 64): string => `i32(gid.x + gid.y * ${65535 * size}u)`;

@@ -9,7 +9,7 @@
  * @module
  */
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
-import { dispatch1d } from "./webgpu_pass.ts";
+import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
 
@@ -21,8 +21,6 @@ const maps = (half: boolean, vec = true) => ({
   F: vec ? "vec4<f32>" : "f32",
 });
 const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
-/** The flat thread index of a launch made by {@link dispatch1d} with workgroups of 64 or 256. */
-const flatIndex = (size: number) => `i32(gid.x + gid.y * ${65535 * size}u)`;
 
 /** Workgroup size of {@link l1LossGrad}: one partial sum per workgroup. */
 export const L1_GROUP = 256;
