@@ -116,6 +116,15 @@ Deno.test("planned step: parameters, EMA and moments after two steps match train
 });
 
 Deno.test("planned step: the loss of a fixed batch falls", opts, async () => {
+  const { losses } = await fixedBatchLosses("f32");
+  console.log(`losses ${losses[0]} → ${losses[29]}`);
+  assert.ok(losses.every(Number.isFinite), `losses ${losses}`);
+  assert.ok(losses[29] < 0.7 * losses[0], `loss ${losses[0]} → ${losses[29]}`);
+  assert.deepEqual(gpuErrors, []);
+});
+
+/** 30 planned steps of a fresh net on one batch at lr 2e-3: their losses, and the steps skipped. */
+async function fixedBatchLosses(precision: ConvPrecision): Promise<{ losses: number[]; skipped: number }> {
   const net = new RRDBNet(PLAN_CONFIG, { seed: 7, trainable: true }), ema = cloneNet(net);
   const adam = new Adam(net.params, { betas: [0.9, 0.99] });
   const plan = new RRDBNetTrainPlanWebGPU(net, {
@@ -124,20 +133,18 @@ Deno.test("planned step: the loss of a fixed batch falls", opts, async () => {
     ema: ema.params,
     adam,
     emaDecay: 0.999,
+    precision,
   });
   try {
     const b = await batch(31);
     const losses: number[] = [];
     for (let s = 0; s < 30; s++) losses.push(await plan.step(b, 2e-3));
-    console.log(`losses ${losses[0]} → ${losses[29]}`);
-    assert.ok(losses.every(Number.isFinite), `losses ${losses}`);
-    assert.ok(losses[29] < 0.7 * losses[0], `loss ${losses[0]} → ${losses[29]}`);
+    return { losses, skipped: plan.skippedSteps };
   } finally {
     plan.dispose();
     for (const x of [adam, net, ema]) x.dispose();
   }
-  assert.deepEqual(gpuErrors, []);
-});
+}
 
 const halfOpts = { ...opts, ignore: opts.ignore || !hasShaderF16(tf.backend() as unknown as PassBackend) };
 const REAL_WIDTHS = { ...PLAN_CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 };
@@ -182,27 +189,10 @@ Deno.test("mixed precision: the gradient within f16's reach of tfjs's autodiff",
 Deno.test("mixed precision: the loss of a fixed batch falls as in f32", halfOpts, async () => {
   const finals: Record<string, number> = {};
   for (const precision of ["f32", "f16"] as const) {
-    const net = new RRDBNet(PLAN_CONFIG, { seed: 7, trainable: true }), ema = cloneNet(net);
-    const adam = new Adam(net.params, { betas: [0.9, 0.99] });
-    const plan = new RRDBNetTrainPlanWebGPU(net, {
-      batch: BATCH,
-      lqSize: LQ,
-      ema: ema.params,
-      adam,
-      emaDecay: 0.999,
-      precision,
-    });
-    try {
-      const b = await batch(31);
-      const losses: number[] = [];
-      for (let s = 0; s < 30; s++) losses.push(await plan.step(b, 2e-3));
-      finals[precision] = losses[29];
-      assert.ok(losses[29] < 0.7 * losses[0], `${precision}: loss ${losses[0]} → ${losses[29]}`);
-      assert.equal(plan.skippedSteps, 0);
-    } finally {
-      plan.dispose();
-      for (const x of [adam, net, ema]) x.dispose();
-    }
+    const { losses, skipped } = await fixedBatchLosses(precision);
+    finals[precision] = losses[29];
+    assert.ok(losses[29] < 0.7 * losses[0], `${precision}: loss ${losses[0]} → ${losses[29]}`);
+    assert.equal(skipped, 0);
   }
   console.log(`after 30 steps: f32 ${finals.f32}, f16 ${finals.f16}`);
   assert.ok(Math.abs(finals.f16 - finals.f32) <= 0.05 * finals.f32, `f16 ${finals.f16} vs f32 ${finals.f32}`);
