@@ -59,6 +59,7 @@ backends and PyTorch each run in a process of their own and take turns, one run 
   --model PATH        model file (default ${DEFAULT_BENCH_MODEL} when it exists, else random weights)
   --random            random ESRGAN x4 weights (same cost)   --blocks N   RRDB blocks (random weights)
   --profile           one more run under tf.profile: time per kernel and the kernels' share
+                      (on webgpu: the planned backends only, each kind of dispatch replayed alone)
   --no-torch          skip PyTorch (default: run it when a Python with torch is found)
   --torch             require PyTorch (fail if absent)
   --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2)
@@ -215,7 +216,10 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
           if (msg.dump && out) {
             await Deno.writeFile(msg.dump, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
           }
-          return { ok: true, profile: msg.profile ? await prepared.profile() : undefined };
+          // tf.profile of tfjs's own webgpu kernels (timestamp queries per kernel) took minutes, or
+          // hung, on an H200: profile only our planned passes there
+          const skip = spec.name === "webgpu" && !spec.plan;
+          return { ok: true, profile: msg.profile && !skip ? await prepared.profile() : undefined };
         } finally {
           prepared.dispose();
         }
@@ -450,10 +454,11 @@ export function formatTable(rows: BenchRow[]): string {
   for (const r of rows) {
     if (r.error) out.push(`  ${r.case} ${r.backend}: ${r.error}`);
     if (!r.profile) continue;
-    const { kernels, wall_ms, peak_tensor_mb } = r.profile;
+    const { kernels, wall_ms, peak_tensor_mb, clock } = r.profile;
     const total = kernels.reduce((s, k) => s + (Number.isNaN(k.ms) ? 0 : k.ms), 0);
     out.push(
-      `  profile ${r.case} ${r.backend}: kernels ${fmt(total)} ms of ${fmt(wall_ms)} ms wall` +
+      `  profile ${r.case} ${r.backend}: kernels ${fmt(total)} ms of ${fmt(wall_ms)} ms ` +
+        `${clock === "gpu" ? "on the GPU clock" : "wall"}` +
         ` (${fmt((100 * total) / wall_ms)}%), peak tensors ${fmt(peak_tensor_mb, 1)} MB`,
     );
     for (const k of kernels.slice(0, 8)) {

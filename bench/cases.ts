@@ -106,8 +106,10 @@ export async function loadNet(
 /** Kernel time by kernel name from one run under tf.profile. */
 export interface KernelProfile {
   kernels: { name: string; ms: number; count: number }[];
-  /** Wall time of the profiled run (profiling slows it). */
+  /** Wall time of the profiled run (profiling slows it); GPU time where `clock` is "gpu". */
   wall_ms: number;
+  /** How the planned passes were timed: GPU timestamps, or submit to completion. */
+  clock?: "gpu" | "wall";
   peak_tensor_mb: number;
 }
 
@@ -198,10 +200,10 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
  * (the plan's values are garbage afterwards).
  */
 async function planProfile(plan: {
-  profile(): Promise<{ kernels: KernelProfile["kernels"]; all_ms: number }>;
+  profile(): Promise<{ kernels: KernelProfile["kernels"]; all_ms: number; clock?: "gpu" | "wall" }>;
 }): Promise<KernelProfile> {
-  const { kernels, all_ms } = await plan.profile();
-  return { kernels, wall_ms: all_ms, peak_tensor_mb: NaN };
+  const { kernels, all_ms, clock } = await plan.profile();
+  return { kernels, wall_ms: all_ms, peak_tensor_mb: NaN, clock };
 }
 
 function prepareOps(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {

@@ -2,7 +2,8 @@
 # One borrowed-GPU session's work, self-contained (see ../shared/device/README.md):
 #   1. `deno task bench` on the GPU: every issue-6 shape, tfjs stock webgpu vs our planned passes,
 #      PyTorch (CUDA) in the same run;
-#   2. psnr-stage training at full size (bench/train_gpu.ts) for TRAIN_MIN minutes, from PRETRAIN;
+#   2. bench/kernel_sweep.ts (single kernels per tiling and number format), when .device/sweep.js exists;
+#   3. psnr-stage training at full size (bench/train_gpu.ts) for TRAIN_MIN minutes, from PRETRAIN (0: none);
 # and brings back to $OUT: the generator (fp16, pieces under 16 MiB) and results.tgz (bench JSON and
 # log, training log, curves, validation sample, summary).
 #
@@ -19,7 +20,7 @@
 #   ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors .device/vgg.safetensors (4.7 MB), and
 #   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
-# Knobs (environment): TRAIN_MIN (4), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
+# `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this. Knobs (environment): TRAIN_MIN (4), SWEEP_S (180), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
 # random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
 # (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc: the f16 rows time the forward in half precision
 # and the training step in mixed precision), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. "--precision f16"
@@ -36,6 +37,29 @@ export XDG_RUNTIME_DIR=/tmp DENO_WEBGPU_BACKEND=vulkan
 export LD_LIBRARY_PATH="$PWD/$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$res/gpu.txt"
 
+t0=$(date +%s)
+# shellcheck disable=SC2086
+timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc}" \
+  --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
+  > "$res/bench.json" 2> "$res/bench.log"
+echo "bench: exit $? after $(($(date +%s) - t0)) s"
+cp "$res/bench.json" "$res/bench.log" "$out"/ # back even if a later step runs out of time
+grep -v "warming up" "$res/bench.log" | tail -n 25
+
+if [ -f "$d/sweep.js" ]; then
+  t0=$(date +%s)
+  timeout "${SWEEP_S:-180}" /tmp/deno run -A "$d/sweep.js" --json "$res/sweep.json" > /dev/null 2> "$res/sweep.log"
+  echo "kernel sweep: exit $? after $(($(date +%s) - t0)) s"
+  cp "$res/sweep.log" "$out"/
+  sed -n '/^fastest/,$p' "$res/sweep.log"
+fi
+
+if [ "${TRAIN_MIN:-4}" = 0 ]; then
+  tar czf "$out/results.tgz" -C "$res" .
+  ls -la "$out"
+  exit 0
+fi
+
 # the bundle reads PNG only: decode the carried JPEGs (Pillow is on the GPU machine)
 py=python3; $py -c "import PIL" 2>/dev/null || py=/usr/bin/python3
 $py - "$d/train_jpg" /tmp/train_png <<'EOF'
@@ -47,14 +71,6 @@ for f in sorted(os.listdir(src)):
     Image.open(os.path.join(src, f)).convert("RGB").save(os.path.join(dst, os.path.splitext(f)[0] + ".png"))
 print(f"{len(os.listdir(dst))} training images decoded")
 EOF
-
-t0=$(date +%s)
-# shellcheck disable=SC2086
-timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc}" \
-  --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
-  > "$res/bench.json" 2> "$res/bench.log"
-echo "bench: exit $? after $(($(date +%s) - t0)) s"
-grep -v "warming up" "$res/bench.log" | tail -n 25
 
 pretrain=${PRETRAIN:-weights/realesrgan-x4plus.int8.safetensors}
 [ "$pretrain" = none ] && pretrain=""

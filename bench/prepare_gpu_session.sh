@@ -1,6 +1,7 @@
 #!/bin/bash
 # Prepares .device/ for one borrowed-GPU call of bench/gpu_session.sh and checks the 64 MiB carry.
 # Usage, from the project root (needs ../shared and Deno):
+#   bash bench/prepare_gpu_session.sh bench          bench and kernel-sweep bundles only (random weights)
 #   bash bench/prepare_gpu_session.sh psnr [MODEL]   bench bundle + psnr training from MODEL
 #   bash bench/prepare_gpu_session.sh gan [MODEL]    gan training from MODEL with the partial VGG19 (fp16);
 #                                                    no bench bundle (it would not fit)
@@ -17,7 +18,8 @@ if [ "$stage" = restore ]; then
   mv "$away"/*.safetensors weights/ && echo "weights/ restored"
   exit 0
 fi
-[ "$stage" = psnr ] || [ "$stage" = gan ] || { echo "stage must be psnr, gan or restore" >&2; exit 2; }
+[ "$stage" = psnr ] || [ "$stage" = gan ] || [ "$stage" = bench ] ||
+  { echo "stage must be bench, psnr, gan or restore" >&2; exit 2; }
 model=${2:-weights/esrgan-psnr-x4.int8.safetensors}
 [ -f "$model" ] || model=$away/$(basename "$model")
 [ -f "$model" ] || { echo "no model file $model" >&2; exit 2; }
@@ -30,8 +32,13 @@ bundle() {
   { echo "$prefix"; cat /tmp/prepare_bundle.js; } > "$2"
 }
 bundle bench/train_gpu.ts .device/app.js
-rm -f .device/bench.js .device/vgg.safetensors
-if [ "$stage" = psnr ]; then
+rm -f .device/bench.js .device/sweep.js .device/vgg.safetensors .device/init.safetensors
+rm -rf .device/train_jpg
+if [ "$stage" = bench ]; then
+  bundle bench/bench.ts .device/bench.js
+  bundle bench/kernel_sweep.ts .device/sweep.js
+  rm -f .device/app.js
+elif [ "$stage" = psnr ]; then
   bundle bench/bench.ts .device/bench.js
 else
   deno run -A bench/fp16_safetensors.ts ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors \
@@ -39,9 +46,10 @@ else
 fi
 # training crops as JPEG: 480 px (3.2 MB); beside a gan run's VGG19, 320 px (1.4 MB)
 crop=${CROP:-$([ "$stage" = psnr ] && echo 480 || echo 320)}
-rm -rf .device/train_jpg
-deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size "$crop" >/dev/null
-cp "$model" .device/init.safetensors
+if [ "$stage" != bench ]; then
+  deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size "$crop" >/dev/null
+  cp "$model" .device/init.safetensors
+fi
 mkdir -p "$away"
 mv weights/*.safetensors "$away"/ 2>/dev/null || true
 
@@ -52,7 +60,9 @@ device=$(du -sb .device | cut -f1)
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "carry: $(mib $((tree + device))) MiB of 64 (tree $(mib "$tree"), .device $(mib "$device")); weights moved to $away"
 [ $((tree + device)) -lt $((64 * 1048576)) ] || echo "TOO BIG: leave something out of .device/ (smaller crops: CROP=256)" >&2
-if [ "$stage" = psnr ]; then
+if [ "$stage" = bench ]; then
+  echo 'device command: TRAIN_MIN=0 bash bench/gpu_session.sh 2>&1   (carry [".device"])'
+elif [ "$stage" = psnr ]; then
   echo 'device command: TRAIN_MIN=5 PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh 2>&1   (carry [".device"])'
 else
   echo 'device command: TRAIN_MIN=6 PRETRAIN=.device/init.safetensors BENCH_S=1 TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" bash bench/gpu_session.sh 2>&1   (carry [".device"])'

@@ -59,7 +59,7 @@ const { values } = parseArgs({
     pretrain: { type: "string" },
     /** Stop training after this many minutes (then validate and export), whatever --steps says. */
     minutes: { type: "string" },
-    /** Filter-gradient kernel of the planned step: v1, v2, or auto (time both on this GPU, keep the faster). */
+    /** Filter-gradient kernel of the planned step: v1-v4, or auto (time v1 and v4 on this GPU, keep the faster). */
     "filter-grad": { type: "string", default: "auto" },
     /** psnr (L1) or gan (from --pretrain: perceptual + RaGAN + L1, with the discriminator). */
     stage: { type: "string", default: "psnr" },
@@ -193,16 +193,21 @@ async function timeVariants(
   return out;
 }
 
-let filterGrad: FilterGradVariant = values["filter-grad"] === "v2" ? "v2" : "v1";
+const VARIANTS = ["v1", "v2", "v3", "v4"] as const;
+const asked = values["filter-grad"] as FilterGradVariant | "auto";
+if (asked !== "auto" && !VARIANTS.includes(asked)) {
+  throw new Error(`--filter-grad ${asked}: one of ${VARIANTS.join(", ")} or auto`);
+}
+let filterGrad: FilterGradVariant = asked === "auto" ? "v4" : asked;
 let variantTimes: Record<string, { ms: number; loss: number }> | undefined;
-if (config.plannedStep && values["filter-grad"] === "auto") {
-  variantTimes = await timeVariants(["v1", "v2"]);
-  const { v1, v2 } = variantTimes;
-  const agree = Math.abs(v1.loss - v2.loss) <= 1e-4 * Math.abs(v1.loss);
-  filterGrad = agree && v2.ms < v1.ms ? "v2" : "v1";
+if (config.plannedStep && asked === "auto") {
+  variantTimes = await timeVariants(["v1", "v4"]);
+  const { v1, v4 } = variantTimes;
+  const agree = Math.abs(v1.loss - v4.loss) <= 1e-4 * Math.abs(v1.loss);
+  filterGrad = agree && v1.ms < v4.ms ? "v1" : "v4";
   console.log(
-    `filter-gradient kernels: v1 ${v1.ms.toFixed(1)} ms/step, v2 ${v2.ms.toFixed(1)} ms/step` +
-      (agree ? "" : ` — LOSSES DIFFER (${v1.loss} vs ${v2.loss}): v2 NOT USED`) +
+    `filter-gradient kernels: v1 ${v1.ms.toFixed(1)} ms/step, v4 ${v4.ms.toFixed(1)} ms/step` +
+      (agree ? "" : ` — LOSSES DIFFER (${v1.loss} vs ${v4.loss}): v1 NOT USED`) +
       `; training with ${filterGrad}`,
   );
 }

@@ -165,3 +165,45 @@ Deno.test("bench: a process on wasm with 2 threads exits by itself once done", a
   assert.equal(exit, 0, new TextDecoder().decode(stderr));
   assert.equal(new TextDecoder().decode(stdout).trim(), "2 16");
 });
+
+const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
+if (!adapter) console.warn("skipping the kernel sweep smoke test: no WebGPU adapter");
+
+Deno.test({
+  name: "bench: kernel_sweep --quick times each kernel, tiling and number format on WebGPU",
+  ignore: !adapter,
+  async fn() {
+    const json = await Deno.makeTempFile({ suffix: ".json" });
+    try {
+      const script = new URL("../bench/kernel_sweep.ts", import.meta.url).pathname;
+      const proc = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, "--quick", "--runs", "3", "--json", json],
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const timer = setTimeout(() => proc.kill(), 120_000);
+      const { code, stderr } = await proc.output();
+      clearTimeout(timer);
+      assert.equal(code, 0, new TextDecoder().decode(stderr));
+      const report = JSON.parse(await Deno.readTextFile(json));
+      const kernels = new Set(report.rows.map((r: { kernel: string }) => r.kernel));
+      assert.deepEqual([...kernels].sort(), [
+        "dw 160->32",
+        "dw 192->64",
+        "dx 64->192",
+        "fwd 160->32",
+        "fwd 192->64",
+      ]);
+      const formats = report.f16 ? ["f16", "f32"] : ["f32"];
+      assert.deepEqual(
+        [...new Set(report.rows.map((r: { precision: string }) => r.precision))].sort(),
+        [
+          ...new Set([...formats, ...(report.f16 ? ["f16-f32acc"] : [])]),
+        ].sort(),
+      );
+      for (const r of report.rows) assert.ok(r.us > 0 && Number.isFinite(r.tflops), JSON.stringify(r));
+    } finally {
+      await Deno.remove(json);
+    }
+  },
+});

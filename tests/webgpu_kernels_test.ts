@@ -14,6 +14,7 @@ import {
   applyCustomKernelsEnv,
   customKernelStats,
   customWebGPUKernelsEnabled,
+  DEFAULT_FILTER_GRAD_VARIANT,
   disableCustomWebGPUKernels,
   enableCustomWebGPUKernels,
   FusedAdamWebGPU,
@@ -100,11 +101,19 @@ Deno.test("forward: Conv2D and FusedConv2D (linear, relu, leakyrelu) match stock
 });
 
 Deno.test("forward: every tiling (rows, reduction slices) gives the same result", opts, async () => {
-  const tiles = [{ ks: 1 }, { bm: 64, bk: 32, ks: 2 }, { bm: 32, bn: 64, bk: 8, ks: 4 }];
+  const tiles = [
+    { ks: 1 },
+    { bm: 64, bk: 32, ks: 2 },
+    { bm: 32, bn: 64, bk: 8, ks: 4 },
+    // register tiles of 8 rows and/or 8 channels per thread
+    { bm: 64, bn: 64, bk: 16, ks: 1, tm: 8, tn: 8 },
+    { bm: 32, bn: 32, bk: 16, ks: 2, tm: 8, tn: 4 },
+    { bm: 32, bn: 32, bk: 8, ks: 4, tm: 4, tn: 8 },
+  ];
   try {
     for (const tile of tiles) {
       setConvTileOverride(tile);
-      for (const [n, h, w, ci, co] of [SHAPES[2], SHAPES[5]]) {
+      for (const [n, h, w, ci, co] of [SHAPES[2], SHAPES[4], SHAPES[5]]) {
         const x = rand([n, h, w, ci]) as tf.Tensor4D, f = rand([3, 3, ci, co]) as tf.Tensor4D, b = rand([co]);
         await compare(
           `tile ${JSON.stringify(tile)} ${[n, h, w, ci]}->${co}`,
@@ -156,23 +165,30 @@ Deno.test("gradients: Conv2DBackpropInput and Conv2DBackpropFilter match stock",
 const FILTER_GRAD_SHAPES = [[1, 7, 5, 64, 64], [2, 6, 9, 96, 32], [1, 5, 5, 6, 5], [2, 24, 24, 32, 64]];
 
 Deno.test(
-  "gradients: v2/v3 filter-gradient kernels (slices, tap-uniform tiles, more splits) match stock",
+  "gradients: v2-v4 filter-gradient kernels (slices, tap-uniform tiles, more splits, 8x8 per thread) match stock",
   opts,
   async () => {
     try {
-      for (const variant of ["v2", "v3"] as const) {
-        setFilterGradVariant(variant);
+      const tilings = [
+        ["v2", null],
+        ["v3", null],
+        ["v4", null],
+        ["v4", { bk: 32, bn: 32, br: 16, ks: 4, tk: 8, tn: 4 }],
+        ["v4", { bk: 32, bn: 32, br: 8, ks: 1, tk: 4, tn: 8 }],
+      ] as const;
+      for (const [variant, tile] of tilings) {
+        setFilterGradVariant(variant, tile);
         // 64 input channels: tap-uniform tiles; 96 -> 32: four slices; the last splits its pixels too
         for (const [n, h, w, ci, co] of FILTER_GRAD_SHAPES) {
           const x = rand([n, h, w, ci]) as tf.Tensor4D, r = rand([n, h, w, co]);
           const f = rand([3, 3, ci, co]) as tf.Tensor4D;
           const g = tf.grad((b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(x, b as tf.Tensor4D, 1, "same"), r)));
-          await compare(`${variant} filter grad ${[n, h, w, ci]}->${co}`, () => g(f));
+          await compare(`${variant} ${JSON.stringify(tile)} filter grad ${[n, h, w, ci]}->${co}`, () => g(f));
           tf.dispose([x, f, r]);
         }
       }
     } finally {
-      setFilterGradVariant("v1");
+      setFilterGradVariant(DEFAULT_FILTER_GRAD_VARIANT);
     }
   },
 );

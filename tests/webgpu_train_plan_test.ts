@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import {
   type ConvPrecision,
+  DEFAULT_FILTER_GRAD_VARIANT,
   hasShaderF16,
   RRDBNetTrainPlanWebGPU,
   setFilterGradVariant,
@@ -51,15 +52,15 @@ Deno.test(
   },
 );
 
-Deno.test("planned step: gradients with the v2 and v3 filter-gradient kernels", opts, async () => {
+Deno.test("planned step: gradients with the v2, v3 and v4 filter-gradient kernels", opts, async () => {
   try {
-    for (const v of ["v2", "v3"] as const) {
+    for (const v of ["v2", "v3", "v4"] as const) {
       setFilterGradVariant(v);
       await checkGradients({ ...PLAN_CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4);
       await checkGradients(PLAN_CONFIG, BATCH, LQ);
     }
   } finally {
-    setFilterGradVariant("v1");
+    setFilterGradVariant(DEFAULT_FILTER_GRAD_VARIANT);
   }
 });
 

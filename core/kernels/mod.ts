@@ -22,6 +22,8 @@ export {
   type Activation,
   type ConvPrecision,
   type ConvTile,
+  DEFAULT_FILTER_GRAD_VARIANT,
+  type FilterGradTile,
   type FilterGradVariant,
   setConvTileOverride,
   setFilterGradVariant,

@@ -99,6 +99,12 @@ export interface ConvTile {
   bn: number;
   bk: number;
   ks: number;
+  /**
+   * Output rows (pixels) and channels each thread computes (4 or 8 each): larger register tiles
+   * read fewer workgroup-memory words per multiply-add (4x4: 8 vec4 loads per 64; 8x8: 16 per 256).
+   */
+  tm?: number;
+  tn?: number;
 }
 
 let tileOverride: Partial<ConvTile> | null = null;
@@ -118,11 +124,16 @@ function chooseTile(m: number, cout: number, cin: number, vec: boolean): ConvTil
   // Fewer rows per workgroup when the image is small, so a big GPU still gets enough workgroups.
   const bm = Math.ceil(m / 64) * nTiles >= 256 ? 64 : 32;
   const bk = vec ? 16 : 8;
-  const threads = Math.ceil(m / bm) * nTiles * (bm / 4) * (bn / 4);
+  const tm = tileOverride?.tm ?? 4, tn = tileOverride?.tn ?? 4;
+  const threads = Math.ceil(m / bm) * nTiles * (bm / tm) * (bn / tn);
   const chunks = 9 * Math.ceil(cin / bk);
   let ks = 1;
   while (ks < 4 && threads * ks < TARGET_THREADS && chunks >= 4 * ks) ks *= 2;
-  return { bm, bn, bk, ks, ...tileOverride };
+  const tile = { bm, bn, bk, ks, tm, tn, ...tileOverride };
+  if (tile.bm % tile.tm || tile.bn % tile.tn || ![4, 8].includes(tile.tm) || ![4, 8].includes(tile.tn)) {
+    throw new Error(`conv3x3: tile ${JSON.stringify(tile)}: tm and tn must be 4 or 8 and divide bm and bn`);
+  }
+  return tile;
 }
 
 const actSnippet = (act: Activation) =>
@@ -131,6 +142,15 @@ const actSnippet = (act: Activation) =>
     : act === "leakyrelu"
     ? "v = select(v * u.alpha, v, v >= vec4<f32>(0.0));"
     : "";
+
+/**
+ * `body` once per value of `v` in 0..n-1, each in a block of its own. Loops are written out here
+ * because naga turns WGSL loops into `while` loops that drivers do not unroll, which leaves
+ * arrays indexed by the loop variable in local memory (on an H200 a planned 1x256x256 forward took
+ * 2.3x longer with the loops).
+ */
+const unroll = (n: number, v: string, body: string): string =>
+  Array.from({ length: n }, (_, k) => `{ let ${v} = ${k};${body}\n    }`).join("\n    ");
 
 /**
  * WGSL of the forward kernel for one combination of compile-time choices. Workgroup tiles are
@@ -160,18 +180,22 @@ function forwardSource(
   },
 ): string {
   const { bm, bn, bk, ks } = o.tile;
+  const tm = o.tile.tm ?? 4, tn = o.tile.tn ?? 4;
+  // threads across the tile's columns; a thread's column vec4s lie cx apart (tn / 4 of them)
+  const cx = bn / tn, nj = tn / 4, na = tm * nj;
+  // Accumulator acc<i>_<j> holds output row ty * tm + i, column vec4 tx + j * cx.
   // S: what buffers and workgroup tiles hold; A: what products and sums are computed in.
   const S = o.precision === "f32" ? "f32" : "f16";
   const A = o.precision === "f16" ? "f16" : "f32";
   const T = o.vec ? `vec4<${S}>` : S;
   const toA = (e: string) => (S === A ? e : `vec4<${A}>(${e})`);
   const toF32 = (e: string, vec = true) => (S === "f32" ? e : vec ? `vec4<f32>(${e})` : `f32(${e})`);
-  const nt = (bm / 4) * (bn / 4);
+  const nt = (bm / tm) * cx;
   // Per slice: an A tile of bm rows x bk/4 vec4s (+1 of padding against bank conflicts), then a
   // B tile of bk rows x bn/4 vec4s. After the loop the same memory takes the slices' partial sums.
   const ast = bk / 4 + 1;
   const aSize = bm * ast, bSize = (bk * bn) / 4, slice = aSize + bSize;
-  const shared = Math.max(ks * slice, (ks - 1) * nt * 4);
+  const shared = Math.max(ks * slice, (ks - 1) * nt * na);
   const aUnits = (bm * bk) / 4, bUnits = (bk * bn) / 4;
   const sa = Math.ceil(aUnits / nt), sb = Math.ceil(bUnits / nt);
   let b = 1;
@@ -213,19 +237,25 @@ function forwardSource(
     : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = W[row * u.cout + col + ${j}]; }`).join(
       " ",
     );
-  const loopB = `for (var s = 0; s < ${sb}; s++) {
+  const loopB = unroll(
+    sb,
+    "s",
+    `
       let l = s * NT + tid;
       let kr = l / ${bn / 4};
       let col = n0 + (l % ${bn / 4}) * 4;
       let row = tap * cin + cb + kr;
       var v = vec4<${S}>(0.0);
       if (live && cb + kr < cin && l < ${bUnits}) { ${loadB} }
-      if (l < ${bUnits}) { Sh[bBase + l] = v; }
-    }`;
+      if (l < ${bUnits}) { Sh[bBase + l] = v; }`,
+  );
   // The flipped filter in vec mode: 4x4 blocks, read as 4 vec4s along the (new) input channels,
   // which are contiguous in W, and transposed in registers into 4 whole rows of the B tile.
   const blocks = (bk / 4) * (bn / 4);
-  const flipLoopB = `for (var s = 0; s < ${Math.ceil(blocks / nt)}; s++) {
+  const flipLoopB = unroll(
+    Math.ceil(blocks / nt),
+    "s",
+    `
       let l = s * NT + tid;
       let kq = l / ${bn / 4}; let nq = l % ${bn / 4};
       let col = n0 + nq * 4; let o0 = cb + kq * 4;
@@ -242,8 +272,8 @@ function forwardSource(
         Sh[bBase + (kq * 4 + 1) * ${bn / 4} + nq] = vec4<${S}>(v0.y, v1.y, v2.y, v3.y);
         Sh[bBase + (kq * 4 + 2) * ${bn / 4} + nq] = vec4<${S}>(v0.z, v1.z, v2.z, v3.z);
         Sh[bBase + (kq * 4 + 3) * ${bn / 4} + nq] = vec4<${S}>(v0.w, v1.w, v2.w, v3.w);
-      }
-    }`;
+      }`,
+  );
   // The epilogue works in f32 whatever the storage (one rounding per stored value).
   const loadVec4 = (arr: string, idx: string, col: string) =>
     o.vec
@@ -288,23 +318,41 @@ function forwardSource(
     ),
   };
   // Sum the reduction slices' partial results through workgroup memory: the tiles' own when they
-  // hold the sums' type, else a smaller f32 array that takes one of the four rows at a time.
+  // hold the sums' type, else a smaller f32 array that takes one accumulator at a time.
+  const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
+    .flat();
   const reduce = ks === 1 ? "" : S === A
     ? `
-  if (sl > 0) { for (var i = 0; i < 4; i++) { Sh[((sl - 1) * NT + tid) * 4 + i] = acc[i]; } }
+  if (sl > 0) { ${accs.map((a, q) => `Sh[((sl - 1) * NT + tid) * ${na} + ${q}] = ${a};`).join(" ")} }
   workgroupBarrier();
   if (sl > 0) { return; }
   for (var s = 1; s < KS; s++) {
-    for (var i = 0; i < 4; i++) { acc[i] += Sh[((s - 1) * NT + tid) * 4 + i]; }
+    ${accs.map((a, q) => `${a} += Sh[((s - 1) * NT + tid) * ${na} + ${q}];`).join("\n    ")}
   }`
-    : `
-  for (var i = 0; i < 4; i++) {
-    if (sl > 0) { Red[(sl - 1) * NT + tid] = acc[i]; }
-    workgroupBarrier();
-    if (sl == 0) { for (var s = 1; s < KS; s++) { acc[i] += Red[(s - 1) * NT + tid]; } }
-    workgroupBarrier();
-  }
-  if (sl > 0) { return; }`;
+    : accs.map((a) => `
+  if (sl > 0) { Red[(sl - 1) * NT + tid] = ${a}; }
+  workgroupBarrier();
+  if (sl == 0) { for (var s = 1; s < KS; s++) { ${a} += Red[(s - 1) * NT + tid]; } }
+  workgroupBarrier();`).join("") + "\n  if (sl > 0) { return; }";
+  // The epilogue of output row i, column vec4 j.
+  const epilogue = (i: number, j: number) =>
+    `{
+    let m = m0 + ty * ${tm} + ${i};
+    let col = n0 + (tx + ${j * cx}) * 4;
+    if (m < u.M && col < u.cout) {
+    var v = ${A === "f32" ? `acc${i}_${j}` : `vec4<f32>(acc${i}_${j})`};
+    ${o.scaled ? "v *= u.accScale;" : ""}
+    ${o.bias ? `v += ${loadVec4("bias", "col", "col")};` : ""}
+    ${actSnippet(o.act)}
+    ${o.res1 ? `v = v * u.res1Scale + ${loadVec4(x0, "m * u.x0Stride + u.x0Offset + col", "col")};` : ""}
+    ${o.res2 ? `v = v * u.res2Scale + ${loadVec4("res2", "m * u.res2Stride + col", "col")};` : ""}
+    ${o.resA ? gradEpilogue.res("A") : ""}
+    ${o.resB ? gradEpilogue.res("B") : ""}
+    ${o.accumulate ? `v += ${loadVec4("result", "m * u.outStride + u.outOffset + col", "col")};` : ""}
+    ${o.mask ? gradEpilogue.mask : ""}
+    ${write}
+    }
+  }`;
   return `${S === "f16" ? "enable f16;\n" : ""}${prelude}
 ${decls}
 const BM = ${bm}; const BN = ${bn}; const BK = ${bk}; const NT = ${nt}; const KS = ${ks}; const AST = ${ast};
@@ -328,16 +376,14 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let hw = u.h * u.w;
   let cin = u.c0 + u.c1;
   // Each thread loads the same rows of every A tile: find their pixels once.
-  var rowN: array<i32, ${sa}>; var rowY: array<i32, ${sa}>; var rowX: array<i32, ${sa}>;
-  for (var s = 0; s < ${sa}; s++) {
-    let l = s * NT + tid;
-    let m = m0 + l / ${bk / 4};
-    rowN[s] = select(-1, m / hw, m < u.M && l < ${aUnits});
-    let rem = m % hw;
-    rowY[s] = rem / u.w; rowX[s] = rem % u.w;
+  ${
+    Array.from({ length: sa }, (_, s) => `
+  let rm${s} = m0 + (${s} * NT + tid) / ${bk / 4};
+  let rowN${s} = select(-1, rm${s} / hw, rm${s} < u.M && ${s} * NT + tid < ${aUnits});
+  let rowY${s} = (rm${s} % hw) / u.w; let rowX${s} = (rm${s} % hw) % u.w;`).join("")
   }
-  let tx = tid % ${bn / 4}; let ty = tid / ${bn / 4};
-  var acc: array<vec4<${A}>, 4>;
+  let tx = tid % ${cx}; let ty = tid / ${cx};
+  ${accs.map((a) => `var ${a} = vec4<${A}>(0.0);`).join(" ")}
   // Chunks of the reduction: 9 taps x ceil(cin / BK) channel blocks, dealt round-robin to the slices.
   let nCb = (cin + BK - 1) / BK;
   let chunks = 9 * nCb;
@@ -348,57 +394,52 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     let tap = q / nCb;
     let cb = (q % nCb) * BK;
     let dy = tap / 3 - 1; let dx = tap % 3 - 1;
-    for (var s = 0; s < ${sa}; s++) {
-      let l = s * NT + tid;
+    ${
+    Array.from({ length: sa }, (_, s) =>
+      `{
+      let l = ${s} * NT + tid;
       let kq = l % ${bk / 4};
-      let iy = rowY[s] + dy; let ix = rowX[s] + dx;
+      let iy = rowY${s} + dy; let ix = rowX${s} + dx;
       var v = vec4<${S}>(0.0);
       let c = cb + kq * 4;
-      if (live && rowN[s] >= 0 && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w && c < cin) {
+      if (live && rowN${s} >= 0 && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w && c < cin) {
         ${
-    o.upsample
-      ? "let p = (rowN[s] * u.inH + iy / 2) * u.inW + ix / 2;"
-      : "let p = (rowN[s] * u.inH + iy) * u.inW + ix;"
-  }
+        o.upsample
+          ? `let p = (rowN${s} * u.inH + iy / 2) * u.inW + ix / 2;`
+          : `let p = (rowN${s} * u.inH + iy) * u.inW + ix;`
+      }
         ${loadA}
       }
       if (l < ${aUnits}) { Sh[aBase + (l / ${bk / 4}) * AST + kq] = v; }
-    }
+    }`).join("\n    ")
+  }
     ${o.flipT && o.vec ? flipLoopB : loopB}
     workgroupBarrier();
     if (live) {
-      for (var k4 = 0; k4 < ${bk / 4}; k4++) {
-        let b0 = ${toA(`Sh[bBase + (k4 * 4 + 0) * ${bn / 4} + tx]`)};
-        let b1 = ${toA(`Sh[bBase + (k4 * 4 + 1) * ${bn / 4} + tx]`)};
-        let b2 = ${toA(`Sh[bBase + (k4 * 4 + 2) * ${bn / 4} + tx]`)};
-        let b3 = ${toA(`Sh[bBase + (k4 * 4 + 3) * ${bn / 4} + tx]`)};
-        for (var i = 0; i < 4; i++) {
-          let a = ${toA(`Sh[aBase + (ty * 4 + i) * AST + k4]`)};
-          acc[i] += a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
-        }
+      ${
+    Array.from({ length: bk / 4 }, (_, k4) =>
+      `{
+        ${
+        Array.from({ length: nj }, (_, j) =>
+          [0, 1, 2, 3].map((r) =>
+            `let b${j}${r} = ${toA(`Sh[bBase + ${(k4 * 4 + r) * (bn / 4) + j * cx} + tx]`)};`
+          ).join(" ")).join("\n        ")
       }
+        ${
+        Array.from({ length: tm }, (_, i) =>
+          `{ let a = ${toA(`Sh[aBase + (ty * ${tm} + ${i}) * AST + ${k4}]`)};
+          ${
+            Array.from({ length: nj }, (_, j) =>
+              `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`).join(" ")
+          } }`).join("\n        ")
+      }
+      }`).join("\n      ")
+  }
     }
     workgroupBarrier();
   }
   ${reduce}
-  let col = n0 + tx * 4;
-  if (col >= u.cout) { return; }
-  ${o.bias ? `let bv = ${loadVec4("bias", "col", "col")};` : ""}
-  for (var i = 0; i < 4; i++) {
-    let m = m0 + ty * 4 + i;
-    if (m >= u.M) { break; }
-    var v = ${A === "f32" ? "acc[i]" : "vec4<f32>(acc[i])"};
-    ${o.scaled ? "v *= u.accScale;" : ""}
-    ${o.bias ? "v += bv;" : ""}
-    ${actSnippet(o.act)}
-    ${o.res1 ? `v = v * u.res1Scale + ${loadVec4(x0, "m * u.x0Stride + u.x0Offset + col", "col")};` : ""}
-    ${o.res2 ? `v = v * u.res2Scale + ${loadVec4("res2", "m * u.res2Stride + col", "col")};` : ""}
-    ${o.resA ? gradEpilogue.res("A") : ""}
-    ${o.resB ? gradEpilogue.res("B") : ""}
-    ${o.accumulate ? `v += ${loadVec4("result", "m * u.outStride + u.outOffset + col", "col")};` : ""}
-    ${o.mask ? gradEpilogue.mask : ""}
-    ${write}
-  }
+  ${accs.map((_, q) => epilogue(Math.floor(q / nj), q % nj)).join("\n  ")}
 }`;
 }
 
@@ -538,29 +579,112 @@ export interface FilterGradSpec extends Conv3x3Input {
   half?: boolean;
 }
 
+/**
+ * How one filter gradient is tiled: k rows (taps·channels) and output channels per workgroup,
+ * pixels per chunk, slices of the workgroup taking turns over the chunks, the k rows and
+ * channels each thread computes (4 or 8 each), and how many workgroups the pixel reduction is
+ * split into at most (their partial sums are added by a second dispatch).
+ */
+export interface FilterGradTile {
+  bk: number;
+  bn: number;
+  br: number;
+  ks: number;
+  tk: number;
+  tn: number;
+  /** Workgroups wanted in all (the pixel splits fill up to this), and the most splits. */
+  target: number;
+  maxSplits: number;
+}
+
+/**
+ * Filter-gradient tilings: "v1" 4x4 per thread, 16-pixel chunks, one slice; "v2" 32-pixel
+ * chunks, 256-thread workgroups; "v3" v2 split over 4x more workgroups; "v4" 8 rows x 4-8
+ * channels per thread (up to twice the multiply-adds per workgroup-memory read of 4x4), 64-row tiles.
+ */
+export type FilterGradVariant = "v1" | "v2" | "v3" | "v4";
+/** The filter-gradient tiling plans use unless told otherwise (the one the H200 figures were taken with). */
+export const DEFAULT_FILTER_GRAD_VARIANT: FilterGradVariant = "v4";
+let filterGradVariant: FilterGradVariant = DEFAULT_FILTER_GRAD_VARIANT;
+let filterGradOverride: Partial<FilterGradTile> | null = null;
+
+/** Chooses the filter-gradient kernel for programs made from now on (plans bind theirs when built). */
+export function setFilterGradVariant(
+  v: FilterGradVariant,
+  tile: Partial<FilterGradTile> | null = null,
+): void {
+  filterGradVariant = v;
+  filterGradOverride = tile;
+}
+
+function chooseFilterGradTile(cout: number, cin: number): FilterGradTile {
+  const bn = cout > 32 ? 64 : 32;
+  const v = filterGradVariant;
+  const preset: FilterGradTile = v === "v4"
+    ? {
+      bk: cin >= 64 ? 64 : 32,
+      bn,
+      br: 32,
+      ks: 2,
+      tk: 8,
+      tn: bn === 64 ? 8 : 4,
+      target: 1024,
+      maxSplits: 128,
+    }
+    : {
+      bk: 32,
+      bn,
+      br: v === "v1" ? 16 : 32,
+      ks: v === "v1" ? 1 : 256 / (8 * (bn / 4)),
+      tk: 4,
+      tn: 4,
+      target: v === "v3" ? 2048 : 512,
+      maxSplits: v === "v3" ? 256 : 64,
+    };
+  const tile = { ...preset, ...filterGradOverride };
+  if (tile.bk % tile.tk || tile.bn % tile.tn || ![4, 8].includes(tile.tk) || ![4, 8].includes(tile.tn)) {
+    throw new Error(
+      `conv3x3 filter gradient: tile ${JSON.stringify(tile)}: tk and tn must be 4 or 8 and divide bk and bn`,
+    );
+  }
+  return tile;
+}
+
 function filterGradSource(
   prelude: string,
   o: {
     vec: boolean;
-    bk: number;
-    bn: number;
-    br: number;
-    ks: number;
+    tile: FilterGradTile;
     tapUniform: boolean;
     split: boolean;
     two: boolean;
     up: boolean;
     bias: boolean;
     half: boolean;
+    /** Sizes baked into the shader: divisions by constants are cheap, by uniforms are not. */
+    dims: {
+      h: number;
+      w: number;
+      inH: number;
+      inW: number;
+      c0: number;
+      c1: number;
+      x0Stride: number;
+      x1Stride: number;
+    };
   },
 ) {
-  const { bk, bn, br, ks } = o;
+  const { bk, bn, br, ks, tk, tn } = o.tile;
+  const { h, w, inH, inW, c0, c1, x0Stride, x1Stride } = o.dims;
+  const cin = c0 + c1, K = 9 * cin;
   const T = o.vec ? "vec4<f32>" : "f32";
   // what x and dy hold; read into f32
   const I = o.half ? (o.vec ? "vec4<f16>" : "f16") : T;
   const load = (e: string) => (o.half ? `${T}(${e})` : e);
   const div = o.vec ? 4 : 1;
-  const nt = (bk / 4) * (bn / 4);
+  // Threads: cxk along k (each with tk / 4 vec4s of k, cxk apart), cxn along the channels.
+  const cxk = bk / tk, cxn = bn / tn, nt = cxk * cxn;
+  const ni = tk / 4, nj = tn / 4;
   // Load units: 4 consecutive k (taps·channels) of one pixel, 4 consecutive out-channels of one pixel.
   const xUnits = (br * bk) / 4, dUnits = (br * bn) / 4;
   const sx = Math.ceil(xUnits / nt), sd = Math.ceil(dUnits / nt);
@@ -568,13 +692,13 @@ function filterGradSource(
   // (the bias gradient). With tapUniform every k of the workgroup's tile has the same tap.
   const readXAt = (k: string, target: string, one: string) =>
     `{
-          let tap = ${o.tapUniform ? "tap0" : `${k} / cin`}; let c = ${
-      o.tapUniform ? `c0 + ${k} - k0` : `${k} % cin`
+          let tap = ${o.tapUniform ? "tap0" : `${k} / ${cin}`}; let c = ${
+      o.tapUniform ? `cOff + ${k} - k0` : `${k} % ${cin}`
     };
           let iy = y + tap / 3 - 1; let ix = xx + tap % 3 - 1;
-          if (${k} < K && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w) {
-            ${target} = readX((n * u.inH + iy${o.up ? " / 2" : ""}) * u.inW + ix${o.up ? " / 2" : ""}, c);
-          }${o.bias ? ` else if (${k} == K) { ${target} = ${one}; }` : ""}
+          if (${k} < ${K} && iy >= 0 && iy < ${h} && ix >= 0 && ix < ${w}) {
+            ${target} = readX((n * ${inH} + iy${o.up ? " / 2" : ""}) * ${inW} + ix${o.up ? " / 2" : ""}, c);
+          }${o.bias ? ` else if (${k} == ${K}) { ${target} = ${one}; }` : ""}
         }`;
   const loadX = o.vec
     ? readXAt("k", "v", "vec4<f32>(1.0, 0.0, 0.0, 0.0)")
@@ -584,26 +708,58 @@ function filterGradSource(
     ? `if (col < u.cout) { v = ${load(`dy[${dyAt("")}]`)}; }`
     : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = ${load(`dy[${dyAt(` + ${j}`)}]`)}; }`)
       .join(" ");
-  const write = o.vec
-    ? `result[(base + row + col) / 4] = acc[i] * u.scale;`
-    : [0, 1, 2, 3].map((j) =>
-      `if (col + ${j} < u.cout) { result[base + row + col + ${j}] = acc[i][${j}] * u.scale; }`
-    )
-      .join("\n    ");
   const readX = o.two
-    ? `if (c < u.c0) { return ${load(`x0[(p * u.x0Stride + c) / ${div}]`)}; }
-  return ${load(`x1[(p * u.x1Stride + c - u.c0) / ${div}]`)};`
-    : `return ${load(`x0[(p * u.x0Stride + c) / ${div}]`)};`;
-  // Slices of the workgroup take turns over the pixel chunks; their sums meet in workgroup memory.
-  const shared = Math.max(ks * (xUnits + dUnits), (ks - 1) * nt * 4);
-  const reduce = ks === 1 ? "" : `
+    ? `if (c < ${c0}) { return ${load(`x0[(p * ${x0Stride} + c) / ${div}]`)}; }
+  return ${load(`x1[(p * ${x1Stride} + c - ${c0}) / ${div}]`)};`
+    : `return ${load(`x0[(p * ${x0Stride} + c) / ${div}]`)};`;
+  // Accumulator acc<i>_<c>_<j>: k row (tkI + i * cxk) * 4 + c, channel vec4 tnI + j * cxn.
+  const accs: { name: string; i: number; c: number; j: number }[] = [];
+  for (let i = 0; i < ni; i++) {
+    for (let c = 0; c < 4; c++) {
+      for (let j = 0; j < nj; j++) accs.push({ name: `acc${i}_${c}_${j}`, i, c, j });
+    }
+  }
+  const lane = ["x", "y", "z", "w"];
+  const products = Array.from(
+    { length: br },
+    (_, r) =>
+      `{ ${
+        Array.from({ length: ni }, (_, i) => `let a${i} = Sh[xBase + ${r * (bk / 4) + i * cxk} + tkI];`).join(
+          " ",
+        )
+      }
+      ${
+        Array.from({ length: nj }, (_, j) => `let d${j} = Sh[dBase + ${r * (bn / 4) + j * cxn} + tnI];`).join(
+          " ",
+        )
+      }
+      ${accs.map((a) => `${a.name} += a${a.i}.${lane[a.c]} * d${a.j};`).join(" ")} }`,
+  ).join("\n    ");
+  // Slices of the workgroup take turns over the pixel chunks; their sums meet in workgroup memory,
+  // one accumulator at a time.
+  const shared = Math.max(ks * (xUnits + dUnits), (ks - 1) * nt);
+  const reduce = ks === 1 ? "" : accs.map((a) => `
   workgroupBarrier();
-  if (sl > 0) { for (var i = 0; i < 4; i++) { Sh[((sl - 1) * ${nt} + tid) * 4 + i] = acc[i]; } }
+  if (sl > 0) { Sh[(sl - 1) * ${nt} + tid] = ${a.name}; }
   workgroupBarrier();
-  if (sl > 0) { return; }
-  for (var s = 1; s < ${ks}; s++) {
-    for (var i = 0; i < 4; i++) { acc[i] += Sh[((s - 1) * ${nt} + tid) * 4 + i]; }
-  }`;
+  if (sl == 0) { for (var s = 1; s < ${ks}; s++) { ${a.name} += Sh[(s - 1) * ${nt} + tid]; } }`).join("") +
+    "\n  if (sl > 0) { return; }";
+  const write = (a: string) =>
+    o.vec
+      ? `result[(base + row + col) / 4] = ${a} * u.scale;`
+      : [0, 1, 2, 3].map((j) =>
+        `if (col + ${j} < u.cout) { result[base + row + col + ${j}] = ${a}[${j}] * u.scale; }`
+      ).join("\n      ");
+  const epilogue = accs.map((a) =>
+    `{
+    let k = k0 + (tkI + ${a.i * cxk}) * 4 + ${a.c};
+    let col = n0 + (tnI + ${a.j * cxn}) * 4;
+    if (k < rows && col < u.cout) {
+      let row = select(k * u.cout, u.biasAt, k == ${K});
+      ${write(a.name)}
+    }
+  }`
+  ).join("\n  ");
   return `${o.half ? "enable f16;\n" : ""}${prelude}
 @group(0) @binding(0) var<storage, read_write> result: array<${T}>;
 @group(0) @binding(1) var<storage, read> x0: array<${I}>;
@@ -624,71 +780,53 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let dBase = xBase + ${xUnits};
   let k0 = i32(wid.y) * ${bk};
   let n0 = i32(wid.x) * ${bn};
-  let cin = u.c0 + u.c1;
-  let K = 9 * cin;
-  let tap0 = k0 / cin; let c0 = k0 % cin;
-  let rows = K + ${o.bias ? 1 : 0};
-  let hw = u.h * u.w;
+  let tap0 = k0 / ${cin}; let cOff = k0 % ${cin};
+  let rows = ${K + (o.bias ? 1 : 0)};
   let mBegin = i32(wid.z) * u.mPerSplit;
   let mEnd = min(u.M, mBegin + u.mPerSplit);
   let rounds = (mEnd - mBegin + ${br * ks - 1}) / ${br * ks};
-  let tn = tid % ${bn / 4}; let tk = tid / ${bn / 4};
-  var acc: array<vec4<f32>, 4>;
+  let tnI = tid % ${cxn}; let tkI = tid / ${cxn};
+  ${accs.map((a) => `var ${a.name} = vec4<f32>(0.0);`).join(" ")}
   for (var rd = 0; rd < rounds; rd++) {
     let mb = mBegin + (rd * ${ks} + sl) * ${br};
-    for (var s = 0; s < ${sx}; s++) {
+    ${
+    unroll(
+      sx,
+      "s",
+      `
       let l = s * ${nt} + tid;
       let m = mb + l / ${bk / 4};
       let k = k0 + (l % ${bk / 4}) * 4;
       var v = vec4<f32>(0.0);
       if (m < mEnd && l < ${xUnits}) {
-        let n = m / hw; let rem = m % hw;
-        let y = rem / u.w; let xx = rem % u.w;
+        let n = m / ${h * w}; let rem = m % ${h * w};
+        let y = rem / ${w}; let xx = rem % ${w};
         ${loadX}
       }
-      if (l < ${xUnits}) { Sh[xBase + l] = v; }
-    }
-    for (var s = 0; s < ${sd}; s++) {
+      if (l < ${xUnits}) { Sh[xBase + l] = v; }`,
+    )
+  }
+    ${
+    unroll(
+      sd,
+      "s",
+      `
       let l = s * ${nt} + tid;
       let m = mb + l / ${bn / 4};
       let col = n0 + (l % ${bn / 4}) * 4;
       var v = vec4<f32>(0.0);
       if (m < mEnd && l < ${dUnits}) { ${loadD} }
-      if (l < ${dUnits}) { Sh[dBase + l] = v; }
-    }
+      if (l < ${dUnits}) { Sh[dBase + l] = v; }`,
+    )
+  }
     workgroupBarrier();
-    for (var r = 0; r < ${br}; r++) {
-      let a = Sh[xBase + r * ${bk / 4} + tk];
-      let d = Sh[dBase + r * ${bn / 4} + tn];
-      acc[0] += a.x * d; acc[1] += a.y * d; acc[2] += a.z * d; acc[3] += a.w * d;
-    }
+    ${products}
     workgroupBarrier();
   }
   ${reduce}
-  let col = n0 + tn * 4;
-  if (col >= u.cout) { return; }
   let base = ${o.split ? "i32(wid.z) * u.splitStride" : "0"};
-  for (var i = 0; i < 4; i++) {
-    let k = k0 + tk * 4 + i;
-    if (k >= rows) { break; }
-    let row = select(k * u.cout, u.biasAt, k == K);
-    ${write}
-  }
+  ${epilogue}
 }`;
-}
-
-/**
- * Filter-gradient kernel variants: "v1" 16-pixel chunks, one slice; "v2" 32-pixel chunks, 256-thread
- * workgroups, tap-uniform tiles; "v3" v2 split over 4x more workgroups (on an H200 the filter
- * gradients took 69% of a planned training step with v1, at a quarter of the forward kernel's
- * FLOP rate: too few workgroups for the long pixel reductions is the first suspect).
- */
-export type FilterGradVariant = "v1" | "v2" | "v3";
-let filterGradVariant: FilterGradVariant = "v1";
-
-/** Chooses the filter-gradient kernel for programs made from now on (plans bind theirs when built). */
-export function setFilterGradVariant(v: FilterGradVariant): void {
-  filterGradVariant = v;
 }
 
 /** The launches of one filter gradient: the main kernel, and when it splits the pixels, their sum. */
@@ -716,34 +854,39 @@ export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
     v % 4 === 0
   );
   const rows = K + (bias ? 1 : 0);
-  const v2 = filterGradVariant !== "v1", v3 = filterGradVariant === "v3";
-  const bk = 32, bn = cout > 32 ? 64 : 32, br = v2 ? 32 : 16;
-  // v2: 256 threads a workgroup, the extra ones as slices over the pixels
-  const ks = v2 ? 256 / ((bk / 4) * (bn / 4)) : 1;
+  const tile = chooseFilterGradTile(cout, cin);
+  const { bk, bn, br, ks } = tile;
   const tiles = Math.ceil(rows / bk) * Math.ceil(cout / bn);
   // Split the pixel reduction until there are enough workgroups to fill a large GPU.
   const chunks = Math.ceil(M / br);
   const wanted = Math.max(
     1,
-    Math.min(Math.ceil((v3 ? 2048 : 512) / tiles), Math.floor(chunks / (4 * ks)), v3 ? 256 : 64),
+    Math.min(Math.ceil(tile.target / tiles), Math.floor(chunks / (4 * ks)), tile.maxSplits),
   );
   const mPerSplit = Math.ceil(chunks / wanted) * br;
   const splits = Math.ceil(M / mPerSplit);
   const split = splits > 1;
   const partSize = K * cout + (bias ? cout : 0);
-  const tapUniform = v2 && cin % bk === 0;
+  const up = !!spec.upsample;
   const o = {
     vec,
-    bk,
-    bn,
-    br,
-    ks,
-    tapUniform,
+    tile,
+    tapUniform: filterGradVariant !== "v1" && cin % bk === 0,
     split,
     two: c1 > 0,
-    up: !!spec.upsample,
+    up,
     bias,
     half: !!spec.half,
+    dims: {
+      h,
+      w,
+      inH: up ? h / 2 : h,
+      inW: up ? w / 2 : w,
+      c0: spec.c0,
+      c1,
+      x0Stride: spec.x0Stride,
+      x1Stride,
+    },
   };
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
   const main = {
@@ -751,12 +894,9 @@ export function filterGradPrograms(spec: FilterGradSpec): FilterGradPrograms {
     key: `conv3x3dw:${JSON.stringify(o)}`,
     source: (prelude: string) => filterGradSource(prelude, o),
     dispatch: [Math.ceil(cout / bn), Math.ceil(rows / bk), splits] as [number, number, number],
-    uniforms: "h : i32, w : i32, inH : i32, inW : i32, c0 : i32, x0Stride : i32, c1 : i32, x1Stride : i32, " +
-      "cout : i32, dyStride : i32, dyOffset : i32, M : i32, mPerSplit : i32, splitStride : i32, biasAt : i32, " +
-      "scale : f32,",
+    uniforms: "cout : i32, dyStride : i32, dyOffset : i32, M : i32, mPerSplit : i32, splitStride : i32, " +
+      "biasAt : i32, scale : f32,",
     params: [
-      ...[h, w, spec.upsample ? h / 2 : h, spec.upsample ? w / 2 : w, spec.c0, spec.x0Stride, c1, x1Stride]
-        .map(i32),
       ...[cout, dyStride, dyOffset, M, mPerSplit, partSize, split ? K * cout : biasAt].map(i32),
       { type: "float32" as const, data: [spec.scale ?? 1] },
     ],

@@ -97,15 +97,19 @@ export class PlannedPass {
 
   /**
    * Records the dispatches `from` (default 0) to `to` (exclusive, default all), those `only` keeps,
-   * in order, into one compute pass of `encoder`.
+   * in order, into one compute pass of `encoder` (with `timestampWrites` at its ends, if given).
    */
   record(
     encoder: GPUCommandEncoder,
-    only?: (label: string) => boolean,
-    from = 0,
-    to = this.dispatches.length,
+    options: {
+      only?: (label: string) => boolean;
+      from?: number;
+      to?: number;
+      timestampWrites?: GPUComputePassTimestampWrites;
+    } = {},
   ): void {
-    const pass = encoder.beginComputePass();
+    const { only, from = 0, to = this.dispatches.length, timestampWrites } = options;
+    const pass = encoder.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
     for (const d of this.dispatches.slice(from, to)) {
       if (only && !only(d.label)) continue;
       pass.setPipeline(d.pipeline);
@@ -129,28 +133,73 @@ export class PlannedPass {
 
   /**
    * GPU time by dispatch label: the dispatches of each label replayed alone, and all of them
-   * (`all_ms`), timed from submit to the queue's completion, median of `runs`. Values are garbage
+   * (`all_ms`), median of `runs`. `clock` "gpu": timestamp queries at the ends of the compute pass;
+   * "wall": submit to the queue's completion where the device has no `timestamp-query` (in Deno
+   * 2.9.6 a completion resolves ~10 ms late, which then adds to every figure). Values are garbage
    * afterwards (a dispatch reads what others should have written first): for benchmarks only.
    */
   async profile(
     runs = 3,
-  ): Promise<{ kernels: { name: string; ms: number; count: number }[]; all_ms: number }> {
+  ): Promise<
+    { kernels: { name: string; ms: number; count: number }[]; all_ms: number; clock: "gpu" | "wall" }
+  > {
+    const gpu = this.backend.device.features.has("timestamp-query");
     const time = async (only?: (label: string) => boolean) => {
       const times: number[] = [];
-      for (let r = 0; r < runs; r++) {
-        await this.backend.device.queue.onSubmittedWorkDone();
-        const t0 = performance.now();
-        this.submitWithTfjs((encoder) => this.record(encoder, only));
-        await this.backend.device.queue.onSubmittedWorkDone();
-        times.push(performance.now() - t0);
-      }
+      for (let r = 0; r < runs; r++) times.push(await this.time({ only }, gpu));
       return times.sort((a, b) => a - b)[runs >> 1];
     };
     const labels = new Map<string, number>();
     for (const d of this.dispatches) labels.set(d.label, (labels.get(d.label) ?? 0) + 1);
     const kernels = [];
     for (const [name, count] of labels) kernels.push({ name, ms: await time((l) => l === name), count });
-    return { kernels: kernels.sort((a, b) => b.ms - a.ms), all_ms: await time() };
+    return {
+      kernels: kernels.sort((a, b) => b.ms - a.ms),
+      all_ms: await time(),
+      clock: gpu ? "gpu" : "wall",
+    };
+  }
+
+  /**
+   * Milliseconds of one replay of the dispatches `options` selects (see {@link record}): between the
+   * compute pass's timestamps when `gpu` (the device needs `timestamp-query`), else submit to completion.
+   */
+  async time(
+    options: { only?: (label: string) => boolean; from?: number; to?: number },
+    gpu: boolean,
+  ): Promise<number> {
+    const device = this.backend.device;
+    await device.queue.onSubmittedWorkDone();
+    if (!gpu) {
+      const t0 = performance.now();
+      this.submitWithTfjs((encoder) => this.record(encoder, options));
+      await device.queue.onSubmittedWorkDone();
+      return performance.now() - t0;
+    }
+    const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
+    const resolved = device.createBuffer({
+      size: 16,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const read = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    try {
+      this.submitWithTfjs((encoder) => {
+        this.record(encoder, {
+          ...options,
+          timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+        });
+        encoder.resolveQuerySet(querySet, 0, 2, resolved, 0);
+        encoder.copyBufferToBuffer(resolved, 0, read, 0, 16);
+      });
+      await read.mapAsync(GPUMapMode.READ);
+      const [t0, t1] = new BigUint64Array(read.getMappedRange());
+      read.unmap();
+      return Number(t1 - t0) / 1e6;
+    } finally {
+      querySet.destroy();
+      resolved.destroy();
+      read.destroy();
+    }
   }
 
   /** Frees the pass's buffers. */

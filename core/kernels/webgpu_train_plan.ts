@@ -488,7 +488,7 @@ export class RRDBNetTrainPlanWebGPU {
     const { device } = this.be;
     device.queue.writeBuffer(this.half?.lqF32 ?? this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
     device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
-    this.pass.submitWithTfjs((encoder) => this.pass.record(encoder, undefined, 0, this.forwardEnd));
+    this.pass.submitWithTfjs((encoder) => this.pass.record(encoder, { to: this.forwardEnd }));
     this.forwarded = true;
     if (options.output === false) return undefined as unknown as tf.Tensor4D;
     const s = this.options.lqSize * 4;
@@ -536,7 +536,7 @@ export class RRDBNetTrainPlanWebGPU {
       if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
       else encoder.clearBuffer(this.extra);
       if (this.half) encoder.clearBuffer(this.half.overflow);
-      this.pass.record(encoder, undefined, this.forwardEnd);
+      this.pass.record(encoder, { from: this.forwardEnd });
       encoder.copyBufferToBuffer(this.partials, 0, this.staging, 0, this.nPartials * 4);
       if (this.half) encoder.copyBufferToBuffer(this.half.overflow, 0, this.staging, this.nPartials * 4, 4);
     });
