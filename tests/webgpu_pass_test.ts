@@ -45,7 +45,8 @@ Deno.test(
       const profile = await pass.profile(3);
       assert.equal(profile.clock, gpu ? "gpu" : "wall");
       assert.deepEqual(profile.kernels.map((k) => [k.name, k.count]).sort(), [["conv", 8], ["other", 1]]);
-      assert.ok(profile.all_ms >= profile.kernels.find((k) => k.name === "conv")!.ms * 0.8);
+      // the whole pass (9 dispatches) against one: timings on a loaded machine vary, the order does not
+      assert.ok(profile.all_ms > 2 * one, `all ${profile.all_ms} ms vs one dispatch ${one} ms`);
     } finally {
       pass.dispose();
     }
