@@ -89,13 +89,15 @@ if (!gpuClock) {
   console.error("no timestamp-query: timing submit to completion (R and 2R launches, the difference)");
 }
 
-/** Median ms of replaying the pass's first `to` dispatches (GPU timestamps where the device has them). */
+/**
+ * Median ms of replaying the pass's first `to` dispatches (GPU timestamps where the device has them),
+ * after replays adding up to 30 ms: the first H200 sweep's later rows, short bursts between pauses,
+ * ran 3-4x slower than the same kernels inside the bench (clocks dropping while idle, presumably).
+ */
 async function time(pass: PlannedPass, to: number): Promise<number> {
+  for (let warm = 0, r = 0; warm < 30 && r < 50; r++) warm += await pass.time({ to }, gpuClock);
   const times: number[] = [];
-  for (let r = 0; r < runs + 1; r++) {
-    const ms = await pass.time({ to }, gpuClock);
-    if (r > 0) times.push(ms); // the first replay warms up
-  }
+  for (let r = 0; r < runs; r++) times.push(await pass.time({ to }, gpuClock));
   return times.sort((x, y) => x - y)[times.length >> 1];
 }
 

