@@ -51,19 +51,25 @@ console.error(`kernel_sweep on ${info.adapter} (shader-f16: ${info.f16})`);
 
 /** Pixel counts: a training batch (16x32x32), a 64x64 LR and a 256x256 LR tile. */
 const SIZES = a.quick ? [{ n: 1, h: 8, w: 8 }] : [{ n: 16, h: 32, w: 32 }, { n: 1, h: 256, w: 256 }];
-const TILES: (Partial<ConvTile> | null)[] = a.quick ? [null, { bm: 64, bk: 16, ks: 1, tm: 8, tn: 8 }] : [
-  null,
-  { bm: 64, bk: 16, ks: 1, tm: 4, tn: 4 },
-  { bm: 32, bk: 16, ks: 2, tm: 4, tn: 4 },
-  { bm: 64, bk: 16, ks: 1, tm: 8, tn: 4 },
-  { bm: 64, bk: 16, ks: 1, tm: 8, tn: 8 },
-  { bm: 64, bk: 32, ks: 1, tm: 8, tn: 8 },
-  { bm: 64, bk: 16, ks: 2, tm: 8, tn: 8 },
-  { bm: 128, bk: 8, ks: 1, tm: 8, tn: 8 },
-  { bm: 128, bk: 16, ks: 1, tm: 8, tn: 8 },
-  { bm: 128, bk: 16, ks: 2, tm: 8, tn: 8 },
-  { bm: 128, bk: 16, ks: 1, tm: 8, tn: 4 },
-];
+const TILES: (Partial<ConvTile> | null)[] = a.quick
+  ? [null, { bm: 64, bk: 16, ks: 1, tm: 8, tn: 8, prefetch: true }]
+  : [
+    null,
+    { bm: 64, bk: 16, ks: 1, tm: 4, tn: 4 },
+    { bm: 32, bk: 16, ks: 2, tm: 4, tn: 4 },
+    { bm: 64, bk: 16, ks: 1, tm: 8, tn: 4 },
+    { bm: 64, bk: 16, ks: 1, tm: 8, tn: 8 },
+    { bm: 64, bk: 32, ks: 1, tm: 8, tn: 8 },
+    { bm: 64, bk: 16, ks: 2, tm: 8, tn: 8 },
+    { bm: 128, bk: 8, ks: 1, tm: 8, tn: 8 },
+    { bm: 128, bk: 16, ks: 1, tm: 8, tn: 8 },
+    { bm: 128, bk: 16, ks: 2, tm: 8, tn: 8 },
+    { bm: 128, bk: 16, ks: 1, tm: 8, tn: 4 },
+    { prefetch: true },
+    { bm: 64, bk: 16, ks: 1, tm: 4, tn: 4, prefetch: true },
+    { bm: 64, bk: 16, ks: 1, tm: 8, tn: 8, prefetch: true },
+    { bm: 128, bk: 16, ks: 2, tm: 8, tn: 8, prefetch: true },
+  ];
 const DW_TILINGS: [FilterGradVariant, Partial<FilterGradTile> | null][] = a.quick
   ? [["v1", null], ["v4", null]]
   : [

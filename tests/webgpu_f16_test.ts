@@ -133,15 +133,14 @@ const CONV_TOL: Record<ConvPrecision, number> = { "f32": 1e-4, "f16": 5e-3, "f16
 Deno.test("f16 3x3 convolutions equal the f32 kernel on f16-rounded inputs, every tiling", opts, async () => {
   let seed = 11;
   try {
-    for (
-      const tile of [null, { ks: 1 }, { bm: 32, bn: 16, bk: 8, ks: 4 }, {
-        bm: 64,
-        bn: 32,
-        ks: 2,
-        tm: 8,
-        tn: 8,
-      }]
-    ) {
+    const tiles = [
+      null,
+      { ks: 1 },
+      { bm: 32, bn: 16, bk: 8, ks: 4 },
+      { bm: 64, bn: 32, ks: 2, tm: 8, tn: 8 },
+      { prefetch: true },
+    ];
+    for (const tile of tiles) {
       setConvTileOverride(tile);
       for (const { name, spec, shapes } of CASES) {
         const inputs = shapes.map((s) => tf.randomNormal(s, 0, 1, "float32", seed++));

@@ -109,6 +109,9 @@ Deno.test("forward: every tiling (rows, reduction slices) gives the same result"
     { bm: 64, bn: 64, bk: 16, ks: 1, tm: 8, tn: 8 },
     { bm: 32, bn: 32, bk: 16, ks: 2, tm: 8, tn: 4 },
     { bm: 32, bn: 32, bk: 8, ks: 4, tm: 4, tn: 8 },
+    // the next chunk's loads in registers while the current one is multiplied
+    { prefetch: true },
+    { bm: 64, bn: 64, bk: 16, ks: 2, tm: 8, tn: 8, prefetch: true },
   ];
   try {
     for (const tile of tiles) {
@@ -161,6 +164,30 @@ Deno.test("gradients: Conv2DBackpropInput and Conv2DBackpropFilter match stock",
   assert.equal(stats.custom.Conv2DBackpropInput, 8);
   assert.equal(stats.custom.Conv2DBackpropFilter, 8);
 });
+
+Deno.test(
+  "gradients: the input gradient (flipped filter) with prefetching tilings matches stock",
+  opts,
+  async () => {
+    try {
+      for (
+        const tile of [{ prefetch: true }, { bm: 32, bn: 32, bk: 16, ks: 2, tm: 8, tn: 4, prefetch: true }]
+      ) {
+        setConvTileOverride(tile);
+        for (const [n, h, w, ci, co] of [SHAPES[1], SHAPES[4], SHAPES[6]]) {
+          const dy = rand([n, h, w, co]) as tf.Tensor4D, f = rand([3, 3, ci, co]) as tf.Tensor4D;
+          await compare(
+            `dx ${JSON.stringify(tile)} ${[n, h, w, ci]}->${co}`,
+            () => tf.conv2dTranspose(dy, f, [n, h, w, ci], 1, "same"),
+          );
+          tf.dispose([dy, f]);
+        }
+      }
+    } finally {
+      setConvTileOverride(null);
+    }
+  },
+);
 
 const FILTER_GRAD_SHAPES = [[1, 7, 5, 64, 64], [2, 6, 9, 96, 32], [1, 5, 5, 6, 5], [2, 24, 24, 32, 64]];
 

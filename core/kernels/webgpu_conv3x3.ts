@@ -105,6 +105,11 @@ export interface ConvTile {
    */
   tm?: number;
   tn?: number;
+  /**
+   * Loads the next chunk's inputs into registers before multiplying the current one (in workgroup
+   * memory), so that memory latency overlaps arithmetic; costs registers.
+   */
+  prefetch?: boolean;
 }
 
 let tileOverride: Partial<ConvTile> | null = null;
@@ -237,43 +242,99 @@ function forwardSource(
     : [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { v[${j}] = W[row * u.cout + col + ${j}]; }`).join(
       " ",
     );
-  const loopB = unroll(
-    sb,
-    "s",
-    `
-      let l = s * NT + tid;
+  // A chunk's tiles go global memory -> registers (pa<s>, pb<s> / pf<s>_<j>) -> workgroup memory.
+  const flipVec = o.flipT && o.vec;
+  const blocks = (bk / 4) * (bn / 4);
+  const sf = Math.ceil(blocks / nt);
+  const regs = [
+    ...Array.from({ length: sa }, (_, s) => `pa${s}`),
+    ...(flipVec
+      ? Array.from({ length: sf }, (_, s) => [0, 1, 2, 3].map((j) => `pf${s}_${j}`)).flat()
+      : Array.from({ length: sb }, (_, s) => `pb${s}`)),
+  ];
+  const loadAInto = (s: number) =>
+    `{
+      let l = ${s} * NT + tid;
+      let kq = l % ${bk / 4};
+      let iy = rowY${s} + dy; let ix = rowX${s} + dx;
+      var v = vec4<${S}>(0.0);
+      let c = cb + kq * 4;
+      if (live && rowN${s} >= 0 && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w && c < cin) {
+        ${
+      o.upsample
+        ? `let p = (rowN${s} * u.inH + iy / 2) * u.inW + ix / 2;`
+        : `let p = (rowN${s} * u.inH + iy) * u.inW + ix;`
+    }
+        ${loadA}
+      }
+      pa${s} = v;
+    }`;
+  const storeA = (s: number) =>
+    `{ let l = ${s} * NT + tid; if (l < ${aUnits}) { Sh[aBase + (l / ${bk / 4}) * AST + l % ${
+      bk / 4
+    }] = pa${s}; } }`;
+  const loadBInto = (s: number) =>
+    `{
+      let l = ${s} * NT + tid;
       let kr = l / ${bn / 4};
       let col = n0 + (l % ${bn / 4}) * 4;
       let row = tap * cin + cb + kr;
       var v = vec4<${S}>(0.0);
       if (live && cb + kr < cin && l < ${bUnits}) { ${loadB} }
-      if (l < ${bUnits}) { Sh[bBase + l] = v; }`,
-  );
+      pb${s} = v;
+    }`;
+  const storeB = (s: number) => `{ let l = ${s} * NT + tid; if (l < ${bUnits}) { Sh[bBase + l] = pb${s}; } }`;
   // The flipped filter in vec mode: 4x4 blocks, read as 4 vec4s along the (new) input channels,
   // which are contiguous in W, and transposed in registers into 4 whole rows of the B tile.
-  const blocks = (bk / 4) * (bn / 4);
-  const flipLoopB = unroll(
-    Math.ceil(blocks / nt),
-    "s",
-    `
-      let l = s * NT + tid;
+  const loadFlipInto = (s: number) =>
+    `{
+      let l = ${s} * NT + tid;
       let kq = l / ${bn / 4}; let nq = l % ${bn / 4};
       let col = n0 + nq * 4; let o0 = cb + kq * 4;
-      var v0 = vec4<${S}>(0.0); var v1 = vec4<${S}>(0.0); var v2 = vec4<${S}>(0.0); var v3 = vec4<${S}>(0.0);
+      ${[0, 1, 2, 3].map((j) => `pf${s}_${j} = vec4<${S}>(0.0);`).join(" ")}
       if (live && l < ${blocks} && o0 < cin) {
         let base = (8 - tap) * u.cout + col;
-        if (col < u.cout) { v0 = W[(base * cin + o0) / 4]; }
-        if (col + 1 < u.cout) { v1 = W[((base + 1) * cin + o0) / 4]; }
-        if (col + 2 < u.cout) { v2 = W[((base + 2) * cin + o0) / 4]; }
-        if (col + 3 < u.cout) { v3 = W[((base + 3) * cin + o0) / 4]; }
+        ${
+      [0, 1, 2, 3].map((j) => `if (col + ${j} < u.cout) { pf${s}_${j} = W[((base + ${j}) * cin + o0) / 4]; }`)
+        .join("\n        ")
+    }
       }
+    }`;
+  const storeFlip = (s: number) =>
+    `{
+      let l = ${s} * NT + tid;
+      let kq = l / ${bn / 4}; let nq = l % ${bn / 4};
       if (l < ${blocks}) {
-        Sh[bBase + (kq * 4 + 0) * ${bn / 4} + nq] = vec4<${S}>(v0.x, v1.x, v2.x, v3.x);
-        Sh[bBase + (kq * 4 + 1) * ${bn / 4} + nq] = vec4<${S}>(v0.y, v1.y, v2.y, v3.y);
-        Sh[bBase + (kq * 4 + 2) * ${bn / 4} + nq] = vec4<${S}>(v0.z, v1.z, v2.z, v3.z);
-        Sh[bBase + (kq * 4 + 3) * ${bn / 4} + nq] = vec4<${S}>(v0.w, v1.w, v2.w, v3.w);
-      }`,
-  );
+        ${
+      ["x", "y", "z", "w"].map((c, r) =>
+        `Sh[bBase + (kq * 4 + ${r}) * ${
+          bn / 4
+        } + nq] = vec4<${S}>(pf${s}_0.${c}, pf${s}_1.${c}, pf${s}_2.${c}, pf${s}_3.${c});`
+      ).join("\n        ")
+    }
+      }
+    }`;
+  // Chunks of the reduction: 9 taps x ceil(cin / BK) channel blocks, dealt round-robin to the slices.
+  const loadChunk = (round: string) =>
+    `{
+    let q = (${round}) * KS + sl;
+    let live = q < chunks;
+    let tap = q / nCb;
+    let cb = (q % nCb) * BK;
+    let dy = tap / 3 - 1; let dx = tap % 3 - 1;
+    ${Array.from({ length: sa }, (_, s) => loadAInto(s)).join("\n    ")}
+    ${
+      flipVec
+        ? Array.from({ length: sf }, (_, s) => loadFlipInto(s)).join("\n    ")
+        : Array.from({ length: sb }, (_, s) => loadBInto(s)).join("\n    ")
+    }
+  }`;
+  const storeChunk = [
+    ...Array.from({ length: sa }, (_, s) => storeA(s)),
+    ...(flipVec
+      ? Array.from({ length: sf }, (_, s) => storeFlip(s))
+      : Array.from({ length: sb }, (_, s) => storeB(s))),
+  ].join("\n    ");
   // The epilogue works in f32 whatever the storage (one rounding per stored value).
   const loadVec4 = (arr: string, idx: string, col: string) =>
     o.vec
@@ -384,37 +445,17 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   }
   let tx = tid % ${cx}; let ty = tid / ${cx};
   ${accs.map((a) => `var ${a} = vec4<${A}>(0.0);`).join(" ")}
-  // Chunks of the reduction: 9 taps x ceil(cin / BK) channel blocks, dealt round-robin to the slices.
   let nCb = (cin + BK - 1) / BK;
   let chunks = 9 * nCb;
   let rounds = (chunks + KS - 1) / KS;
+  ${regs.map((r) => `var ${r} = vec4<${S}>(0.0);`).join(" ")}
+  ${o.tile.prefetch ? loadChunk("0") : ""}
   for (var rd = 0; rd < rounds; rd++) {
-    let q = rd * KS + sl;
-    let live = q < chunks;
-    let tap = q / nCb;
-    let cb = (q % nCb) * BK;
-    let dy = tap / 3 - 1; let dx = tap % 3 - 1;
-    ${
-    Array.from({ length: sa }, (_, s) =>
-      `{
-      let l = ${s} * NT + tid;
-      let kq = l % ${bk / 4};
-      let iy = rowY${s} + dy; let ix = rowX${s} + dx;
-      var v = vec4<${S}>(0.0);
-      let c = cb + kq * 4;
-      if (live && rowN${s} >= 0 && iy >= 0 && iy < u.h && ix >= 0 && ix < u.w && c < cin) {
-        ${
-        o.upsample
-          ? `let p = (rowN${s} * u.inH + iy / 2) * u.inW + ix / 2;`
-          : `let p = (rowN${s} * u.inH + iy) * u.inW + ix;`
-      }
-        ${loadA}
-      }
-      if (l < ${aUnits}) { Sh[aBase + (l / ${bk / 4}) * AST + kq] = v; }
-    }`).join("\n    ")
-  }
-    ${o.flipT && o.vec ? flipLoopB : loopB}
+    ${o.tile.prefetch ? "" : loadChunk("rd")}
+    ${storeChunk}
     workgroupBarrier();
+    let live = rd * KS + sl < chunks;
+    ${o.tile.prefetch ? `if (rd + 1 < rounds) ${loadChunk("rd + 1")}` : ""}
     if (live) {
       ${
     Array.from({ length: bk / 4 }, (_, k4) =>
