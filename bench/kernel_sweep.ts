@@ -20,13 +20,15 @@ import {
   type Conv3x3Spec,
   type ConvPrecision,
   type ConvTile,
+  setConvTileOverride,
+} from "../core/kernels/webgpu_conv3x3.ts";
+import {
   DEFAULT_FILTER_GRAD_VARIANT,
   filterGradPrograms,
   type FilterGradTile,
   type FilterGradVariant,
-  setConvTileOverride,
   setFilterGradVariant,
-} from "../core/kernels/webgpu_conv3x3.ts";
+} from "../core/kernels/webgpu_filter_grad.ts";
 import { type PassBackend, PlannedPass, type Region } from "../core/kernels/webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "../core/kernels/webgpu_rrdb.ts";
 

@@ -27,7 +27,7 @@ import { generatorConfig } from "../train/trainer.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { enableCustomWebGPUKernels } from "../core/kernels/register.ts";
-import { type FilterGradVariant, setFilterGradVariant } from "../core/kernels/webgpu_conv3x3.ts";
+import { type FilterGradVariant, setFilterGradVariant } from "../core/kernels/webgpu_filter_grad.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { Adam } from "../train/adam.ts";
 import { exportGenerator, writeShards } from "../train/export.ts";

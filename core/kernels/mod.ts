@@ -18,16 +18,13 @@ export {
   isSame3x3,
   REPLACED_KERNELS,
 } from "./register.ts";
+export { type Activation, type ConvPrecision, type ConvTile, setConvTileOverride } from "./webgpu_conv3x3.ts";
 export {
-  type Activation,
-  type ConvPrecision,
-  type ConvTile,
   DEFAULT_FILTER_GRAD_VARIANT,
   type FilterGradTile,
   type FilterGradVariant,
-  setConvTileOverride,
   setFilterGradVariant,
-} from "./webgpu_conv3x3.ts";
+} from "./webgpu_filter_grad.ts";
 export {
   CONV3X3_KERNEL,
   DENSE_BLOCK_KERNEL,

@@ -10,12 +10,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
-import {
-  type Activation,
-  conv3x3BackpropFilter,
-  conv3x3BackpropInput,
-  conv3x3Forward,
-} from "./webgpu_conv3x3.ts";
+import { type Activation, conv3x3BackpropInput, conv3x3Forward } from "./webgpu_conv3x3.ts";
+import { conv3x3BackpropFilter } from "./webgpu_filter_grad.ts";
 import type { WebGPUBackendLike } from "./webgpu_program.ts";
 
 /** The stock kernels we replace. */

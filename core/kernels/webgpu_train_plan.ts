@@ -29,13 +29,8 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import type { RRDBNet } from "../rrdbnet_arch.ts";
-import {
-  conv3x3Program,
-  type Conv3x3Spec,
-  type ConvPrecision,
-  filterGradPrograms,
-  type FilterGradSpec,
-} from "./webgpu_conv3x3.ts";
+import { conv3x3Program, type Conv3x3Spec, type ConvPrecision } from "./webgpu_conv3x3.ts";
+import { filterGradPrograms, type FilterGradSpec } from "./webgpu_filter_grad.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
