@@ -20,8 +20,11 @@
 #   ../shared/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors .device/vgg.safetensors (4.7 MB), and
 #   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
-# `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this. Knobs (environment): TRAIN_MIN (4), SWEEP_S (180), PRETRAIN (default: the shipped x4plus, if it travelled; "none":
-# random init), BENCH_S (time limit of the bench, 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
+# `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this (bench: bench and sweep bundles, no
+# training; on an H200 the bench of all four backends took ~125 s, start and transfer ~35 s).
+# Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep, 180), PRETRAIN
+# (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the bench,
+# 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
 # (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc: the f16 rows time the forward in half precision
 # and the training step in mixed precision), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. "--precision f16"
 # to train in mixed precision, or to try the script on llvmpipe
