@@ -50,7 +50,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
                       webgpu-plan (our kernels as prepared passes, incl. the planned training step),
                       webgpu-plan:f16, webgpu-plan:f16-f32acc (half precision: the forward plan, the
-                      training step in mixed precision);
+                      training step in mixed precision); "+tune" after a plan (webgpu-plan+tune,
+                      webgpu-plan:f16+tune) times candidate tilings per shape before forwards;
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -185,7 +186,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
   await serve(async () => {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
-    usePlannedPasses(!!spec.plan, spec.precision);
+    usePlannedPasses(!!spec.plan, { precision: spec.precision, tune: spec.tune });
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {
@@ -219,7 +220,8 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
           // tf.profile of tfjs's own webgpu kernels (timestamp queries per kernel) took minutes, or
           // hung, on an H200: profile only our planned passes there
           const skip = spec.name === "webgpu" && !spec.plan;
-          return { ok: true, profile: msg.profile && !skip ? await prepared.profile() : undefined };
+          const tilings = prepared.tilings;
+          return { ok: true, tilings, profile: msg.profile && !skip ? await prepared.profile() : undefined };
         } finally {
           prepared.dispose();
         }
@@ -256,6 +258,8 @@ export interface BenchRow {
   max_abs_diff?: number;
   diff_vs?: string;
   profile?: KernelProfile;
+  /** What a tuned plan (`+tune`) chose per convolution shape. */
+  tilings?: Record<string, string>;
   error?: string;
 }
 
@@ -383,6 +387,7 @@ export async function runBench(
         const row = rows.get(p.label)!;
         if (r.error) row.error ??= r.error;
         if (r.profile) row.profile = r.profile;
+        if (r.tilings) row.tilings = r.tilings as Record<string, string>;
         if (!row.error) row.ms = median(row.times_ms);
         if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
         if (c.kind === "forward" && dump && !row.error) {
@@ -453,6 +458,13 @@ export function formatTable(rows: BenchRow[]): string {
   const out = [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)];
   for (const r of rows) {
     if (r.error) out.push(`  ${r.case} ${r.backend}: ${r.error}`);
+    if (r.tilings) {
+      const counts = new Map<string, number>();
+      for (const t of Object.values(r.tilings)) counts.set(t, (counts.get(t) ?? 0) + 1);
+      out.push(
+        `  tuned ${r.case} ${r.backend}: ${[...counts].map(([t, k]) => `${t} x${k}`).join(", ")} (shapes)`,
+      );
+    }
     if (!r.profile) continue;
     const { kernels, wall_ms, peak_tensor_mb, clock } = r.profile;
     const total = kernels.reduce((s, k) => s + (Number.isNaN(k.ms) ? 0 : k.ms), 0);

@@ -52,19 +52,24 @@ export interface BackendSpec {
   plan?: boolean;
   /** Number format of the webgpu plan (default f32). */
   precision?: ConvPrecision;
+  /** The webgpu forward plan times its candidate tilings per shape first (`+tune`). */
+  tune?: boolean;
 }
 
 /**
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
- * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`.
+ * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`;
+ * a webgpu plan with `+tune` times its candidate tilings per shape before it runs (forward cases).
  */
 export function parseBackend(spec: string): BackendSpec {
+  const tune = spec.startsWith("webgpu-plan") && spec.endsWith("+tune");
+  if (tune) return { ...parseBackend(spec.slice(0, -"+tune".length)), tune };
   const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+|f16|f16-f32acc))?$/.exec(spec);
   const numeric = m?.[2] && /^\d+$/.test(m[2]);
   if (!m || (numeric && !m[1].startsWith("wasm")) || (m[2] && !numeric && m[1] !== "webgpu-plan")) {
     throw new Error(
       `bad backend "${spec}": expected wasm, wasm:N, wasm-plan, wasm-plan:N, cpu, webgpu, webgpu-custom, ` +
-        "webgpu-plan or webgpu-plan:f16 / :f16-f32acc",
+        'webgpu-plan or webgpu-plan:f16 / :f16-f32acc (each plan + "+tune")',
     );
   }
   if (m[1] === "webgpu-custom") return { name: "webgpu", custom: true };
@@ -86,7 +91,7 @@ export function backendLabel(b: BackendSpec): string {
     : b.custom
     ? "webgpu-custom"
     : b.plan
-    ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}`
+    ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${b.tune ? "+tune" : ""}`
     : b.name;
 }
 
@@ -119,6 +124,8 @@ export interface PreparedCase {
   step(): Promise<Float32Array>;
   /** One step under tf.profile. */
   profile(): Promise<KernelProfile>;
+  /** The tiling a tuned plan chose per convolution shape (after the first step). */
+  tilings?: Record<string, string>;
   dispose(): void;
 }
 
@@ -132,15 +139,18 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 }
 
 let withPlan = false;
-let planPrecision: ConvPrecision = "f32";
+let planOptions: { precision: ConvPrecision; tune: boolean } = { precision: "f32", tune: false };
 
 /**
- * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (forwards in
- * `precision`), the CPU kernels on wasm.
+ * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (in `precision`;
+ * forwards tuned per shape first with `tune`), the CPU kernels on wasm.
  */
-export function usePlannedPasses(on: boolean, precision: ConvPrecision = "f32"): void {
+export function usePlannedPasses(
+  on: boolean,
+  options: { precision?: ConvPrecision; tune?: boolean } = {},
+): void {
   withPlan = on;
-  planPrecision = precision;
+  planOptions = { precision: options.precision ?? "f32", tune: !!options.tune };
 }
 
 /**
@@ -162,16 +172,24 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     };
   }
   if (c.kind === "forward") {
-    const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision: planPrecision });
-    const step = async () => {
-      const out = plan.run(x);
-      try {
-        return (await out.data()) as Float32Array;
-      } finally {
-        out.dispose();
-      }
+    const plan = new RRDBNetPlanWebGPU(net, x.shape, {
+      precision: planOptions.precision,
+      tune: planOptions.tune || undefined,
+    });
+    const prepared: PreparedCase = {
+      async step() {
+        if (planOptions.tune && !prepared.tilings) prepared.tilings = await plan.tune(); // in the warm-up
+        const out = plan.run(x);
+        try {
+          return (await out.data()) as Float32Array;
+        } finally {
+          out.dispose();
+        }
+      },
+      profile: () => planProfile(plan),
+      dispose: () => (plan.dispose(), x.dispose()),
     };
-    return { step, profile: () => planProfile(plan), dispose: () => (plan.dispose(), x.dispose()) };
+    return prepared;
   }
   if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
@@ -179,7 +197,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   const options = { batch: c.n, lqSize: c.h, ema: net.params, adam, emaDecay: 0.999 };
   const plan = tf.getBackend() === "wasm"
     ? new RRDBNetTrainPlanWasm(net, { ...options, threads: backendThreads() })
-    : new RRDBNetTrainPlanWebGPU(net, { ...options, precision: planPrecision });
+    : new RRDBNetTrainPlanWebGPU(net, { ...options, precision: planOptions.precision });
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
   return {
     async step() {

@@ -25,7 +25,8 @@
 # Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep, 180), PRETRAIN
 # (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the bench,
 # 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
-# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc: the f16 rows time the forward in half precision
+# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc,webgpu-plan+tune,webgpu-plan:f16+tune: the f16
+# rows time the forward in half precision
 # and the training step in mixed precision), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. "--precision f16"
 # to train in mixed precision, or to try the script on llvmpipe
 # with --tiny).
@@ -42,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc}" \
+timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc,webgpu-plan+tune,webgpu-plan:f16+tune}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"

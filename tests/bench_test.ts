@@ -28,6 +28,14 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.deepEqual(parseBackend("webgpu-plan:f16"), { name: "webgpu", plan: true, precision: "f16" });
   assert.equal(backendLabel(parseBackend("webgpu-plan:f16-f32acc")), "webgpu-plan:f16-f32acc");
   assert.equal(backendLabel(parseBackend("webgpu-plan")), "webgpu-plan");
+  assert.deepEqual(parseBackend("webgpu-plan:f16+tune"), {
+    name: "webgpu",
+    plan: true,
+    precision: "f16",
+    tune: true,
+  });
+  assert.equal(backendLabel(parseBackend("webgpu-plan+tune")), "webgpu-plan+tune");
+  assert.throws(() => parseBackend("wasm+tune"), /bad backend/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);

@@ -320,6 +320,49 @@ Deno.test("RRDBNet (tiny): forward with our kernels and fused forward match stoc
   }
 });
 
+Deno.test(
+  "a tuned plan times its tilings per shape, keeps one for each, and still matches stock",
+  opts,
+  async () => {
+    const net = new RRDBNet(TINY[0], { seed: 4 });
+    const x = tf.randomUniform([1, 8, 8, 3], 0, 1, "float32", 11) as tf.Tensor4D;
+    disableCustomWebGPUKernels();
+    const want = net.apply(x);
+    const candidates = [{ prefetch: true }, { bm: 64, ks: 1, tm: 8, tn: 8 }];
+    const plan = new RRDBNetPlanWebGPU(net, x.shape, { tune: candidates });
+    try {
+      const before = plan.run(x); // the built-in tilings until tune()
+      const eb = await relErr(before, want);
+      assert.ok(eb <= TOL, `untuned: relative error ${eb}`);
+      const chosen = await plan.tune(1);
+      // conv_first, 4 growth convs, conv5 with and without the RRDB's skip, conv_body, 2 upsampling, hr, last
+      assert.equal(Object.keys(chosen).length, 12, JSON.stringify(chosen, null, 1));
+      const names = new Set(["built-in", ...candidates.map((c) => JSON.stringify(c))]);
+      for (const name of Object.values(chosen)) assert.ok(names.has(name), name);
+      const after = plan.run(x);
+      const ea = await relErr(after, want);
+      assert.ok(ea <= TOL, `tuned (${[...new Set(Object.values(chosen))]}): relative error ${ea}`);
+      tf.dispose([before, after]);
+      // every candidate, applied to every shape that can take it, computes the same
+      for (const name of names) {
+        const pick = Object.fromEntries(
+          Object.entries(plan.tilings).filter(([, n]) => n.includes(name)).map(([g]) => [g, name]),
+        );
+        plan.useTilings(pick);
+        const got = plan.run(x);
+        const e = await relErr(got, want);
+        assert.ok(e <= TOL, `${name} on ${Object.keys(pick).length} shapes: relative error ${e}`);
+        got.dispose();
+      }
+      assert.throws(() => plan.useTilings({ nope: "built-in" }), /no group nope/);
+    } finally {
+      plan.dispose();
+      tf.dispose([x, want]);
+      net.dispose();
+    }
+  },
+);
+
 Deno.test("RRDBNet (tiny, trainable): loss gradients with our kernels match stock", opts, async () => {
   const net = new RRDBNet(TINY[0], { seed: 5, trainable: true });
   const x = tf.randomUniform([2, 6, 6, 3], 0, 1, "float32", 9) as tf.Tensor4D;

@@ -2,7 +2,8 @@
  * Kernels of our own for RRDBNet. WebGPU, on tfjs's webgpu backend: see register.ts (switching the
  * stock Conv2D / FusedConv2D / Conv2DBackpropInput / Conv2DBackpropFilter for ours),
  * webgpu_rrdb.ts (fused dense-block inference), webgpu_plan.ts (the same, prepared once per input
- * shape so a forward is one compute pass), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
+ * shape so a forward is one compute pass, optionally tuned per GPU), webgpu_filter_grad.ts (the 3x3
+ * filter gradient), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
  * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA), webgpu_f16.ts
  * (a device with shader-f16, for the plan's half-precision forward). CPU:
  * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads),
@@ -34,7 +35,7 @@ export {
   residualDenseBlock,
   rrdbnetForwardWebGPU,
 } from "./webgpu_rrdb.ts";
-export { type PlanWebGPUOptions, RRDBNetPlanWebGPU } from "./webgpu_plan.ts";
+export { type PlanWebGPUOptions, RRDBNetPlanWebGPU, TUNING_CANDIDATES } from "./webgpu_plan.ts";
 export { castProgram, hasShaderF16, useWebGPUWithF16 } from "./webgpu_f16.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
 export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";

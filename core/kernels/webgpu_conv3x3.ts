@@ -86,6 +86,8 @@ export interface Conv3x3Spec extends Conv3x3Input {
   mask?: { lo: number; hi: number; stride: number; offset: number };
   /** Number format of every buffer the convolution reads and writes, and of its products (default f32). */
   precision?: ConvPrecision;
+  /** Tile sizes to use instead of the built-in choice (over {@link setConvTileOverride}'s). */
+  tile?: Partial<ConvTile>;
 }
 
 /**
@@ -122,18 +124,24 @@ const MAX_DISPATCH = 65535;
 /** Threads a launch should have to keep a large GPU busy (H100/H200: 132 SMs x 2048). */
 const TARGET_THREADS = 65536;
 
-function chooseTile(m: number, cout: number, cin: number, vec: boolean): ConvTile {
+function chooseTile(
+  m: number,
+  cout: number,
+  cin: number,
+  options: { vec: boolean; override: Partial<ConvTile> | null },
+): ConvTile {
+  const { vec, override } = options;
   const bn = cout > 32 ? 64 : cout > 16 ? 32 : cout > 8 || vec ? 16 : Math.max(4, Math.ceil(cout / 4) * 4);
   const nTiles = Math.ceil(cout / bn);
   // Fewer rows per workgroup when the image is small, so a big GPU still gets enough workgroups.
   const bm = Math.ceil(m / 64) * nTiles >= 256 ? 64 : 32;
   const bk = vec ? 16 : 8;
-  const tm = tileOverride?.tm ?? 4, tn = tileOverride?.tn ?? 4;
+  const tm = override?.tm ?? 4, tn = override?.tn ?? 4;
   const threads = Math.ceil(m / bm) * nTiles * (bm / tm) * (bn / tn);
   const chunks = 9 * Math.ceil(cin / bk);
   let ks = 1;
   while (ks < 4 && threads * ks < TARGET_THREADS && chunks >= 4 * ks) ks *= 2;
-  const tile = { bm, bn, bk, ks, tm, tn, ...tileOverride };
+  const tile = { bm, bn, bk, ks, tm, tn, ...override };
   if (tile.bm % tile.tm || tile.bn % tile.tn || ![4, 8].includes(tile.tm) || ![4, 8].includes(tile.tn)) {
     throw new Error(`conv3x3: tile ${JSON.stringify(tile)}: tm and tn must be 4 or 8 and divide bm and bn`);
   }
@@ -515,7 +523,7 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
     mask.offset,
   ].every((v) => v % 4 === 0);
   const m = spec.n * spec.h * spec.w;
-  const tile = chooseTile(m, spec.cout, spec.c0 + c1, vec);
+  const tile = chooseTile(m, spec.cout, spec.c0 + c1, { vec, override: { ...tileOverride, ...spec.tile } });
   const o = {
     vec,
     tile,

@@ -31,12 +31,21 @@ export interface Region {
   size?: number;
 }
 
-interface Dispatch {
+/** One way of running a dispatch: its pipeline, bindings and launch size. */
+interface Launch {
   pipeline: GPUComputePipeline;
   bindGroup: GPUBindGroup;
   workgroups: [number, number, number];
-  label: string;
 }
+
+interface Dispatch extends Launch {
+  label: string;
+  /** Equivalent launches to choose from ({@link PlannedPass.tune}), and the group sharing the choice. */
+  choices?: { launch: Launch; name: string }[];
+  group?: string;
+}
+
+type Program = CustomProgram & { uniforms: string; params: Uniform[] };
 
 /** Our programs' dispatches, recorded once and replayed into one compute pass per {@link record}. */
 export class PlannedPass {
@@ -64,12 +73,79 @@ export class PlannedPass {
    * Appends one dispatch of `program`: `output` is binding 0, `inputs` follow, the uniforms last.
    * Returns a function that rewrites its uniforms (queued before the next submit).
    */
-  add(
-    program: CustomProgram & { uniforms: string; params: Uniform[] },
+  add(program: Program, output: Region, inputs: Region[], label = program.name): (params: Uniform[]) => void {
+    const { launch, uniform, shapes } = this.prepare(program, output, inputs);
+    if (launch) this.dispatches.push({ ...launch, label });
+    return (params) => this.backend.device.queue.writeBuffer(uniform, 0, packUniforms(shapes, params));
+  }
+
+  /**
+   * Appends one dispatch that any of `programs` (the same computation, e.g. other tilings) can run:
+   * the first until {@link tune} has timed them. Dispatches of one `group` (the same shapes) share
+   * the choice.
+   */
+  addChoice(
+    programs: { program: Program; name: string }[],
     output: Region,
     inputs: Region[],
-    label = program.name,
-  ): (params: Uniform[]) => void {
+    options: { label: string; group: string },
+  ): void {
+    const choices = programs.flatMap(({ program, name }) => {
+      const { launch } = this.prepare(program, output, inputs);
+      return launch ? [{ launch, name }] : [];
+    });
+    if (choices.length) this.dispatches.push({ ...choices[0].launch, ...options, choices });
+  }
+
+  /**
+   * Times each group's choices on the GPU (its dispatches alone, median of `runs` after one to warm
+   * up) and keeps the fastest. Values are garbage afterwards: tune before the first real run.
+   * Returns the chosen name per group.
+   */
+  async tune(runs = 3): Promise<Record<string, string>> {
+    const gpu = this.backend.device.features.has("timestamp-query");
+    const groups = new Map<string, Dispatch[]>();
+    for (const d of this.dispatches) {
+      if (d.choices && d.group) groups.set(d.group, [...groups.get(d.group) ?? [], d]);
+    }
+    const chosen: Record<string, string> = {};
+    for (const [group, members] of groups) {
+      let best = { i: 0, ms: Infinity };
+      for (let i = 0; i < members[0].choices!.length; i++) {
+        for (const d of members) Object.assign(d, d.choices![i].launch);
+        const times: number[] = [];
+        for (let r = 0; r <= runs; r++) times.push(await this.time({ only: (_, g) => g === group }, gpu));
+        const ms = times.slice(1).sort((a, b) => a - b)[runs >> 1];
+        if (ms < best.ms) best = { i, ms };
+      }
+      chosen[group] = members[0].choices![best.i].name;
+    }
+    this.choose(chosen);
+    return chosen;
+  }
+
+  /** Runs each group's dispatches with the choice named (as {@link tune} returns them). */
+  choose(chosen: Record<string, string>): void {
+    for (const [group, name] of Object.entries(chosen)) {
+      const members = this.dispatches.filter((d) => d.group === group);
+      if (!members.length) throw new Error(`PlannedPass.choose: no group ${group}`);
+      for (const d of members) {
+        const choice = d.choices!.find((c) => c.name === name);
+        if (!choice) throw new Error(`PlannedPass.choose: group ${group} has no choice ${name}`);
+        Object.assign(d, choice.launch);
+      }
+    }
+  }
+
+  /** The choices of each group ({@link addChoice}). */
+  get choiceGroups(): Record<string, string[]> {
+    const out: Record<string, string[]> = {};
+    for (const d of this.dispatches) if (d.group && d.choices) out[d.group] = d.choices.map((c) => c.name);
+    return out;
+  }
+
+  /** Pipeline, uniform block and bind group of one dispatch (no launch when its size is 0). */
+  private prepare(program: Program, output: Region, inputs: Region[]) {
     const max = this.backend.device.limits.maxComputeWorkgroupsPerDimension;
     if (program.dispatch.some((d) => d > max)) {
       throw new Error(`${program.name}: dispatch [${program.dispatch}] exceeds the device limit ${max}`);
@@ -89,10 +165,10 @@ export class PlannedPass {
       layout: pipeline.getBindGroupLayout(0),
       entries: regions.map((r, binding) => ({ binding, resource: r })),
     });
-    if (program.dispatch.every((d) => d > 0)) {
-      this.dispatches.push({ pipeline, bindGroup, workgroups: program.dispatch, label });
-    }
-    return (params) => this.backend.device.queue.writeBuffer(uniform, 0, packUniforms(shapes, params));
+    const launch: Launch | null = program.dispatch.every((d) => d > 0)
+      ? { pipeline, bindGroup, workgroups: program.dispatch }
+      : null;
+    return { launch, uniform, shapes };
   }
 
   /**
@@ -102,7 +178,7 @@ export class PlannedPass {
   record(
     encoder: GPUCommandEncoder,
     options: {
-      only?: (label: string) => boolean;
+      only?: (label: string, group?: string) => boolean;
       from?: number;
       to?: number;
       timestampWrites?: GPUComputePassTimestampWrites;
@@ -111,7 +187,7 @@ export class PlannedPass {
     const { only, from = 0, to = this.dispatches.length, timestampWrites } = options;
     const pass = encoder.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
     for (const d of this.dispatches.slice(from, to)) {
-      if (only && !only(d.label)) continue;
+      if (only && !only(d.label, d.group)) continue;
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);
       pass.dispatchWorkgroups(...d.workgroups);
@@ -165,7 +241,7 @@ export class PlannedPass {
    * compute pass's timestamps when `gpu` (the device needs `timestamp-query`), else submit to completion.
    */
   async time(
-    options: { only?: (label: string) => boolean; from?: number; to?: number },
+    options: { only?: (label: string, group?: string) => boolean; from?: number; to?: number },
     gpu: boolean,
   ): Promise<number> {
     const device = this.backend.device;

@@ -12,7 +12,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
-import { conv3x3Program, type Conv3x3Spec, type ConvPrecision } from "./webgpu_conv3x3.ts";
+import { conv3x3Program, type Conv3x3Spec, type ConvPrecision, type ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
@@ -22,7 +22,28 @@ import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 export interface PlanWebGPUOptions {
   /** Number format of the plan's maps, filters and products (default f32; see ConvPrecision). */
   precision?: ConvPrecision;
+  /**
+   * Tilings to try besides the built-in choice: each convolution gets them all, and
+   * {@link RRDBNetPlanWebGPU.tune} keeps the fastest per shape on this GPU (until then the built-in
+   * one runs). `true`: {@link TUNING_CANDIDATES}.
+   */
+  tune?: Partial<ConvTile>[] | true;
 }
+
+/**
+ * Tilings a tuned plan tries: 8x8 register tiles and prefetching, which a GPU's sweep has not yet
+ * shown better or worse than the built-in 4x4 choice per shape.
+ */
+export const TUNING_CANDIDATES: Partial<ConvTile>[] = [
+  { prefetch: true },
+  { bm: 32, ks: 2 },
+  { bm: 64, ks: 1, tm: 8, tn: 4 },
+  { bm: 64, ks: 1, tm: 8, tn: 8 },
+  { bm: 64, ks: 1, tm: 8, tn: 8, prefetch: true },
+  { bm: 64, ks: 2, tm: 8, tn: 8 },
+  { bm: 128, ks: 2, tm: 8, tn: 8 },
+  { bm: 128, ks: 2, tm: 8, tn: 8, prefetch: true },
+];
 
 /** A prepared forward of `net` for inputs of one shape [n, h, w, numInCh] (webgpu only). */
 export class RRDBNetPlanWebGPU {
@@ -82,8 +103,25 @@ export class RRDBNetPlanWebGPU {
     const body = buf(f), up1 = buf([n, 2 * h, 2 * w, nf]), up2 = buf([n, H, W, nf]), hr = buf([n, H, W, nf]);
     const outHalf = buf(this.outputShape);
     this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
-    const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
-      this.pass.add(conv3x3Program({ ...spec, precision }), whole(output), inputs, "conv3x3 forward");
+    const candidates = options.tune === true ? TUNING_CANDIDATES : options.tune ?? [];
+    const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) => {
+      const builtIn = conv3x3Program({ ...spec, precision });
+      if (!candidates.length) return this.pass.add(builtIn, whole(output), inputs, "conv3x3 forward");
+      const programs = [{ program: builtIn, name: "built-in" }];
+      for (const tile of candidates) {
+        try {
+          const program = conv3x3Program({ ...spec, precision, tile });
+          if (programs.every((p) => p.program.key !== program.key)) {
+            programs.push({ program, name: JSON.stringify(tile) });
+          }
+        } catch { /* a tiling this shape cannot take (tm/tn not dividing its tile) */ }
+      }
+      const { n, h, w, c0, c1, cout } = spec;
+      this.pass.addChoice(programs, whole(output), inputs, {
+        label: "conv3x3 forward",
+        group: `${builtIn.key} ${JSON.stringify({ n, h, w, c0, c1, cout })}`,
+      });
+    };
     const base = { n, h, w };
     conv({ ...base, c0: cin, x0Stride: cin, cout: nf, bias: true }, feat, [
       whole(this.input),
@@ -174,6 +212,25 @@ export class RRDBNetPlanWebGPU {
     // A copy the caller owns: the plan's output buffer is overwritten by the next run.
     const shape = this.outputShape as [number, number, number, number];
     return tf.tensor({ buffer: this.out }, shape, "float32") as tf.Tensor4D;
+  }
+
+  /**
+   * Times the tilings the plan was made with (`tune` option) per convolution shape on this GPU and
+   * keeps the fastest; returns the choice per shape. Call before the first run (it leaves garbage
+   * in the plan's buffers, which a run overwrites).
+   */
+  tune(runs?: number): Promise<Record<string, string>> {
+    return this.pass.tune(runs);
+  }
+
+  /** The tilings each convolution shape can run with (the `tune` option), and how to pick them. */
+  get tilings(): Record<string, string[]> {
+    return this.pass.choiceGroups;
+  }
+
+  /** Runs each shape with the tiling named (as {@link tune} returns them), without timing. */
+  useTilings(chosen: Record<string, string>): void {
+    this.pass.choose(chosen);
   }
 
   /** GPU time of a forward by kind of dispatch (see PlannedPass.profile). */
