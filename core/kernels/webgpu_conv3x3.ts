@@ -25,8 +25,8 @@ export type Activation = "linear" | "relu" | "leakyrelu";
 /**
  * Number formats of the forward kernel: "f32"; "f16" (`shader-f16`: maps, filters and products in
  * half precision, the epilogue — bias, activation, residual adds — in f32, rounded once when
- * stored); "f16-f32acc" (half-precision maps and filters, which halve memory and workgroup-memory
- * traffic, multiplied and summed in f32).
+ * stored); "f16-f32acc" (half-precision maps and filters, which halve memory traffic, converted
+ * to f32 as they enter workgroup memory and multiplied and summed in f32).
  */
 export type ConvPrecision = "f32" | "f16" | "f16-f32acc";
 
@@ -187,7 +187,8 @@ function forwardSource(
   // threads across the tile's columns; a thread's column vec4s lie cx apart (tn / 4 of them)
   const cx = bn / tn, nj = tn / 4, na = tm * nj;
   // Accumulator acc<i>_<j> holds output row ty * tm + i, column vec4 tx + j * cx.
-  // S: what buffers and workgroup tiles hold; A: what products and sums are computed in.
+  // S: what buffers hold; A: what workgroup tiles hold and products and sums are computed in
+  // (converted once when a tile is stored, not at each of its many reads).
   const S = o.precision === "f32" ? "f32" : "f16";
   const A = o.precision === "f16" ? "f16" : "f32";
   const T = o.vec ? `vec4<${S}>` : S;
@@ -268,9 +269,9 @@ function forwardSource(
       pa${s} = v;
     }`;
   const storeA = (s: number) =>
-    `{ let l = ${s} * NT + tid; if (l < ${aUnits}) { Sh[aBase + (l / ${bk / 4}) * AST + l % ${
-      bk / 4
-    }] = pa${s}; } }`;
+    `{ let l = ${s} * NT + tid; if (l < ${aUnits}) { Sh[aBase + (l / ${bk / 4}) * AST + l % ${bk / 4}] = ${
+      toA(`pa${s}`)
+    }; } }`;
   const loadBInto = (s: number) =>
     `{
       let l = ${s} * NT + tid;
@@ -281,7 +282,8 @@ function forwardSource(
       if (live && cb + kr < cin && l < ${bUnits}) { ${loadB} }
       pb${s} = v;
     }`;
-  const storeB = (s: number) => `{ let l = ${s} * NT + tid; if (l < ${bUnits}) { Sh[bBase + l] = pb${s}; } }`;
+  const storeB = (s: number) =>
+    `{ let l = ${s} * NT + tid; if (l < ${bUnits}) { Sh[bBase + l] = ${toA(`pb${s}`)}; } }`;
   // The flipped filter in vec mode: 4x4 blocks, read as 4 vec4s along the (new) input channels,
   // which are contiguous in W, and transposed in registers into 4 whole rows of the B tile.
   const loadFlipInto = (s: number) =>
@@ -305,9 +307,9 @@ function forwardSource(
       if (l < ${blocks}) {
         ${
       ["x", "y", "z", "w"].map((c, r) =>
-        `Sh[bBase + (kq * 4 + ${r}) * ${
-          bn / 4
-        } + nq] = vec4<${S}>(pf${s}_0.${c}, pf${s}_1.${c}, pf${s}_2.${c}, pf${s}_3.${c});`
+        `Sh[bBase + (kq * 4 + ${r}) * ${bn / 4} + nq] = vec4<${A}>(${
+          ["0", "1", "2", "3"].map((j) => `${A === S ? "" : A}(pf${s}_${j}.${c})`).join(", ")
+        });`
       ).join("\n        ")
     }
       }
@@ -376,23 +378,16 @@ function forwardSource(
           : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= ${S}(0.0)) { v[${j}] *= u.alpha; }`,
     ),
   };
-  // Sum the reduction slices' partial results through workgroup memory: the tiles' own when they
-  // hold the sums' type, else a smaller f32 array that takes one accumulator at a time.
+  // Sum the reduction slices' partial results through the tiles' workgroup memory.
   const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
     .flat();
-  const reduce = ks === 1 ? "" : S === A
-    ? `
+  const reduce = ks === 1 ? "" : `
   if (sl > 0) { ${accs.map((a, q) => `Sh[((sl - 1) * NT + tid) * ${na} + ${q}] = ${a};`).join(" ")} }
   workgroupBarrier();
   if (sl > 0) { return; }
   for (var s = 1; s < KS; s++) {
     ${accs.map((a, q) => `${a} += Sh[((s - 1) * NT + tid) * ${na} + ${q}];`).join("\n    ")}
-  }`
-    : accs.map((a) => `
-  if (sl > 0) { Red[(sl - 1) * NT + tid] = ${a}; }
-  workgroupBarrier();
-  if (sl == 0) { for (var s = 1; s < KS; s++) { ${a} += Red[(s - 1) * NT + tid]; } }
-  workgroupBarrier();`).join("") + "\n  if (sl > 0) { return; }";
+  }`;
   // The epilogue of output row i, column vec4 j.
   const epilogue = (i: number, j: number) =>
     `{
@@ -415,8 +410,7 @@ function forwardSource(
   return `${S === "f16" ? "enable f16;\n" : ""}${prelude}
 ${decls}
 const BM = ${bm}; const BN = ${bn}; const BK = ${bk}; const NT = ${nt}; const KS = ${ks}; const AST = ${ast};
-var<workgroup> Sh: array<vec4<${S}>, ${S === A ? shared : ks * slice}>;
-${S !== A && ks > 1 ? `var<workgroup> Red: array<vec4<${A}>, ${(ks - 1) * nt}>;` : ""}
+var<workgroup> Sh: array<vec4<${A}>, ${shared}>;
 
 fn readX(p: i32, c: i32) -> ${T} {
   ${readX}
@@ -460,16 +454,17 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
       `{
         ${
         Array.from({ length: nj }, (_, j) =>
-          [0, 1, 2, 3].map((r) =>
-            `let b${j}${r} = ${toA(`Sh[bBase + ${(k4 * 4 + r) * (bn / 4) + j * cx} + tx]`)};`
-          ).join(" ")).join("\n        ")
+          [0, 1, 2, 3].map((r) => `let b${j}${r} = Sh[bBase + ${(k4 * 4 + r) * (bn / 4) + j * cx} + tx];`)
+            .join(" ")).join("\n        ")
       }
         ${
         Array.from({ length: tm }, (_, i) =>
-          `{ let a = ${toA(`Sh[aBase + (ty * ${tm} + ${i}) * AST + ${k4}]`)};
+          `{ let a = Sh[aBase + (ty * ${tm} + ${i}) * AST + ${k4}];
           ${
-            Array.from({ length: nj }, (_, j) =>
-              `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`).join(" ")
+            Array.from(
+              { length: nj },
+              (_, j) => `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`,
+            ).join(" ")
           } }`).join("\n        ")
       }
       }`).join("\n      ")
