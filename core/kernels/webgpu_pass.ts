@@ -113,9 +113,7 @@ export class PlannedPass {
       let best = { i: 0, ms: Infinity };
       for (let i = 0; i < members[0].choices!.length; i++) {
         for (const d of members) Object.assign(d, d.choices![i].launch);
-        const times: number[] = [];
-        for (let r = 0; r <= runs; r++) times.push(await this.time({ only: (_, g) => g === group }, gpu));
-        const ms = times.slice(1).sort((a, b) => a - b)[runs >> 1];
+        const ms = await this.medianTime((_, g) => g === group, { runs, gpu, warmup: 1 });
         if (ms < best.ms) best = { i, ms };
       }
       chosen[group] = members[0].choices![best.i].name;
@@ -220,11 +218,7 @@ export class PlannedPass {
     { kernels: { name: string; ms: number; count: number }[]; all_ms: number; clock: "gpu" | "wall" }
   > {
     const gpu = this.backend.device.features.has("timestamp-query");
-    const time = async (only?: (label: string) => boolean) => {
-      const times: number[] = [];
-      for (let r = 0; r < runs; r++) times.push(await this.time({ only }, gpu));
-      return times.sort((a, b) => a - b)[runs >> 1];
-    };
+    const time = (only?: (label: string) => boolean) => this.medianTime(only, { runs, gpu, warmup: 0 });
     const labels = new Map<string, number>();
     for (const d of this.dispatches) labels.set(d.label, (labels.get(d.label) ?? 0) + 1);
     const kernels = [];
@@ -234,6 +228,17 @@ export class PlannedPass {
       all_ms: await time(),
       clock: gpu ? "gpu" : "wall",
     };
+  }
+
+  /** Median of `runs` replays of the dispatches `only` keeps ({@link time}), after `warmup` untimed ones. */
+  private async medianTime(
+    only: ((label: string, group?: string) => boolean) | undefined,
+    options: { runs: number; gpu: boolean; warmup: number },
+  ): Promise<number> {
+    for (let r = 0; r < options.warmup; r++) await this.time({ only }, options.gpu);
+    const times: number[] = [];
+    for (let r = 0; r < options.runs; r++) times.push(await this.time({ only }, options.gpu));
+    return times.sort((a, b) => a - b)[options.runs >> 1];
   }
 
   /**
