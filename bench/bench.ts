@@ -52,6 +52,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       webgpu-plan:f16, webgpu-plan:f16-f32acc (half precision: the forward plan, the
                       training step in mixed precision); "+tune" after a plan (webgpu-plan+tune,
                       webgpu-plan:f16+tune) times candidate tilings per shape before forwards;
+                      "+winograd" / "+winograd2" (f32 plans) run the forward's 3x3 convolutions as
+                      Winograd F(4x4) / F(2x2) (no training rows);
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -63,7 +65,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       (on webgpu: the planned backends only, each kind of dispatch replayed alone)
   --no-torch          skip PyTorch (default: run it when a Python with torch is found)
   --torch             require PyTorch (fail if absent)
-  --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2)
+  --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2); on cuda PyTorch's
+                      forward is also timed until its output is in host memory ("+host"), as our
+                      forwards read theirs back, and ratios to that follow in brackets
   --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
   --json              one JSON object on stdout instead of the table
 `;
@@ -186,7 +190,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
   await serve(async () => {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
-    usePlannedPasses(!!spec.plan, { precision: spec.precision, tune: spec.tune });
+    usePlannedPasses(!!spec.plan, { precision: spec.precision, tune: spec.tune, winograd: spec.winograd });
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {
@@ -254,6 +258,13 @@ export interface BenchRow {
   peak_mb?: number;
   peak_kind?: string;
   vs_torch?: number;
+  /**
+   * PyTorch on CUDA only: its forward's median until the output is in host memory (as ours read
+   * theirs back), and the row's time over that.
+   */
+  host_ms?: number;
+  host_times_ms?: number[];
+  vs_torch_host?: number;
   /** Largest |difference| of the forward output from {@link diff_vs}'s. */
   max_abs_diff?: number;
   diff_vs?: string;
@@ -360,6 +371,7 @@ export async function runBench(
       const rows = new Map<string, BenchRow>();
       const active: typeof live = [];
       for (const p of live) {
+        if (c.kind === "train" && !p.torch && parseBackend(p.label).winograd) continue; // forward-only
         log(`  ${name}: warming up ${p.label} ...`);
         const r = await p.peer.request({ cmd: "setup", case: name, warmup: plan.warmup });
         const threads = p.hello.threads;
@@ -376,6 +388,7 @@ export async function runBench(
           if (r.error) row.error = r.error;
           else row.times_ms.push(r.ms);
           if (typeof r.cpu_ms === "number") (row.cpu_times_ms ??= []).push(r.cpu_ms);
+          if (typeof r.host_ms === "number") (row.host_times_ms ??= []).push(r.host_ms);
         }
         const got = active.map((p) => `${p.label} ${fmt(rows.get(p.label)!.times_ms[round])} ms`);
         log(`  ${name}: round ${round + 1}/${plan.runs}: ${got.join(", ")}`);
@@ -390,6 +403,7 @@ export async function runBench(
         if (r.tilings) row.tilings = r.tilings as Record<string, string>;
         if (!row.error) row.ms = median(row.times_ms);
         if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
+        if (!row.error && row.host_times_ms) row.host_ms = median(row.host_times_ms);
         if (c.kind === "forward" && dump && !row.error) {
           const bytes = await Deno.readFile(dump);
           const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
@@ -400,6 +414,7 @@ export async function runBench(
       const torch = [...rows.values()].find((r) => r.backend.startsWith("torch") && !r.error);
       for (const row of rows.values()) {
         if (torch && row !== torch && !row.error) row.vs_torch = row.ms / torch.ms;
+        if (torch?.host_ms && row !== torch && !row.error) row.vs_torch_host = row.ms / torch.host_ms;
       }
       report.rows.push(...rows.values());
     }
@@ -439,18 +454,20 @@ export function formatTable(rows: BenchRow[]): string {
     "runs",
     "CPU ms",
     "peak MB",
-    "vs torch",
+    "vs torch (+host)",
     "max |Δ| (vs)",
   ];
   const body = rows.map((r) => [
     r.case,
     r.backend + (r.threads && r.backend.startsWith("wasm") ? ` (${r.threads} thr)` : ""),
-    r.error ? "error" : fmt(r.ms, 1),
+    r.error ? "error" : fmt(r.ms, 1) + (r.host_ms ? ` (+host ${fmt(r.host_ms, 1)})` : ""),
     fmt(r.times_ms.length ? Math.min(...r.times_ms) : NaN, 1),
     String(r.times_ms.length),
     fmt(r.cpu_ms),
     fmt(r.peak_mb) + (r.peak_kind && r.peak_kind !== "rss" ? ` (${r.peak_kind})` : ""),
-    r.vs_torch === undefined ? "-" : `${r.vs_torch.toFixed(2)}x`,
+    r.vs_torch === undefined
+      ? "-"
+      : `${r.vs_torch.toFixed(2)}x${r.vs_torch_host ? ` (${r.vs_torch_host.toFixed(2)}x)` : ""}`,
     r.max_abs_diff === undefined ? "-" : `${r.max_abs_diff.toExponential(1)} (${r.diff_vs})`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));

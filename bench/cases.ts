@@ -9,6 +9,7 @@ import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts"
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
+import type { WinogradSize } from "../core/kernels/webgpu_winograd.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
@@ -54,16 +55,33 @@ export interface BackendSpec {
   precision?: ConvPrecision;
   /** The webgpu forward plan times its candidate tilings per shape first (`+tune`). */
   tune?: boolean;
+  /** The webgpu forward plan runs its 3x3 convolutions as Winograd F(m x m) (`+winograd`: 4, `+winograd2`: 2). */
+  winograd?: WinogradSize;
 }
 
 /**
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
  * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`;
- * a webgpu plan with `+tune` times its candidate tilings per shape before it runs (forward cases).
+ * a webgpu plan with `+tune` times its candidate tilings per shape before it runs, with
+ * `+winograd` / `+winograd2` runs Winograd F(4x4) / F(2x2) convolutions (forward cases only).
  */
 export function parseBackend(spec: string): BackendSpec {
-  const tune = spec.startsWith("webgpu-plan") && spec.endsWith("+tune");
-  if (tune) return { ...parseBackend(spec.slice(0, -"+tune".length)), tune };
+  const [base, ...flags] = spec.split("+");
+  if (flags.length) {
+    const known: Record<string, Partial<BackendSpec>> = {
+      tune: { tune: true },
+      winograd: { winograd: 4 },
+      winograd2: { winograd: 2 },
+    };
+    const parsed = parseBackend(base);
+    if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
+      throw new Error(`bad backend "${spec}": +tune, +winograd and +winograd2 go after webgpu-plan`);
+    }
+    if (flags.includes("winograd") && flags.includes("winograd2")) {
+      throw new Error(`bad backend "${spec}": +winograd or +winograd2, not both`);
+    }
+    return Object.assign(parsed, ...flags.map((f) => known[f]));
+  }
   const m = /^(wasm|wasm-plan|cpu|webgpu|webgpu-custom|webgpu-plan)(?::(\d+|f16|f16-f32acc))?$/.exec(spec);
   const numeric = m?.[2] && /^\d+$/.test(m[2]);
   if (!m || (numeric && !m[1].startsWith("wasm")) || (m[2] && !numeric && m[1] !== "webgpu-plan")) {
@@ -91,7 +109,9 @@ export function backendLabel(b: BackendSpec): string {
     : b.custom
     ? "webgpu-custom"
     : b.plan
-    ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${b.tune ? "+tune" : ""}`
+    ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${
+      b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
+    }${b.tune ? "+tune" : ""}`
     : b.name;
 }
 
@@ -139,18 +159,21 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 }
 
 let withPlan = false;
-let planOptions: { precision: ConvPrecision; tune: boolean } = { precision: "f32", tune: false };
+let planOptions: { precision: ConvPrecision; tune: boolean; winograd?: WinogradSize } = {
+  precision: "f32",
+  tune: false,
+};
 
 /**
  * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (in `precision`;
- * forwards tuned per shape first with `tune`), the CPU kernels on wasm.
+ * forwards tuned per shape first with `tune`, Winograd with `winograd`), the CPU kernels on wasm.
  */
 export function usePlannedPasses(
   on: boolean,
-  options: { precision?: ConvPrecision; tune?: boolean } = {},
+  options: { precision?: ConvPrecision; tune?: boolean; winograd?: WinogradSize } = {},
 ): void {
   withPlan = on;
-  planOptions = { precision: options.precision ?? "f32", tune: !!options.tune };
+  planOptions = { precision: options.precision ?? "f32", tune: !!options.tune, winograd: options.winograd };
 }
 
 /**
@@ -175,6 +198,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     const plan = new RRDBNetPlanWebGPU(net, x.shape, {
       precision: planOptions.precision,
       tune: planOptions.tune || undefined,
+      winograd: planOptions.winograd,
     });
     const prepared: PreparedCase = {
       async step() {
@@ -191,6 +215,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     };
     return prepared;
   }
+  if (planOptions.winograd) throw new Error("Winograd plans are forward-only");
   if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
   const adam = new Adam(net.params, { betas: [0.9, 0.99] });

@@ -2,7 +2,8 @@
 # One borrowed-GPU session's work, self-contained (see ../shared/device/README.md):
 #   1. `deno task bench` on the GPU: every issue-6 shape, tfjs stock webgpu vs our planned passes,
 #      PyTorch (CUDA) in the same run;
-#   2. bench/kernel_sweep.ts (single kernels per tiling and number format), when .device/sweep.js exists;
+#   2. bench/kernel_sweep.ts (single kernels per tiling and number format), when .device/sweep.js exists
+#      and SWEEP_S is set;
 #   3. psnr-stage training at full size (bench/train_gpu.ts) for TRAIN_MIN minutes, from PRETRAIN (0: none);
 # and brings back to $OUT: the generator (fp16, pieces under 16 MiB) and results.tgz (bench JSON and
 # log, training log, curves, validation sample, summary).
@@ -21,15 +22,15 @@
 #   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this (bench: bench and sweep bundles, no
-# training; on an H200 the bench of all four backends took ~125 s, start and transfer ~35 s).
-# Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep, 180), PRETRAIN
-# (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the bench,
-# 240), BENCH_CASES (--all-shapes), BENCH_BACKENDS
-# (webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc,webgpu-plan+tune,webgpu-plan:f16+tune: the f16
-# rows time the forward in half precision
-# and the training step in mixed precision), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g. "--precision f16"
-# to train in mixed precision, or to try the script on llvmpipe
-# with --tiny).
+# training; on an H200 the bench of four backends took ~125 s, start and transfer ~35 s; the default eight
+# are untimed there: give the call 8 minutes).
+# Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep; unset: no sweep),
+# PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
+# bench, 420), BENCH_CASES (--all-shapes), BENCH_BACKENDS (default below: stock, our plan in f32 and f16,
+# each tuned, and the Winograd F(4x4) plan untuned and tuned and F(2x2); the f16 rows time the forward in
+# half precision and the training step in mixed precision; Winograd rows are forward-only), BENCH_ARGS /
+# TRAIN_ARGS (extra arguments, e.g. "--precision f16" to train in mixed precision, or to try the script on
+# llvmpipe with --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 d=.device
@@ -43,16 +44,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${BENCH_S:-240}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan:f16-f32acc,webgpu-plan+tune,webgpu-plan:f16+tune}" \
+backends=webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan+tune,webgpu-plan:f16+tune
+backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+winograd2
+timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"
 cp "$res/bench.json" "$res/bench.log" "$out"/ # back even if a later step runs out of time
 grep -v "warming up" "$res/bench.log" | tail -n 25
 
-if [ -f "$d/sweep.js" ]; then
+if [ -f "$d/sweep.js" ] && [ -n "${SWEEP_S:-}" ]; then
   t0=$(date +%s)
-  timeout "${SWEEP_S:-180}" /tmp/deno run -A "$d/sweep.js" --json "$res/sweep.json" > /dev/null 2> "$res/sweep.log"
+  timeout "$SWEEP_S" /tmp/deno run -A "$d/sweep.js" --json "$res/sweep.json" > /dev/null 2> "$res/sweep.log"
   echo "kernel sweep: exit $? after $(($(date +%s) - t0)) s"
   cp "$res/sweep.log" "$out"/
   sed -n '/^fastest/,$p' "$res/sweep.log"

@@ -36,6 +36,17 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   });
   assert.equal(backendLabel(parseBackend("webgpu-plan+tune")), "webgpu-plan+tune");
   assert.throws(() => parseBackend("wasm+tune"), /bad backend/);
+  assert.deepEqual(parseBackend("webgpu-plan+winograd2+tune"), {
+    name: "webgpu",
+    plan: true,
+    winograd: 2,
+    tune: true,
+  });
+  for (const label of ["webgpu-plan+winograd", "webgpu-plan+winograd2+tune"]) {
+    assert.equal(backendLabel(parseBackend(label)), label);
+  }
+  assert.throws(() => parseBackend("webgpu-plan+winograd+winograd2"), /not both/);
+  assert.throws(() => parseBackend("webgpu-plan+fast"), /bad backend/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);
@@ -131,10 +142,25 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   if (torch) { // PyTorch present: its row and the ratios
     assert.match(torch.backend, /^torch /);
     assert.ok(torch.ms > 0 && one.vs_torch! > 0);
+    assert.equal(torch.host_ms, undefined, "on the CPU, PyTorch's output is in host memory already");
   } else console.warn("PyTorch absent: the bench's torch side is untested here");
   const table = formatTable(report.rows);
   assert.match(table, /wasm:2 \(2 thr\)/);
   assert.match(table, /0\.0e\+0 \(wasm:1\)/);
+  // PyTorch on CUDA also reports its time until the output is in host memory, and ours against it
+  const cuda = formatTable([
+    { case: "forward:1x8x8", backend: "torch 2.11 cuda", ms: 30, host_ms: 32.5, times_ms: [30] },
+    {
+      case: "forward:1x8x8",
+      backend: "webgpu-plan",
+      ms: 36,
+      times_ms: [36],
+      vs_torch: 1.2,
+      vs_torch_host: 36 / 32.5,
+    },
+  ]);
+  assert.match(cuda, /30\.0 \(\+host 32\.5\)/);
+  assert.match(cuda, /1\.20x \(1\.11x\)/);
 });
 
 Deno.test("bench: wasm-plan times the CPU training step; tfjs's wasm ops say why they cannot", async () => {

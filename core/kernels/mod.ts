@@ -5,7 +5,8 @@
  * shape so a forward is one compute pass, optionally tuned per GPU), webgpu_filter_grad.ts (the 3x3
  * filter gradient), webgpu_adam.ts (fused Adam), webgpu_train_plan.ts (the
  * psnr training step as one prepared pass: forward, L1, backward by hand, Adam + EMA), webgpu_f16.ts
- * (a device with shader-f16, for the plan's half-precision forward). CPU:
+ * (a device with shader-f16, for the plan's half-precision forward), webgpu_winograd.ts (the plan's
+ * 3x3 convolutions as Winograd F(2x2) / F(4x4), opt-in). CPU:
  * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads),
  * wasm_train_plan.ts (the psnr training step on the same kernels).
  * @module
@@ -37,6 +38,7 @@ export {
 } from "./webgpu_rrdb.ts";
 export { type PlanWebGPUOptions, RRDBNetPlanWebGPU, TUNING_CANDIDATES } from "./webgpu_plan.ts";
 export { castProgram, hasShaderF16, useWebGPUWithF16 } from "./webgpu_f16.ts";
+export { WINOGRAD_GEMM_CANDIDATES, winogradCanRun, type WinogradSize } from "./webgpu_winograd.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
 export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";
 export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";

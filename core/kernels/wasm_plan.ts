@@ -9,6 +9,7 @@
  */
 import type { RRDBNet, RRDBNetConfig } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
+import { WINOGRAD } from "./winograd.ts";
 
 /** Bytes of one layer record (rrdb_cpu.c's `Layer`, 19 fields of 4 bytes, padded). */
 const LAYER_BYTES = 128;
@@ -325,11 +326,7 @@ function align(bytes: number): number {
  */
 function packWinograd(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
   const blocks = roundUp(cout) / NR;
-  const G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [
-    1 / 24,
-    -1 / 12,
-    1 / 6,
-  ], [0, 0, 1]];
+  const G = WINOGRAD[4].G;
   const g = new Float64Array(9), gg = new Float64Array(18);
   for (let ci = 0; ci < cin; ci++) {
     for (let co = 0; co < cout; co++) {

@@ -148,7 +148,8 @@ function chooseTile(
   return tile;
 }
 
-const actSnippet = (act: Activation) =>
+/** WGSL applying `act` to the vec4<f32> `v` (leakyrelu's slope: the uniform `alpha`). */
+export const actSnippet = (act: Activation): string =>
   act === "relu"
     ? "v = max(v, vec4<f32>(0.0));"
     : act === "leakyrelu"
@@ -449,32 +450,42 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     let live = rd * KS + sl < chunks;
     ${o.tile.prefetch ? `if (rd + 1 < rounds) ${loadChunk("rd + 1")}` : ""}
     if (live) {
-      ${
-    Array.from({ length: bk / 4 }, (_, k4) =>
-      `{
-        ${
-        Array.from({ length: nj }, (_, j) =>
-          [0, 1, 2, 3].map((r) => `let b${j}${r} = Sh[bBase + ${(k4 * 4 + r) * (bn / 4) + j * cx} + tx];`)
-            .join(" ")).join("\n        ")
-      }
-        ${
-        Array.from({ length: tm }, (_, i) =>
-          `{ let a = Sh[aBase + (ty * ${tm} + ${i}) * AST + ${k4}];
-          ${
-            Array.from(
-              { length: nj },
-              (_, j) => `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`,
-            ).join(" ")
-          } }`).join("\n        ")
-      }
-      }`).join("\n      ")
-  }
+      ${tileProduct({ bk, bn, tm, tn })}
     }
     workgroupBarrier();
   }
   ${reduce}
   ${accs.map((_, q) => epilogue(Math.floor(q / nj), q % nj)).join("\n  ")}
 }`;
+}
+
+/**
+ * WGSL of one chunk's multiply-adds on register tiles: thread (ty, tx) adds to `acc<i>_<j>` (output
+ * row ty * tm + i, column vec4 tx + j * (bn / tn)) the products of the A tile at `Sh[aBase..]` (bm
+ * rows of bk / 4 vec4s, AST apart) and the B tile at `Sh[bBase..]` (bk rows of bn / 4 vec4s).
+ */
+export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number }): string {
+  const { bk, bn, tm, tn } = t;
+  const cx = bn / tn, nj = tn / 4;
+  return Array.from({ length: bk / 4 }, (_, k4) =>
+    `{
+        ${
+      Array.from({ length: nj }, (_, j) =>
+        [0, 1, 2, 3].map((r) => `let b${j}${r} = Sh[bBase + ${(k4 * 4 + r) * (bn / 4) + j * cx} + tx];`)
+          .join(" ")).join("\n        ")
+    }
+        ${
+      Array.from({ length: tm }, (_, i) =>
+        `{ let a = Sh[aBase + (ty * ${tm} + ${i}) * AST + ${k4}];
+          ${
+          Array.from(
+            { length: nj },
+            (_, j) =>
+              `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`,
+          ).join(" ")
+        } }`).join("\n        ")
+    }
+      }`).join("\n      ");
 }
 
 const FORWARD_UNIFORMS =

@@ -16,6 +16,12 @@ import { conv3x3Program, type Conv3x3Spec, type ConvPrecision, type ConvTile } f
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
+import {
+  WINOGRAD_GEMM_CANDIDATES,
+  type WinogradMaps,
+  WinogradPlanner,
+  type WinogradSize,
+} from "./webgpu_winograd.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 
 /** Options of {@link RRDBNetPlanWebGPU}. */
@@ -28,6 +34,13 @@ export interface PlanWebGPUOptions {
    * one runs). `true`: {@link TUNING_CANDIDATES}.
    */
   tune?: Partial<ConvTile>[] | true;
+  /**
+   * Runs the 3x3 convolutions that qualify (channels in multiples of 4) as Winograd F(m x m, 3x3)
+   * (webgpu_winograd.ts), in f32: 2 or 4 (4x fewer multiply-adds than direct, more memory traffic
+   * and scratch: V and M of the largest convolution, about 36 x 4 bytes per 16 output pixels and
+   * channel). Default: direct.
+   */
+  winograd?: WinogradSize;
 }
 
 /**
@@ -50,6 +63,8 @@ export class RRDBNetPlanWebGPU {
   readonly inputShape: number[];
   readonly outputShape: number[];
   readonly precision: ConvPrecision;
+  /** How many of the forward's convolutions run as Winograd (the `winograd` option). */
+  readonly winogradConvs: number;
   private readonly backend: PassBackend;
   private readonly pass: PlannedPass;
   private readonly input: GPUBuffer;
@@ -104,7 +119,16 @@ export class RRDBNetPlanWebGPU {
     const outHalf = buf(this.outputShape);
     this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
     const candidates = options.tune === true ? TUNING_CANDIDATES : options.tune ?? [];
-    const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) => {
+    /** A convolution's buffers: x1 and res2 where its spec reads them, the filter and bias by name. */
+    type ConvIO = { x0: GPUBuffer; x1?: GPUBuffer; weight: string; res2?: GPUBuffer };
+    const direct = (spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO) => {
+      const inputs = [
+        whole(io.x0),
+        ...(io.x1 ? [whole(io.x1)] : []),
+        param(`${io.weight}.weight`),
+        ...(spec.bias ? [param(`${io.weight}.bias`)] : []),
+        ...(io.res2 ? [whole(io.res2)] : []),
+      ];
       const builtIn = conv3x3Program({ ...spec, precision });
       if (!candidates.length) return this.pass.add(builtIn, whole(output), inputs, "conv3x3 forward");
       const programs = [{ program: builtIn, name: "built-in" }];
@@ -122,36 +146,63 @@ export class RRDBNetPlanWebGPU {
         group: `${builtIn.key} ${JSON.stringify({ n, h, w, c0, c1, cout })}`,
       });
     };
+    const wino = options.winograd
+      ? new WinogradPlanner(this.pass, setup, {
+        m: options.winograd,
+        gemmCandidates: candidates.length ? WINOGRAD_GEMM_CANDIDATES : [],
+      })
+      : null;
+    if (wino && half) throw new Error("RRDBNetPlanWebGPU: winograd runs in f32 only");
+    let winogradConvs = 0;
+    /** `transformed`: the input's V, already made (the dense blocks'). */
+    const conv = (spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps) => {
+      if (!wino?.canRun(spec)) return direct(spec, output, io);
+      const v = transformed ?? wino.transformInput(spec, { x0: io.x0, x1: spec.x1IsOutput ? output : io.x1 });
+      const { x0, res2 } = io;
+      winogradConvs++;
+      wino.conv(spec, output, {
+        v,
+        x0,
+        res2,
+        weight: param(`${io.weight}.weight`),
+        bias: param(`${io.weight}.bias`),
+      });
+    };
     const base = { n, h, w };
-    conv({ ...base, c0: cin, x0Stride: cin, cout: nf, bias: true }, feat, [
-      whole(this.input),
-      param("conv_first.weight"),
-      param("conv_first.bias"),
-    ]);
+    conv({ ...base, c0: cin, x0Stride: cin, cout: nf, bias: true }, feat, {
+      x0: this.input,
+      weight: "conv_first",
+    });
     let x = feat;
     for (let b = 0; b < numBlock; b++) {
       const rrdbIn = x;
       for (let r = 1; r <= 3; r++) {
         const name = `body.${b}.rdb${r}`;
+        // Winograd: x transformed once, each growth slice once as it is made, for all five convs.
+        const specs = [1, 2, 3, 4].map((k) => growthConvSpec(base, nf, gc, k));
+        const grown = wino && [...specs, fuseConvSpec(base, nf, gc, { resScale: 0.2 })].every((s) =>
+            wino.canRun(s)
+          )
+          ? wino.transformInput({ ...base, c0: nf, x0Stride: nf, c1: 0, cout: nf }, { x0: x }, nf + 4 * gc)
+          : undefined;
         for (let k = 1; k <= 4; k++) {
-          conv(
-            growthConvSpec(base, nf, gc, k),
-            grow,
-            [whole(x), param(`${name}.conv${k}.weight`), param(`${name}.conv${k}.bias`)],
-          );
+          conv(specs[k - 1], grow, { x0: x, weight: `${name}.conv${k}` }, grown);
+          if (grown) {
+            wino!.transformSlice(grown, {
+              buffer: grow,
+              c: gc,
+              stride: 4 * gc,
+              offset: (k - 1) * gc,
+            });
+          }
         }
         const last = r === 3;
         const output = last ? trunk[b % 2] : rdbOut[r - 1];
         conv(
           fuseConvSpec(base, nf, gc, { resScale: 0.2, skipScale: last ? 0.2 : undefined }),
           output,
-          [
-            whole(x),
-            whole(grow),
-            param(`${name}.conv5.weight`),
-            param(`${name}.conv5.bias`),
-            ...(last ? [whole(rrdbIn)] : []),
-          ],
+          { x0: x, x1: grow, weight: `${name}.conv5`, res2: last ? rrdbIn : undefined },
+          grown,
         );
         x = output;
       }
@@ -164,31 +215,18 @@ export class RRDBNetPlanWebGPU {
       bias: true,
       ...extra,
     });
-    conv(lin(nf, { res2Scale: 1 }, base), body, [
-      whole(x),
-      param("conv_body.weight"),
-      param("conv_body.bias"),
-      whole(feat),
-    ]);
+    conv(lin(nf, { res2Scale: 1 }, base), body, { x0: x, weight: "conv_body", res2: feat });
     const lrelu = { activation: "leakyrelu" as const, alpha: 0.2 };
-    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: 2 * h, w: 2 * w }), up1, [
-      whole(body),
-      param("conv_up1.weight"),
-      param("conv_up1.bias"),
-    ]);
-    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: H, w: W }), up2, [
-      whole(up1),
-      param("conv_up2.weight"),
-      param("conv_up2.bias"),
-    ]);
-    conv(lin(nf, lrelu, { n, h: H, w: W }), hr, [whole(up2), param("conv_hr.weight"), param("conv_hr.bias")]);
-    conv(lin(numOutCh, {}, { n, h: H, w: W }), outHalf, [
-      whole(hr),
-      param("conv_last.weight"),
-      param("conv_last.bias"),
-    ]);
+    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: 2 * h, w: 2 * w }), up1, {
+      x0: body,
+      weight: "conv_up1",
+    });
+    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: H, w: W }), up2, { x0: up1, weight: "conv_up2" });
+    conv(lin(nf, lrelu, { n, h: H, w: W }), hr, { x0: up2, weight: "conv_hr" });
+    conv(lin(numOutCh, {}, { n, h: H, w: W }), outHalf, { x0: hr, weight: "conv_last" });
     if (half) this.pass.add(castProgram(size(this.outputShape), "f32"), whole(this.out), [whole(outHalf)]);
     this.inputF32 = inputF32;
+    this.winogradConvs = winogradConvs;
     if (setup.size) setup.submitWithTfjs((encoder) => setup.record(encoder));
     setup.dispose();
   }

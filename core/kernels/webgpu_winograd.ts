@@ -1,0 +1,561 @@
+/**
+ * Winograd F(m x m, 3x3) forward convolutions (winograd.ts) for the WebGPU plan, in f32, as three
+ * dispatches: the input transform (each output tile's (m + 2)² input window, per channel, into
+ * `V[ξ][tile][channel]`), α² = (m + 2)² independent GEMMs `M[ξ] = V[ξ] · U[ξ]` (U = G g Gᵀ, made
+ * once by {@link winogradFilterProgram}), and the output transform, which ends in the direct
+ * kernel's epilogue (bias, activation, residuals, a channel slice of a wider buffer).
+ *
+ * Why: the direct kernel (webgpu_conv3x3.ts) does 9 multiply-adds per output and input channel;
+ * the GEMMs here do 4 (F(4x4)) or 7.1 (F(2x2)), and the transforms are passes over 2.25x (F(4x4))
+ * or 4x (F(2x2)) the maps that cost memory traffic rather than arithmetic. Channels come in
+ * multiples of 4 (vec4 loads); {@link winogradCanRun} says which convolutions qualify.
+ * @module
+ */
+import { actSnippet, type Conv3x3Spec, tileProduct } from "./webgpu_conv3x3.ts";
+import type { CustomProgram, Uniform } from "./webgpu_program.ts";
+import { dispatch1d, flatIndex, type PlannedPass, type Region } from "./webgpu_pass.ts";
+import { WINOGRAD } from "./winograd.ts";
+
+type Program = CustomProgram & { uniforms: string; params: Uniform[] };
+
+/** The output tile side m of F(m x m, 3x3). */
+export type WinogradSize = 2 | 4;
+
+const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
+const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
+const MAX_DISPATCH = 65535;
+
+/** A WGSL float literal (abstract: rounded once, to the type it meets). */
+const lit = (c: number) => (Number.isInteger(c) ? `${c}.0` : `${c}`);
+
+/** Σₖ coefs[k] · terms[k] as WGSL, zero coefficients skipped. */
+function lincomb(coefs: number[], terms: string[], zero: string): string {
+  let s = "";
+  coefs.forEach((c, k) => {
+    if (c === 0) return;
+    const mag = Math.abs(c) === 1 ? terms[k] : `${lit(Math.abs(c))} * ${terms[k]}`;
+    s += s ? ` ${c < 0 ? "-" : "+"} ${mag}` : c < 0 ? `-${mag}` : mag;
+  });
+  return s || zero;
+}
+
+/**
+ * WGSL `let`s of Y = L X Rᵀ into `${y}<i>_<j>`, X's element (k, j) being the expression `x(k, j)`:
+ * written out term by term, so that the transforms' many zeros and ±1s cost nothing.
+ */
+function sandwich(
+  L: number[][],
+  R: number[][],
+  x: (k: number, j: number) => string,
+  y: string,
+  zero: string,
+) {
+  const lines: string[] = [];
+  const cols = R[0].length;
+  for (let i = 0; i < L.length; i++) {
+    for (let j = 0; j < cols; j++) {
+      lines.push(`let ${y}t${i}_${j} = ${lincomb(L[i], L[i].map((_, k) => x(k, j)), zero)};`);
+    }
+  }
+  for (let i = 0; i < L.length; i++) {
+    for (let j = 0; j < R.length; j++) {
+      lines.push(`let ${y}${i}_${j} = ${lincomb(R[j], R[j].map((_, k) => `${y}t${i}_${k}`), zero)};`);
+    }
+  }
+  return lines.join("\n  ");
+}
+
+/** Output tiles of an n x h x w output: all of them, and per image, and across. */
+export function winogradTiles(shape: { n: number; h: number; w: number }, m: WinogradSize) {
+  const tilesH = Math.ceil(shape.h / m), tilesW = Math.ceil(shape.w / m);
+  return { tiles: shape.n * tilesH * tilesW, perImage: tilesH * tilesW, tilesW };
+}
+
+/** Bytes of V for `channels` input channels, and of M for `cout` outputs, of an output shape. */
+export function winogradBytes(shape: { n: number; h: number; w: number }, m: WinogradSize, channels: number) {
+  return (m + 2) ** 2 * winogradTiles(shape, m).tiles * channels * 4;
+}
+
+/**
+ * Whether a forward convolution can run as Winograd here: every channel count, stride and offset a
+ * multiple of 4, and none of the gradient kernels' options.
+ */
+export function winogradCanRun(spec: Conv3x3Spec): boolean {
+  const counts = [
+    spec.c0,
+    spec.x0Stride,
+    spec.x0Offset ?? 0,
+    spec.c1 ?? 0,
+    spec.x1Stride ?? 4,
+    spec.cout,
+    spec.outStride ?? spec.cout,
+    spec.outOffset ?? 0,
+    spec.res2Stride ?? spec.cout,
+  ];
+  return counts.every((v) => v % 4 === 0) && (spec.precision ?? "f32") === "f32" && !spec.flipTransposed &&
+    !spec.x0IsOutput && (spec.accScale ?? 1) === 1 && !spec.resA && !spec.resB && !spec.accumulate &&
+    !spec.mask;
+}
+
+/** What one input transform reads and where it puts the result. */
+export interface WinogradInputSpec {
+  /** Batch and the convolution's output size (its input's, or twice it with `upsample`). */
+  n: number;
+  h: number;
+  w: number;
+  /** Channels transformed, from channel `xOffset` of a buffer of `xStride` channels per pixel. */
+  c: number;
+  xStride: number;
+  xOffset?: number;
+  /** The input is read through a nearest-neighbour 2x upsampling. */
+  upsample?: boolean;
+  /** Into channel `vOffset` of V, which holds `vStride` channels per tile and ξ. */
+  vStride: number;
+  vOffset?: number;
+  m: WinogradSize;
+}
+
+/** The input transform V = Bᵀ d B: one thread per tile and 4 channels. Binds V, then the input. */
+export function winogradInputProgram(spec: WinogradInputSpec): Program {
+  const { m } = spec;
+  const { alpha, BT } = WINOGRAD[m];
+  const { tiles, perImage, tilesW } = winogradTiles(spec, m);
+  const up = !!spec.upsample;
+  const loads = Array.from({ length: alpha * alpha }, (_, q) => {
+    const r = Math.floor(q / alpha), s = q % alpha;
+    return `let d${r}_${s} = ld(b, y0 + ${r}, x0 + ${s}, c);`;
+  });
+  const stores = Array.from(
+    { length: alpha * alpha },
+    (_, q) => `V[o + ${q} * xs] = v${Math.floor(q / alpha)}_${q % alpha};`,
+  );
+  const source = (prelude: string) =>
+    `${prelude}
+@group(0) @binding(0) var<storage, read_write> V: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<uniform> u: Uniforms;
+
+fn ld(b: i32, y: i32, xx: i32, c: i32) -> vec4<f32> {
+  if (y < 0 || y >= u.h || xx < 0 || xx >= u.w) { return vec4<f32>(0.0); }
+  return x[((b * u.inH + y${up ? " / 2" : ""}) * u.inW + xx${
+      up ? " / 2" : ""
+    }) * u.xStride4 + u.xOffset4 + c];
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex()};
+  if (i >= u.P * u.c4) { return; }
+  let c = i % u.c4;
+  let p = i / u.c4;
+  let b = p / u.perImage;
+  let t = p % u.perImage;
+  let y0 = (t / u.tilesW) * ${m} - 1;
+  let x0 = (t % u.tilesW) * ${m} - 1;
+  ${loads.join("\n  ")}
+  ${sandwich(BT, BT, (k, j) => `d${k}_${j}`, "v", "vec4<f32>(0.0)")}
+  let o = p * u.vStride4 + u.vOffset4 + c;
+  let xs = u.P * u.vStride4;
+  ${stores.join("\n  ")}
+}`;
+  return {
+    name: "WinogradInputProgram",
+    key: `winograd-input:${m}:${up}`,
+    source,
+    dispatch: dispatch1d((tiles * spec.c) / 4),
+    uniforms: "h : i32, w : i32, inH : i32, inW : i32, c4 : i32, xStride4 : i32, xOffset4 : i32, " +
+      "vStride4 : i32, vOffset4 : i32, tilesW : i32, perImage : i32, P : i32,",
+    params: [
+      spec.h,
+      spec.w,
+      up ? spec.h / 2 : spec.h,
+      up ? spec.w / 2 : spec.w,
+      spec.c / 4,
+      spec.xStride / 4,
+      (spec.xOffset ?? 0) / 4,
+      spec.vStride / 4,
+      (spec.vOffset ?? 0) / 4,
+      tilesW,
+      perImage,
+      tiles,
+    ].map(i32),
+  };
+}
+
+/** Workgroup tile of the GEMMs: rows (tiles) and columns (output channels), reduction step, per thread. */
+export interface WinogradGemmTile {
+  bm: number;
+  bn: number;
+  bk: number;
+  tm: number;
+  tn: number;
+}
+
+/** One convolution's α² GEMMs: M[ξ] (tiles x cout) = V[ξ] (tiles x c, of vStride) · U[ξ] (c x cout). */
+export interface WinogradGemmSpec {
+  tiles: number;
+  c: number;
+  vStride: number;
+  cout: number;
+  m: WinogradSize;
+  tile?: Partial<WinogradGemmTile>;
+}
+
+/** Threads a launch should have to keep a large GPU busy (as webgpu_conv3x3.ts aims). */
+const TARGET_THREADS = 65536;
+
+function chooseGemmTile(spec: WinogradGemmSpec): WinogradGemmTile {
+  const bn = spec.cout > 32 ? 64 : spec.cout > 16 ? 32 : 16;
+  const groups = (bm: number) => Math.ceil(spec.tiles / bm) * Math.ceil(spec.cout / bn) * (spec.m + 2) ** 2;
+  const bm = groups(64) * ((64 / 4) * (bn / 4)) >= TARGET_THREADS ? 64 : 32;
+  const tile = { bm, bn, bk: 16, tm: 4, tn: 4, ...spec.tile };
+  const { bm: m, bn: n, bk: k, tm, tn } = tile;
+  if (
+    ![4, 8].includes(tm) || ![4, 8].includes(tn) || m % tm || n % tn || k % 4 || (m / tm) * (n / tn) > 256
+  ) {
+    throw new Error(
+      `winograd: GEMM tile ${JSON.stringify(tile)}: tm and tn 4 or 8 dividing bm and bn, ≤ 256 threads`,
+    );
+  }
+  return tile;
+}
+
+/** The GEMMs, ξ along the launch's z. Binds M, then V, U. */
+export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
+  const tile = chooseGemmTile(spec);
+  const { bm, bn, bk, tm, tn } = tile;
+  const alpha = spec.m + 2;
+  const cx = bn / tn, nj = tn / 4, nt = (bm / tm) * cx;
+  const ast = bk / 4 + 1, aSize = bm * ast, bSize = (bk * bn) / 4;
+  const aUnits = (bm * bk) / 4, bUnits = bSize;
+  const rowTiles = Math.ceil(spec.tiles / bm);
+  if (rowTiles > MAX_DISPATCH) throw new Error(`winograd: ${spec.tiles} tiles are too many for one launch`);
+  const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
+    .flat();
+  const loadA = Array.from({ length: Math.ceil(aUnits / nt) }, (_, s) =>
+    `{
+      let l = ${s} * ${nt} + tid;
+      if (l < ${aUnits}) {
+        let r = l / ${bk / 4}; let q = l % ${bk / 4};
+        var v = vec4<f32>(0.0);
+        if (m0 + r < u.P && cb + 4 * q < u.C) { v = V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]; }
+        Sh[aBase + r * AST + q] = v;
+      }
+    }`);
+  const loadB = Array.from({ length: Math.ceil(bUnits / nt) }, (_, s) =>
+    `{
+      let l = ${s} * ${nt} + tid;
+      if (l < ${bUnits}) {
+        let r = l / ${bn / 4}; let q = l % ${bn / 4};
+        var v = vec4<f32>(0.0);
+        if (cb + r < u.C && n0 / 4 + q < u.K4) { v = U[(uRow + cb + r) * u.K4 + n0 / 4 + q]; }
+        Sh[bBase + l] = v;
+      }
+    }`);
+  const stores = accs.map((a, q) => {
+    const i = Math.floor(q / nj), j = q % nj;
+    return `{ let row = m0 + ty * ${tm} + ${i}; let col = n0 / 4 + tx + ${j * cx};
+    if (row < u.P && col < u.K4) { Mb[(vRow + row) * u.K4 + col] = ${a}; } }`;
+  });
+  const source = (prelude: string) =>
+    `${prelude}
+@group(0) @binding(0) var<storage, read_write> Mb: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> U: array<vec4<f32>>;
+@group(0) @binding(3) var<uniform> u: Uniforms;
+const AST = ${ast};
+var<workgroup> Sh: array<vec4<f32>, ${aSize + bSize}>;
+
+@compute @workgroup_size(${nt})
+fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tid = i32(lidx);
+  let m0 = i32(wid.y) * ${bm};
+  let n0 = i32(wid.x) * ${bn};
+  let vRow = i32(wid.z) * u.P;
+  let uRow = i32(wid.z) * u.C;
+  let aBase = 0;
+  let bBase = ${aSize};
+  let tx = tid % ${cx}; let ty = tid / ${cx};
+  ${accs.map((a) => `var ${a} = vec4<f32>(0.0);`).join(" ")}
+  for (var cb = 0; cb < u.C; cb += ${bk}) {
+    ${loadA.join("\n    ")}
+    ${loadB.join("\n    ")}
+    workgroupBarrier();
+    ${tileProduct(tile)}
+    workgroupBarrier();
+  }
+  ${stores.join("\n  ")}
+}`;
+  return {
+    name: "WinogradGemmProgram",
+    key: `winograd-gemm:${JSON.stringify(tile)}`,
+    source,
+    dispatch: [Math.ceil(spec.cout / bn), rowTiles, alpha * alpha],
+    uniforms: "P : i32, C : i32, vStride4 : i32, K4 : i32,",
+    params: [spec.tiles, spec.c, spec.vStride / 4, spec.cout / 4].map(i32),
+  };
+}
+
+/**
+ * The output transform Y = Aᵀ M A and the epilogue of `spec` (bias, activation, res1 from x0,
+ * res2): one thread per tile and 4 output channels. Binds the output, then M, bias, x0 (with
+ * res1Scale), res2.
+ */
+export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): Program {
+  const { m } = spec;
+  const { alpha, AT } = WINOGRAD[m];
+  const { tiles, perImage, tilesW } = winogradTiles(spec, m);
+  const bias = !!spec.bias, act = spec.activation ?? "linear";
+  const res1 = spec.res1Scale !== undefined, res2 = spec.res2Scale !== undefined;
+  let b = 2;
+  const bind = (name: string) => `@group(0) @binding(${b++}) var<storage, read> ${name}: array<vec4<f32>>;`;
+  const decls = [bias ? bind("bias") : "", res1 ? bind("x0") : "", res2 ? bind("res2") : ""].join("\n");
+  const loads = Array.from(
+    { length: alpha * alpha },
+    (_, q) => `let m${Math.floor(q / alpha)}_${q % alpha} = Mb[o + ${q} * xs];`,
+  );
+  const outs = Array.from({ length: m * m }, (_, q) => {
+    const i = Math.floor(q / m), j = q % m;
+    return `{
+    let yy = ty0 + ${i}; let xx = tx0 + ${j};
+    if (yy < u.h && xx < u.w) {
+      let pix = (b * u.h + yy) * u.w + xx;
+      var v = y${i}_${j};
+      ${bias ? "v += bv;" : ""}
+      ${actSnippet(act)}
+      ${res1 ? "v = v * u.res1Scale + x0[pix * u.x0Stride4 + u.x0Offset4 + c];" : ""}
+      ${res2 ? "v = v * u.res2Scale + res2[pix * u.res2Stride4 + c];" : ""}
+      result[pix * u.outStride4 + u.outOffset4 + c] = v;
+    }
+  }`;
+  });
+  const source = (prelude: string) =>
+    `${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> Mb: array<vec4<f32>>;
+${decls}
+@group(0) @binding(${b}) var<uniform> u: Uniforms;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex()};
+  if (i >= u.P * u.k4) { return; }
+  let c = i % u.k4;
+  let p = i / u.k4;
+  let b = p / u.perImage;
+  let t = p % u.perImage;
+  let ty0 = (t / u.tilesW) * ${m};
+  let tx0 = (t % u.tilesW) * ${m};
+  let o = p * u.k4 + c;
+  let xs = u.P * u.k4;
+  ${loads.join("\n  ")}
+  ${sandwich(AT, AT, (k, j) => `m${k}_${j}`, "y", "vec4<f32>(0.0)")}
+  ${bias ? "let bv = bias[c];" : ""}
+  ${outs.join("\n  ")}
+}`;
+  return {
+    name: "WinogradOutputProgram",
+    key: `winograd-output:${JSON.stringify({ m, bias, act, res1, res2 })}`,
+    source,
+    dispatch: dispatch1d((tiles * spec.cout) / 4),
+    uniforms: "h : i32, w : i32, k4 : i32, outStride4 : i32, outOffset4 : i32, x0Stride4 : i32, " +
+      "x0Offset4 : i32, res2Stride4 : i32, tilesW : i32, perImage : i32, P : i32, alpha : f32, " +
+      "res1Scale : f32, res2Scale : f32,",
+    params: [
+      ...[
+        spec.h,
+        spec.w,
+        spec.cout / 4,
+        (spec.outStride ?? spec.cout) / 4,
+        (spec.outOffset ?? 0) / 4,
+        spec.x0Stride / 4,
+        (spec.x0Offset ?? 0) / 4,
+        (spec.res2Stride ?? spec.cout) / 4,
+        tilesW,
+        perImage,
+        tiles,
+      ].map(i32),
+      ...[spec.alpha ?? 0.2, spec.res1Scale ?? 1, spec.res2Scale ?? 1].map(f32),
+    ],
+  };
+}
+
+/**
+ * The filter transform U[ξ][ci][co] = (G g Gᵀ)[ξ] of an HWIO [3, 3, cin, cout] filter (made once per
+ * plan: inference weights do not change). Binds U, then the filter.
+ */
+export function winogradFilterProgram(shape: { cin: number; cout: number }, m: WinogradSize): Program {
+  const { alpha, G } = WINOGRAD[m];
+  const loads = Array.from(
+    { length: 9 },
+    (_, q) => `let g${Math.floor(q / 3)}_${q % 3} = W[(${q} * u.cin + ci) * u.cout + co];`,
+  );
+  const stores = Array.from(
+    { length: alpha * alpha },
+    (_, q) => `U[(${q} * u.cin + ci) * u.cout + co] = u${Math.floor(q / alpha)}_${q % alpha};`,
+  );
+  return {
+    name: "WinogradFilterProgram",
+    key: `winograd-filter:${m}`,
+    source: (prelude) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> U: array<f32>;
+@group(0) @binding(1) var<storage, read> W: array<f32>;
+@group(0) @binding(2) var<uniform> u: Uniforms;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = ${flatIndex()};
+  if (i >= u.cin * u.cout) { return; }
+  let ci = i / u.cout;
+  let co = i % u.cout;
+  ${loads.join("\n  ")}
+  ${sandwich(G, G, (k, j) => `g${k}_${j}`, "u", "0.0")}
+  ${stores.join("\n  ")}
+}`,
+    dispatch: dispatch1d(shape.cin * shape.cout),
+    uniforms: "cin : i32, cout : i32,",
+    params: [shape.cin, shape.cout].map(i32),
+  };
+}
+
+/** Tilings of the GEMMs a tuned plan tries besides the built-in choice. */
+export const WINOGRAD_GEMM_CANDIDATES: Partial<WinogradGemmTile>[] = [
+  { bm: 32 },
+  { bm: 64 },
+  { bm: 64, bk: 32 },
+  { bm: 128, tm: 8 },
+  { bm: 64, tm: 8, tn: 8 },
+  { bm: 128, tm: 8, tn: 8 },
+];
+
+/** An input transformed for Winograd: V, its channels per tile, how many are written so far. */
+export interface WinogradMaps {
+  buffer: GPUBuffer;
+  stride: number;
+  filled: number;
+  shape: { n: number; h: number; w: number; upsample?: boolean };
+}
+
+/**
+ * Adds Winograd convolutions to a prepared pass: scratch buffers for V and M shared by every
+ * convolution (one per size met), filters transformed once by the `setup` pass.
+ */
+export class WinogradPlanner {
+  private readonly scratch = { V: [] as GPUBuffer[], M: [] as GPUBuffer[] };
+  private readonly filters = new Map<GPUBuffer, Region>();
+  private readonly limit: number;
+
+  constructor(
+    private readonly pass: PlannedPass,
+    private readonly setup: PlannedPass,
+    private readonly options: { m: WinogradSize; gemmCandidates?: Partial<WinogradGemmTile>[] },
+  ) {
+    const { limits } = pass.backend.device;
+    this.limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  }
+
+  /** Whether `spec` runs as Winograd: it qualifies, and its V and M fit the device's buffers. */
+  canRun(spec: Conv3x3Spec, channels = spec.c0 + (spec.c1 ?? 0)): boolean {
+    const { m } = this.options;
+    return winogradCanRun(spec) && Math.ceil(winogradTiles(spec, m).tiles / 32) <= MAX_DISPATCH &&
+      winogradBytes(spec, m, Math.max(channels, spec.cout)) <= this.limit;
+  }
+
+  /** A V for `channels` channels of `spec`'s tiles, with x0 (and x1) transformed into its first ones. */
+  transformInput(
+    spec: Conv3x3Spec,
+    io: { x0: GPUBuffer; x1?: GPUBuffer },
+    channels = spec.c0 + (spec.c1 ?? 0),
+  ): WinogradMaps {
+    const { n, h, w, upsample } = spec;
+    const maps: WinogradMaps = {
+      buffer: this.scratchBuffer("V", winogradBytes(spec, this.options.m, channels)),
+      stride: channels,
+      filled: 0,
+      shape: { n, h, w, upsample },
+    };
+    this.transformSlice(maps, { buffer: io.x0, c: spec.c0, stride: spec.x0Stride, offset: spec.x0Offset });
+    if (spec.c1) this.transformSlice(maps, { buffer: io.x1!, c: spec.c1, stride: spec.x1Stride ?? spec.c1 });
+    return maps;
+  }
+
+  /** Transforms `c` channels from `offset` of `buffer` (stride channels per pixel) into the next of V. */
+  transformSlice(
+    maps: WinogradMaps,
+    src: { buffer: GPUBuffer; c: number; stride: number; offset?: number },
+  ): void {
+    const program = winogradInputProgram({
+      ...maps.shape,
+      c: src.c,
+      xStride: src.stride,
+      xOffset: src.offset,
+      vStride: maps.stride,
+      vOffset: maps.filled,
+      m: this.options.m,
+    });
+    this.pass.add(program, { buffer: maps.buffer }, [{ buffer: src.buffer }], "winograd input");
+    maps.filled += src.c;
+  }
+
+  /** `spec`'s convolution of the channels of `v` (all of its filled ones): GEMMs, then the output transform. */
+  conv(
+    spec: Conv3x3Spec,
+    output: GPUBuffer,
+    io: { v: WinogradMaps; weight: Region; bias: Region; x0: GPUBuffer; res2?: GPUBuffer },
+  ): void {
+    const { m, gemmCandidates = [] } = this.options;
+    const c = spec.c0 + (spec.c1 ?? 0);
+    if (io.v.filled !== c) throw new Error(`winograd: V holds ${io.v.filled} channels, the conv reads ${c}`);
+    const { tiles } = winogradTiles(spec, m);
+    const products = this.scratchBuffer("M", winogradBytes(spec, m, spec.cout));
+    const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m };
+    const inputs = [{ buffer: io.v.buffer }, this.filter(io.weight, c, spec.cout)];
+    const builtIn = winogradGemmProgram(gemm);
+    const programs = [{ program: builtIn, name: "built-in" }];
+    for (const tile of gemmCandidates) {
+      try {
+        const program = winogradGemmProgram({ ...gemm, tile });
+        if (programs.every((p) => p.program.key !== program.key)) {
+          programs.push({ program, name: JSON.stringify(tile) });
+        }
+      } catch { /* a tiling this shape cannot take */ }
+    }
+    if (programs.length === 1) this.pass.add(builtIn, { buffer: products }, inputs, "winograd gemm");
+    else {
+      this.pass.addChoice(programs, { buffer: products }, inputs, {
+        label: "winograd gemm",
+        group: `${builtIn.key} ${JSON.stringify({ tiles, c, cout: spec.cout })}`,
+      });
+    }
+    const epilogue = [
+      ...(spec.bias ? [io.bias] : []),
+      ...(spec.res1Scale !== undefined ? [{ buffer: io.x0 }] : []),
+      ...(spec.res2Scale !== undefined ? [{ buffer: io.res2! }] : []),
+    ];
+    this.pass.add(winogradOutputProgram({ ...spec, m }), { buffer: output }, [
+      { buffer: products },
+      ...epilogue,
+    ], "winograd output");
+  }
+
+  /** U of a filter, transformed by the setup pass the first time it is asked for. */
+  private filter(weight: Region, cin: number, cout: number): Region {
+    let u = this.filters.get(weight.buffer);
+    if (!u) {
+      const { m } = this.options;
+      u = { buffer: this.pass.buffer((m + 2) ** 2 * cin * cout * 4) };
+      this.setup.add(winogradFilterProgram({ cin, cout }, m), u, [weight]);
+      this.filters.set(weight.buffer, u);
+    }
+    return u;
+  }
+
+  private scratchBuffer(kind: "V" | "M", bytes: number): GPUBuffer {
+    const found = this.scratch[kind].find((b) => b.size >= bytes);
+    if (found) return found;
+    const buffer = this.pass.buffer(bytes);
+    this.scratch[kind].push(buffer);
+    return buffer;
+  }
+}
