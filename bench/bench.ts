@@ -53,7 +53,7 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       training step in mixed precision); "+tune" after a plan (webgpu-plan+tune,
                       webgpu-plan:f16+tune) times candidate tilings per shape before forwards;
                       "+winograd" / "+winograd2" (f32 plans) run the forward's 3x3 convolutions as
-                      Winograd F(4x4) / F(2x2) (no training rows);
+                      Winograd F(4x4) / F(2x2) (in training steps too; gradients stay direct);
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -371,7 +371,6 @@ export async function runBench(
       const rows = new Map<string, BenchRow>();
       const active: typeof live = [];
       for (const p of live) {
-        if (c.kind === "train" && !p.torch && parseBackend(p.label).winograd) continue; // forward-only
         log(`  ${name}: warming up ${p.label} ...`);
         const r = await p.peer.request({ cmd: "setup", case: name, warmup: plan.warmup });
         const threads = p.hello.threads;

@@ -55,7 +55,7 @@ export interface BackendSpec {
   precision?: ConvPrecision;
   /** The webgpu forward plan times its candidate tilings per shape first (`+tune`). */
   tune?: boolean;
-  /** The webgpu forward plan runs its 3x3 convolutions as Winograd F(m x m) (`+winograd`: 4, `+winograd2`: 2). */
+  /** The webgpu plans run the forward's 3x3 convolutions as Winograd F(m x m) (`+winograd`: 4, `+winograd2`: 2). */
   winograd?: WinogradSize;
 }
 
@@ -63,7 +63,7 @@ export interface BackendSpec {
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
  * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`;
  * a webgpu plan with `+tune` times its candidate tilings per shape before it runs, with
- * `+winograd` / `+winograd2` runs Winograd F(4x4) / F(2x2) convolutions (forward cases only).
+ * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
@@ -215,14 +215,17 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     };
     return prepared;
   }
-  if (planOptions.winograd) throw new Error("Winograd plans are forward-only");
   if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
   const adam = new Adam(net.params, { betas: [0.9, 0.99] });
   const options = { batch: c.n, lqSize: c.h, ema: net.params, adam, emaDecay: 0.999 };
   const plan = tf.getBackend() === "wasm"
     ? new RRDBNetTrainPlanWasm(net, { ...options, threads: backendThreads() })
-    : new RRDBNetTrainPlanWebGPU(net, { ...options, precision: planOptions.precision });
+    : new RRDBNetTrainPlanWebGPU(net, {
+      ...options,
+      precision: planOptions.precision,
+      winograd: planOptions.winograd,
+    });
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
   return {
     async step() {

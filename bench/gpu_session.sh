@@ -28,7 +28,7 @@
 # PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
 # bench, 420), BENCH_CASES (--all-shapes), BENCH_BACKENDS (default below: stock, our plan in f32 and f16,
 # each tuned, and the Winograd F(4x4) plan untuned and tuned and F(2x2); the f16 rows time the forward in
-# half precision and the training step in mixed precision; Winograd rows are forward-only), BENCH_ARGS /
+# half precision and the training step in mixed precision; Winograd training rows: forward convolutions only), BENCH_ARGS /
 # TRAIN_ARGS (extra arguments, e.g. "--precision f16" to train in mixed precision, or to try the script on
 # llvmpipe with --tiny).
 set -uo pipefail

@@ -16,6 +16,7 @@ import {
   hasShaderF16,
   RRDBNetTrainPlanWebGPU,
   setFilterGradVariant,
+  type WinogradSize,
 } from "../core/kernels/mod.ts";
 import type { PassBackend } from "../core/kernels/webgpu_pass.ts";
 import { disableCustomWebGPUKernels } from "../core/kernels/register.ts";
@@ -64,14 +65,21 @@ Deno.test("planned step: gradients with the v2, v3 and v4 filter-gradient kernel
   }
 });
 
-async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number) {
-  const { loss, grads, ref } = await stepAndReference(config, n, lqSize);
+async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number, winograd?: WinogradSize) {
+  const { loss, grads, ref, winogradConvs } = await stepAndReference(config, n, lqSize, { winograd });
+  // all but conv_first (3 inputs) and conv_last (3 outputs)
+  assert.equal(winogradConvs, winograd ? 15 * config.numBlock + 4 : 0);
   assertGradientsMatch(loss, grads, ref);
   assert.deepEqual(gpuErrors, []);
 }
 
 /** One planned step of a fresh net: its loss and gradients, and tfjs's autodiff's for the same batch. */
-async function stepAndReference(config: RRDBNetConfig, n: number, lqSize: number, precision?: ConvPrecision) {
+async function stepAndReference(
+  config: RRDBNetConfig,
+  n: number,
+  lqSize: number,
+  options: { precision?: ConvPrecision; winograd?: WinogradSize } = {},
+) {
   const s = trainState(3, config);
   const b = await batch(11, n, lqSize);
   const plan = new RRDBNetTrainPlanWebGPU(s.net, {
@@ -80,12 +88,17 @@ async function stepAndReference(config: RRDBNetConfig, n: number, lqSize: number
     ema: s.ema.params,
     adam: s.adam,
     emaDecay: 0.999,
-    precision,
+    ...options,
   });
   try {
     assert.ok(plan.dispatches > 0);
     const ref = await referenceGradients(s.net, b, n, lqSize);
-    return { loss: await plan.step(b, 1e-3), grads: await plan.gradients(), ref };
+    return {
+      loss: await plan.step(b, 1e-3),
+      grads: await plan.gradients(),
+      ref,
+      winogradConvs: plan.winogradConvs,
+    };
   } finally {
     plan.dispose();
     disposeState(s);
@@ -93,6 +106,31 @@ async function stepAndReference(config: RRDBNetConfig, n: number, lqSize: number
 }
 
 Deno.test("planned step: parameters, EMA and moments after two steps match train/adam.ts", opts, async () => {
+  await checkTwoSteps();
+});
+
+Deno.test(
+  "planned step, Winograd forward (F4x4, F2x2): gradients, and two steps (filters transformed each step)",
+  opts,
+  async () => {
+    for (const m of [4, 2] as const) {
+      await checkGradients(PLAN_CONFIG, BATCH, LQ, m);
+      await checkTwoSteps(m);
+    }
+    const s = trainState(1);
+    try {
+      const options = { batch: BATCH, lqSize: LQ, ema: s.ema.params, adam: s.adam, emaDecay: 0.9 };
+      assert.throws(
+        () => new RRDBNetTrainPlanWebGPU(s.net, { ...options, precision: "f16", winograd: 4 }),
+        /winograd runs in f32 only/,
+      );
+    } finally {
+      disposeState(s);
+    }
+  },
+);
+
+async function checkTwoSteps(winograd?: WinogradSize) {
   const lrs = [2e-3, 1e-3];
   const batches = [await batch(21), await batch(22)];
   const ref = referenceSteps(5, batches, lrs, BATCH, LQ);
@@ -103,6 +141,7 @@ Deno.test("planned step: parameters, EMA and moments after two steps match train
     ema: s.ema.params,
     adam: s.adam,
     emaDecay: 0.9,
+    winograd,
   });
   try {
     for (let i = 0; i < 2; i++) await plan.step(batches[i], lrs[i]);
@@ -114,7 +153,7 @@ Deno.test("planned step: parameters, EMA and moments after two steps match train
     disposeState(ref);
   }
   assert.deepEqual(gpuErrors, []);
-});
+}
 
 Deno.test("planned step: the loss of a fixed batch falls", opts, async () => {
   const { losses } = await fixedBatchLosses("f32");
@@ -153,7 +192,7 @@ const REAL_WIDTHS = { ...PLAN_CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 };
 Deno.test("mixed precision: the gradient within f16's reach of tfjs's autodiff", halfOpts, async () => {
   for (const precision of ["f16", "f16-f32acc"] as const) {
     for (const [config, n, lqSize] of [[PLAN_CONFIG, BATCH, LQ], [REAL_WIDTHS, 2, 4]] as const) {
-      const { loss, grads, ref } = await stepAndReference(config, n, lqSize, precision);
+      const { loss, grads, ref } = await stepAndReference(config, n, lqSize, { precision });
       assert.ok(Math.abs(loss - ref.loss) <= 1e-3 * ref.loss, `${precision}: loss ${loss} vs ${ref.loss}`);
       // f16 maps hold ~3 decimal digits: the body's small gradients, summed from large terms, carry
       // errors of a few percent each (up to 1.9% here); what must hold is the whole gradient's

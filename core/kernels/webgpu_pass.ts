@@ -291,6 +291,12 @@ export class PlannedPass {
   }
 }
 
+/**
+ * What records dispatches: a {@link PlannedPass}, or something that defers to one (the training
+ * plan lays its dispatches out first, then records them).
+ */
+export type PassLike = Pick<PlannedPass, "backend" | "buffer" | "add" | "addChoice">;
+
 /** A launch over `count` threads in workgroups of `size`, folded into 2D past the 65535 limit. */
 export function dispatch1d(count: number, size = 64): [number, number, number] {
   const groups = Math.ceil(count / size);

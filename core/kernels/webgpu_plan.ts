@@ -12,16 +12,11 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
-import { conv3x3Program, type Conv3x3Spec, type ConvPrecision, type ConvTile } from "./webgpu_conv3x3.ts";
+import type { Conv3x3Spec, ConvPrecision, ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
+import { ForwardRecorder } from "./webgpu_forward.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
-import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
-import {
-  WINOGRAD_GEMM_CANDIDATES,
-  type WinogradMaps,
-  WinogradPlanner,
-  type WinogradSize,
-} from "./webgpu_winograd.ts";
+import type { WinogradSize } from "./webgpu_winograd.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 
 /** Options of {@link RRDBNetPlanWebGPU}. */
@@ -77,6 +72,9 @@ export class RRDBNetPlanWebGPU {
     this.backend = tf.backend() as unknown as PassBackend;
     const precision = this.precision = options.precision ?? "f32";
     const half = precision !== "f32";
+    if (options.winograd && half) {
+      throw new Error(`RRDBNetPlanWebGPU: winograd runs in f32 only, not ${precision}`);
+    }
     if (half && !hasShaderF16(this.backend)) {
       throw new Error(
         `RRDBNetPlanWebGPU: ${precision} needs the WebGPU feature shader-f16, which this device lacks ` +
@@ -118,56 +116,13 @@ export class RRDBNetPlanWebGPU {
     const body = buf(f), up1 = buf([n, 2 * h, 2 * w, nf]), up2 = buf([n, H, W, nf]), hr = buf([n, H, W, nf]);
     const outHalf = buf(this.outputShape);
     this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
-    const candidates = options.tune === true ? TUNING_CANDIDATES : options.tune ?? [];
-    /** A convolution's buffers: x1 and res2 where its spec reads them, the filter and bias by name. */
-    type ConvIO = { x0: GPUBuffer; x1?: GPUBuffer; weight: string; res2?: GPUBuffer };
-    const direct = (spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO) => {
-      const inputs = [
-        whole(io.x0),
-        ...(io.x1 ? [whole(io.x1)] : []),
-        param(`${io.weight}.weight`),
-        ...(spec.bias ? [param(`${io.weight}.bias`)] : []),
-        ...(io.res2 ? [whole(io.res2)] : []),
-      ];
-      const builtIn = conv3x3Program({ ...spec, precision });
-      if (!candidates.length) return this.pass.add(builtIn, whole(output), inputs, "conv3x3 forward");
-      const programs = [{ program: builtIn, name: "built-in" }];
-      for (const tile of candidates) {
-        try {
-          const program = conv3x3Program({ ...spec, precision, tile });
-          if (programs.every((p) => p.program.key !== program.key)) {
-            programs.push({ program, name: JSON.stringify(tile) });
-          }
-        } catch { /* a tiling this shape cannot take (tm/tn not dividing its tile) */ }
-      }
-      const { n, h, w, c0, c1, cout } = spec;
-      this.pass.addChoice(programs, whole(output), inputs, {
-        label: "conv3x3 forward",
-        group: `${builtIn.key} ${JSON.stringify({ n, h, w, c0, c1, cout })}`,
-      });
-    };
-    const wino = options.winograd
-      ? new WinogradPlanner(this.pass, setup, {
-        m: options.winograd,
-        gemmCandidates: candidates.length ? WINOGRAD_GEMM_CANDIDATES : [],
-      })
-      : null;
-    if (wino && half) throw new Error("RRDBNetPlanWebGPU: winograd runs in f32 only");
-    let winogradConvs = 0;
-    /** `transformed`: the input's V, already made (the dense blocks'). */
-    const conv = (spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps) => {
-      if (!wino?.canRun(spec)) return direct(spec, output, io);
-      const v = transformed ?? wino.transformInput(spec, { x0: io.x0, x1: spec.x1IsOutput ? output : io.x1 });
-      const { x0, res2 } = io;
-      winogradConvs++;
-      wino.conv(spec, output, {
-        v,
-        x0,
-        res2,
-        weight: param(`${io.weight}.weight`),
-        bias: param(`${io.weight}.bias`),
-      });
-    };
+    const fwd = new ForwardRecorder(this.pass, {
+      precision,
+      param,
+      candidates: options.tune === true ? TUNING_CANDIDATES : options.tune ?? [],
+      winograd: options.winograd ? { m: options.winograd, setup } : undefined,
+    });
+    const conv = fwd.conv.bind(fwd);
     const base = { n, h, w };
     conv({ ...base, c0: cin, x0Stride: cin, cout: nf, bias: true }, feat, {
       x0: this.input,
@@ -177,34 +132,18 @@ export class RRDBNetPlanWebGPU {
     for (let b = 0; b < numBlock; b++) {
       const rrdbIn = x;
       for (let r = 1; r <= 3; r++) {
-        const name = `body.${b}.rdb${r}`;
-        // Winograd: x transformed once, each growth slice once as it is made, for all five convs.
-        const specs = [1, 2, 3, 4].map((k) => growthConvSpec(base, nf, gc, k));
-        const grown = wino && [...specs, fuseConvSpec(base, nf, gc, { resScale: 0.2 })].every((s) =>
-            wino.canRun(s)
-          )
-          ? wino.transformInput({ ...base, c0: nf, x0Stride: nf, c1: 0, cout: nf }, { x0: x }, nf + 4 * gc)
-          : undefined;
-        for (let k = 1; k <= 4; k++) {
-          conv(specs[k - 1], grow, { x0: x, weight: `${name}.conv${k}` }, grown);
-          if (grown) {
-            wino!.transformSlice(grown, {
-              buffer: grow,
-              c: gc,
-              stride: 4 * gc,
-              offset: (k - 1) * gc,
-            });
-          }
-        }
         const last = r === 3;
-        const output = last ? trunk[b % 2] : rdbOut[r - 1];
-        conv(
-          fuseConvSpec(base, nf, gc, { resScale: 0.2, skipScale: last ? 0.2 : undefined }),
-          output,
-          { x0: x, x1: grow, weight: `${name}.conv5`, res2: last ? rrdbIn : undefined },
-          grown,
-        );
-        x = output;
+        const out = last ? trunk[b % 2] : rdbOut[r - 1];
+        fwd.denseBlock(base, {
+          nf,
+          gc,
+          x,
+          grow,
+          out,
+          name: `body.${b}.rdb${r}`,
+          skip: last ? rrdbIn : undefined,
+        });
+        x = out;
       }
     }
     const lin = (cout: number, extra: Partial<Conv3x3Spec>, b2: { n: number; h: number; w: number }) => ({
@@ -226,7 +165,7 @@ export class RRDBNetPlanWebGPU {
     conv(lin(numOutCh, {}, { n, h: H, w: W }), outHalf, { x0: hr, weight: "conv_last" });
     if (half) this.pass.add(castProgram(size(this.outputShape), "f32"), whole(this.out), [whole(outHalf)]);
     this.inputF32 = inputF32;
-    this.winogradConvs = winogradConvs;
+    this.winogradConvs = fwd.winogradConvs;
     if (setup.size) setup.submitWithTfjs((encoder) => setup.record(encoder));
     setup.dispose();
   }

@@ -32,8 +32,9 @@ import type { RRDBNet } from "../rrdbnet_arch.ts";
 import { conv3x3Program, type Conv3x3Spec, type ConvPrecision } from "./webgpu_conv3x3.ts";
 import { filterGradPrograms, type FilterGradSpec } from "./webgpu_filter_grad.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
-import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
-import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
+import { ForwardRecorder } from "./webgpu_forward.ts";
+import { type PassBackend, type PassLike, PlannedPass, type Region } from "./webgpu_pass.ts";
+import type { WinogradSize } from "./webgpu_winograd.ts";
 import {
   adamEma,
   adamEmaParams,
@@ -68,6 +69,11 @@ export interface TrainPlanOptions {
   precision?: ConvPrecision;
   /** The first loss scale of mixed precision (default 2^16). */
   lossScale?: number;
+  /**
+   * The forward's 3x3 convolutions as Winograd F(m x m) where they qualify (f32 only; see
+   * webgpu_winograd.ts): the filters are transformed in each step. Gradients stay direct.
+   */
+  winograd?: WinogradSize;
 }
 
 /** Good steps after which mixed precision doubles its loss scale (PyTorch's GradScaler: 2,000). */
@@ -89,6 +95,8 @@ const LRELU = 0.2;
 export class RRDBNetTrainPlanWebGPU {
   /** Adam steps taken, counted as train/adam.ts counts them. */
   t: number;
+  /** How many of the forward's convolutions run as Winograd (the `winograd` option). */
+  readonly winogradConvs: number;
   private readonly be: PassBackend;
   private readonly pass: PlannedPass;
   private readonly layout = new Map<string, { offset: number; size: number; shape: number[] }>();
@@ -128,6 +136,9 @@ export class RRDBNetTrainPlanWebGPU {
     }
     this.be = tf.backend() as unknown as PassBackend;
     const precision = options.precision ?? "f32", half = precision !== "f32";
+    if (options.winograd && half) {
+      throw new Error(`RRDBNetTrainPlanWebGPU: winograd runs in f32 only, not ${precision}`);
+    }
     if (half && !hasShaderF16(this.be)) {
       throw new Error(
         `RRDBNetTrainPlanWebGPU: ${precision} needs the WebGPU feature shader-f16, which this device lacks`,
@@ -183,12 +194,7 @@ export class RRDBNetTrainPlanWebGPU {
     const ops: (() => void)[] = [];
     const add = (...a: Parameters<PlannedPass["add"]>) => ops.push(() => void this.pass.add(...a));
     const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
-      add(
-        conv3x3Program({ ...spec, precision }),
-        whole(output),
-        inputs,
-        spec.flipTransposed ? "conv3x3 input grad" : "conv3x3 forward",
-      );
+      add(conv3x3Program({ ...spec, precision }), whole(output), inputs, "conv3x3 input grad");
     const scratch: { buffer?: GPUBuffer } = {};
     let scratchBytes = 16;
     /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
@@ -234,37 +240,39 @@ export class RRDBNetTrainPlanWebGPU {
 
     // ---- forward, keeping what the backward reads ----
     if (this.half) add(castProgram(n * h * w * numInCh, "f16"), whole(this.lq), [whole(this.half.lqF32)]);
+    // Records into `ops` like `add` (Winograd's filter transforms too: every step, before their GEMMs).
+    const deferred: PassLike = {
+      backend: this.be,
+      buffer: (bytes, usage) => this.pass.buffer(bytes, usage),
+      add: (...a) => (add(...a), () => {}),
+      addChoice: (...a) => void ops.push(() => this.pass.addChoice(...a)),
+    };
+    const fwd = new ForwardRecorder(deferred, {
+      precision,
+      param,
+      winograd: options.winograd ? { m: options.winograd, setup: deferred } : undefined,
+    });
     const base = { n, h, w };
     const feat = act(h, nf);
-    conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, [
-      whole(this.lq),
-      param("conv_first.weight"),
-      param("conv_first.bias"),
-    ]);
+    fwd.conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, {
+      x0: this.lq,
+      weight: "conv_first",
+    });
     const chain: GPUBuffer[] = [feat]; // chain[3b + r - 1]: the input of block b's dense block r
     const grows: GPUBuffer[] = []; // grows[3b + r - 1]: its grown channels
     for (let b = 0; b < nb; b++) {
       for (let r = 1; r <= 3; r++) {
-        const name = `body.${b}.rdb${r}`;
-        const x = chain[chain.length - 1];
-        const grow = act(h, 4 * gc);
+        const grow = act(h, 4 * gc), out = act(h, nf);
         grows.push(grow);
-        for (let k = 1; k <= 4; k++) {
-          conv(growthConvSpec(base, nf, gc, k), grow, [
-            whole(x),
-            param(`${name}.conv${k}.weight`),
-            param(`${name}.conv${k}.bias`),
-          ]);
-        }
-        const last = r === 3;
-        const out = act(h, nf);
-        conv(fuseConvSpec(base, nf, gc, { resScale: 0.2, skipScale: last ? 0.2 : undefined }), out, [
-          whole(x),
-          whole(grow),
-          param(`${name}.conv5.weight`),
-          param(`${name}.conv5.bias`),
-          ...(last ? [whole(chain[3 * b])] : []),
-        ]);
+        fwd.denseBlock(base, {
+          nf,
+          gc,
+          x: chain[chain.length - 1],
+          grow,
+          out,
+          name: `body.${b}.rdb${r}`,
+          skip: r === 3 ? chain[3 * b] : undefined,
+        });
         chain.push(out);
       }
     }
@@ -285,24 +293,12 @@ export class RRDBNetTrainPlanWebGPU {
     const body = act(h, nf), u1 = act(2 * h, nf), u2 = act(H, nf), hr = act(H, nf);
     const out = this.out = act(H, numOutCh);
     const size2 = { n, h: 2 * h, w: 2 * w }, size4 = { n, h: H, w: W };
-    conv(lin(nf, base, { res2Scale: 1 }), body, [
-      whole(trunk),
-      param("conv_body.weight"),
-      param("conv_body.bias"),
-      whole(feat),
-    ]);
-    conv(lin(nf, size2, { ...lrelu, upsample: true }), u1, [
-      whole(body),
-      param("conv_up1.weight"),
-      param("conv_up1.bias"),
-    ]);
-    conv(lin(nf, size4, { ...lrelu, upsample: true }), u2, [
-      whole(u1),
-      param("conv_up2.weight"),
-      param("conv_up2.bias"),
-    ]);
-    conv(lin(nf, size4, lrelu), hr, [whole(u2), param("conv_hr.weight"), param("conv_hr.bias")]);
-    conv(lin(numOutCh, size4), out, [whole(hr), param("conv_last.weight"), param("conv_last.bias")]);
+    fwd.conv(lin(nf, base, { res2Scale: 1 }), body, { x0: trunk, weight: "conv_body", res2: feat });
+    fwd.conv(lin(nf, size2, { ...lrelu, upsample: true }), u1, { x0: body, weight: "conv_up1" });
+    fwd.conv(lin(nf, size4, { ...lrelu, upsample: true }), u2, { x0: u1, weight: "conv_up2" });
+    fwd.conv(lin(nf, size4, lrelu), hr, { x0: u2, weight: "conv_hr" });
+    fwd.conv(lin(numOutCh, size4), out, { x0: hr, weight: "conv_last" });
+    this.winogradConvs = fwd.winogradConvs;
     if (this.half) add(castProgram(this.count, "f32"), whole(this.half.outF32), [whole(out)]);
 
     // ---- loss: everything from here on is the backward pass ----

@@ -13,7 +13,7 @@
  */
 import { actSnippet, type Conv3x3Spec, tileProduct } from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
-import { dispatch1d, flatIndex, type PlannedPass, type Region } from "./webgpu_pass.ts";
+import { dispatch1d, flatIndex, type PassLike, type Region } from "./webgpu_pass.ts";
 import { WINOGRAD } from "./winograd.ts";
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
@@ -439,16 +439,19 @@ export interface WinogradMaps {
 
 /**
  * Adds Winograd convolutions to a prepared pass: scratch buffers for V and M shared by every
- * convolution (one per size met), filters transformed once by the `setup` pass.
+ * convolution (one per size met), each filter transformed by the `setup` pass where first used
+ * (once, for inference; the training plan passes its own pass, so every step transforms the
+ * current weights).
  */
 export class WinogradPlanner {
   private readonly scratch = { V: [] as GPUBuffer[], M: [] as GPUBuffer[] };
-  private readonly filters = new Map<GPUBuffer, Region>();
+  /** U per filter buffer and byte offset (the training plan's filters share one buffer). */
+  private readonly filters = new Map<GPUBuffer, Map<number, Region>>();
   private readonly limit: number;
 
   constructor(
-    private readonly pass: PlannedPass,
-    private readonly setup: PlannedPass,
+    private readonly pass: PassLike,
+    private readonly setup: PassLike,
     private readonly options: { m: WinogradSize; gemmCandidates?: Partial<WinogradGemmTile>[] },
   ) {
     const { limits } = pass.backend.device;
@@ -541,12 +544,14 @@ export class WinogradPlanner {
 
   /** U of a filter, transformed by the setup pass the first time it is asked for. */
   private filter(weight: Region, cin: number, cout: number): Region {
-    let u = this.filters.get(weight.buffer);
+    const byOffset = this.filters.get(weight.buffer) ?? new Map<number, Region>();
+    this.filters.set(weight.buffer, byOffset);
+    let u = byOffset.get(weight.offset ?? 0);
     if (!u) {
       const { m } = this.options;
       u = { buffer: this.pass.buffer((m + 2) ** 2 * cin * cout * 4) };
       this.setup.add(winogradFilterProgram({ cin, cout }, m), u, [weight]);
-      this.filters.set(weight.buffer, u);
+      byOffset.set(weight.offset ?? 0, u);
     }
     return u;
   }

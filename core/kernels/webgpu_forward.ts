@@ -1,0 +1,130 @@
+/**
+ * RRDBNet's forward convolutions as dispatches of a prepared pass, shared by the inference plan
+ * (webgpu_plan.ts) and the training step (webgpu_train_plan.ts): each 3x3 convolution direct
+ * (webgpu_conv3x3.ts, with tilings for the pass to tune if given) or, with `winograd`, as
+ * Winograd where it qualifies (webgpu_winograd.ts); and a dense block's five convolutions, which
+ * under Winograd transform the block's input once and each grown slice once as it is made.
+ * @module
+ */
+import { conv3x3Program, type Conv3x3Spec, type ConvPrecision, type ConvTile } from "./webgpu_conv3x3.ts";
+import type { PassLike, Region } from "./webgpu_pass.ts";
+import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
+import {
+  WINOGRAD_GEMM_CANDIDATES,
+  type WinogradMaps,
+  WinogradPlanner,
+  type WinogradSize,
+} from "./webgpu_winograd.ts";
+
+/** A convolution's buffers (x1 and res2 where its spec reads them) and its parameters' name prefix. */
+export interface ConvIO {
+  x0: GPUBuffer;
+  x1?: GPUBuffer;
+  /** `conv_first`: the filter is `conv_first.weight`, the bias `conv_first.bias`. */
+  weight: string;
+  res2?: GPUBuffer;
+}
+
+/** Options of {@link ForwardRecorder}. */
+export interface ForwardRecorderOptions {
+  precision: ConvPrecision;
+  /** A parameter's region, by name. */
+  param: (name: string) => Region;
+  /** Tilings each direct convolution (and Winograd's GEMMs their own) may run besides the built-in ones. */
+  candidates?: Partial<ConvTile>[];
+  /** Winograd F(m x m) where it qualifies (f32 only); `setup` records the filter transforms. */
+  winograd?: { m: WinogradSize; setup: PassLike };
+}
+
+/** Records forward convolutions into a pass. */
+export class ForwardRecorder {
+  /** How many convolutions were recorded as Winograd. */
+  winogradConvs = 0;
+  private readonly wino: WinogradPlanner | null;
+
+  constructor(private readonly pass: PassLike, private readonly options: ForwardRecorderOptions) {
+    const w = options.winograd;
+    if (w && options.precision !== "f32") {
+      throw new Error(`winograd runs in f32 only, not ${options.precision}`);
+    }
+    this.wino = w
+      ? new WinogradPlanner(pass, w.setup, {
+        m: w.m,
+        gemmCandidates: options.candidates?.length ? WINOGRAD_GEMM_CANDIDATES : [],
+      })
+      : null;
+  }
+
+  /** One convolution; `transformed`: its input's V, already made (a dense block's). */
+  conv(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps): void {
+    const { param } = this.options;
+    if (!this.wino?.canRun(spec)) return this.direct(spec, output, io);
+    const v = transformed ??
+      this.wino.transformInput(spec, { x0: io.x0, x1: spec.x1IsOutput ? output : io.x1 });
+    this.winogradConvs++;
+    this.wino.conv(spec, output, {
+      v,
+      x0: io.x0,
+      res2: io.res2,
+      weight: param(`${io.weight}.weight`),
+      bias: param(`${io.weight}.bias`),
+    });
+  }
+
+  /**
+   * Dense block `name` on `x`: four growth convolutions into `grow` (4·gc channels), then conv5
+   * into `out` as 0.2·conv5 + x (then 0.2·that + skip, an RRDB's last block).
+   */
+  denseBlock(
+    size: { n: number; h: number; w: number },
+    io: {
+      nf: number;
+      gc: number;
+      x: GPUBuffer;
+      grow: GPUBuffer;
+      out: GPUBuffer;
+      name: string;
+      skip?: GPUBuffer;
+    },
+  ): void {
+    const { nf, gc, x, grow, out, name, skip } = io;
+    const growth = [1, 2, 3, 4].map((k) => growthConvSpec(size, nf, gc, k));
+    const fuse = fuseConvSpec(size, nf, gc, { resScale: 0.2, skipScale: skip ? 0.2 : undefined });
+    const wino = this.wino;
+    const shared = wino && [...growth, fuse].every((s) => wino.canRun(s))
+      ? wino.transformInput({ ...size, c0: nf, x0Stride: nf, cout: nf }, { x0: x }, nf + 4 * gc)
+      : undefined;
+    growth.forEach((spec, i) => {
+      this.conv(spec, grow, { x0: x, weight: `${name}.conv${i + 1}` }, shared);
+      if (shared) wino!.transformSlice(shared, { buffer: grow, c: gc, stride: 4 * gc, offset: i * gc });
+    });
+    this.conv(fuse, out, { x0: x, x1: grow, weight: `${name}.conv5`, res2: skip }, shared);
+  }
+
+  private direct(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO): void {
+    const { precision, param, candidates = [] } = this.options;
+    const inputs = [
+      { buffer: io.x0 },
+      ...(io.x1 ? [{ buffer: io.x1 }] : []),
+      param(`${io.weight}.weight`),
+      ...(spec.bias ? [param(`${io.weight}.bias`)] : []),
+      ...(io.res2 ? [{ buffer: io.res2 }] : []),
+    ];
+    const builtIn = conv3x3Program({ ...spec, precision });
+    if (!candidates.length) return void this.pass.add(builtIn, { buffer: output }, inputs, "conv3x3 forward");
+    const programs = [{ program: builtIn, name: "built-in" }];
+    for (const tile of candidates) {
+      try {
+        const program = conv3x3Program({ ...spec, precision, tile });
+        if (programs.every((p) => p.program.key !== program.key)) {
+          programs.push({ program, name: JSON.stringify(tile) });
+        }
+      } catch { /* a tiling this shape cannot take (tm/tn not dividing its tile) */ }
+    }
+    const { n, h, w, c0, c1, cout } = spec;
+    this.pass.addChoice(programs, { buffer: output }, inputs, {
+      label: "conv3x3 forward",
+      group: `${builtIn.key} ${JSON.stringify({ n, h, w, c0, c1, cout })}`,
+    });
+  }
+}
