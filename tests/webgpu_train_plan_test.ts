@@ -67,8 +67,8 @@ Deno.test("planned step: gradients with the v2, v3 and v4 filter-gradient kernel
 
 async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number, winograd?: WinogradSize) {
   const { loss, grads, ref, winogradConvs } = await stepAndReference(config, n, lqSize, { winograd });
-  // all but conv_first (3 inputs) and conv_last (3 outputs)
-  assert.equal(winogradConvs, winograd ? 15 * config.numBlock + 4 : 0);
+  // forward and input gradients, all but conv_first's (3 inputs) and conv_last's (3 outputs)
+  assert.equal(winogradConvs, winograd ? 2 * (15 * config.numBlock + 4) : 0);
   assertGradientsMatch(loss, grads, ref);
   assert.deepEqual(gpuErrors, []);
 }
@@ -110,13 +110,14 @@ Deno.test("planned step: parameters, EMA and moments after two steps match train
 });
 
 Deno.test(
-  "planned step, Winograd forward (F4x4, F2x2): gradients, and two steps (filters transformed each step)",
+  "planned step, Winograd convolutions (F4x4, F2x2): gradients, and two steps (filters transformed each step)",
   opts,
   async () => {
     for (const m of [4, 2] as const) {
       await checkGradients(PLAN_CONFIG, BATCH, LQ, m);
       await checkTwoSteps(m);
     }
+    await checkGradients({ ...PLAN_CONFIG, numFeat: 64, numGrowCh: 32, numBlock: 1 }, 2, 4, 4);
     const s = trainState(1);
     try {
       const options = { batch: BATCH, lqSize: LQ, ema: s.ema.params, adam: s.adam, emaDecay: 0.9 };

@@ -1,8 +1,9 @@
 /**
- * Winograd F(2x2, 3x3) and F(4x4, 3x3) forward convolutions on WebGPU
- * (core/kernels/webgpu_winograd.ts) against tfjs's stock ops: single convolutions with every
- * feature the plan uses (two inputs, channel slices, upsampling, residuals, sides no multiple of
- * the tile), every GEMM tiling, and a whole tiny RRDBNet plan; fp32 within 1e-4 relative.
+ * Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions on WebGPU (core/kernels/webgpu_winograd.ts,
+ * recorded by webgpu_conv_recorder.ts) against tfjs's stock conv2d: single convolutions with every
+ * feature the plans use (two inputs, channel slices, upsampling, residuals, sides no multiple of
+ * the tile; input gradients with flipped filters, scaling, residual paths, masks, accumulation),
+ * every GEMM tiling, and a whole tiny RRDBNet plan; fp32 within 1e-4 relative.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
@@ -10,12 +11,8 @@ import assert from "node:assert/strict";
 import { disableCustomWebGPUKernels, RRDBNetPlanWebGPU } from "../core/kernels/mod.ts";
 import type { Conv3x3Spec } from "../core/kernels/webgpu_conv3x3.ts";
 import { type PassBackend, PlannedPass } from "../core/kernels/webgpu_pass.ts";
-import {
-  WINOGRAD_GEMM_CANDIDATES,
-  winogradCanRun,
-  WinogradPlanner,
-  type WinogradSize,
-} from "../core/kernels/webgpu_winograd.ts";
+import { winogradCanRun, type WinogradSize } from "../core/kernels/webgpu_winograd.ts";
+import { ConvRecorder } from "../core/kernels/webgpu_conv_recorder.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 import { relErr } from "./train_plan_helpers.ts";
@@ -32,44 +29,85 @@ function bufferOf(t: tf.Tensor): GPUBuffer {
   return be.tensorMap.get(t.dataId)!.resource as GPUBuffer;
 }
 
+/** A convolution's tensors; `init`: what its output buffer holds before (accumulate, x0IsOutput). */
+interface Tensors {
+  x0?: tf.Tensor4D;
+  x1?: tf.Tensor4D;
+  filter: tf.Tensor4D;
+  bias?: tf.Tensor1D;
+  res2?: tf.Tensor4D;
+  resA?: tf.Tensor4D;
+  resB?: tf.Tensor4D;
+  mask?: tf.Tensor4D;
+  init?: tf.Tensor4D;
+}
+
+/** Random tensors for `spec` (x0 `x0C` channels wide, x1 `x1C`). */
+function tensorsFor(spec: Conv3x3Spec, x0C?: number, x1C?: number): Tensors {
+  const { n, h, w, cout } = spec;
+  const inH = spec.upsample ? h / 2 : h, inW = spec.upsample ? w / 2 : w;
+  const cin = spec.c0 + (spec.c1 ?? 0);
+  const map = (c: number) => rand([n, h, w, c]) as tf.Tensor4D;
+  return {
+    x0: spec.x0IsOutput ? undefined : rand([n, inH, inW, x0C ?? spec.x0Stride]) as tf.Tensor4D,
+    x1: spec.c1 ? rand([n, inH, inW, x1C ?? spec.c1]) as tf.Tensor4D : undefined,
+    filter: tf.mul(rand(spec.flipTransposed ? [3, 3, cout, cin] : [3, 3, cin, cout]), 0.2) as tf.Tensor4D,
+    bias: spec.bias ? rand([cout]) as tf.Tensor1D : undefined,
+    res2: spec.res2Scale !== undefined ? map(spec.res2Stride ?? cout) : undefined,
+    resA: spec.resA && map(spec.resA.stride),
+    resB: spec.resB && map(spec.resB.stride),
+    mask: spec.mask && map(spec.mask.stride),
+    init: spec.accumulate || spec.x0IsOutput ? map(spec.outStride ?? cout) : undefined,
+  };
+}
+
 /**
- * One convolution of `spec` run as Winograd F(m): x0 (and x1) read whole through their strides,
- * the output written into a zeroed buffer of outStride channels. With `tiles`, once per GEMM tiling.
+ * One convolution of `spec` recorded by ConvRecorder as Winograd F(m), its output buffer holding
+ * `init` (or zeros) first. With `tiles`, once per GEMM tiling.
  */
 async function winogradConv(
   spec: Conv3x3Spec,
   m: WinogradSize,
-  t: { x0: tf.Tensor; x1?: tf.Tensor; filter: tf.Tensor; bias: tf.Tensor; res2?: tf.Tensor; tiles?: boolean },
+  t: Tensors,
+  tiles = false,
 ): Promise<Float32Array[]> {
   const be = tf.backend() as unknown as PassBackend;
   const pass = new PlannedPass(be), setup = new PlannedPass(be);
-  const stride = spec.outStride ?? spec.cout;
-  const outBytes = spec.n * spec.h * spec.w * stride * 4;
+  const bytes = spec.n * spec.h * spec.w * (spec.outStride ?? spec.cout) * 4;
+  const opt = (x?: tf.Tensor) => x && bufferOf(x);
   try {
-    const planner = new WinogradPlanner(pass, setup, {
-      m,
-      gemmCandidates: t.tiles ? WINOGRAD_GEMM_CANDIDATES : [],
+    const recorder = new ConvRecorder(pass, {
+      precision: "f32",
+      param: (name) => ({ buffer: bufferOf(name.endsWith(".weight") ? t.filter : t.bias!) }),
+      candidates: tiles ? [{}] : [], // any: Winograd's GEMMs then get theirs
+      winograd: { m, setup },
     });
-    const out = pass.buffer(outBytes);
-    const x0 = bufferOf(t.x0);
-    const v = planner.transformInput(spec, { x0, x1: t.x1 && bufferOf(t.x1) });
-    planner.conv(spec, out, {
-      v,
-      x0,
-      res2: t.res2 && bufferOf(t.res2),
-      weight: { buffer: bufferOf(t.filter) },
-      bias: { buffer: bufferOf(t.bias) },
+    const out = pass.buffer(bytes);
+    recorder.conv(spec, out, {
+      x0: opt(t.x0),
+      x1: opt(t.x1),
+      weight: "conv",
+      res2: opt(t.res2),
+      resA: opt(t.resA),
+      resB: opt(t.resB),
+      mask: opt(t.mask),
     });
+    assert.equal(recorder.winogradConvs, 1);
     setup.submitWithTfjs((e) => setup.record(e));
     const names = Object.values(pass.choiceGroups)[0] ?? ["built-in"];
     const results: Float32Array[] = [];
     for (const name of names) {
-      if (t.tiles) pass.choose(Object.fromEntries(Object.keys(pass.choiceGroups).map((g) => [g, name])));
+      if (tiles) pass.choose(Object.fromEntries(Object.keys(pass.choiceGroups).map((g) => [g, name])));
       pass.submitWithTfjs((e) => {
-        e.clearBuffer(out);
+        if (t.init) e.copyBufferToBuffer(bufferOf(t.init), 0, out, 0, bytes);
+        else e.clearBuffer(out);
         pass.record(e);
       });
-      const copy = tf.tensor({ buffer: out }, [spec.n, spec.h, spec.w, stride], "float32");
+      const copy = tf.tensor(
+        { buffer: out },
+        [spec.n, spec.h, spec.w, spec.outStride ?? spec.cout],
+        "float32",
+      );
       results.push((await copy.data()) as Float32Array);
       copy.dispose();
     }
@@ -80,34 +118,48 @@ async function winogradConv(
   }
 }
 
-/** The same convolution from tfjs's stock ops, as [n, h, w, outStride] with zeros outside the slice. */
-function reference(
-  spec: Conv3x3Spec,
-  t: { x0: tf.Tensor4D; x1?: tf.Tensor4D; filter: tf.Tensor4D; bias: tf.Tensor1D; res2?: tf.Tensor4D },
-): tf.Tensor4D {
-  return tf.tidy(() => {
-    const off = spec.x0Offset ?? 0;
-    let x = tf.slice(t.x0, [0, 0, 0, off], [-1, -1, -1, spec.c0]);
+/**
+ * The same from tfjs's stock conv2d (the filter flipped and transposed for an input gradient) and
+ * the epilogue spelled out in plain loops, in webgpu_conv3x3.ts's order.
+ */
+async function reference(spec: Conv3x3Spec, t: Tensors): Promise<Float32Array> {
+  const src = spec.x0IsOutput ? t.init! : t.x0!;
+  const off = spec.x0Offset ?? 0;
+  const conv = tf.tidy(() => {
+    let x = tf.slice(src, [0, 0, 0, off], [-1, -1, -1, spec.c0]);
     if (spec.c1) x = tf.concat([x, tf.slice(t.x1!, [0, 0, 0, 0], [-1, -1, -1, spec.c1])], 3);
     if (spec.upsample) x = tf.image.resizeNearestNeighbor(x, [spec.h, spec.w]);
-    let y = tf.fused.conv2d({
-      x,
-      filter: t.filter,
-      bias: t.bias,
-      strides: 1,
-      pad: "same",
-      activation: spec.activation ?? "linear",
-      leakyreluAlpha: spec.alpha ?? 0.2,
-    }) as tf.Tensor4D;
-    if (spec.res1Scale !== undefined) {
-      y = tf.add(tf.mul(y, spec.res1Scale), tf.slice(t.x0, [0, 0, 0, off], [-1, -1, -1, spec.cout]));
-    }
-    if (spec.res2Scale !== undefined) {
-      y = tf.add(tf.mul(y, spec.res2Scale), tf.slice(t.res2!, [0, 0, 0, 0], [-1, -1, -1, spec.cout]));
-    }
-    const outOffset = spec.outOffset ?? 0, stride = spec.outStride ?? spec.cout;
-    return tf.pad(y, [[0, 0], [0, 0], [0, 0], [outOffset, stride - outOffset - spec.cout]]);
+    const filter = spec.flipTransposed ? tf.transpose(tf.reverse(t.filter, [0, 1]), [0, 1, 3, 2]) : t.filter;
+    return tf.conv2d(x, filter as tf.Tensor4D, 1, "same");
   });
+  const data = async (x?: tf.Tensor) => (x ? (await x.data()) as Float32Array : undefined);
+  const y = (await data(conv))!;
+  conv.dispose();
+  const [bias, x0, res2, resA, resB, mask, init] = await Promise.all(
+    [t.bias, src, t.res2, t.resA, t.resB, t.mask, t.init].map(data),
+  );
+  const { cout, activation = "linear", alpha = 0.2 } = spec;
+  const stride = spec.outStride ?? cout, outOffset = spec.outOffset ?? 0;
+  const out = init ? Float32Array.from(init) : new Float32Array(spec.n * spec.h * spec.w * stride);
+  for (let p = 0; p < spec.n * spec.h * spec.w; p++) {
+    for (let co = 0; co < cout; co++) {
+      let v = y[p * cout + co] * (spec.accScale ?? 1);
+      if (bias) v += bias[co];
+      if (activation === "leakyrelu" && v < 0) v *= alpha;
+      if (activation === "relu") v = Math.max(v, 0);
+      if (spec.res1Scale !== undefined) v = v * spec.res1Scale + x0![p * spec.x0Stride + off + co];
+      if (spec.res2Scale !== undefined) v = v * spec.res2Scale + res2![p * (spec.res2Stride ?? cout) + co];
+      if (co < (spec.resLimit ?? cout)) {
+        if (spec.resA) v += spec.resA.scale * resA![p * spec.resA.stride + co];
+        if (spec.resB) v += spec.resB.scale * resB![p * spec.resB.stride + co];
+      }
+      if (spec.accumulate) v += init![p * stride + outOffset + co];
+      const mk = spec.mask;
+      if (mk && co >= mk.lo && co < mk.hi && mask![p * mk.stride + co - mk.lo + mk.offset] <= 0) v *= alpha;
+      out[p * stride + outOffset + co] = v;
+    }
+  }
+  return out;
 }
 
 // Sides that are no multiple of 2 or 4 (partial tiles), one-pixel images, the dense block's shapes.
@@ -171,34 +223,60 @@ const CASES: { what: string; spec: Conv3x3Spec; x0C?: number; x1C?: number }[] =
     what: "many channels, 64 out (two column tiles of 32)",
     spec: { n: 1, h: 9, w: 9, c0: 96, x0Stride: 96, cout: 64, bias: true, res2Scale: 1 },
   },
+  {
+    what: "conv5's input gradient (flipped filter, scaled, both residual paths, mask)",
+    spec: {
+      n: 1,
+      h: 5,
+      w: 6,
+      c0: 16,
+      x0Stride: 16,
+      cout: 48,
+      flipTransposed: true,
+      accScale: 0.04,
+      resA: { scale: 0.2, stride: 16 },
+      resB: { scale: 1, stride: 16 },
+      resLimit: 16,
+      mask: { lo: 40, hi: 48, stride: 32, offset: 24 },
+      alpha: 0.2,
+    },
+  },
+  {
+    what: "a growth conv's input gradient (dy read from the output, accumulated, mask)",
+    spec: {
+      n: 2,
+      h: 7,
+      w: 5,
+      c0: 8,
+      x0Stride: 48,
+      x0Offset: 40,
+      x0IsOutput: true,
+      cout: 40,
+      outStride: 48,
+      flipTransposed: true,
+      accumulate: true,
+      mask: { lo: 32, hi: 40, stride: 32, offset: 16 },
+      alpha: 0.2,
+    },
+  },
 ];
 
 for (const m of [2, 4] as const) {
   Deno.test(`winograd F(${m}x${m}): single convolutions match the stock ops`, opts, async () => {
     for (const { what, spec, x0C, x1C } of CASES) {
       assert.ok(winogradCanRun(spec), what);
-      const inH = spec.upsample ? spec.h / 2 : spec.h, inW = spec.upsample ? spec.w / 2 : spec.w;
-      const t = {
-        x0: rand([spec.n, inH, inW, x0C ?? spec.x0Stride]) as tf.Tensor4D,
-        x1: spec.c1 ? rand([spec.n, inH, inW, x1C ?? spec.c1]) as tf.Tensor4D : undefined,
-        filter: tf.mul(rand([3, 3, spec.c0 + (spec.c1 ?? 0), spec.cout]), 0.2) as tf.Tensor4D,
-        bias: rand([spec.cout]) as tf.Tensor1D,
-        res2: spec.res2Scale !== undefined
-          ? rand([spec.n, spec.h, spec.w, spec.cout]) as tf.Tensor4D
-          : undefined,
-      };
+      const t = tensorsFor(spec, x0C, x1C);
       // a growth conv reads the slices before its own: x1 is its output buffer in the plan, a copy here
       disableCustomWebGPUKernels();
-      const want = reference(spec, t);
-      const wantData = await want.data();
+      const want = await reference(spec, t);
       const tiles = what.startsWith("many") || what.startsWith("plain");
-      const got = await winogradConv(spec, m, { ...t, tiles });
+      const got = await winogradConv(spec, m, t, tiles);
       if (tiles) assert.ok(got.length > 2, `${what}: only ${got.length} GEMM tilings ran`);
       got.forEach((g, i) => {
-        const e = relErr(g, wantData);
+        const e = relErr(g, want);
         assert.ok(e <= TOL, `${what}, F(${m}), tiling ${i}: relative error ${e}`);
       });
-      tf.dispose([want, ...[t.x0, t.x1, t.filter, t.bias, t.res2].filter((v) => v !== undefined)]);
+      tf.dispose(Object.values(t).filter((x): x is tf.Tensor => x !== undefined));
     }
     assert.deepEqual(gpuErrors, []);
   });
@@ -210,7 +288,8 @@ Deno.test("winograd: what cannot run as Winograd is said", opts, () => {
   assert.ok(!winogradCanRun({ ...base, c0: 3, x0Stride: 3 }), "3 input channels");
   assert.ok(!winogradCanRun({ ...base, cout: 3 }), "3 output channels");
   assert.ok(!winogradCanRun({ ...base, precision: "f16" }), "f16");
-  assert.ok(!winogradCanRun({ ...base, flipTransposed: true }), "input gradient");
+  assert.ok(!winogradCanRun({ ...base, resA: { scale: 1, stride: 6 } }), "a residual of 6 channels");
+  assert.ok(winogradCanRun({ ...base, flipTransposed: true, accumulate: true }), "input gradient");
 });
 
 Deno.test(

@@ -194,7 +194,6 @@ function forwardSource(
   const A = o.precision === "f16" ? "f16" : "f32";
   const T = o.vec ? `vec4<${S}>` : S;
   const toA = (e: string) => (S === A ? e : `vec4<${A}>(${e})`);
-  const toF32 = (e: string, vec = true) => (S === "f32" ? e : vec ? `vec4<f32>(${e})` : `f32(${e})`);
   const nt = (bm / tm) * cx;
   // Per slice: an A tile of bm rows x bk/4 vec4s (+1 of padding against bank conflicts), then a
   // B tile of bk rows x bn/4 vec4s. After the loop the same memory takes the slices' partial sums.
@@ -336,49 +335,6 @@ function forwardSource(
       ? Array.from({ length: sf }, (_, s) => storeFlip(s))
       : Array.from({ length: sb }, (_, s) => storeB(s))),
   ].join("\n    ");
-  // The epilogue works in f32 whatever the storage (one rounding per stored value).
-  const loadVec4 = (arr: string, idx: string, col: string) =>
-    o.vec
-      ? toF32(`${arr}[(${idx}) / 4]`)
-      : `vec4<f32>(${
-        [0, 1, 2, 3].map((j) =>
-          `select(0.0, ${toF32(`${arr}[${idx} + ${j}]`, false)}, ${col} + ${j} < u.cout)`
-        )
-          .join(", ")
-      })`;
-  const write = o.vec
-    ? `result[(m * u.outStride + u.outOffset + col) / 4] = ${S === "f32" ? "v" : "vec4<f16>(v)"};`
-    : [0, 1, 2, 3].map((j) =>
-      `if (col + ${j} < u.cout) { result[m * u.outStride + u.outOffset + col + ${j}] = ${S}(v[${j}]); }`
-    )
-      .join("\n    ");
-  // Gradient epilogues; channel ranges are multiples of 4 in vec mode, checked per channel otherwise.
-  const inRange = (lo: string, hi: string) =>
-    o.vec
-      ? `col >= ${lo} && col < ${hi}`
-      : [0, 1, 2, 3].map((j) => `col + ${j} >= ${lo} && col + ${j} < ${hi}`);
-  const perChannel = (cond: string | string[], body: (j: number | null) => string) =>
-    typeof cond === "string"
-      ? `if (${cond}) { ${body(null)} }`
-      : cond.map((c, j) => `if (${c}) { ${body(j)} }`).join("\n    ");
-  const gradEpilogue = {
-    res: (r: string) =>
-      perChannel(
-        inRange("0", "u.resLimit"),
-        (j) =>
-          j === null
-            ? `v += u.res${r}Scale * ${toF32(`res${r}[(m * u.res${r}Stride + col) / 4]`)};`
-            : `v[${j}] += u.res${r}Scale * ${toF32(`res${r}[m * u.res${r}Stride + col + ${j}]`, false)};`,
-      ),
-    mask: perChannel(
-      inRange("u.maskLo", "u.maskHi"),
-      (j) =>
-        j === null
-          ? `let mk = mask[(m * u.maskStride + col - u.maskLo + u.maskOffset) / 4];
-      v = select(v * u.alpha, v, mk > vec4<${S}>(0.0));`
-          : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= ${S}(0.0)) { v[${j}] *= u.alpha; }`,
-    ),
-  };
   // Sum the reduction slices' partial results through the tiles' workgroup memory.
   const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
     .flat();
@@ -396,16 +352,7 @@ function forwardSource(
     let col = n0 + (tx + ${j * cx}) * 4;
     if (m < u.M && col < u.cout) {
     var v = ${A === "f32" ? `acc${i}_${j}` : `vec4<f32>(acc${i}_${j})`};
-    ${o.scaled ? "v *= u.accScale;" : ""}
-    ${o.bias ? `v += ${loadVec4("bias", "col", "col")};` : ""}
-    ${actSnippet(o.act)}
-    ${o.res1 ? `v = v * u.res1Scale + ${loadVec4(x0, "m * u.x0Stride + u.x0Offset + col", "col")};` : ""}
-    ${o.res2 ? `v = v * u.res2Scale + ${loadVec4("res2", "m * u.res2Stride + col", "col")};` : ""}
-    ${o.resA ? gradEpilogue.res("A") : ""}
-    ${o.resB ? gradEpilogue.res("B") : ""}
-    ${o.accumulate ? `v += ${loadVec4("result", "m * u.outStride + u.outOffset + col", "col")};` : ""}
-    ${o.mask ? gradEpilogue.mask : ""}
-    ${write}
+    ${epilogueCode(o)}
     }
   }`;
   return `${S === "f16" ? "enable f16;\n" : ""}${prelude}
@@ -459,6 +406,118 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 }`;
 }
 
+/** What the forward kernel's epilogue does to a sum before storing it (see {@link Conv3x3Spec}). */
+export interface EpilogueFlags {
+  vec: boolean;
+  precision: ConvPrecision;
+  x0IsOutput: boolean;
+  scaled: boolean;
+  bias: boolean;
+  act: Activation;
+  res1: boolean;
+  res2: boolean;
+  resA: boolean;
+  resB: boolean;
+  accumulate: boolean;
+  mask: boolean;
+}
+
+/**
+ * WGSL of the epilogue: takes `var v: vec4<f32>` (the sum for output pixel `m`, channels col..col+3)
+ * through scaling, bias, activation and the residuals, in f32 whatever the storage (one rounding
+ * per stored value), and stores it. Reads the uniforms {@link epilogueUniforms} declares and the
+ * bindings `result`, `x0`, `bias`, `res2`, `resA`, `resB`, `mask` its flags use.
+ */
+export function epilogueCode(o: EpilogueFlags): string {
+  const S = o.precision === "f32" ? "f32" : "f16";
+  const toF32 = (e: string, vec = true) => (S === "f32" ? e : vec ? `vec4<f32>(${e})` : `f32(${e})`);
+  const x0 = o.x0IsOutput ? "result" : "x0";
+  const loadVec4 = (arr: string, idx: string, col: string) =>
+    o.vec
+      ? toF32(`${arr}[(${idx}) / 4]`)
+      : `vec4<f32>(${
+        [0, 1, 2, 3].map((j) =>
+          `select(0.0, ${toF32(`${arr}[${idx} + ${j}]`, false)}, ${col} + ${j} < u.cout)`
+        )
+          .join(", ")
+      })`;
+  const write = o.vec
+    ? `result[(m * u.outStride + u.outOffset + col) / 4] = ${S === "f32" ? "v" : "vec4<f16>(v)"};`
+    : [0, 1, 2, 3].map((j) =>
+      `if (col + ${j} < u.cout) { result[m * u.outStride + u.outOffset + col + ${j}] = ${S}(v[${j}]); }`
+    )
+      .join("\n    ");
+  // Gradient epilogues; channel ranges are multiples of 4 in vec mode, checked per channel otherwise.
+  const inRange = (lo: string, hi: string) =>
+    o.vec
+      ? `col >= ${lo} && col < ${hi}`
+      : [0, 1, 2, 3].map((j) => `col + ${j} >= ${lo} && col + ${j} < ${hi}`);
+  const perChannel = (cond: string | string[], body: (j: number | null) => string) =>
+    typeof cond === "string"
+      ? `if (${cond}) { ${body(null)} }`
+      : cond.map((c, j) => `if (${c}) { ${body(j)} }`).join("\n    ");
+  const res = (r: string) =>
+    perChannel(
+      inRange("0", "u.resLimit"),
+      (j) =>
+        j === null
+          ? `v += u.res${r}Scale * ${toF32(`res${r}[(m * u.res${r}Stride + col) / 4]`)};`
+          : `v[${j}] += u.res${r}Scale * ${toF32(`res${r}[m * u.res${r}Stride + col + ${j}]`, false)};`,
+    );
+  const mask = perChannel(
+    inRange("u.maskLo", "u.maskHi"),
+    (j) =>
+      j === null
+        ? `let mk = mask[(m * u.maskStride + col - u.maskLo + u.maskOffset) / 4];
+      v = select(v * u.alpha, v, mk > vec4<${S}>(0.0));`
+        : `if (mask[m * u.maskStride + col + ${j} - u.maskLo + u.maskOffset] <= ${S}(0.0)) { v[${j}] *= u.alpha; }`,
+  );
+  return [
+    o.scaled ? "v *= u.accScale;" : "",
+    o.bias ? `v += ${loadVec4("bias", "col", "col")};` : "",
+    actSnippet(o.act),
+    o.res1 ? `v = v * u.res1Scale + ${loadVec4(x0, "m * u.x0Stride + u.x0Offset + col", "col")};` : "",
+    o.res2 ? `v = v * u.res2Scale + ${loadVec4("res2", "m * u.res2Stride + col", "col")};` : "",
+    o.resA ? res("A") : "",
+    o.resB ? res("B") : "",
+    o.accumulate ? `v += ${loadVec4("result", "m * u.outStride + u.outOffset + col", "col")};` : "",
+    o.mask ? mask : "",
+    write,
+  ].filter((l) => l).join("\n    ");
+}
+
+/** The epilogue's uniforms: WGSL members and their values for `spec`. */
+export function epilogueUniforms(spec: Conv3x3Spec): { decl: string; params: Uniform[] } {
+  const mask = spec.mask ?? { lo: 0, hi: 0, stride: 4, offset: 0 };
+  const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
+  const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
+  const fields: [string, Uniform][] = [
+    ["cout", i32(spec.cout)],
+    ["outStride", i32(spec.outStride ?? spec.cout)],
+    ["outOffset", i32(spec.outOffset ?? 0)],
+    ["x0Stride", i32(spec.x0Stride)],
+    ["x0Offset", i32(spec.x0Offset ?? 0)],
+    ["res2Stride", i32(spec.res2Stride ?? spec.cout)],
+    ["alpha", f32(spec.alpha ?? 0.2)],
+    ["res1Scale", f32(spec.res1Scale ?? 1)],
+    ["res2Scale", f32(spec.res2Scale ?? 1)],
+    ["accScale", f32(spec.accScale ?? 1)],
+    ["resLimit", i32(spec.resLimit ?? spec.cout)],
+    ["resAStride", i32(spec.resA?.stride ?? 0)],
+    ["resAScale", f32(spec.resA?.scale ?? 0)],
+    ["resBStride", i32(spec.resB?.stride ?? 0)],
+    ["resBScale", f32(spec.resB?.scale ?? 0)],
+    ["maskLo", i32(mask.lo)],
+    ["maskHi", i32(mask.hi)],
+    ["maskStride", i32(mask.stride)],
+    ["maskOffset", i32(mask.offset)],
+  ];
+  return {
+    decl: fields.map(([name, v]) => `${name} : ${v.type === "float32" ? "f32" : "i32"},`).join(" "),
+    params: fields.map(([, v]) => v),
+  };
+}
+
 /**
  * WGSL of one chunk's multiply-adds on register tiles: thread (ty, tx) adds to `acc<i>_<j>` (output
  * row ty * tm + i, column vec4 tx + j * (bn / tn)) the products of the A tile at `Sh[aBase..]` (bm
@@ -487,13 +546,6 @@ export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number 
     }
       }`).join("\n      ");
 }
-
-const FORWARD_UNIFORMS =
-  "n : i32, h : i32, w : i32, inH : i32, inW : i32, c0 : i32, x0Stride : i32, c1 : i32, " +
-  "x1Stride : i32, cout : i32, outStride : i32, outOffset : i32, res2Stride : i32, M : i32, mTiles : i32, " +
-  "alpha : f32, res1Scale : f32, res2Scale : f32, x0Offset : i32, accScale : f32, resLimit : i32, " +
-  "resAStride : i32, resAScale : f32, resBStride : i32, resBScale : f32, maskLo : i32, maskHi : i32, " +
-  "maskStride : i32, maskOffset : i32,";
 
 /** The program (shader choice, launch size, uniforms) of one forward convolution. */
 export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: string; params: Uniform[] } {
@@ -551,22 +603,11 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
   };
   const mTiles = Math.ceil(m / tile.bm);
   const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
-  const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
   const inH = spec.upsample ? spec.h / 2 : spec.h, inW = spec.upsample ? spec.w / 2 : spec.w;
+  const epilogue = epilogueUniforms(spec);
   const params = [
-    ...[spec.n, spec.h, spec.w, inH, inW, spec.c0, spec.x0Stride, c1, x1Stride, spec.cout].map(i32),
-    ...[outStride, outOffset, res2Stride, m, mTiles].map(i32),
-    f32(spec.alpha ?? 0.2),
-    f32(spec.res1Scale ?? 1),
-    f32(spec.res2Scale ?? 1),
-    i32(x0Offset),
-    f32(spec.accScale ?? 1),
-    i32(resLimit),
-    i32(spec.resA?.stride ?? 0),
-    f32(spec.resA?.scale ?? 0),
-    i32(spec.resB?.stride ?? 0),
-    f32(spec.resB?.scale ?? 0),
-    ...[mask.lo, mask.hi, mask.stride, mask.offset].map(i32),
+    ...[spec.n, spec.h, spec.w, inH, inW, spec.c0, c1, x1Stride, m, mTiles].map(i32),
+    ...epilogue.params,
   ];
   return {
     name: "Conv3x3Program",
@@ -577,7 +618,9 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
       Math.min(mTiles, MAX_DISPATCH),
       Math.ceil(mTiles / MAX_DISPATCH),
     ],
-    uniforms: FORWARD_UNIFORMS,
+    uniforms:
+      "n : i32, h : i32, w : i32, inH : i32, inW : i32, c0 : i32, c1 : i32, x1Stride : i32, M : i32, " +
+      `mTiles : i32, ${epilogue.decl}`,
     params,
   };
 }

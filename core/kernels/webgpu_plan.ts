@@ -14,7 +14,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import type { Conv3x3Spec, ConvPrecision, ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
-import { ForwardRecorder } from "./webgpu_forward.ts";
+import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
@@ -116,7 +116,7 @@ export class RRDBNetPlanWebGPU {
     const body = buf(f), up1 = buf([n, 2 * h, 2 * w, nf]), up2 = buf([n, H, W, nf]), hr = buf([n, H, W, nf]);
     const outHalf = buf(this.outputShape);
     this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
-    const fwd = new ForwardRecorder(this.pass, {
+    const fwd = new ConvRecorder(this.pass, {
       precision,
       param,
       candidates: options.tune === true ? TUNING_CANDIDATES : options.tune ?? [],

@@ -29,10 +29,10 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import type { RRDBNet } from "../rrdbnet_arch.ts";
-import { conv3x3Program, type Conv3x3Spec, type ConvPrecision } from "./webgpu_conv3x3.ts";
+import type { Conv3x3Spec, ConvPrecision } from "./webgpu_conv3x3.ts";
 import { filterGradPrograms, type FilterGradSpec } from "./webgpu_filter_grad.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
-import { ForwardRecorder } from "./webgpu_forward.ts";
+import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import { type PassBackend, type PassLike, PlannedPass, type Region } from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
 import {
@@ -70,8 +70,9 @@ export interface TrainPlanOptions {
   /** The first loss scale of mixed precision (default 2^16). */
   lossScale?: number;
   /**
-   * The forward's 3x3 convolutions as Winograd F(m x m) where they qualify (f32 only; see
-   * webgpu_winograd.ts): the filters are transformed in each step. Gradients stay direct.
+   * The 3x3 convolutions of the forward kernel (the forward's, and the input gradients') as
+   * Winograd F(m x m) where they qualify (f32 only; see webgpu_winograd.ts): the filters are
+   * transformed in each step. Filter gradients stay direct.
    */
   winograd?: WinogradSize;
 }
@@ -95,7 +96,7 @@ const LRELU = 0.2;
 export class RRDBNetTrainPlanWebGPU {
   /** Adam steps taken, counted as train/adam.ts counts them. */
   t: number;
-  /** How many of the forward's convolutions run as Winograd (the `winograd` option). */
+  /** How many convolutions (forward and input gradients) run as Winograd (the `winograd` option). */
   readonly winogradConvs: number;
   private readonly be: PassBackend;
   private readonly pass: PlannedPass;
@@ -193,8 +194,18 @@ export class RRDBNetTrainPlanWebGPU {
     // bound by all of them and its size is known only at the end.
     const ops: (() => void)[] = [];
     const add = (...a: Parameters<PlannedPass["add"]>) => ops.push(() => void this.pass.add(...a));
-    const conv = (spec: Conv3x3Spec, output: GPUBuffer, inputs: Region[]) =>
-      add(conv3x3Program({ ...spec, precision }), whole(output), inputs, "conv3x3 input grad");
+    // Records into `ops` like `add` (Winograd's filter transforms too: every step, before their GEMMs).
+    const deferred: PassLike = {
+      backend: this.be,
+      buffer: (bytes, usage) => this.pass.buffer(bytes, usage),
+      add: (...a) => (add(...a), () => {}),
+      addChoice: (...a) => void ops.push(() => this.pass.addChoice(...a)),
+    };
+    const convs = new ConvRecorder(deferred, {
+      precision,
+      param,
+      winograd: options.winograd ? { m: options.winograd, setup: deferred } : undefined,
+    });
     const scratch: { buffer?: GPUBuffer } = {};
     let scratchBytes = 16;
     /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
@@ -219,42 +230,26 @@ export class RRDBNetTrainPlanWebGPU {
       src: Src,
       output: GPUBuffer,
       spec: Partial<Conv3x3Spec> & { size: { n: number; h: number; w: number }; cin: number; cout: number },
-      extra: Region[] = [],
+      io: { resA?: GPUBuffer; resB?: GPUBuffer; mask?: GPUBuffer } = {},
     ) => {
       const { size, cin, cout, ...rest } = spec;
-      const inputs = [...(rest.x0IsOutput ? [] : [whole(src.buf)]), param(`${name}.weight`), ...extra];
-      conv(
-        {
-          ...size,
-          c0: cout,
-          x0Stride: src.stride,
-          x0Offset: src.offset,
-          cout: cin,
-          flipTransposed: true,
-          ...rest,
-        },
-        output,
-        inputs,
-      );
+      const gradSpec = {
+        ...size,
+        c0: cout,
+        x0Stride: src.stride,
+        x0Offset: src.offset,
+        cout: cin,
+        flipTransposed: true,
+        ...rest,
+      };
+      convs.conv(gradSpec, output, { x0: src.buf, weight: name, ...io });
     };
 
     // ---- forward, keeping what the backward reads ----
     if (this.half) add(castProgram(n * h * w * numInCh, "f16"), whole(this.lq), [whole(this.half.lqF32)]);
-    // Records into `ops` like `add` (Winograd's filter transforms too: every step, before their GEMMs).
-    const deferred: PassLike = {
-      backend: this.be,
-      buffer: (bytes, usage) => this.pass.buffer(bytes, usage),
-      add: (...a) => (add(...a), () => {}),
-      addChoice: (...a) => void ops.push(() => this.pass.addChoice(...a)),
-    };
-    const fwd = new ForwardRecorder(deferred, {
-      precision,
-      param,
-      winograd: options.winograd ? { m: options.winograd, setup: deferred } : undefined,
-    });
     const base = { n, h, w };
     const feat = act(h, nf);
-    fwd.conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, {
+    convs.conv({ ...base, c0: numInCh, x0Stride: numInCh, cout: nf, bias: true }, feat, {
       x0: this.lq,
       weight: "conv_first",
     });
@@ -264,7 +259,7 @@ export class RRDBNetTrainPlanWebGPU {
       for (let r = 1; r <= 3; r++) {
         const grow = act(h, 4 * gc), out = act(h, nf);
         grows.push(grow);
-        fwd.denseBlock(base, {
+        convs.denseBlock(base, {
           nf,
           gc,
           x: chain[chain.length - 1],
@@ -293,12 +288,11 @@ export class RRDBNetTrainPlanWebGPU {
     const body = act(h, nf), u1 = act(2 * h, nf), u2 = act(H, nf), hr = act(H, nf);
     const out = this.out = act(H, numOutCh);
     const size2 = { n, h: 2 * h, w: 2 * w }, size4 = { n, h: H, w: W };
-    fwd.conv(lin(nf, base, { res2Scale: 1 }), body, { x0: trunk, weight: "conv_body", res2: feat });
-    fwd.conv(lin(nf, size2, { ...lrelu, upsample: true }), u1, { x0: body, weight: "conv_up1" });
-    fwd.conv(lin(nf, size4, { ...lrelu, upsample: true }), u2, { x0: u1, weight: "conv_up2" });
-    fwd.conv(lin(nf, size4, lrelu), hr, { x0: u2, weight: "conv_hr" });
-    fwd.conv(lin(numOutCh, size4), out, { x0: hr, weight: "conv_last" });
-    this.winogradConvs = fwd.winogradConvs;
+    convs.conv(lin(nf, base, { res2Scale: 1 }), body, { x0: trunk, weight: "conv_body", res2: feat });
+    convs.conv(lin(nf, size2, { ...lrelu, upsample: true }), u1, { x0: body, weight: "conv_up1" });
+    convs.conv(lin(nf, size4, { ...lrelu, upsample: true }), u2, { x0: u1, weight: "conv_up2" });
+    convs.conv(lin(nf, size4, lrelu), hr, { x0: u2, weight: "conv_hr" });
+    convs.conv(lin(numOutCh, size4), out, { x0: hr, weight: "conv_last" });
     if (this.half) add(castProgram(this.count, "f32"), whole(this.half.outF32), [whole(out)]);
 
     // ---- loss: everything from here on is the backward pass ----
@@ -326,7 +320,7 @@ export class RRDBNetTrainPlanWebGPU {
       cout: numOutCh,
       mask: maskAll(nf),
       alpha: LRELU,
-    }, [whole(hr)]);
+    }, { mask: hr });
     filterGrad("conv_hr", { ...size4, c0: nf, x0Stride: nf, cout: nf }, [whole(u2), whole(dHr)]);
     inputGrad("conv_hr", src(dHr, nf), dU2, {
       size: size4,
@@ -334,7 +328,7 @@ export class RRDBNetTrainPlanWebGPU {
       cout: nf,
       mask: maskAll(nf),
       alpha: LRELU,
-    }, [whole(u2)]);
+    }, { mask: u2 });
     filterGrad("conv_up2", { ...size4, c0: nf, x0Stride: nf, cout: nf, upsample: true }, [
       whole(u1),
       whole(dU2),
@@ -378,7 +372,7 @@ export class RRDBNetTrainPlanWebGPU {
           resLimit: nf,
           mask: { lo: nf + 3 * gc, hi: C, stride: 4 * gc, offset: 3 * gc },
           alpha: LRELU,
-        }, [whole(dy.buf), ...(resB ? [whole(dBlockOut.buf)] : []), whole(grows[i])]);
+        }, { resA: dy.buf, resB: resB && dBlockOut.buf, mask: grows[i] });
         filterGrad(`${name}.conv5`, {
           ...base,
           c0: nf,
@@ -406,7 +400,7 @@ export class RRDBNetTrainPlanWebGPU {
                 alpha: LRELU,
               }
               : {}),
-          }, k > 1 ? [whole(grows[i])] : []);
+          }, k > 1 ? { mask: grows[i] } : {});
           filterGrad(`${name}.conv${k}`, {
             ...base,
             c0: nf,
@@ -444,6 +438,7 @@ export class RRDBNetTrainPlanWebGPU {
       ])
     );
 
+    this.winogradConvs = convs.winogradConvs;
     scratch.buffer = this.pass.buffer(scratchBytes);
     for (const op of ops) op();
     this.setAdam = setAdam;

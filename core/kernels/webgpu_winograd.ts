@@ -11,7 +11,13 @@
  * multiples of 4 (vec4 loads); {@link winogradCanRun} says which convolutions qualify.
  * @module
  */
-import { actSnippet, type Conv3x3Spec, tileProduct } from "./webgpu_conv3x3.ts";
+import {
+  type Conv3x3Spec,
+  epilogueCode,
+  type EpilogueFlags,
+  epilogueUniforms,
+  tileProduct,
+} from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
 import { dispatch1d, flatIndex, type PassLike, type Region } from "./webgpu_pass.ts";
 import { WINOGRAD } from "./winograd.ts";
@@ -22,7 +28,6 @@ type Program = CustomProgram & { uniforms: string; params: Uniform[] };
 export type WinogradSize = 2 | 4;
 
 const i32 = (v: number): Uniform => ({ type: "int32", data: [v] });
-const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
 const MAX_DISPATCH = 65535;
 
 /** A WGSL float literal (abstract: rounded once, to the type it meets). */
@@ -77,10 +82,11 @@ export function winogradBytes(shape: { n: number; h: number; w: number }, m: Win
 }
 
 /**
- * Whether a forward convolution can run as Winograd here: every channel count, stride and offset a
- * multiple of 4, and none of the gradient kernels' options.
+ * Whether a convolution of the forward kernel (webgpu_conv3x3.ts: the forward, or an input
+ * gradient) can run as Winograd here: f32, every channel count, stride and offset a multiple of 4.
  */
 export function winogradCanRun(spec: Conv3x3Spec): boolean {
+  const mask = spec.mask ?? { lo: 0, hi: 0, stride: 4, offset: 0 };
   const counts = [
     spec.c0,
     spec.x0Stride,
@@ -91,10 +97,15 @@ export function winogradCanRun(spec: Conv3x3Spec): boolean {
     spec.outStride ?? spec.cout,
     spec.outOffset ?? 0,
     spec.res2Stride ?? spec.cout,
+    spec.resLimit ?? spec.cout,
+    spec.resA?.stride ?? 4,
+    spec.resB?.stride ?? 4,
+    mask.lo,
+    mask.hi,
+    mask.stride,
+    mask.offset,
   ];
-  return counts.every((v) => v % 4 === 0) && (spec.precision ?? "f32") === "f32" && !spec.flipTransposed &&
-    !spec.x0IsOutput && (spec.accScale ?? 1) === 1 && !spec.resA && !spec.resB && !spec.accumulate &&
-    !spec.mask;
+  return counts.every((v) => v % 4 === 0) && (spec.precision ?? "f32") === "f32";
 }
 
 /** What one input transform reads and where it puts the result. */
@@ -297,19 +308,40 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 }
 
 /**
- * The output transform Y = Aᵀ M A and the epilogue of `spec` (bias, activation, res1 from x0,
- * res2): one thread per tile and 4 output channels. Binds the output, then M, bias, x0 (with
- * res1Scale), res2.
+ * The output transform Y = Aᵀ M A, then the forward kernel's epilogue of `spec` (webgpu_conv3x3.ts:
+ * bias, activation, residuals, gradient masks, accumulation): one thread per tile and 4 output
+ * channels. Binds the output, then M, and what the epilogue reads: bias, res2, resA, resB, mask,
+ * and x0 last (res1, unless x0 is the output).
  */
 export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): Program {
   const { m } = spec;
   const { alpha, AT } = WINOGRAD[m];
   const { tiles, perImage, tilesW } = winogradTiles(spec, m);
-  const bias = !!spec.bias, act = spec.activation ?? "linear";
-  const res1 = spec.res1Scale !== undefined, res2 = spec.res2Scale !== undefined;
-  let b = 2;
-  const bind = (name: string) => `@group(0) @binding(${b++}) var<storage, read> ${name}: array<vec4<f32>>;`;
-  const decls = [bias ? bind("bias") : "", res1 ? bind("x0") : "", res2 ? bind("res2") : ""].join("\n");
+  const flags: EpilogueFlags = {
+    vec: true,
+    precision: "f32",
+    x0IsOutput: !!spec.x0IsOutput,
+    scaled: (spec.accScale ?? 1) !== 1,
+    bias: !!spec.bias,
+    act: spec.activation ?? "linear",
+    res1: spec.res1Scale !== undefined,
+    res2: spec.res2Scale !== undefined,
+    resA: !!spec.resA,
+    resB: !!spec.resB,
+    accumulate: !!spec.accumulate,
+    mask: !!spec.mask,
+  };
+  const names = [
+    flags.bias ? "bias" : "",
+    flags.res2 ? "res2" : "",
+    flags.resA ? "resA" : "",
+    flags.resB ? "resB" : "",
+    flags.mask ? "mask" : "",
+    flags.res1 && !flags.x0IsOutput ? "x0" : "",
+  ].filter((n) => n);
+  const decls = names.map((n, k) =>
+    `@group(0) @binding(${k + 2}) var<storage, read> ${n}: array<vec4<f32>>;`
+  );
   const loads = Array.from(
     { length: alpha * alpha },
     (_, q) => `let m${Math.floor(q / alpha)}_${q % alpha} = Mb[o + ${q} * xs];`,
@@ -319,76 +351,66 @@ export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): 
     return `{
     let yy = ty0 + ${i}; let xx = tx0 + ${j};
     if (yy < u.h && xx < u.w) {
-      let pix = (b * u.h + yy) * u.w + xx;
+      let m = (b * u.h + yy) * u.w + xx;
       var v = y${i}_${j};
-      ${bias ? "v += bv;" : ""}
-      ${actSnippet(act)}
-      ${res1 ? "v = v * u.res1Scale + x0[pix * u.x0Stride4 + u.x0Offset4 + c];" : ""}
-      ${res2 ? "v = v * u.res2Scale + res2[pix * u.res2Stride4 + c];" : ""}
-      result[pix * u.outStride4 + u.outOffset4 + c] = v;
+      ${epilogueCode(flags)}
     }
   }`;
   });
+  const epilogue = epilogueUniforms(spec);
   const source = (prelude: string) =>
     `${prelude}
 @group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> Mb: array<vec4<f32>>;
-${decls}
-@group(0) @binding(${b}) var<uniform> u: Uniforms;
+${decls.join("\n")}
+@group(0) @binding(${names.length + 2}) var<uniform> u: Uniforms;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex()};
-  if (i >= u.P * u.k4) { return; }
-  let c = i % u.k4;
-  let p = i / u.k4;
+  let k4 = u.cout / 4;
+  if (i >= u.P * k4) { return; }
+  let c = i % k4;
+  let col = c * 4;
+  let p = i / k4;
   let b = p / u.perImage;
   let t = p % u.perImage;
   let ty0 = (t / u.tilesW) * ${m};
   let tx0 = (t % u.tilesW) * ${m};
-  let o = p * u.k4 + c;
-  let xs = u.P * u.k4;
+  let o = p * k4 + c;
+  let xs = u.P * k4;
   ${loads.join("\n  ")}
   ${sandwich(AT, AT, (k, j) => `m${k}_${j}`, "y", "vec4<f32>(0.0)")}
-  ${bias ? "let bv = bias[c];" : ""}
   ${outs.join("\n  ")}
 }`;
   return {
     name: "WinogradOutputProgram",
-    key: `winograd-output:${JSON.stringify({ m, bias, act, res1, res2 })}`,
+    key: `winograd-output:${JSON.stringify({ m, ...flags })}`,
     source,
     dispatch: dispatch1d((tiles * spec.cout) / 4),
-    uniforms: "h : i32, w : i32, k4 : i32, outStride4 : i32, outOffset4 : i32, x0Stride4 : i32, " +
-      "x0Offset4 : i32, res2Stride4 : i32, tilesW : i32, perImage : i32, P : i32, alpha : f32, " +
-      "res1Scale : f32, res2Scale : f32,",
-    params: [
-      ...[
-        spec.h,
-        spec.w,
-        spec.cout / 4,
-        (spec.outStride ?? spec.cout) / 4,
-        (spec.outOffset ?? 0) / 4,
-        spec.x0Stride / 4,
-        (spec.x0Offset ?? 0) / 4,
-        (spec.res2Stride ?? spec.cout) / 4,
-        tilesW,
-        perImage,
-        tiles,
-      ].map(i32),
-      ...[spec.alpha ?? 0.2, spec.res1Scale ?? 1, spec.res2Scale ?? 1].map(f32),
-    ],
+    uniforms: `h : i32, w : i32, tilesW : i32, perImage : i32, P : i32, ${epilogue.decl}`,
+    params: [...[spec.h, spec.w, tilesW, perImage, tiles].map(i32), ...epilogue.params],
   };
 }
 
 /**
- * The filter transform U[ξ][ci][co] = (G g Gᵀ)[ξ] of an HWIO [3, 3, cin, cout] filter (made once per
- * plan: inference weights do not change). Binds U, then the filter.
+ * The filter transform U[ξ][ci][co] = (G g Gᵀ)[ξ] of an HWIO [3, 3, cin, cout] filter, or with
+ * `flipTransposed` of a [3, 3, cout, cin] one used flipped (an input gradient's). Binds U, then the
+ * filter.
  */
-export function winogradFilterProgram(shape: { cin: number; cout: number }, m: WinogradSize): Program {
+export function winogradFilterProgram(
+  shape: { cin: number; cout: number; flipTransposed?: boolean },
+  m: WinogradSize,
+): Program {
   const { alpha, G } = WINOGRAD[m];
+  const flip = !!shape.flipTransposed;
+  // flipped and transposed (an input gradient's filter): tap q of (ci, co) is W[8 - q][co][ci]
   const loads = Array.from(
     { length: 9 },
-    (_, q) => `let g${Math.floor(q / 3)}_${q % 3} = W[(${q} * u.cin + ci) * u.cout + co];`,
+    (_, q) =>
+      `let g${Math.floor(q / 3)}_${q % 3} = ${
+        flip ? `W[(${8 - q} * u.cout + co) * u.cin + ci]` : `W[(${q} * u.cin + ci) * u.cout + co]`
+      };`,
   );
   const stores = Array.from(
     { length: alpha * alpha },
@@ -396,7 +418,7 @@ export function winogradFilterProgram(shape: { cin: number; cout: number }, m: W
   );
   return {
     name: "WinogradFilterProgram",
-    key: `winograd-filter:${m}`,
+    key: `winograd-filter:${m}:${flip}`,
     source: (prelude) =>
       `${prelude}
 @group(0) @binding(0) var<storage, read_write> U: array<f32>;
@@ -445,8 +467,8 @@ export interface WinogradMaps {
  */
 export class WinogradPlanner {
   private readonly scratch = { V: [] as GPUBuffer[], M: [] as GPUBuffer[] };
-  /** U per filter buffer and byte offset (the training plan's filters share one buffer). */
-  private readonly filters = new Map<GPUBuffer, Map<number, Region>>();
+  /** U per filter buffer, byte offset and flip (the training plan's filters share one buffer). */
+  private readonly filters = new Map<GPUBuffer, Map<string, Region>>();
   private readonly limit: number;
 
   constructor(
@@ -501,11 +523,15 @@ export class WinogradPlanner {
     maps.filled += src.c;
   }
 
-  /** `spec`'s convolution of the channels of `v` (all of its filled ones): GEMMs, then the output transform. */
+  /**
+   * `spec`'s convolution of the channels of `v` (all of its filled ones): GEMMs, then the output
+   * transform; `epilogue`: what {@link winogradOutputProgram} binds after M. Labels say "input grad"
+   * for a flipped filter.
+   */
   conv(
     spec: Conv3x3Spec,
     output: GPUBuffer,
-    io: { v: WinogradMaps; weight: Region; bias: Region; x0: GPUBuffer; res2?: GPUBuffer },
+    io: { v: WinogradMaps; weight: Region; epilogue: Region[] },
   ): void {
     const { m, gemmCandidates = [] } = this.options;
     const c = spec.c0 + (spec.c1 ?? 0);
@@ -513,7 +539,11 @@ export class WinogradPlanner {
     const { tiles } = winogradTiles(spec, m);
     const products = this.scratchBuffer("M", winogradBytes(spec, m, spec.cout));
     const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m };
-    const inputs = [{ buffer: io.v.buffer }, this.filter(io.weight, c, spec.cout)];
+    const flip = !!spec.flipTransposed, kind = flip ? "winograd input grad" : "winograd";
+    const inputs = [
+      { buffer: io.v.buffer },
+      this.filter(io.weight, { cin: c, cout: spec.cout, flipTransposed: flip }),
+    ];
     const builtIn = winogradGemmProgram(gemm);
     const programs = [{ program: builtIn, name: "built-in" }];
     for (const tile of gemmCandidates) {
@@ -524,34 +554,30 @@ export class WinogradPlanner {
         }
       } catch { /* a tiling this shape cannot take */ }
     }
-    if (programs.length === 1) this.pass.add(builtIn, { buffer: products }, inputs, "winograd gemm");
+    if (programs.length === 1) this.pass.add(builtIn, { buffer: products }, inputs, `${kind} gemm`);
     else {
       this.pass.addChoice(programs, { buffer: products }, inputs, {
-        label: "winograd gemm",
+        label: `${kind} gemm`,
         group: `${builtIn.key} ${JSON.stringify({ tiles, c, cout: spec.cout })}`,
       });
     }
-    const epilogue = [
-      ...(spec.bias ? [io.bias] : []),
-      ...(spec.res1Scale !== undefined ? [{ buffer: io.x0 }] : []),
-      ...(spec.res2Scale !== undefined ? [{ buffer: io.res2! }] : []),
-    ];
     this.pass.add(winogradOutputProgram({ ...spec, m }), { buffer: output }, [
       { buffer: products },
-      ...epilogue,
-    ], "winograd output");
+      ...io.epilogue,
+    ], `${kind} output`);
   }
 
-  /** U of a filter, transformed by the setup pass the first time it is asked for. */
-  private filter(weight: Region, cin: number, cout: number): Region {
-    const byOffset = this.filters.get(weight.buffer) ?? new Map<number, Region>();
-    this.filters.set(weight.buffer, byOffset);
-    let u = byOffset.get(weight.offset ?? 0);
+  /** U of a filter (as used: flipped or not), transformed by the setup pass the first time it is asked for. */
+  private filter(weight: Region, shape: { cin: number; cout: number; flipTransposed: boolean }): Region {
+    const byPlace = this.filters.get(weight.buffer) ?? new Map<string, Region>();
+    this.filters.set(weight.buffer, byPlace);
+    const key = `${weight.offset ?? 0} ${shape.flipTransposed}`;
+    let u = byPlace.get(key);
     if (!u) {
       const { m } = this.options;
-      u = { buffer: this.pass.buffer((m + 2) ** 2 * cin * cout * 4) };
-      this.setup.add(winogradFilterProgram({ cin, cout }, m), u, [weight]);
-      byOffset.set(weight.offset ?? 0, u);
+      u = { buffer: this.pass.buffer((m + 2) ** 2 * shape.cin * shape.cout * 4) };
+      this.setup.add(winogradFilterProgram(shape, m), u, [weight]);
+      byPlace.set(key, u);
     }
     return u;
   }

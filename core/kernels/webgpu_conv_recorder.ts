@@ -1,8 +1,9 @@
 /**
- * RRDBNet's forward convolutions as dispatches of a prepared pass, shared by the inference plan
- * (webgpu_plan.ts) and the training step (webgpu_train_plan.ts): each 3x3 convolution direct
- * (webgpu_conv3x3.ts, with tilings for the pass to tune if given) or, with `winograd`, as
- * Winograd where it qualifies (webgpu_winograd.ts); and a dense block's five convolutions, which
+ * RRDBNet's 3x3 convolutions of the forward kernel (the forward pass's, and the input gradients',
+ * which are the same kernel on a flipped filter) as dispatches of a prepared pass, shared by the
+ * inference plan (webgpu_plan.ts) and the training step (webgpu_train_plan.ts): each direct
+ * (webgpu_conv3x3.ts, with tilings for the pass to tune if given) or, with `winograd`, as Winograd
+ * where it qualifies (webgpu_winograd.ts); and a dense block's five forward convolutions, which
  * under Winograd transform the block's input once and each grown slice once as it is made.
  * @module
  */
@@ -16,17 +17,21 @@ import {
   type WinogradSize,
 } from "./webgpu_winograd.ts";
 
-/** A convolution's buffers (x1 and res2 where its spec reads them) and its parameters' name prefix. */
+/** A convolution's buffers (those its spec reads) and its parameters' name prefix. */
 export interface ConvIO {
-  x0: GPUBuffer;
+  /** The input, unless the spec reads it from the output (`x0IsOutput`). */
+  x0?: GPUBuffer;
   x1?: GPUBuffer;
   /** `conv_first`: the filter is `conv_first.weight`, the bias `conv_first.bias`. */
   weight: string;
   res2?: GPUBuffer;
+  resA?: GPUBuffer;
+  resB?: GPUBuffer;
+  mask?: GPUBuffer;
 }
 
-/** Options of {@link ForwardRecorder}. */
-export interface ForwardRecorderOptions {
+/** Options of {@link ConvRecorder}. */
+export interface ConvRecorderOptions {
   precision: ConvPrecision;
   /** A parameter's region, by name. */
   param: (name: string) => Region;
@@ -36,13 +41,13 @@ export interface ForwardRecorderOptions {
   winograd?: { m: WinogradSize; setup: PassLike };
 }
 
-/** Records forward convolutions into a pass. */
-export class ForwardRecorder {
+/** Records convolutions of the forward kernel into a pass. */
+export class ConvRecorder {
   /** How many convolutions were recorded as Winograd. */
   winogradConvs = 0;
   private readonly wino: WinogradPlanner | null;
 
-  constructor(private readonly pass: PassLike, private readonly options: ForwardRecorderOptions) {
+  constructor(private readonly pass: PassLike, private readonly options: ConvRecorderOptions) {
     const w = options.winograd;
     if (w && options.precision !== "f32") {
       throw new Error(`winograd runs in f32 only, not ${options.precision}`);
@@ -59,16 +64,15 @@ export class ForwardRecorder {
   conv(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps): void {
     const { param } = this.options;
     if (!this.wino?.canRun(spec)) return this.direct(spec, output, io);
-    const v = transformed ??
-      this.wino.transformInput(spec, { x0: io.x0, x1: spec.x1IsOutput ? output : io.x1 });
+    const x0 = spec.x0IsOutput ? output : io.x0!;
+    const v = transformed ?? this.wino.transformInput(spec, { x0, x1: spec.x1IsOutput ? output : io.x1 });
     this.winogradConvs++;
-    this.wino.conv(spec, output, {
-      v,
-      x0: io.x0,
-      res2: io.res2,
-      weight: param(`${io.weight}.weight`),
-      bias: param(`${io.weight}.bias`),
-    });
+    const epilogue = [
+      ...(spec.bias ? [param(`${io.weight}.bias`)] : []),
+      ...[io.res2, io.resA, io.resB, io.mask].flatMap((b) => (b ? [{ buffer: b }] : [])),
+      ...(spec.res1Scale !== undefined && !spec.x0IsOutput ? [{ buffer: x0 }] : []),
+    ];
+    this.wino.conv(spec, output, { v, weight: param(`${io.weight}.weight`), epilogue });
   }
 
   /**
@@ -103,15 +107,16 @@ export class ForwardRecorder {
 
   private direct(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO): void {
     const { precision, param, candidates = [] } = this.options;
+    const buffers = (list: (GPUBuffer | undefined)[]) => list.flatMap((b) => (b ? [{ buffer: b }] : []));
     const inputs = [
-      { buffer: io.x0 },
-      ...(io.x1 ? [{ buffer: io.x1 }] : []),
+      ...buffers([spec.x0IsOutput ? undefined : io.x0, io.x1]),
       param(`${io.weight}.weight`),
       ...(spec.bias ? [param(`${io.weight}.bias`)] : []),
-      ...(io.res2 ? [{ buffer: io.res2 }] : []),
+      ...buffers([io.res2, io.resA, io.resB, io.mask]),
     ];
     const builtIn = conv3x3Program({ ...spec, precision });
-    if (!candidates.length) return void this.pass.add(builtIn, { buffer: output }, inputs, "conv3x3 forward");
+    const label = spec.flipTransposed ? "conv3x3 input grad" : "conv3x3 forward";
+    if (!candidates.length) return void this.pass.add(builtIn, { buffer: output }, inputs, label);
     const programs = [{ program: builtIn, name: "built-in" }];
     for (const tile of candidates) {
       try {
@@ -123,7 +128,7 @@ export class ForwardRecorder {
     }
     const { n, h, w, c0, c1, cout } = spec;
     this.pass.addChoice(programs, { buffer: output }, inputs, {
-      label: "conv3x3 forward",
+      label,
       group: `${builtIn.key} ${JSON.stringify({ n, h, w, c0, c1, cout })}`,
     });
   }
