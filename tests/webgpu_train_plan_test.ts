@@ -67,8 +67,8 @@ Deno.test("planned step: gradients with the v2, v3 and v4 filter-gradient kernel
 
 async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number, winograd?: WinogradSize) {
   const { loss, grads, ref, winogradConvs } = await stepAndReference(config, n, lqSize, { winograd });
-  // forward and input gradients, all but conv_first's (3 inputs) and conv_last's (3 outputs)
-  assert.equal(winogradConvs, winograd ? 2 * (15 * config.numBlock + 4) : 0);
+  // forward, input and filter gradients, all but conv_first's (3 inputs) and conv_last's (3 outputs)
+  assert.equal(winogradConvs, winograd ? 3 * (15 * config.numBlock + 4) : 0);
   assertGradientsMatch(loss, grads, ref);
   assert.deepEqual(gpuErrors, []);
 }

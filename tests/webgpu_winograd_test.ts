@@ -7,12 +7,16 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
+// The gradient functions of tfjs's ops are registered by the union package, not by tfjs-core.
+import "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { disableCustomWebGPUKernels, RRDBNetPlanWebGPU } from "../core/kernels/mod.ts";
 import type { Conv3x3Spec } from "../core/kernels/webgpu_conv3x3.ts";
 import { type PassBackend, PlannedPass } from "../core/kernels/webgpu_pass.ts";
 import { winogradCanRun, type WinogradSize } from "../core/kernels/webgpu_winograd.ts";
 import { ConvRecorder } from "../core/kernels/webgpu_conv_recorder.ts";
+import type { FilterGradSpec } from "../core/kernels/webgpu_filter_grad.ts";
+import { WinogradPlanner } from "../core/kernels/webgpu_winograd_planner.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 import { relErr } from "./train_plan_helpers.ts";
@@ -336,6 +340,99 @@ Deno.test(
       );
       tf.dispose([x, want]);
       net.dispose();
+    }
+    assert.deepEqual(gpuErrors, []);
+  },
+);
+
+Deno.test(
+  "winograd filter gradients (F2, F4) match tfjs's autodiff of conv2d, and the bias's the sum of dy",
+  opts,
+  async () => {
+    const be = tf.backend() as unknown as PassBackend;
+    const cases: { what: string; spec: FilterGradSpec; dyC: number; x1C?: number }[] = [
+      {
+        what: "plain, scaled",
+        spec: { n: 2, h: 7, w: 5, c0: 16, x0Stride: 16, cout: 8, scale: 0.2 },
+        dyC: 8,
+      },
+      {
+        what: "two inputs, dy a slice of a wider buffer",
+        spec: {
+          n: 1,
+          h: 6,
+          w: 9,
+          c0: 16,
+          x0Stride: 16,
+          c1: 8,
+          x1Stride: 32,
+          cout: 8,
+          dyStride: 48,
+          dyOffset: 24,
+        },
+        dyC: 48,
+        x1C: 32,
+      },
+      {
+        what: "a dense block's widths: 128 channels in (several row tiles), 32 out",
+        spec: {
+          n: 2,
+          h: 4,
+          w: 4,
+          c0: 64,
+          x0Stride: 64,
+          c1: 64,
+          x1Stride: 128,
+          cout: 32,
+          dyStride: 192,
+          dyOffset: 128,
+        },
+        dyC: 192,
+        x1C: 128,
+      },
+      {
+        what: "upsampling, 200 tiles (split over workgroups)",
+        spec: { n: 2, h: 40, w: 38, c0: 12, x0Stride: 12, cout: 20, upsample: true },
+        dyC: 20,
+      },
+    ];
+    for (const m of [2, 4] as const) {
+      for (const { what, spec, dyC, x1C } of cases) {
+        const { n, h, w, cout } = spec;
+        const inH = spec.upsample ? h / 2 : h, inW = spec.upsample ? w / 2 : w;
+        const c = spec.c0 + (spec.c1 ?? 0);
+        const x0 = rand([n, inH, inW, spec.x0Stride]) as tf.Tensor4D;
+        const x1 = spec.c1 ? rand([n, inH, inW, x1C!]) as tf.Tensor4D : undefined;
+        const dy = rand([n, h, w, dyC]) as tf.Tensor4D;
+        const biasAt = 9 * c * cout;
+        const want = tf.tidy(() => {
+          let x = tf.slice(x0, [0, 0, 0, 0], [-1, -1, -1, spec.c0]);
+          if (x1) x = tf.concat([x, tf.slice(x1, [0, 0, 0, 0], [-1, -1, -1, spec.c1!])], 3);
+          if (spec.upsample) x = tf.image.resizeNearestNeighbor(x, [h, w]);
+          const g = tf.slice(dy, [0, 0, 0, spec.dyOffset ?? 0], [-1, -1, -1, cout]);
+          const dW = tf.grad((f) => tf.sum(tf.mul(tf.conv2d(x, f as tf.Tensor4D, 1, "same"), g)))(
+            tf.zeros([3, 3, c, cout]),
+          );
+          return tf.mul(tf.concat([tf.reshape(dW, [-1]), tf.sum(g, [0, 1, 2])]), spec.scale ?? 1);
+        });
+        const pass = new PlannedPass(be), setup = new PlannedPass(be);
+        try {
+          const planner = new WinogradPlanner(pass, setup, { m });
+          assert.ok(planner.canRunFilterGrad({ ...spec, biasAt }), what);
+          const grad = pass.buffer((biasAt + cout) * 4);
+          const v = planner.transformInput(spec, { x0: bufferOf(x0), x1: x1 && bufferOf(x1) });
+          planner.filterGrad({ ...spec, biasAt }, { buffer: grad }, { v, dy: bufferOf(dy) });
+          pass.submitWithTfjs((e) => pass.record(e));
+          const got = tf.tensor({ buffer: grad }, [biasAt + cout], "float32");
+          const e = relErr(await got.data(), await want.data());
+          assert.ok(e <= TOL, `${what}, F(${m}): relative error ${e}`);
+          got.dispose();
+        } finally {
+          pass.dispose();
+          setup.dispose();
+          tf.dispose([x0, dy, want, ...(x1 ? [x1] : [])]);
+        }
+      }
     }
     assert.deepEqual(gpuErrors, []);
   },

@@ -10,12 +10,8 @@
 import { conv3x3Program, type Conv3x3Spec, type ConvPrecision, type ConvTile } from "./webgpu_conv3x3.ts";
 import type { PassLike, Region } from "./webgpu_pass.ts";
 import { fuseConvSpec, growthConvSpec } from "./webgpu_rrdb.ts";
-import {
-  WINOGRAD_GEMM_CANDIDATES,
-  type WinogradMaps,
-  WinogradPlanner,
-  type WinogradSize,
-} from "./webgpu_winograd.ts";
+import { WINOGRAD_GEMM_CANDIDATES, type WinogradSize } from "./webgpu_winograd.ts";
+import { type WinogradMaps, WinogradPlanner } from "./webgpu_winograd_planner.ts";
 
 /** A convolution's buffers (those its spec reads) and its parameters' name prefix. */
 export interface ConvIO {
@@ -60,6 +56,11 @@ export class ConvRecorder {
       : null;
   }
 
+  /** The Winograd planner the convolutions use (null: all direct). */
+  get winograd(): WinogradPlanner | null {
+    return this.wino;
+  }
+
   /** One convolution; `transformed`: its input's V, already made (a dense block's). */
   conv(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps): void {
     const { param } = this.options;
@@ -96,7 +97,7 @@ export class ConvRecorder {
     const fuse = fuseConvSpec(size, nf, gc, { resScale: 0.2, skipScale: skip ? 0.2 : undefined });
     const wino = this.wino;
     const shared = wino && [...growth, fuse].every((s) => wino.canRun(s))
-      ? wino.transformInput({ ...size, c0: nf, x0Stride: nf, cout: nf }, { x0: x }, nf + 4 * gc)
+      ? wino.transformInput({ ...size, c0: nf, x0Stride: nf }, { x0: x }, { channels: nf + 4 * gc })
       : undefined;
     growth.forEach((spec, i) => {
       this.conv(spec, grow, { x0: x, weight: `${name}.conv${i + 1}` }, shared);

@@ -35,6 +35,7 @@ import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import { type PassBackend, type PassLike, PlannedPass, type Region } from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
+import type { WinogradMaps } from "./webgpu_winograd_planner.ts";
 import {
   adamEma,
   adamEmaParams,
@@ -70,9 +71,10 @@ export interface TrainPlanOptions {
   /** The first loss scale of mixed precision (default 2^16). */
   lossScale?: number;
   /**
-   * The 3x3 convolutions of the forward kernel (the forward's, and the input gradients') as
-   * Winograd F(m x m) where they qualify (f32 only; see webgpu_winograd.ts): the filters are
-   * transformed in each step. Filter gradients stay direct.
+   * Every 3x3 convolution's forward, input gradient and filter gradient as Winograd F(m x m) where
+   * they qualify (f32, channels in multiples of 4: all but conv_first's and conv_last's; see
+   * webgpu_winograd.ts and webgpu_winograd_grad.ts): the filters are transformed in each step, the
+   * forward's inputs again in the backward.
    */
   winograd?: WinogradSize;
 }
@@ -96,7 +98,7 @@ const LRELU = 0.2;
 export class RRDBNetTrainPlanWebGPU {
   /** Adam steps taken, counted as train/adam.ts counts them. */
   t: number;
-  /** How many convolutions (forward and input gradients) run as Winograd (the `winograd` option). */
+  /** How many convolutions (forward, input and filter gradients) run as Winograd (the `winograd` option). */
   readonly winogradConvs: number;
   private readonly be: PassBackend;
   private readonly pass: PlannedPass;
@@ -201,6 +203,7 @@ export class RRDBNetTrainPlanWebGPU {
       add: (...a) => (add(...a), () => {}),
       addChoice: (...a) => void ops.push(() => this.pass.addChoice(...a)),
     };
+    let winogradFilterGrads = 0;
     const convs = new ConvRecorder(deferred, {
       precision,
       param,
@@ -209,14 +212,31 @@ export class RRDBNetTrainPlanWebGPU {
     const scratch: { buffer?: GPUBuffer } = {};
     let scratchBytes = 16;
     /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
-    const filterGrad = (name: string, spec: Omit<FilterGradSpec, "bias" | "biasAt">, inputs: Region[]) => {
+    /**
+     * dW and db of conv `name` into the gradient buffer (scaled by spec.scale); as Winograd where
+     * it can, from `v` (the input transformed, e.g. a dense block's shared V) or its own transform.
+     */
+    const filterGrad = (
+      name: string,
+      spec: Omit<FilterGradSpec, "bias" | "biasAt">,
+      io: { x0: GPUBuffer; x1?: GPUBuffer; dy: GPUBuffer },
+      v?: WinogradMaps,
+    ) => {
       const wl = this.layout.get(`${name}.weight`)!, bl = this.layout.get(`${name}.bias`)!;
-      const programs = filterGradPrograms({ ...spec, bias: true, biasAt: bl.offset - wl.offset, half });
+      const full = { ...spec, bias: true, biasAt: bl.offset - wl.offset, half };
       const grad: Region = {
         buffer: this.flat.g,
         offset: wl.offset * 4,
         size: Math.ceil((bl.offset + bl.size - wl.offset) / 4) * 16,
       };
+      const wino = convs.winograd;
+      if (wino?.canRunFilterGrad(full)) {
+        winogradFilterGrads++;
+        const maps = v ?? wino.transformInput(spec, { x0: io.x0, x1: io.x1 });
+        return wino.filterGrad(full, grad, { v: maps, dy: io.dy });
+      }
+      const inputs = [whole(io.x0), ...(io.x1 ? [whole(io.x1)] : []), whole(io.dy)];
+      const programs = filterGradPrograms(full);
       if (!programs.sum) return add(programs.main, grad, inputs, "conv3x3 filter grad");
       scratchBytes = Math.max(scratchBytes, programs.splits * programs.partSize * 4);
       ops.push(() => {
@@ -313,7 +333,7 @@ export class RRDBNetTrainPlanWebGPU {
     const src = (buf: GPUBuffer, stride: number, offset = 0): Src => ({ buf, stride, offset });
     const maskAll = (c: number) => ({ lo: 0, hi: c, stride: c, offset: 0 });
     const dHr = act(H, nf), dU2 = act(H, nf), dFull = act(H, nf), dU1 = act(2 * h, nf), dBody = act(h, nf);
-    filterGrad("conv_last", { ...size4, c0: nf, x0Stride: nf, cout: numOutCh }, [whole(hr), whole(dOut)]);
+    filterGrad("conv_last", { ...size4, c0: nf, x0Stride: nf, cout: numOutCh }, { x0: hr, dy: dOut });
     inputGrad("conv_last", src(dOut, numOutCh), dHr, {
       size: size4,
       cin: nf,
@@ -321,7 +341,7 @@ export class RRDBNetTrainPlanWebGPU {
       mask: maskAll(nf),
       alpha: LRELU,
     }, { mask: hr });
-    filterGrad("conv_hr", { ...size4, c0: nf, x0Stride: nf, cout: nf }, [whole(u2), whole(dHr)]);
+    filterGrad("conv_hr", { ...size4, c0: nf, x0Stride: nf, cout: nf }, { x0: u2, dy: dHr });
     inputGrad("conv_hr", src(dHr, nf), dU2, {
       size: size4,
       cin: nf,
@@ -329,26 +349,47 @@ export class RRDBNetTrainPlanWebGPU {
       mask: maskAll(nf),
       alpha: LRELU,
     }, { mask: u2 });
-    filterGrad("conv_up2", { ...size4, c0: nf, x0Stride: nf, cout: nf, upsample: true }, [
-      whole(u1),
-      whole(dU2),
-    ]);
+    filterGrad("conv_up2", { ...size4, c0: nf, x0Stride: nf, cout: nf, upsample: true }, { x0: u1, dy: dU2 });
     inputGrad("conv_up2", src(dU2, nf), dFull, { size: size4, cin: nf, cout: nf });
     add(upsampleGrad({ n, h: 2 * h, w: 2 * w, c: nf }, { alpha: LRELU }, half), whole(dU1), [
       whole(dFull),
       whole(u1),
     ]);
-    filterGrad("conv_up1", { ...size2, c0: nf, x0Stride: nf, cout: nf, upsample: true }, [
-      whole(body),
-      whole(dU1),
-    ]);
+    filterGrad("conv_up1", { ...size2, c0: nf, x0Stride: nf, cout: nf, upsample: true }, {
+      x0: body,
+      dy: dU1,
+    });
     inputGrad("conv_up1", src(dU1, nf), dFull, { size: size2, cin: nf, cout: nf });
     add(upsampleGrad({ n, h, w, c: nf }, undefined, half), whole(dBody), [whole(dFull)]);
-    filterGrad("conv_body", { ...base, c0: nf, x0Stride: nf, cout: nf }, [whole(trunk), whole(dBody)]);
+    filterGrad("conv_body", { ...base, c0: nf, x0Stride: nf, cout: nf }, { x0: trunk, dy: dBody });
     const dTrunk = act(h, nf);
     inputGrad("conv_body", src(dBody, nf), dTrunk, { size: base, cin: nf, cout: nf });
 
     // ---- backward through the blocks ----
+    // Winograd: a dense block's input and grown slices transformed once for its five filter
+    // gradients (each reads a prefix), kept in a scratch buffer of their own.
+    const blockVs = new Map<number, WinogradMaps | undefined>();
+    const blockV = (i: number) => {
+      const wino = convs.winograd;
+      if (
+        !wino ||
+        !wino.canRunFilterGrad({ ...base, c0: nf, x0Stride: nf, c1: 4 * gc, x1Stride: 4 * gc, cout: nf })
+      ) {
+        return undefined;
+      }
+      let v = blockVs.get(i);
+      if (!v) {
+        v = wino.transformInput({ ...base, c0: nf, x0Stride: nf }, { x0: chain[i] }, {
+          channels: C,
+          scratch: "block",
+        });
+        for (let k = 0; k < 4; k++) {
+          wino.transformSlice(v, { buffer: grows[i], c: gc, stride: 4 * gc, offset: k * gc });
+        }
+        blockVs.set(i, v);
+      }
+      return v;
+    };
     // block b's output is 0.2·(0.2·c5₃ + x₃) + x₁ (x₁ its input); dense block r < 3: 0.2·c5ᵣ + xᵣ.
     const dCats: GPUBuffer[] = new Array(3 * nb);
     let dBlockOut = src(dTrunk, nf);
@@ -373,17 +414,22 @@ export class RRDBNetTrainPlanWebGPU {
           mask: { lo: nf + 3 * gc, hi: C, stride: 4 * gc, offset: 3 * gc },
           alpha: LRELU,
         }, { resA: dy.buf, resB: resB && dBlockOut.buf, mask: grows[i] });
-        filterGrad(`${name}.conv5`, {
-          ...base,
-          c0: nf,
-          x0Stride: nf,
-          c1: 4 * gc,
-          x1Stride: 4 * gc,
-          cout: nf,
-          dyStride: dy.stride,
-          dyOffset: dy.offset,
-          scale: scale5,
-        }, [whole(chain[i]), whole(grows[i]), whole(dy.buf)]);
+        filterGrad(
+          `${name}.conv5`,
+          {
+            ...base,
+            c0: nf,
+            x0Stride: nf,
+            c1: 4 * gc,
+            x1Stride: 4 * gc,
+            cout: nf,
+            dyStride: dy.stride,
+            dyOffset: dy.offset,
+            scale: scale5,
+          },
+          { x0: chain[i], x1: grows[i], dy: dy.buf },
+          blockV(i),
+        );
         for (let k = 4; k >= 1; k--) {
           const slice = src(dCat, C, nf + (k - 1) * gc);
           const cin = nf + (k - 1) * gc;
@@ -401,16 +447,21 @@ export class RRDBNetTrainPlanWebGPU {
               }
               : {}),
           }, k > 1 ? { mask: grows[i] } : {});
-          filterGrad(`${name}.conv${k}`, {
-            ...base,
-            c0: nf,
-            x0Stride: nf,
-            c1: (k - 1) * gc,
-            x1Stride: 4 * gc,
-            cout: gc,
-            dyStride: C,
-            dyOffset: nf + (k - 1) * gc,
-          }, [whole(chain[i]), ...(k > 1 ? [whole(grows[i])] : []), whole(dCat)]);
+          filterGrad(
+            `${name}.conv${k}`,
+            {
+              ...base,
+              c0: nf,
+              x0Stride: nf,
+              c1: (k - 1) * gc,
+              x1Stride: 4 * gc,
+              cout: gc,
+              dyStride: C,
+              dyOffset: nf + (k - 1) * gc,
+            },
+            { x0: chain[i], x1: k > 1 ? grows[i] : undefined, dy: dCat },
+            blockV(i),
+          );
         }
       }
       dBlockOut = src(dCats[3 * b], C);
@@ -418,10 +469,10 @@ export class RRDBNetTrainPlanWebGPU {
     // feat feeds the first block and, through the long skip, conv_body's output
     const dFeat = act(h, nf);
     add(addStrided(n * h * w, nf, C, half), whole(dFeat), [whole(dCats[0]), whole(dBody)]);
-    filterGrad("conv_first", { ...base, c0: numInCh, x0Stride: numInCh, cout: nf }, [
-      whole(this.lq),
-      whole(dFeat),
-    ]);
+    filterGrad("conv_first", { ...base, c0: numInCh, x0Stride: numInCh, cout: nf }, {
+      x0: this.lq,
+      dy: dFeat,
+    });
 
     // ---- Adam, then the EMA, over every parameter at once ----
     const { p, g, m, v, e } = this.flat;
@@ -438,7 +489,7 @@ export class RRDBNetTrainPlanWebGPU {
       ])
     );
 
-    this.winogradConvs = convs.winogradConvs;
+    this.winogradConvs = convs.winogradConvs + winogradFilterGrads;
     scratch.buffer = this.pass.buffer(scratchBytes);
     for (const op of ops) op();
     this.setAdam = setAdam;
