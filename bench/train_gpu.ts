@@ -69,6 +69,8 @@ const { values } = parseArgs({
     "perceptual-weight": { type: "string" },
     /** G's planned step in f32, or mixed precision: f16 / f16-f32acc (needs shader-f16). */
     precision: { type: "string", default: "f32" },
+    /** G's planned step with Winograd F(4x4) (4) or F(2x2) (2) convolutions; 0: direct. */
+    winograd: { type: "string", default: "0" },
   },
 });
 if (values.stage !== "psnr" && values.stage !== "gan") {
@@ -134,6 +136,7 @@ const config: TrainConfig = {
   exportDtype: "fp16",
   plannedStep: !values["no-planned-step"],
   precision: values.precision as TrainConfig["precision"],
+  winograd: Number(values.winograd) as TrainConfig["winograd"],
   pretrainG: values.pretrain ?? "",
   ...(values.tiny
     ? { numFeat: 8, numBlock: 1, numGrowCh: 4, dNumFeat: 4, batchSize: 2, gtSize: 32, valCrop: 64 }
@@ -180,6 +183,7 @@ async function timeVariants(
       adam,
       emaDecay: 0.999,
       precision: config.precision,
+      winograd: config.winograd || undefined,
     });
     const loss = await plan.step(batch, 0);
     await plan.step(batch, 0);

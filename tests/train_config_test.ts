@@ -58,6 +58,14 @@ Deno.test("every option is a flag; flags override the preset; bad values name th
   assert.equal(validateConfig({ backend: "wasm", stage: "gan" }, "x.json").stage, "gan");
 });
 
+Deno.test("winograd: off by default; 2 or 4, f32, for the planned step on webgpu only", () => {
+  assert.equal(PRESETS.psnr.winograd, 0);
+  assert.equal(validateConfig({ winograd: 4 }, "x").winograd, 4);
+  assert.throws(() => validateConfig({ winograd: 3 }, "x"), /winograd must be 0 \(off\), 2 or 4/);
+  assert.throws(() => validateConfig({ winograd: 2, precision: "f16" }, "x"), /webgpu in f32 only/);
+  assert.throws(() => validateConfig({ winograd: 4, backend: "wasm" }, "x"), /webgpu in f32 only/);
+});
+
 Deno.test("precision: f32 by default; half precision only for the planned step on webgpu", () => {
   assert.equal(PRESETS.psnr.precision, "f32");
   assert.equal(validateConfig({ precision: "f16" }, "x").precision, "f16");

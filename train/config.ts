@@ -73,6 +73,12 @@ export interface TrainConfig {
    * "f32" everywhere else.
    */
   precision: "f32" | "f16" | "f16-f32acc";
+  /**
+   * G's planned step on webgpu with its 3x3 convolutions (forward, input and filter gradients) as
+   * Winograd F(4x4, 3x3) (4) or F(2x2, 3x3) (2), in f32 (opt-in; core/kernels/webgpu_winograd.ts);
+   * 0: direct.
+   */
+  winograd: 0 | 2 | 4;
 }
 
 const BASE: TrainConfig = {
@@ -117,6 +123,7 @@ const BASE: TrainConfig = {
   backend: "",
   plannedStep: true,
   precision: "f32",
+  winograd: 0,
 };
 
 /** Built-in presets. */
@@ -250,6 +257,13 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
   }
   if (full.precision !== "f32" && (!full.plannedStep || full.backend === "wasm" || full.backend === "cpu")) {
     throw bad(`precision ${full.precision} is for the planned step on webgpu only`);
+  }
+  if (![0, 2, 4].includes(full.winograd)) throw bad(`winograd must be 0 (off), 2 or 4`);
+  if (
+    full.winograd &&
+    (full.precision !== "f32" || !full.plannedStep || full.backend === "wasm" || full.backend === "cpu")
+  ) {
+    throw bad(`winograd is for the planned step on webgpu in f32 only`);
   }
   if (full.backend === "wasm" && !full.plannedStep) {
     throw bad(

@@ -170,6 +170,11 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
       `precision ${c.precision} is for the planned step on webgpu only; this run uses ${backend}`,
     );
   }
+  if (c.winograd && backend !== "webgpu") {
+    throw new Error(
+      `winograd ${c.winograd} is for the planned step on webgpu only; this run uses ${backend}`,
+    );
+  }
   if (backend === "wasm" && c.stage === "gan" && wasmGanHeapMiB(c) > WASM_HEAP_LIMIT_MIB) {
     let fits = 0;
     while (wasmGanHeapMiB({ ...c, batchSize: fits + 1 }) <= WASM_HEAP_LIMIT_MIB) fits++;

@@ -265,7 +265,11 @@ export class Trainer {
     };
     this.plan ??= tf.getBackend() === "wasm"
       ? new RRDBNetTrainPlanWasm(this.g, options)
-      : new RRDBNetTrainPlanWebGPU(this.g, { ...options, precision: c.precision });
+      : new RRDBNetTrainPlanWebGPU(this.g, {
+        ...options,
+        precision: c.precision,
+        winograd: c.winograd || undefined,
+      });
     // mixed precision: its loss scale shows in the logs (it halves at each skipped step)
     const scaled = (l: StepLosses): StepLosses =>
       this.plan instanceof RRDBNetTrainPlanWebGPU && c.precision !== "f32"
