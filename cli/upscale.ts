@@ -44,6 +44,8 @@ options:
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
+      --winograd N      on webgpu in f32: 4 or 2, the convolutions as Winograd F(NxN, 3x3)
+                        (fewer multiply-adds, more memory; opt-in); 0: direct (default)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -63,6 +65,7 @@ export interface UpscaleArgs {
   tilePad: number;
   backend?: BackendName;
   precision: ConvPrecision;
+  winograd: 0 | 2 | 4;
   maxPixels: number;
   force: boolean;
 }
@@ -89,6 +92,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         "tile-pad": { type: "string" },
         backend: { type: "string" },
         precision: { type: "string" },
+        winograd: { type: "string" },
         "max-pixels": { type: "string" },
         force: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
@@ -117,6 +121,13 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (!["f32", "f16", "f16-f32acc"].includes(precision)) {
     throw new UsageError(`--precision must be f32, f16 or f16-f32acc, not "${v.precision}"`);
   }
+  const winograd = Number(v.winograd ?? 0);
+  if (![0, 2, 4].includes(winograd)) {
+    throw new UsageError(`--winograd must be 0, 2 or 4, not "${v.winograd}"`);
+  }
+  if (winograd && precision !== "f32") {
+    throw new UsageError(`--winograd runs in f32 only, not with --precision ${precision}`);
+  }
   return {
     input: positionals[0],
     output: v.output,
@@ -128,6 +139,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,
     backend,
     precision,
+    winograd: winograd as 0 | 2 | 4,
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
   };
@@ -254,6 +266,12 @@ export async function main(argv: string[]): Promise<number> {
       );
       return 2;
     }
+    if (args.winograd && backend.name !== "webgpu") {
+      console.error(
+        `error: --winograd ${args.winograd} needs the webgpu backend; this run uses ${backend.name}`,
+      );
+      return 2;
+    }
     try {
       upscaler = await Upscaler.load(args.model);
     } catch (e) {
@@ -261,10 +279,12 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     upscaler.precision = args.precision;
+    upscaler.winograd = args.winograd;
     const c = upscaler.config;
     console.error(
       `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"}` +
-        `${args.precision === "f32" ? "" : `, computed in ${args.precision}`})`,
+        `${args.precision === "f32" ? "" : `, computed in ${args.precision}`}` +
+        `${args.winograd ? `, Winograd F(${args.winograd}x${args.winograd}) convolutions` : ""})`,
     );
     let jobs: Job[];
     try {

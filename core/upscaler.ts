@@ -108,6 +108,11 @@ export class Upscaler {
    * The other backends compute in f32 only and refuse anything else.
    */
   precision: ConvPrecision = "f32";
+  /**
+   * On webgpu in f32: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4) or F(2x2, 3x3) (2)
+   * (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct.
+   */
+  winograd: 0 | 2 | 4 = 0;
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
 
   /** Wraps a net (for instance one being trained); the upscaler disposes it on dispose(). */
@@ -280,7 +285,7 @@ export class Upscaler {
 
   /** `net.apply(x)` through a cached plan for x's shape. */
   private plannedApply(x: tf.Tensor4D): tf.Tensor4D {
-    const key = `${x.shape.join("x")} ${this.precision}`;
+    const key = `${x.shape.join("x")} ${this.precision} ${this.winograd}`;
     const weights = this.weightIds();
     let entry = this.plans.get(key);
     if (entry && !sameIds(entry.weights, weights)) {
@@ -294,7 +299,8 @@ export class Upscaler {
         old.plan.dispose();
         this.plans.delete(k);
       }
-      entry = { plan: new RRDBNetPlanWebGPU(this.net, x.shape, { precision: this.precision }), weights };
+      const options = { precision: this.precision, winograd: this.winograd || undefined };
+      entry = { plan: new RRDBNetPlanWebGPU(this.net, x.shape, options), weights };
     }
     // most recently used last
     this.plans.delete(key);
@@ -306,6 +312,9 @@ export class Upscaler {
   private async patch(x: tf.Tensor4D, signal?: AbortSignal): Promise<Float32Array> {
     if (this.precision !== "f32" && tf.getBackend() !== "webgpu") {
       throw new Error(`precision ${this.precision} runs on the webgpu backend only, not ${tf.getBackend()}`);
+    }
+    if (this.winograd && tf.getBackend() !== "webgpu") {
+      throw new Error(`winograd ${this.winograd} runs on the webgpu backend only, not ${tf.getBackend()}`);
     }
     const plan = this.cpuKernels && tf.getBackend() === "wasm" ? this.wasmPlan() : undefined;
     if (!plan) {

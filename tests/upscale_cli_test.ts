@@ -92,6 +92,13 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
     () => parseUpscaleArgs(["a", "-o", "b", "--precision", "f8"]),
     /--precision must be f32, f16/,
   );
+  assert.equal(a.winograd, 0);
+  assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "4"])!.winograd, 4);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--winograd", "3"]), /--winograd must be 0, 2 or 4/);
+  assert.throws(
+    () => parseUpscaleArgs(["a", "-o", "b", "--winograd", "2", "--precision", "f16"]),
+    /--winograd runs in f32 only/,
+  );
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
 });
 
@@ -206,6 +213,18 @@ Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
     f.err,
     /^error: --precision f16 needs the webgpu backend on an adapter with shader-f16; this run uses wasm$/m,
   );
+  assert.ok(!(await list(dir)).includes("never.png"));
+  const wg = await cli(
+    "--backend",
+    "wasm",
+    "--winograd",
+    "4",
+    "samples/spaniel.png",
+    "-o",
+    `${dir}/never.png`,
+  );
+  assert.equal(wg.code, 2);
+  assert.match(wg.err, /^error: --winograd 4 needs the webgpu backend; this run uses wasm$/m);
   assert.ok(!(await list(dir)).includes("never.png"));
   const h = await cli("--help");
   assert.equal(h.code, 0);

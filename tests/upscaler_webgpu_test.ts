@@ -58,7 +58,12 @@ Deno.test({
       const ref2 = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
       const y2 = await up.upscaleTensor(x, { tile: 0 });
       assert.ok(await maxDiff(y2, ref2) < 1e-5, "after the weights changed");
-      tf.dispose([y2, ref2]);
+      // Winograd plans (cached apart from the direct ones)
+      up.winograd = 4;
+      const y3 = await up.upscaleTensor(x, { tile: 0 });
+      assert.ok(await maxDiff(y3, ref2) < 1e-5, "winograd 4");
+      up.winograd = 0;
+      tf.dispose([y2, ref2, y3]);
       assert.equal(tf.memory().numTensors, before);
     } finally {
       x.dispose();
