@@ -8,6 +8,9 @@
  * In half precision (`precision: "f16"` or `"f16-f32acc"`, needs `shader-f16`, see webgpu_f16.ts)
  * every map and filter of the plan is f16: the weights are converted once when the plan is made,
  * the input on the way in and the output on the way out; tensors stay f32.
+ *
+ * With `winograd` (f32, opt-in) the convolutions that qualify run as Winograd F(m x m, 3x3)
+ * (webgpu_winograd.ts, recorded by webgpu_conv_recorder.ts), with about three times the dispatches.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";

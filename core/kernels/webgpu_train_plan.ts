@@ -17,6 +17,10 @@
  * Values move between the plan and the nets' tf.Variables only on {@link RRDBNetTrainPlanWebGPU.writeBack}
  * (and at construction): checkpoints, validation and export keep using the variables.
  *
+ * With `winograd` (opt-in, f32), every convolution that qualifies runs in Winograd's domain: the
+ * forward and input gradients through webgpu_conv_recorder.ts, the filter gradients through
+ * webgpu_winograd_grad.ts.
+ *
  * Mixed precision (`precision: "f16"` or `"f16-f32acc"`, needs shader-f16; opt-in): feature maps,
  * their gradients and a copy of the weights are f16, the convolutions as in webgpu_conv3x3.ts's
  * ConvPrecision; the parameters, their gradients (filter gradients sum in f32), Adam's moments and
@@ -211,7 +215,6 @@ export class RRDBNetTrainPlanWebGPU {
     });
     const scratch: { buffer?: GPUBuffer } = {};
     let scratchBytes = 16;
-    /** dW and db of conv `name` into the gradient buffer (scaled by spec.scale). */
     /**
      * dW and db of conv `name` into the gradient buffer (scaled by spec.scale); as Winograd where
      * it can, from `v` (the input transformed, e.g. a dense block's shared V) or its own transform.

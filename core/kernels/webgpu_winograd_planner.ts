@@ -148,10 +148,8 @@ export class WinogradPlanner {
         group: `${builtIn.key} ${JSON.stringify({ tiles, c, cout: spec.cout })}`,
       });
     }
-    this.pass.add(winogradOutputProgram({ ...spec, m }), { buffer: output }, [
-      { buffer: products },
-      ...io.epilogue,
-    ], `${kind} output`);
+    const epilogue = [{ buffer: products }, ...io.epilogue];
+    this.pass.add(winogradOutputProgram({ ...spec, m }), { buffer: output }, epilogue, `${kind} output`);
   }
 
   /** U of a filter (as used: flipped or not), transformed by the setup pass the first time it is asked for. */
@@ -202,9 +200,8 @@ export class WinogradPlanner {
     const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m };
     const splits = winogradGradSplits(gemm);
     const dU = this.scratchBuffer("D", splits * (m + 2) ** 2 * (c + 1) * spec.cout * 4);
-    this.pass.add(winogradFilterGradGemmProgram(gemm), { buffer: dU }, [{ buffer: io.v.buffer }, {
-      buffer: dM,
-    }], "winograd filter grad gemm");
+    const products = [{ buffer: io.v.buffer }, { buffer: dM }];
+    this.pass.add(winogradFilterGradGemmProgram(gemm), { buffer: dU }, products, "winograd filter grad gemm");
     const out = { c, cout: spec.cout, splits, scale: spec.scale, biasAt: spec.biasAt ?? 9 * c * spec.cout };
     this.pass.add(
       winogradFilterGradOutputProgram(out, m),
