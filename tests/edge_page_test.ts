@@ -92,8 +92,16 @@ Deno.test({
       const pageErrors: string[] = [];
       page.on("pageerror", (e) => pageErrors.push(e.message));
       await page.goto(`http://127.0.0.1:${server.addr.port}/`);
-      // Browser-side code goes as strings: this file is type-checked without the DOM library.
-      await page.waitForFunction('/ready/.test(document.getElementById("info").textContent)');
+      // Browser-side code goes as strings: this file is type-checked without the DOM library. Polled
+      // with evaluate: waitForFunction's in-page polling evals the string, which the page's CSP
+      // (script-src without 'unsafe-eval') refuses whenever the condition is not true at once.
+      const until = async (expr: string, timeoutMs = 60_000) => {
+        for (const t0 = performance.now(); !(await page.evaluate<boolean>(expr));) {
+          if (performance.now() - t0 > timeoutMs) throw new Error(`edge page: timed out waiting for ${expr}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await until('/ready/.test(document.getElementById("info").textContent)');
 
       const input = await inputImage(dir);
       const { width, height } = readImageHeader(await Deno.readFile(input));
@@ -113,7 +121,7 @@ Deno.test({
       assert.deepEqual(shown.after, [width * 4, height * 4], JSON.stringify(shown));
       assert.equal(shown.error, "");
       assert.match(shown.status ?? "", /^Done in/);
-      await page.waitForFunction('document.getElementById("before").complete');
+      await until('document.getElementById("before").complete');
       // Move the split to the middle, then keep the picture of the result.
       await page.locator("#slider").fill("50");
       await Deno.mkdir(`${ROOT}out`, { recursive: true });
