@@ -336,8 +336,7 @@ function forwardSource(
       : Array.from({ length: sb }, (_, s) => storeB(s))),
   ].join("\n    ");
   // Sum the reduction slices' partial results through the tiles' workgroup memory.
-  const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
-    .flat();
+  const accs = tileAccumulators({ tm, tn });
   const reduce = ks === 1 ? "" : `
   if (sl > 0) { ${accs.map((a, q) => `Sh[((sl - 1) * NT + tid) * ${na} + ${q}] = ${a};`).join(" ")} }
   workgroupBarrier();
@@ -547,32 +546,25 @@ export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number 
       }`).join("\n      ");
 }
 
-/** The program (shader choice, launch size, uniforms) of one forward convolution. */
-export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: string; params: Uniform[] } {
+/**
+ * Whether every channel count, stride and offset `spec` reads or writes is a multiple of 4: the
+ * kernels' vec4 path (Winograd's only path).
+ */
+export function inFours(spec: Conv3x3Spec): boolean {
   const c1 = spec.c1 ?? 0;
-  const outStride = spec.outStride ?? spec.cout;
-  const outOffset = spec.outOffset ?? 0;
-  // without x1 its stride is moot: a multiple of 4 keeps the vector path
-  const x1Stride = spec.x1Stride ?? (c1 > 0 ? c1 : 4);
-  const res2Stride = spec.res2Stride ?? spec.cout;
-  const res1 = spec.res1Scale !== undefined, res2 = spec.res2Scale !== undefined;
-  if (res1 && (spec.upsample || spec.cout > spec.c0)) {
-    throw new Error("conv3x3: res1 needs cout <= c0, no upsample");
-  }
-  const x0Offset = spec.x0Offset ?? 0;
-  const resLimit = spec.resLimit ?? spec.cout;
   const mask = spec.mask ?? { lo: 0, hi: 0, stride: 4, offset: 0 };
-  const vec = [
+  return [
     spec.c0,
     spec.x0Stride,
+    spec.x0Offset ?? 0,
     c1,
-    x1Stride,
+    // without x1 its stride is moot
+    spec.x1Stride ?? (c1 > 0 ? c1 : 4),
     spec.cout,
-    outStride,
-    outOffset,
-    res2Stride,
-    x0Offset,
-    resLimit,
+    spec.outStride ?? spec.cout,
+    spec.outOffset ?? 0,
+    spec.res2Stride ?? spec.cout,
+    spec.resLimit ?? spec.cout,
     spec.resA?.stride ?? 4,
     spec.resB?.stride ?? 4,
     mask.lo,
@@ -580,6 +572,24 @@ export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: s
     mask.stride,
     mask.offset,
   ].every((v) => v % 4 === 0);
+}
+
+/** The accumulators {@link tileProduct} adds to: `acc<i>_<j>` for tm rows and tn / 4 column vec4s. */
+export function tileAccumulators(t: { tm: number; tn: number }): string[] {
+  return Array.from({ length: t.tm }, (_, i) => Array.from({ length: t.tn / 4 }, (_, j) => `acc${i}_${j}`))
+    .flat();
+}
+
+/** The program (shader choice, launch size, uniforms) of one forward convolution. */
+export function conv3x3Program(spec: Conv3x3Spec): CustomProgram & { uniforms: string; params: Uniform[] } {
+  const c1 = spec.c1 ?? 0;
+  // without x1 its stride is moot: a multiple of 4 keeps the vector path
+  const x1Stride = spec.x1Stride ?? (c1 > 0 ? c1 : 4);
+  const res1 = spec.res1Scale !== undefined, res2 = spec.res2Scale !== undefined;
+  if (res1 && (spec.upsample || spec.cout > spec.c0)) {
+    throw new Error("conv3x3: res1 needs cout <= c0, no upsample");
+  }
+  const vec = inFours(spec);
   const m = spec.n * spec.h * spec.w;
   const tile = chooseTile(m, spec.cout, spec.c0 + c1, { vec, override: { ...tileOverride, ...spec.tile } });
   const o = {

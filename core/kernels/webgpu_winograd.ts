@@ -16,6 +16,8 @@ import {
   epilogueCode,
   type EpilogueFlags,
   epilogueUniforms,
+  inFours,
+  tileAccumulators,
   tileProduct,
 } from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
@@ -87,26 +89,7 @@ export function winogradBytes(shape: { n: number; h: number; w: number }, m: Win
  * gradient) can run as Winograd here: f32, every channel count, stride and offset a multiple of 4.
  */
 export function winogradCanRun(spec: Conv3x3Spec): boolean {
-  const mask = spec.mask ?? { lo: 0, hi: 0, stride: 4, offset: 0 };
-  const counts = [
-    spec.c0,
-    spec.x0Stride,
-    spec.x0Offset ?? 0,
-    spec.c1 ?? 0,
-    spec.x1Stride ?? 4,
-    spec.cout,
-    spec.outStride ?? spec.cout,
-    spec.outOffset ?? 0,
-    spec.res2Stride ?? spec.cout,
-    spec.resLimit ?? spec.cout,
-    spec.resA?.stride ?? 4,
-    spec.resB?.stride ?? 4,
-    mask.lo,
-    mask.hi,
-    mask.stride,
-    mask.offset,
-  ];
-  return counts.every((v) => v % 4 === 0) && (spec.precision ?? "f32") === "f32";
+  return inFours(spec) && (spec.precision ?? "f32") === "f32";
 }
 
 /** What one input transform reads and where it puts the result. */
@@ -242,8 +225,7 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
   const aUnits = (bm * bk) / 4, bUnits = bSize;
   const rowTiles = Math.ceil(spec.tiles / bm);
   if (rowTiles > MAX_DISPATCH) throw new Error(`winograd: ${spec.tiles} tiles are too many for one launch`);
-  const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
-    .flat();
+  const accs = tileAccumulators({ tm, tn });
   const loadA = Array.from({ length: Math.ceil(aUnits / nt) }, (_, s) =>
     `{
       let l = ${s} * ${nt} + tid;

@@ -9,7 +9,7 @@
  * V is the forward's input transform (webgpu_winograd.ts), recomputed in the backward.
  * @module
  */
-import { tileProduct } from "./webgpu_conv3x3.ts";
+import { tileAccumulators, tileProduct } from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
 import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
 import { MAX_DISPATCH, sandwich, type WinogradSize, winogradTiles } from "./webgpu_winograd.ts";
@@ -122,8 +122,7 @@ export function winogradFilterGradGemmProgram(spec: WinogradFilterGradSpec): Pro
   const ast = bk / 4 + 1, aSize = bm * ast, bSize = (bk * bn) / 4;
   const blocks = (bm / 4) * (bk / 4), bUnits = bSize;
   const perSplit = Math.ceil(Math.ceil(spec.tiles / splits) / bk) * bk;
-  const accs = Array.from({ length: tm }, (_, i) => Array.from({ length: nj }, (_, j) => `acc${i}_${j}`))
-    .flat();
+  const accs = tileAccumulators({ tm, tn });
   // A tile: rows = channels of V, vec4s along tiles (the reduction): loaded as 4 tiles' vec4s of
   // 4 channels and transposed in registers.
   const loadA = Array.from({ length: Math.ceil(blocks / nt) }, (_, s) =>
