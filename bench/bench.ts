@@ -52,8 +52,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       webgpu-plan:f16, webgpu-plan:f16-f32acc (half precision: the forward plan, the
                       training step in mixed precision); "+tune" after a plan (webgpu-plan+tune,
                       webgpu-plan:f16+tune) times candidate tilings per shape before forwards;
-                      "+winograd" / "+winograd2" (f32 plans) run the forward's 3x3 convolutions as
-                      Winograd F(4x4) / F(2x2) (in training steps too; gradients stay direct);
+                      "+winograd" / "+winograd2" run the 3x3 convolutions as Winograd F(4x4) (f32) /
+                      F(2x2) (also webgpu-plan:f16+winograd2: f16 storage, f32 arithmetic; forward
+                      only), in training steps too (f32: forward, input and filter gradients);
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -371,6 +372,11 @@ export async function runBench(
       const rows = new Map<string, BenchRow>();
       const active: typeof live = [];
       for (const p of live) {
+        const spec = p.torch ? undefined : parseBackend(p.label);
+        if (c.kind === "train" && spec?.winograd && spec.precision && spec.precision !== "f32") {
+          log(`  ${name}: ${p.label} skipped (the training step runs Winograd in f32 only)`);
+          continue;
+        }
         log(`  ${name}: warming up ${p.label} ...`);
         const r = await p.peer.request({ cmd: "setup", case: name, warmup: plan.warmup });
         const threads = p.hello.threads;

@@ -22,15 +22,16 @@
 #   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this (bench: bench and sweep bundles, no
-# training; on an H200 the bench of four backends took ~125 s, start and transfer ~35 s; the default eight
+# training; on an H200 the bench of four backends took ~125 s, start and transfer ~35 s; the default nine
 # are untimed there: give the call 8 minutes).
 # Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep; unset: no sweep),
 # PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
 # bench, 420), BENCH_CASES (--all-shapes), BENCH_BACKENDS (default below: stock, our plan in f32 and f16,
-# each tuned, and the Winograd F(4x4) plan untuned and tuned and F(2x2); the f16 rows time the forward in
-# half precision and the training step in mixed precision; Winograd training rows: forward convolutions only), BENCH_ARGS /
-# TRAIN_ARGS (extra arguments, e.g. "--precision f16" to train in mixed precision, or to try the script on
-# llvmpipe with --tiny).
+# each tuned, the Winograd F(4x4) plan untuned and tuned, F(2x2) in f32 and f16; the f16 rows time the
+# forward in half precision and the training step in mixed precision; Winograd training rows run every
+# convolution of the step as Winograd, in f32 only), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
+# "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
+# --tiny).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 d=.device
@@ -45,7 +46,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 t0=$(date +%s)
 # shellcheck disable=SC2086
 backends=webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan+tune,webgpu-plan:f16+tune
-backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+winograd2
+backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+winograd2,webgpu-plan:f16+winograd2
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"

@@ -44,7 +44,7 @@ options:
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
-      --winograd N      on webgpu in f32: 4 or 2, the convolutions as Winograd F(NxN, 3x3)
+      --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
                         (fewer multiply-adds, more memory; opt-in); 0: direct (default)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
@@ -125,8 +125,8 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (![0, 2, 4].includes(winograd)) {
     throw new UsageError(`--winograd must be 0, 2 or 4, not "${v.winograd}"`);
   }
-  if (winograd && precision !== "f32") {
-    throw new UsageError(`--winograd runs in f32 only, not with --precision ${precision}`);
+  if (winograd === 4 && precision !== "f32") {
+    throw new UsageError(`--winograd 4 runs in f32 only, not with --precision ${precision} (2 does)`);
   }
   return {
     input: positionals[0],

@@ -109,8 +109,8 @@ export class Upscaler {
    */
   precision: ConvPrecision = "f32";
   /**
-   * On webgpu in f32: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4) or F(2x2, 3x3) (2)
-   * (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct.
+   * On webgpu: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4, f32 only) or F(2x2, 3x3)
+   * (2, any precision) (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct.
    */
   winograd: 0 | 2 | 4 = 0;
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };

@@ -96,9 +96,10 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "4"])!.winograd, 4);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--winograd", "3"]), /--winograd must be 0, 2 or 4/);
   assert.throws(
-    () => parseUpscaleArgs(["a", "-o", "b", "--winograd", "2", "--precision", "f16"]),
-    /--winograd runs in f32 only/,
+    () => parseUpscaleArgs(["a", "-o", "b", "--winograd", "4", "--precision", "f16"]),
+    /--winograd 4 runs in f32 only/,
   );
+  assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "2", "--precision", "f16"])!.winograd, 2);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
 });
 

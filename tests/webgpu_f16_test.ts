@@ -167,34 +167,46 @@ Deno.test("f16 3x3 convolutions equal the f32 kernel on f16-rounded inputs, ever
   }
 });
 
-Deno.test("f16 plans of tiny nets (x4, x2) follow tfjs's f32 ops", opts, async () => {
-  for (
-    const config of [
-      { numInCh: 3, numOutCh: 3, scale: 4 as const, numFeat: 16, numBlock: 2, numGrowCh: 8 },
-      { numInCh: 3, numOutCh: 3, scale: 2 as const, numFeat: 12, numBlock: 1, numGrowCh: 6 },
-    ]
-  ) {
-    const net = new RRDBNet(config, { seed: 5 });
-    // make the dense blocks matter next to the trunk (BasicSR's init scales them by 0.1)
-    tf.tidy(() => {
-      for (const [name, v] of net.params) if (name.startsWith("body.")) v.assign(tf.mul(v, 5));
-    });
-    const x = tf.randomUniform([1, 8, 6, 3], 0, 1, "float32", 7) as tf.Tensor4D;
-    const want = (await tf.tidy(() => net.apply(x)).data()) as Float32Array;
-    for (const precision of ["f16", "f16-f32acc"] as const) {
-      const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision });
-      const before = tf.memory().numTensors;
-      const y = plan.run(x);
-      assert.equal(tf.memory().numTensors, before + 1, "the f16 plan leaks tensors");
-      const e = relErr((await y.data()) as Float32Array, want);
-      assert.ok(e <= 5e-3, `x${config.scale} ${precision}: error ${e}`);
-      y.dispose();
-      plan.dispose();
+Deno.test(
+  "f16 plans of tiny nets (x4, x2), direct and Winograd F(2x2), follow tfjs's f32 ops",
+  opts,
+  async () => {
+    for (
+      const config of [
+        { numInCh: 3, numOutCh: 3, scale: 4 as const, numFeat: 16, numBlock: 2, numGrowCh: 8 },
+        { numInCh: 3, numOutCh: 3, scale: 2 as const, numFeat: 12, numBlock: 1, numGrowCh: 6 },
+      ]
+    ) {
+      const net = new RRDBNet(config, { seed: 5 });
+      // make the dense blocks matter next to the trunk (BasicSR's init scales them by 0.1)
+      tf.tidy(() => {
+        for (const [name, v] of net.params) if (name.startsWith("body.")) v.assign(tf.mul(v, 5));
+      });
+      const x = tf.randomUniform([1, 8, 6, 3], 0, 1, "float32", 7) as tf.Tensor4D;
+      const want = (await tf.tidy(() => net.apply(x)).data()) as Float32Array;
+      for (const precision of ["f16", "f16-f32acc"] as const) {
+        // and with Winograd F(2x2): f16 maps, filters, V and U, f32 arithmetic
+        for (const winograd of [undefined, 2] as const) {
+          const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision, winograd });
+          if (winograd) assert.ok(plan.winogradConvs > 5, `${plan.winogradConvs} Winograd convolutions`);
+          const before = tf.memory().numTensors;
+          const y = plan.run(x);
+          assert.equal(tf.memory().numTensors, before + 1, "the f16 plan leaks tensors");
+          const e = relErr((await y.data()) as Float32Array, want);
+          assert.ok(e <= 5e-3, `x${config.scale} ${precision}${winograd ? " winograd 2" : ""}: error ${e}`);
+          y.dispose();
+          plan.dispose();
+        }
+      }
+      assert.throws(
+        () => new RRDBNetPlanWebGPU(net, x.shape, { precision: "f16", winograd: 4 }),
+        /winograd 4 runs in f32 only/,
+      );
+      x.dispose();
+      net.dispose();
     }
-    x.dispose();
-    net.dispose();
-  }
-});
+  },
+);
 
 Deno.test(
   "the shipped x4plus in f16 stays within f16 rounding of its f32 plan on a photo",

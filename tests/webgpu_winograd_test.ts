@@ -336,7 +336,7 @@ Deno.test(
       }
       assert.throws(
         () => new RRDBNetPlanWebGPU(net, x.shape, { winograd: 4, precision: "f16" }),
-        /winograd runs in f32 only/,
+        /winograd 4 runs in f32 only/,
       );
       tf.dispose([x, want]);
       net.dispose();

@@ -33,7 +33,10 @@ export interface ConvRecorderOptions {
   param: (name: string) => Region;
   /** Tilings each direct convolution (and Winograd's GEMMs their own) may run besides the built-in ones. */
   candidates?: Partial<ConvTile>[];
-  /** Winograd F(m x m) where it qualifies (f32 only); `setup` records the filter transforms. */
+  /**
+   * Winograd F(m x m) where it qualifies (F(4x4): f32 only; F(2x2) also in the half precisions, with
+   * f16 storage and f32 arithmetic); `setup` records the filter transforms.
+   */
   winograd?: { m: WinogradSize; setup: PassLike };
 }
 
@@ -45,12 +48,15 @@ export class ConvRecorder {
 
   constructor(private readonly pass: PassLike, private readonly options: ConvRecorderOptions) {
     const w = options.winograd;
-    if (w && options.precision !== "f32") {
-      throw new Error(`winograd runs in f32 only, not ${options.precision}`);
+    if (w && w.m === 4 && options.precision !== "f32") {
+      throw new Error(
+        `winograd 4 runs in f32 only, not ${options.precision}: its transforms scale values 10x`,
+      );
     }
     this.wino = w
       ? new WinogradPlanner(pass, w.setup, {
         m: w.m,
+        half: options.precision !== "f32",
         gemmCandidates: options.candidates?.length ? WINOGRAD_GEMM_CANDIDATES : [],
       })
       : null;
@@ -62,8 +68,9 @@ export class ConvRecorder {
   }
 
   /** One convolution; `transformed`: its input's V, already made (a dense block's). */
-  conv(spec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps): void {
-    const { param } = this.options;
+  conv(convSpec: Conv3x3Spec, output: GPUBuffer, io: ConvIO, transformed?: WinogradMaps): void {
+    const { param, precision } = this.options;
+    const spec = { ...convSpec, precision };
     if (!this.wino?.canRun(spec)) return this.direct(spec, output, io);
     const x0 = spec.x0IsOutput ? output : io.x0!;
     const v = transformed ?? this.wino.transformInput(spec, { x0, x1: spec.x1IsOutput ? output : io.x1 });
@@ -96,7 +103,8 @@ export class ConvRecorder {
     const growth = [1, 2, 3, 4].map((k) => growthConvSpec(size, nf, gc, k));
     const fuse = fuseConvSpec(size, nf, gc, { resScale: 0.2, skipScale: skip ? 0.2 : undefined });
     const wino = this.wino;
-    const shared = wino && [...growth, fuse].every((s) => wino.canRun(s))
+    const { precision } = this.options;
+    const shared = wino && [...growth, fuse].every((s) => wino.canRun({ ...s, precision }))
       ? wino.transformInput({ ...size, c0: nf, x0Stride: nf }, { x0: x }, { channels: nf + 4 * gc })
       : undefined;
     growth.forEach((spec, i) => {

@@ -9,7 +9,7 @@
  * every map and filter of the plan is f16: the weights are converted once when the plan is made,
  * the input on the way in and the output on the way out; tensors stay f32.
  *
- * With `winograd` (f32, opt-in) the convolutions that qualify run as Winograd F(m x m, 3x3)
+ * With `winograd` (opt-in) the convolutions that qualify run as Winograd F(m x m, 3x3)
  * (webgpu_winograd.ts, recorded by webgpu_conv_recorder.ts), with about three times the dispatches.
  * @module
  */
@@ -34,9 +34,9 @@ export interface PlanWebGPUOptions {
   tune?: Partial<ConvTile>[] | true;
   /**
    * Runs the 3x3 convolutions that qualify (channels in multiples of 4) as Winograd F(m x m, 3x3)
-   * (webgpu_winograd.ts), in f32: 2 or 4 (4x fewer multiply-adds than direct, more memory traffic
-   * and scratch: V and M of the largest convolution, about 36 x 4 bytes per 16 output pixels and
-   * channel). Default: direct.
+   * (webgpu_winograd.ts): 4 (f32 only: 4x fewer multiply-adds than direct) or 2 (2.25x fewer; in the
+   * half precisions too, with f16 storage and f32 arithmetic); more memory traffic and scratch (V and
+   * M of the largest convolution, about 36 x 4 bytes per 16 output pixels and channel). Default: direct.
    */
   winograd?: WinogradSize;
 }
@@ -75,8 +75,11 @@ export class RRDBNetPlanWebGPU {
     this.backend = tf.backend() as unknown as PassBackend;
     const precision = this.precision = options.precision ?? "f32";
     const half = precision !== "f32";
-    if (options.winograd && half) {
-      throw new Error(`RRDBNetPlanWebGPU: winograd runs in f32 only, not ${precision}`);
+    if (options.winograd === 4 && half) {
+      throw new Error(
+        `RRDBNetPlanWebGPU: winograd 4 runs in f32 only, not ${precision} (its transforms scale values up ` +
+          "to 10x, too much for f16); winograd 2 runs in half precision too",
+      );
     }
     if (half && !hasShaderF16(this.backend)) {
       throw new Error(

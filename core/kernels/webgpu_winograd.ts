@@ -80,16 +80,21 @@ export function winogradTiles(shape: { n: number; h: number; w: number }, m: Win
 }
 
 /** Bytes of V for `channels` input channels, and of M for `cout` outputs, of an output shape. */
-export function winogradBytes(shape: { n: number; h: number; w: number }, m: WinogradSize, channels: number) {
-  return (m + 2) ** 2 * winogradTiles(shape, m).tiles * channels * 4;
+export function winogradBytes(
+  shape: { n: number; h: number; w: number },
+  m: WinogradSize,
+  channels: number,
+  bytesPerValue = 4,
+) {
+  return (m + 2) ** 2 * winogradTiles(shape, m).tiles * channels * bytesPerValue;
 }
 
 /**
  * Whether a convolution of the forward kernel (webgpu_conv3x3.ts: the forward, or an input
  * gradient) can run as Winograd here: f32, every channel count, stride and offset a multiple of 4.
  */
-export function winogradCanRun(spec: Conv3x3Spec): boolean {
-  return inFours(spec) && (spec.precision ?? "f32") === "f32";
+export function winogradCanRun(spec: Conv3x3Spec, m: WinogradSize = 4): boolean {
+  return inFours(spec) && ((spec.precision ?? "f32") === "f32" || m === 2);
 }
 
 /** What one input transform reads and where it puts the result. */
@@ -108,11 +113,14 @@ export interface WinogradInputSpec {
   vStride: number;
   vOffset?: number;
   m: WinogradSize;
+  /** The input and V are f16 (the transform computes in f32). */
+  half?: boolean;
 }
 
 /** The input transform V = Bᵀ d B: one thread per tile and 4 channels. Binds V, then the input. */
 export function winogradInputProgram(spec: WinogradInputSpec): Program {
   const { m } = spec;
+  const T = spec.half ? "vec4<f16>" : "vec4<f32>";
   const { alpha, BT } = WINOGRAD[m];
   const { tiles, perImage, tilesW } = winogradTiles(spec, m);
   const up = !!spec.upsample;
@@ -122,19 +130,19 @@ export function winogradInputProgram(spec: WinogradInputSpec): Program {
   });
   const stores = Array.from(
     { length: alpha * alpha },
-    (_, q) => `V[o + ${q} * xs] = v${Math.floor(q / alpha)}_${q % alpha};`,
+    (_, q) => `V[o + ${q} * xs] = ${T}(v${Math.floor(q / alpha)}_${q % alpha});`,
   );
   const source = (prelude: string) =>
-    `${prelude}
-@group(0) @binding(0) var<storage, read_write> V: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+    `${spec.half ? "enable f16;\n" : ""}${prelude}
+@group(0) @binding(0) var<storage, read_write> V: array<${T}>;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<uniform> u: Uniforms;
 
 fn ld(b: i32, y: i32, xx: i32, c: i32) -> vec4<f32> {
   if (y < 0 || y >= u.h || xx < 0 || xx >= u.w) { return vec4<f32>(0.0); }
-  return x[((b * u.inH + y${up ? " / 2" : ""}) * u.inW + xx${
+  return vec4<f32>(x[((b * u.inH + y${up ? " / 2" : ""}) * u.inW + xx${
       up ? " / 2" : ""
-    }) * u.xStride4 + u.xOffset4 + c];
+    }) * u.xStride4 + u.xOffset4 + c]);
 }
 
 @compute @workgroup_size(64)
@@ -155,7 +163,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
   return {
     name: "WinogradInputProgram",
-    key: `winograd-input:${m}:${up}`,
+    key: `winograd-input:${m}:${up}:${!!spec.half}`,
     source,
     dispatch: dispatch1d((tiles * spec.c) / 4),
     uniforms: "h : i32, w : i32, inH : i32, inW : i32, c4 : i32, xStride4 : i32, xOffset4 : i32, " +
@@ -194,6 +202,8 @@ export interface WinogradGemmSpec {
   cout: number;
   m: WinogradSize;
   tile?: Partial<WinogradGemmTile>;
+  /** V and U are f16 (converted to f32 as they enter workgroup memory; M and the sums stay f32). */
+  half?: boolean;
 }
 
 /** Threads a launch should have to keep a large GPU busy (as webgpu_conv3x3.ts aims). */
@@ -232,7 +242,7 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
       if (l < ${aUnits}) {
         let r = l / ${bk / 4}; let q = l % ${bk / 4};
         var v = vec4<f32>(0.0);
-        if (m0 + r < u.P && cb + 4 * q < u.C) { v = V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]; }
+        if (m0 + r < u.P && cb + 4 * q < u.C) { v = vec4<f32>(V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]); }
         Sh[aBase + r * AST + q] = v;
       }
     }`);
@@ -242,7 +252,7 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
       if (l < ${bUnits}) {
         let r = l / ${bn / 4}; let q = l % ${bn / 4};
         var v = vec4<f32>(0.0);
-        if (cb + r < u.C && n0 / 4 + q < u.K4) { v = U[(uRow + cb + r) * u.K4 + n0 / 4 + q]; }
+        if (cb + r < u.C && n0 / 4 + q < u.K4) { v = vec4<f32>(U[(uRow + cb + r) * u.K4 + n0 / 4 + q]); }
         Sh[bBase + l] = v;
       }
     }`);
@@ -251,11 +261,12 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
     return `{ let row = m0 + ty * ${tm} + ${i}; let col = n0 / 4 + tx + ${j * cx};
     if (row < u.P && col < u.K4) { Mb[(vRow + row) * u.K4 + col] = ${a}; } }`;
   });
+  const T = spec.half ? "vec4<f16>" : "vec4<f32>";
   const source = (prelude: string) =>
-    `${prelude}
+    `${spec.half ? "enable f16;\n" : ""}${prelude}
 @group(0) @binding(0) var<storage, read_write> Mb: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> U: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> V: array<${T}>;
+@group(0) @binding(2) var<storage, read> U: array<${T}>;
 @group(0) @binding(3) var<uniform> u: Uniforms;
 const AST = ${ast};
 var<workgroup> Sh: array<vec4<f32>, ${aSize + bSize}>;
@@ -282,7 +293,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 }`;
   return {
     name: "WinogradGemmProgram",
-    key: `winograd-gemm:${JSON.stringify(tile)}`,
+    key: `winograd-gemm:${JSON.stringify(tile)}:${!!spec.half}`,
     source,
     dispatch: [Math.ceil(spec.cout / bn), rowTiles, alpha * alpha],
     uniforms: "P : i32, C : i32, vStride4 : i32, K4 : i32,",
@@ -302,7 +313,7 @@ export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): 
   const { tiles, perImage, tilesW } = winogradTiles(spec, m);
   const flags: EpilogueFlags = {
     vec: true,
-    precision: "f32",
+    precision: spec.precision ?? "f32",
     x0IsOutput: !!spec.x0IsOutput,
     scaled: (spec.accScale ?? 1) !== 1,
     bias: !!spec.bias,
@@ -322,9 +333,8 @@ export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): 
     flags.mask ? "mask" : "",
     flags.res1 && !flags.x0IsOutput ? "x0" : "",
   ].filter((n) => n);
-  const decls = names.map((n, k) =>
-    `@group(0) @binding(${k + 2}) var<storage, read> ${n}: array<vec4<f32>>;`
-  );
+  const T = flags.precision === "f32" ? "vec4<f32>" : "vec4<f16>";
+  const decls = names.map((n, k) => `@group(0) @binding(${k + 2}) var<storage, read> ${n}: array<${T}>;`);
   const loads = Array.from(
     { length: alpha * alpha },
     (_, q) => `let m${Math.floor(q / alpha)}_${q % alpha} = Mb[o + ${q} * xs];`,
@@ -342,8 +352,8 @@ export function winogradOutputProgram(spec: Conv3x3Spec & { m: WinogradSize }): 
   });
   const epilogue = epilogueUniforms(spec);
   const source = (prelude: string) =>
-    `${prelude}
-@group(0) @binding(0) var<storage, read_write> result: array<vec4<f32>>;
+    `${T === "vec4<f16>" ? "enable f16;\n" : ""}${prelude}
+@group(0) @binding(0) var<storage, read_write> result: array<${T}>;
 @group(0) @binding(1) var<storage, read> Mb: array<vec4<f32>>;
 ${decls.join("\n")}
 @group(0) @binding(${names.length + 2}) var<uniform> u: Uniforms;
@@ -378,47 +388,51 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 /**
  * The filter transform U[ξ][ci][co] = (G g Gᵀ)[ξ] of an HWIO [3, 3, cin, cout] filter, or with
- * `flipTransposed` of a [3, 3, cout, cin] one used flipped (an input gradient's). Binds U, then the
- * filter.
+ * `flipTransposed` of a [3, 3, cout, cin] one used flipped (an input gradient's): one thread per
+ * input channel and 4 output channels (whole vec4s written: f16 halves of one word from two threads
+ * would race). With `half`, filter and U are f16. Binds U, then the filter.
  */
 export function winogradFilterProgram(
-  shape: { cin: number; cout: number; flipTransposed?: boolean },
+  shape: { cin: number; cout: number; flipTransposed?: boolean; half?: boolean },
   m: WinogradSize,
 ): Program {
   const { alpha, G } = WINOGRAD[m];
-  const flip = !!shape.flipTransposed;
+  const flip = !!shape.flipTransposed, S = shape.half ? "f16" : "f32";
   // flipped and transposed (an input gradient's filter): tap q of (ci, co) is W[8 - q][co][ci]
+  const at = (q: number, j: number) =>
+    flip ? `W[(${8 - q} * u.cout + co + ${j}) * u.cin + ci]` : `W[(${q} * u.cin + ci) * u.cout + co + ${j}]`;
   const loads = Array.from(
     { length: 9 },
     (_, q) =>
-      `let g${Math.floor(q / 3)}_${q % 3} = ${
-        flip ? `W[(${8 - q} * u.cout + co) * u.cin + ci]` : `W[(${q} * u.cin + ci) * u.cout + co]`
-      };`,
+      `let g${Math.floor(q / 3)}_${q % 3} = vec4<f32>(${
+        [0, 1, 2, 3].map((j) => `f32(${at(q, j)})`).join(", ")
+      });`,
   );
   const stores = Array.from(
     { length: alpha * alpha },
-    (_, q) => `U[(${q} * u.cin + ci) * u.cout + co] = u${Math.floor(q / alpha)}_${q % alpha};`,
+    (_, q) =>
+      `U[((${q} * u.cin + ci) * u.cout + co) / 4] = vec4<${S}>(u${Math.floor(q / alpha)}_${q % alpha});`,
   );
   return {
     name: "WinogradFilterProgram",
-    key: `winograd-filter:${m}:${flip}`,
+    key: `winograd-filter:${m}:${flip}:${S}`,
     source: (prelude) =>
-      `${prelude}
-@group(0) @binding(0) var<storage, read_write> U: array<f32>;
-@group(0) @binding(1) var<storage, read> W: array<f32>;
+      `${shape.half ? "enable f16;\n" : ""}${prelude}
+@group(0) @binding(0) var<storage, read_write> U: array<vec4<${S}>>;
+@group(0) @binding(1) var<storage, read> W: array<${S}>;
 @group(0) @binding(2) var<uniform> u: Uniforms;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex()};
-  if (i >= u.cin * u.cout) { return; }
-  let ci = i / u.cout;
-  let co = i % u.cout;
+  if (i >= u.cin * u.cout / 4) { return; }
+  let ci = i / (u.cout / 4);
+  let co = (i % (u.cout / 4)) * 4;
   ${loads.join("\n  ")}
-  ${sandwich(G, G, (k, j) => `g${k}_${j}`, "u", "0.0")}
+  ${sandwich(G, G, (k, j) => `g${k}_${j}`, "u", "vec4<f32>(0.0)")}
   ${stores.join("\n  ")}
 }`,
-    dispatch: dispatch1d(shape.cin * shape.cout),
+    dispatch: dispatch1d((shape.cin * shape.cout) / 4),
     uniforms: "cin : i32, cout : i32,",
     params: [shape.cin, shape.cout].map(i32),
   };

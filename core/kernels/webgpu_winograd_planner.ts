@@ -55,7 +55,12 @@ export class WinogradPlanner {
   constructor(
     private readonly pass: PassLike,
     private readonly setup: PassLike,
-    private readonly options: { m: WinogradSize; gemmCandidates?: Partial<WinogradGemmTile>[] },
+    private readonly options: {
+      m: WinogradSize;
+      gemmCandidates?: Partial<WinogradGemmTile>[];
+      /** Maps, filters, V and U in f16 (F(2x2) only: its transforms are exact in any precision). */
+      half?: boolean;
+    },
   ) {
     const { limits } = pass.backend.device;
     this.limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
@@ -64,7 +69,8 @@ export class WinogradPlanner {
   /** Whether `spec` runs as Winograd: it qualifies, and its V and M fit the device's buffers. */
   canRun(spec: Conv3x3Spec, channels = spec.c0 + (spec.c1 ?? 0)): boolean {
     const { m } = this.options;
-    return winogradCanRun(spec) && Math.ceil(winogradTiles(spec, m).tiles / 32) <= MAX_DISPATCH &&
+    return winogradCanRun(spec, m) && ((spec.precision ?? "f32") !== "f32") === !!this.options.half &&
+      Math.ceil(winogradTiles(spec, m).tiles / 32) <= MAX_DISPATCH &&
       winogradBytes(spec, m, Math.max(channels, spec.cout)) <= this.limit;
   }
 
@@ -82,7 +88,10 @@ export class WinogradPlanner {
     const { n, h, w, upsample } = spec;
     const channels = options.channels ?? spec.c0 + (spec.c1 ?? 0);
     const maps: WinogradMaps = {
-      buffer: this.scratchBuffer(options.scratch ?? "V", winogradBytes(spec, this.options.m, channels)),
+      buffer: this.scratchBuffer(
+        options.scratch ?? "V",
+        winogradBytes(spec, this.options.m, channels, this.options.half ? 2 : 4),
+      ),
       stride: channels,
       filled: 0,
       shape: { n, h, w, upsample },
@@ -105,6 +114,7 @@ export class WinogradPlanner {
       vStride: maps.stride,
       vOffset: maps.filled,
       m: this.options.m,
+      half: this.options.half,
     });
     this.pass.add(program, { buffer: maps.buffer }, [{ buffer: src.buffer }], "winograd input");
     maps.filled += src.c;
@@ -125,7 +135,7 @@ export class WinogradPlanner {
     if (io.v.filled !== c) throw new Error(`winograd: V holds ${io.v.filled} channels, the conv reads ${c}`);
     const { tiles } = winogradTiles(spec, m);
     const products = this.scratchBuffer("M", winogradBytes(spec, m, spec.cout));
-    const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m };
+    const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m, half: this.options.half };
     const flip = !!spec.flipTransposed, kind = flip ? "winograd input grad" : "winograd";
     const inputs = [
       { buffer: io.v.buffer },
@@ -154,14 +164,15 @@ export class WinogradPlanner {
 
   /** U of a filter (as used: flipped or not), transformed by the setup pass the first time it is asked for. */
   private filter(weight: Region, shape: { cin: number; cout: number; flipTransposed: boolean }): Region {
+    const half = this.options.half;
     const byPlace = this.filters.get(weight.buffer) ?? new Map<string, Region>();
     this.filters.set(weight.buffer, byPlace);
     const key = `${weight.offset ?? 0} ${shape.flipTransposed}`;
     let u = byPlace.get(key);
     if (!u) {
       const { m } = this.options;
-      u = { buffer: this.pass.buffer((m + 2) ** 2 * shape.cin * shape.cout * 4) };
-      this.setup.add(winogradFilterProgram(shape, m), u, [weight]);
+      u = { buffer: this.pass.buffer((m + 2) ** 2 * shape.cin * shape.cout * (half ? 2 : 4)) };
+      this.setup.add(winogradFilterProgram({ ...shape, half }, m), u, [weight]);
       byPlace.set(key, u);
     }
     return u;
