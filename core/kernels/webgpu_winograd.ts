@@ -79,6 +79,22 @@ export function winogradTiles(shape: { n: number; h: number; w: number }, m: Win
   return { tiles: shape.n * tilesH * tilesW, perImage: tilesH * tilesW, tilesW };
 }
 
+/**
+ * WGSL that finds a transform thread's work: 4 channels `c` (of `c4` vec4s per tile) of tile `p`,
+ * image `b`, whose m x m output block starts at row `ty0`, column `tx0` (uniforms P, perImage,
+ * tilesW); threads past the end return.
+ */
+export function tileThread(c4: string, m: WinogradSize): string {
+  return `let i = ${flatIndex()};
+  if (i >= u.P * ${c4}) { return; }
+  let c = i % ${c4};
+  let p = i / ${c4};
+  let b = p / u.perImage;
+  let t = p % u.perImage;
+  let ty0 = (t / u.tilesW) * ${m};
+  let tx0 = (t % u.tilesW) * ${m};`;
+}
+
 /** Bytes of V for `channels` input channels, and of M for `cout` outputs, of an output shape. */
 export function winogradBytes(
   shape: { n: number; h: number; w: number },
@@ -147,14 +163,9 @@ fn ld(b: i32, y: i32, xx: i32, c: i32) -> vec4<f32> {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = ${flatIndex()};
-  if (i >= u.P * u.c4) { return; }
-  let c = i % u.c4;
-  let p = i / u.c4;
-  let b = p / u.perImage;
-  let t = p % u.perImage;
-  let y0 = (t / u.tilesW) * ${m} - 1;
-  let x0 = (t % u.tilesW) * ${m} - 1;
+  ${tileThread("u.c4", m)}
+  let y0 = ty0 - 1;
+  let x0 = tx0 - 1;
   ${loads.join("\n  ")}
   ${sandwich(BT, BT, (k, j) => `d${k}_${j}`, "v", "vec4<f32>(0.0)")}
   let o = p * u.vStride4 + u.vOffset4 + c;
@@ -360,16 +371,9 @@ ${decls.join("\n")}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = ${flatIndex()};
   let k4 = u.cout / 4;
-  if (i >= u.P * k4) { return; }
-  let c = i % k4;
+  ${tileThread("k4", m)}
   let col = c * 4;
-  let p = i / k4;
-  let b = p / u.perImage;
-  let t = p % u.perImage;
-  let ty0 = (t / u.tilesW) * ${m};
-  let tx0 = (t % u.tilesW) * ${m};
   let o = p * k4 + c;
   let xs = u.P * k4;
   ${loads.join("\n  ")}

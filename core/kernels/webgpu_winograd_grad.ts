@@ -12,7 +12,7 @@
 import { tileAccumulators, tileProduct } from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
 import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
-import { MAX_DISPATCH, sandwich, type WinogradSize, winogradTiles } from "./webgpu_winograd.ts";
+import { MAX_DISPATCH, sandwich, tileThread, type WinogradSize, winogradTiles } from "./webgpu_winograd.ts";
 import { WINOGRAD } from "./winograd.ts";
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
@@ -55,14 +55,7 @@ fn ld(b: i32, y: i32, x: i32, c: i32) -> vec4<f32> {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = ${flatIndex()};
-  if (i >= u.P * u.k4) { return; }
-  let c = i % u.k4;
-  let p = i / u.k4;
-  let b = p / u.perImage;
-  let t = p % u.perImage;
-  let ty0 = (t / u.tilesW) * ${m};
-  let tx0 = (t % u.tilesW) * ${m};
+  ${tileThread("u.k4", m)}
   ${loads.join("\n  ")}
   ${sandwich(A, A, (k, j) => `e${k}_${j}`, "d", "vec4<f32>(0.0)")}
   let o = p * u.k4 + c;
