@@ -39,6 +39,12 @@ import { Peer, type Reply, serve } from "./peer.ts";
 /** The default model, relative to the working directory (the project root under `deno task`). */
 export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
 
+/**
+ * Steps per run timed one ahead (each started before the last one's loss is read), after the
+ * awaited one, for the planned f32 training rows on webgpu.
+ */
+export const AHEAD_STEPS = 3;
+
 const HELP = `deno task bench [options]
 Times RRDBNet (forward passes; training steps with train: cases) per tfjs backend, warmed up,
 median of --runs, with peak memory, next to PyTorch on the same machine in the same run. The
@@ -68,7 +74,10 @@ backends and PyTorch each run in a process of their own and take turns, one run 
   --torch             require PyTorch (fail if absent)
   --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2); on cuda PyTorch's
                       forward is also timed until its output is in host memory ("+host"), as our
-                      forwards read theirs back, and ratios to that follow in brackets
+                      forwards read theirs back, and ratios to that follow in brackets; planned f32
+                      training on webgpu is also timed as deno task train runs it, each step started
+                      before the last one's loss is read ("ahead"); PyTorch on cuda is also timed
+                      with cuDNN's TF32 off ("no TF32": strict fp32, as WGSL computes), ratios in [ ]
   --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
   --json              one JSON object on stdout instead of the table
 `;
@@ -213,7 +222,8 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
         const out = await current!.prepared.step();
         const [ms, cpu] = [performance.now() - t0, process.cpuUsage(cpu0)];
         if (current!.c.kind === "forward") current!.out = out;
-        return { ms, cpu_ms: (cpu.user + cpu.system) / 1000 };
+        const ahead_ms = await current!.prepared.stepsAhead?.(AHEAD_STEPS);
+        return { ms, cpu_ms: (cpu.user + cpu.system) / 1000, ahead_ms };
       }
       case "finish": {
         const { prepared, out } = current!;
@@ -266,6 +276,21 @@ export interface BenchRow {
   host_ms?: number;
   host_times_ms?: number[];
   vs_torch_host?: number;
+  /**
+   * Planned f32 training on webgpu: ms per step when each starts before the last one's loss is read
+   * (as `deno task train` runs them; {@link AHEAD_STEPS} per run), its median and ratio to PyTorch.
+   */
+  ahead_times_ms?: number[];
+  ahead_ms?: number;
+  vs_torch_ahead?: number;
+  /**
+   * PyTorch on CUDA only: also timed with cuDNN's TF32 tensor cores off (strict fp32, which is what
+   * WGSL computes; PyTorch's default lets fp32 convolutions use TF32), its median, and ours against it.
+   */
+  strict_times_ms?: number[];
+  strict_ms?: number;
+  strict_error?: string;
+  vs_torch_strict?: number;
   /** Largest |difference| of the forward output from {@link diff_vs}'s. */
   max_abs_diff?: number;
   diff_vs?: string;
@@ -394,6 +419,9 @@ export async function runBench(
           else row.times_ms.push(r.ms);
           if (typeof r.cpu_ms === "number") (row.cpu_times_ms ??= []).push(r.cpu_ms);
           if (typeof r.host_ms === "number") (row.host_times_ms ??= []).push(r.host_ms);
+          if (typeof r.ahead_ms === "number") (row.ahead_times_ms ??= []).push(r.ahead_ms);
+          if (typeof r.strict_ms === "number") (row.strict_times_ms ??= []).push(r.strict_ms);
+          if (typeof r.strict_error === "string") row.strict_error = r.strict_error;
         }
         const got = active.map((p) => `${p.label} ${fmt(rows.get(p.label)!.times_ms[round])} ms`);
         log(`  ${name}: round ${round + 1}/${plan.runs}: ${got.join(", ")}`);
@@ -409,6 +437,9 @@ export async function runBench(
         if (!row.error) row.ms = median(row.times_ms);
         if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
         if (!row.error && row.host_times_ms) row.host_ms = median(row.host_times_ms);
+        if (!row.error && row.ahead_times_ms) row.ahead_ms = median(row.ahead_times_ms);
+        if (!row.error && row.strict_times_ms) row.strict_ms = median(row.strict_times_ms);
+        if (row.strict_error) log(`  ${name}: ${p.label}: no strict fp32 time (${row.strict_error})`);
         if (c.kind === "forward" && dump && !row.error) {
           const bytes = await Deno.readFile(dump);
           const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
@@ -420,6 +451,8 @@ export async function runBench(
       for (const row of rows.values()) {
         if (torch && row !== torch && !row.error) row.vs_torch = row.ms / torch.ms;
         if (torch?.host_ms && row !== torch && !row.error) row.vs_torch_host = row.ms / torch.host_ms;
+        if (torch && row.ahead_ms && !row.error) row.vs_torch_ahead = row.ahead_ms / torch.ms;
+        if (torch?.strict_ms && row !== torch && !row.error) row.vs_torch_strict = row.ms / torch.strict_ms;
       }
       report.rows.push(...rows.values());
     }
@@ -459,20 +492,24 @@ export function formatTable(rows: BenchRow[]): string {
     "runs",
     "CPU ms",
     "peak MB",
-    "vs torch (+host)",
+    "vs torch (+host / ahead) [no TF32]",
     "max |Δ| (vs)",
   ];
   const body = rows.map((r) => [
     r.case,
     r.backend + (r.threads && r.backend.startsWith("wasm") ? ` (${r.threads} thr)` : ""),
-    r.error ? "error" : fmt(r.ms, 1) + (r.host_ms ? ` (+host ${fmt(r.host_ms, 1)})` : ""),
+    r.error ? "error" : fmt(r.ms, 1) + (r.host_ms ? ` (+host ${fmt(r.host_ms, 1)})` : "") +
+      (r.ahead_ms ? ` (ahead ${fmt(r.ahead_ms, 1)})` : "") +
+      (r.strict_ms ? ` [no TF32 ${fmt(r.strict_ms, 1)}]` : ""),
     fmt(r.times_ms.length ? Math.min(...r.times_ms) : NaN, 1),
     String(r.times_ms.length),
     fmt(r.cpu_ms),
     fmt(r.peak_mb) + (r.peak_kind && r.peak_kind !== "rss" ? ` (${r.peak_kind})` : ""),
     r.vs_torch === undefined
       ? "-"
-      : `${r.vs_torch.toFixed(2)}x${r.vs_torch_host ? ` (${r.vs_torch_host.toFixed(2)}x)` : ""}`,
+      : `${r.vs_torch.toFixed(2)}x${r.vs_torch_host ? ` (${r.vs_torch_host.toFixed(2)}x)` : ""}` +
+        (r.vs_torch_ahead ? ` (ahead ${r.vs_torch_ahead.toFixed(2)}x)` : "") +
+        (r.vs_torch_strict ? ` [${r.vs_torch_strict.toFixed(2)}x]` : ""),
     r.max_abs_diff === undefined ? "-" : `${r.max_abs_diff.toExponential(1)} (${r.diff_vs})`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));

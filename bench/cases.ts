@@ -144,6 +144,11 @@ export interface PreparedCase {
   step(): Promise<Float32Array>;
   /** One step under tf.profile. */
   profile(): Promise<KernelProfile>;
+  /**
+   * Training steps as `deno task train` runs them where it can (planned f32 steps on webgpu, see
+   * Trainer.overlapsSteps): `count` steps, each started before the last one's loss is read; ms per step.
+   */
+  stepsAhead?(count: number): Promise<number>;
   /** The tiling a tuned plan chose per convolution shape (after the first step). */
   tilings?: Record<string, string>;
   dispose(): void;
@@ -227,11 +232,27 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
       winograd: planOptions.winograd,
     });
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
+  const data = async () =>
+    batch ??= { lq: (await x.data()) as Float32Array, gt: (await gt.data()) as Float32Array };
+  const ahead = plan instanceof RRDBNetTrainPlanWebGPU && planOptions.precision === "f32";
   return {
     async step() {
-      batch ??= { lq: (await x.data()) as Float32Array, gt: (await gt.data()) as Float32Array };
-      return new Float32Array([await plan.step(batch, 1e-4)]);
+      return new Float32Array([await plan.step(await data(), 1e-4)]);
     },
+    stepsAhead: ahead
+      ? async (count) => {
+        const b = await data();
+        const t0 = performance.now();
+        let last = plan.step(b, 1e-4);
+        for (let i = 1; i < count; i++) {
+          const next = plan.step(b, 1e-4);
+          await last;
+          last = next;
+        }
+        await last;
+        return (performance.now() - t0) / count;
+      }
+      : undefined,
     profile: () => planProfile(plan),
     dispose() {
       plan.dispose();

@@ -64,6 +64,21 @@ def prepare(net, case, dev):
     return step
 
 
+def tf32_setter():
+    """Returns a function that sets whether cuDNN may run fp32 convolutions on TF32 tensor cores
+    (PyTorch's default: yes), the setting it found restored by passing None."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch 2.9+
+        found = conv.fp32_precision
+        def put(on):
+            conv.fp32_precision = found if on is None else ("tf32" if on else "ieee")
+        return put
+    found = torch.backends.cudnn.allow_tf32
+    def put(on):
+        torch.backends.cudnn.allow_tf32 = found if on is None else on
+    return put
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -96,6 +111,21 @@ def main():
             host_ms = (time.perf_counter() - t0) * 1e3
         return ms, (time.process_time() - c0) * 1e3, host_ms
 
+    # cuDNN runs fp32 convolutions on TF32 tensor cores unless told not to (WGSL has no such path):
+    # on cuda each run is also timed in strict fp32 ("ieee")
+    put_tf32 = tf32_setter() if dev.type == "cuda" else None
+
+    def strict(step):
+        """ms in strict fp32, or the error as text: it must never cost the run its main figure."""
+        try:
+            put_tf32(False)
+            try:
+                return timed(step)
+            finally:
+                put_tf32(None)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+
     def peak():
         if dev.type == "cuda":
             return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_kind": "cuda_allocated"}
@@ -113,10 +143,16 @@ def main():
                     step = prepare(net, msg["case"], dev)
                     for _ in range(msg.get("warmup", 1)):
                         timed(step)
+                        if put_tf32:
+                            strict(step)
                     say({"ok": True})
                 elif msg["cmd"] == "run":
                     ms, cpu_ms, host_ms = timed(step, cpu=True)
-                    say({"ms": ms, "cpu_ms": cpu_ms, **({"host_ms": host_ms} if host_ms is not None else {})})
+                    extra = {"host_ms": host_ms} if host_ms is not None else {}
+                    if put_tf32:
+                        r = strict(step)
+                        extra["strict_ms" if isinstance(r, float) else "strict_error"] = r
+                    say({"ms": ms, "cpu_ms": cpu_ms, **extra})
                 elif msg["cmd"] == "finish":
                     step = None
                     say({"ok": True})

@@ -149,7 +149,14 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   assert.match(table, /0\.0e\+0 \(wasm:1\)/);
   // PyTorch on CUDA also reports its time until the output is in host memory, and ours against it
   const cuda = formatTable([
-    { case: "forward:1x8x8", backend: "torch 2.11 cuda", ms: 30, host_ms: 32.5, times_ms: [30] },
+    {
+      case: "forward:1x8x8",
+      backend: "torch 2.11 cuda",
+      ms: 30,
+      host_ms: 32.5,
+      strict_ms: 45,
+      times_ms: [30],
+    },
     {
       case: "forward:1x8x8",
       backend: "webgpu-plan",
@@ -157,10 +164,12 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
       times_ms: [36],
       vs_torch: 1.2,
       vs_torch_host: 36 / 32.5,
+      vs_torch_strict: 36 / 45,
     },
   ]);
   assert.match(cuda, /30\.0 \(\+host 32\.5\)/);
-  assert.match(cuda, /1\.20x \(1\.11x\)/);
+  assert.match(cuda, /1\.20x \(1\.11x\) \[0\.80x\]/);
+  assert.match(cuda, /30\.0 \(\+host 32\.5\) \[no TF32 45\.0\]/);
 });
 
 Deno.test("bench: wasm-plan times the CPU training step; tfjs's wasm ops say why they cannot", async () => {
@@ -239,5 +248,27 @@ Deno.test({
     } finally {
       await Deno.remove(json);
     }
+  },
+});
+
+Deno.test({
+  name: "bench: planned f32 training on webgpu is also timed with each step started one ahead",
+  ignore: !adapter,
+  async fn() {
+    const plan = parseBenchArgs([
+      ...["--backend", "webgpu-plan,webgpu-plan:f16", "--case", "train:2x8x8", "--blocks", "1"],
+      ...["--runs", "2", "--warmup", "0", "--random", "--no-torch"],
+    ]);
+    const report = await runBench(plan);
+    const [f32, f16] = report.rows;
+    assert.equal(f32.error, undefined, f32.error);
+    assert.equal(f32.ahead_times_ms?.length, 2);
+    assert.ok(f32.ahead_ms! > 0);
+    // mixed precision sets each step's loss scale from the last one's result: never ahead
+    assert.equal(f16.ahead_ms, undefined);
+    assert.match(
+      formatTable([{ ...f32, ahead_ms: 12.34, vs_torch: 1.5, vs_torch_ahead: 1.25 }]),
+      /\(ahead 12\.3\).*1\.50x \(ahead 1\.25x\)/,
+    );
   },
 });

@@ -6,9 +6,12 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
-import { decodeCheckpoint } from "../train/checkpoint.ts";
 import { makeBatch } from "../train/data.ts";
 import { Trainer } from "../train/trainer.ts";
+import { imageIoCodec } from "../train/codecs.ts";
+import { decodeCheckpoint, readCheckpoint } from "../train/checkpoint.ts";
+import { checkpointPath, runTraining } from "../train/train.ts";
+import { encodeImage } from "../core/image_io.ts";
 import {
   assertSameGanLosses,
   ganLosses,
@@ -129,5 +132,99 @@ Deno.test({
     got.forEach((l, i) =>
       assert.ok(Math.abs(l - want[i]) <= 2e-3 * want[i], `step ${i}: f16 ${l}, f32 ${want[i]}`)
     );
+  },
+});
+
+Deno.test({
+  name: "webgpu: planned f32 steps started one ahead give the awaited steps' losses and weights",
+  ignore,
+  fn: async () => {
+    const cfg = { ...TINY, lrG: 2e-3 };
+    const batches = testBatches(cfg, 5);
+    const one = Trainer.create(cfg);
+    const want = await pixelLosses(one, batches, 0, 5);
+    await one.checkpoint(); // brings the variables up to date
+    const wantG = await one.g.stateDict();
+    one.dispose();
+
+    const t = Trainer.create(cfg);
+    assert.equal(t.overlapsSteps, true);
+    const pending = [t.trainStep(batches[0])];
+    assert.equal(t.step, 1, "a step counts when submitted");
+    const got: number[] = [];
+    for (let i = 1; i < 5; i++) {
+      pending.push(t.trainStep(batches[i]));
+      got.push((await pending[i - 1]).l_pix);
+    }
+    got.push((await pending[4]).l_pix);
+    assert.deepEqual(got, want);
+    await t.checkpoint();
+    for (const [k, v] of await t.g.stateDict()) assert.deepEqual(v.data, wantG.get(k)!.data, k);
+    // a third step while two losses are pending: refused, saying why
+    const two = [t.trainStep(batches[0]), t.trainStep(batches[1])];
+    await assert.rejects(t.trainStep(batches[2]), /before the loss of the two before it resolved/);
+    await Promise.all(two);
+    t.dispose();
+
+    for (const other of [{ precision: "f16" as const }, { stage: "gan" as const }, { plannedStep: false }]) {
+      const c = Trainer.create({ ...cfg, ...other }, {
+        perceptual: other.stage ? { dispose() {} } as never : undefined,
+      });
+      assert.equal(c.overlapsSteps, false, JSON.stringify(other));
+      c.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: a run overlapping its steps logs, validates and checkpoints as one that does not",
+  ignore,
+  sanitizeResources: false,
+  fn: async () => {
+    const tmp = await Deno.makeTempDir();
+    try {
+      for (const [dir, seeds] of [["data", [1, 2, 3]], ["val", [9]]] as const) {
+        await Deno.mkdir(`${tmp}/${dir}`);
+        for (const k of seeds) {
+          const { width, height, rgb } = testImage(k);
+          const data = new Uint8ClampedArray(width * height * 4).fill(255);
+          for (let i = 0; i < width * height; i++) data.set(rgb.subarray(3 * i, 3 * i + 3), 4 * i);
+          await Deno.writeFile(
+            `${tmp}/${dir}/${k}.png`,
+            await encodeImage({ width, height, data }, { format: "png" }),
+          );
+        }
+      }
+      const run = (checkpointEvery: number, out: string) =>
+        runTraining({
+          config: { ...TINY, totalSteps: 6, logEvery: 1, valEvery: 3, checkpointEvery, valCrop: 32 },
+          dataDir: `${tmp}/data`,
+          valDir: `${tmp}/val`,
+          outDir: `${tmp}/${out}`,
+          noExport: true,
+          codec: imageIoCodec,
+        });
+      // a checkpoint after every step: no step may start ahead
+      const a = await run(1, "a");
+      // steps 3 (validation) and 6 (the end) hold; 1, 2, 4, 5 let the next one start
+      const b = await run(100, "b");
+      assert.equal(a.overlapped, 0);
+      assert.equal(b.overlapped, 4);
+      const log = async (out: string) =>
+        (await Deno.readTextFile(`${tmp}/${out}/train_log.jsonl`)).trim().split("\n").map((l) =>
+          JSON.parse(l)
+        )
+          .filter((r) => r.type !== "info").map(({ time: _, ...r }) => r);
+      assert.deepEqual(await log("b"), await log("a"));
+      const [ca, cb] = [
+        await readCheckpoint(checkpointPath(`${tmp}/a`)),
+        await readCheckpoint(checkpointPath(`${tmp}/b`)),
+      ];
+      assert.equal(cb.step, 6);
+      for (const [k, v] of ca.netG) assert.deepEqual(cb.netG.get(k)!.data, v.data, k);
+      for (const [k, v] of ca.netGEma) assert.deepEqual(cb.netGEma.get(k)!.data, v.data, k);
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
   },
 });

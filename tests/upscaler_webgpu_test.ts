@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { Upscaler } from "../core/upscaler.ts";
+import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
 
 const probe = await probeWebGPU();
 const ignore = !probe.adapter;
@@ -64,6 +65,67 @@ Deno.test({
       assert.ok(await maxDiff(y3, ref2) < 1e-5, "winograd 4");
       up.winograd = 0;
       tf.dispose([y2, ref2, y3]);
+      assert.equal(tf.memory().numTensors, before);
+    } finally {
+      x.dispose();
+      up.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "webgpu upscaler: tiles queued while the previous one is read back blend to the patches run one by one",
+  ignore,
+  fn: async () => {
+    const up = new Upscaler(tinyNet(5));
+    // 3 x 3 tiles of 4 with pad 2: five patch shapes, the inner ones sharing a plan
+    const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 6) as tf.Tensor4D;
+    try {
+      const before = tf.memory().numTensors;
+      const rows = planTiles(12, 4, 2), cols = planTiles(10, 4, 2);
+      const blender = new TileBlender({ batch: 1, width: 40, height: 48, channels: 3 });
+      for (const [i, r] of rows.entries()) {
+        for (const [j, c] of cols.entries()) {
+          const part = tf.slice(x, [0, r.inStart, c.inStart, 0], [
+            1,
+            r.inEnd - r.inStart,
+            c.inEnd - c.inStart,
+            3,
+          ]);
+          const y = await up.upscaleTensor(part as tf.Tensor4D, { tile: 0 });
+          blender.add(await y.data() as Float32Array, {
+            y0: r.inStart * 4,
+            x0: c.inStart * 4,
+            wy: featherWeights(rows, i, 4),
+            wx: featherWeights(cols, j, 4),
+          });
+          tf.dispose([part, y]);
+        }
+      }
+      const ref = tf.tensor4d(blender.result(), [1, 48, 40, 3]);
+      const seen: number[] = [];
+      const t = await up.upscaleTensor(x, { tile: 4, tilePad: 2, onProgress: (done) => seen.push(done) });
+      assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      assert.ok(await maxDiff(t, ref) < 1e-6, "tiled vs patch by patch");
+      tf.dispose([ref, t]);
+
+      // aborted after the third tile, while the fourth is already on the GPU: nothing leaks
+      const controller = new AbortController();
+      const calls: number[] = [];
+      await assert.rejects(
+        up.upscaleTensor(x, {
+          tile: 4,
+          tilePad: 2,
+          signal: controller.signal,
+          onProgress: (done) => {
+            calls.push(done);
+            if (done === 3) controller.abort();
+          },
+        }),
+        { name: "AbortError" },
+      );
+      assert.deepEqual(calls, [0, 1, 2, 3]);
       assert.equal(tf.memory().numTensors, before);
     } finally {
       x.dispose();

@@ -19,6 +19,7 @@ import { MAX_MEMORY_BYTES } from "../core/kernels/wasm_pool.ts";
 import type { TrainConfig } from "./config.ts";
 import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
 import {
+  type Batch,
   BatchQueue,
   type ImageDecoder,
   loadImageFolder,
@@ -60,6 +61,11 @@ export interface RunSummary {
   seconds: number;
   /** Steps per second over the loop (checkpoints and validation included). */
   itPerSec: number;
+  /**
+   * Steps started before the losses of the one before them were read (planned f32 psnr steps on
+   * webgpu, see Trainer.overlapsSteps): every step but those after a checkpoint or a validation.
+   */
+  overlapped: number;
   /** Mean losses over the first and the last `logEvery` steps of this run. */
   first: Record<string, number>;
   last: Record<string, number>;
@@ -295,44 +301,62 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   let savedAt = startStep;
   const loopStart = performance.now();
   let loopDone = false;
+  const start = (batch: Batch) => {
+    const step = trainer.step + 1;
+    const losses = trainer.trainStep(batch).catch((e) => {
+      // what a wasm module's failed allocation looks like from here
+      if (backend === "wasm" && e instanceof WebAssembly.RuntimeError) {
+        throw new Error(
+          `step ${step} failed in WebAssembly (${e.message}), most likely out of tfjs-wasm's ` +
+            `4 GiB of memory: try a smaller --batch-size or --gt-size; the last good state is ${ckptPath} ` +
+            `(step ${savedAt})`,
+        );
+      }
+      throw e;
+    });
+    losses.catch(() => {}); // awaited later: not an unhandled rejection meanwhile
+    return { step, losses };
+  };
+  // Steps after which the nets must be as that step left them: no step may start ahead of them.
+  const holds = (step: number) =>
+    step === c.totalSteps || step % c.checkpointEvery === 0 || (c.valEvery > 0 && step % c.valEvery === 0);
+  /** The step after the current one, started before the current one's losses are read. */
+  let ahead: ReturnType<typeof start> | undefined;
+  let overlapped = 0;
+  let ts = performance.now();
   try {
-    while (trainer.step < c.totalSteps && !options.signal?.aborted) {
-      const ts = performance.now();
-      const batch = await queue.next();
-      const losses = await trainer.trainStep(batch).catch((e) => {
-        // what a wasm module's failed allocation looks like from here
-        if (backend === "wasm" && e instanceof WebAssembly.RuntimeError) {
-          throw new Error(
-            `step ${trainer.step + 1} failed in WebAssembly (${e.message}), most likely out of tfjs-wasm's ` +
-              `4 GiB of memory: try a smaller --batch-size or --gt-size; the last good state is ${ckptPath} ` +
-              `(step ${savedAt})`,
-          );
-        }
-        throw e;
-      });
-      const secs = (performance.now() - ts) / 1000;
+    while (ahead || (trainer.step < c.totalSteps && !options.signal?.aborted)) {
+      const { step, losses: current } = ahead ?? start(await queue.next());
+      ahead = undefined;
+      if (trainer.overlapsSteps && !holds(step) && !options.signal?.aborted) {
+        ahead = start(await queue.next());
+        overlapped++;
+      }
+      const losses = await current;
+      const now = performance.now();
+      const secs = (now - ts) / 1000;
+      ts = now;
       const bad = Object.entries(losses).find(([, v]) => !Number.isFinite(v));
       if (bad) {
         throw new Error(
-          `${bad[0]} became ${
-            bad[1]
-          } at step ${trainer.step}; the last good state is ${ckptPath} (step ${savedAt})`,
+          `${bad[0]} became ${bad[1]} at step ${step}; the last good state is ${ckptPath} (step ${savedAt})`,
         );
       }
-      options.onStep?.(trainer.step, losses, secs);
+      options.onStep?.(step, losses, secs);
       if (firstRows.length < c.logEvery) firstRows.push(losses);
       window.push(losses);
-      progress.update(trainer.step, losses);
-      if (trainer.step % c.logEvery === 0 || trainer.step === c.totalSteps) {
-        await log.write({ type: "train", step: trainer.step, ...mean(window), time: Date.now() / 1000 });
+      progress.update(step, losses);
+      if (step % c.logEvery === 0 || step === c.totalSteps) {
+        await log.write({ type: "train", step, ...mean(window), time: Date.now() / 1000 });
         lastWindow = window;
         window = [];
       }
-      if (trainer.step % c.checkpointEvery === 0) {
+      if (step % c.checkpointEvery === 0) {
         await save();
-        savedAt = trainer.step;
+        savedAt = step;
       }
-      if (c.valEvery && trainer.step % c.valEvery === 0) await runVal();
+      if (c.valEvery && step % c.valEvery === 0) await runVal();
+      if (!ahead) ts = performance.now();
     }
     loopDone = true;
   } finally {
@@ -368,6 +392,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     endStep: trainer.step,
     seconds,
     itPerSec: (trainer.step - startStep) / Math.max(seconds, 1e-9),
+    overlapped,
     first: mean(firstRows),
     last: mean(lastWindow),
     val: lastVal,

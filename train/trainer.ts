@@ -82,7 +82,10 @@ export function cpuPlannable(c: TrainConfig): boolean {
 
 /** Nets, optimisers and step counter of a run. Dispose it when done. */
 export class Trainer {
-  /** Finished steps. */
+  /**
+   * Steps taken: counted when a step's work is submitted, so that with {@link overlapsSteps} the
+   * count includes a step whose losses are still on their way.
+   */
   step = 0;
   private readonly gNames: Map<string, string>;
   private readonly dNames: Map<string, string>;
@@ -136,6 +139,16 @@ export class Trainer {
   lr(): { g: number; d: number } {
     const s = scheduleOf(this.config);
     return { g: lrAt(s, this.config.lrG, this.step), d: lrAt(s, this.config.lrD, this.step) };
+  }
+
+  /**
+   * Whether {@link trainStep} submits a whole step before it returns (planned f32 psnr steps on
+   * webgpu), so that the next one can start before its losses resolve: the GPU then works through
+   * the 10 ms that Deno takes to resolve a read-back after the GPU finishes. One step ahead at most.
+   */
+  get overlapsSteps(): boolean {
+    const c = this.config;
+    return tf.getBackend() === "webgpu" && this.planned && c.stage === "psnr" && c.precision === "f32";
   }
 
   /**
@@ -278,9 +291,8 @@ export class Trainer {
     const lr = this.lr();
     this.planAhead = true;
     if (c.stage === "psnr") {
-      const l_pix = await this.plan.step(batch, lr.g);
       this.step++;
-      return scaled({ lr: lr.g, l_pix });
+      return scaled({ lr: lr.g, l_pix: await this.plan.step(batch, lr.g) });
     }
     const sr = (await this.plan.forward(batch))!;
     const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);

@@ -127,7 +127,9 @@ export class RRDBNetTrainPlanWebGPU {
   private readonly out: GPUBuffer;
   private forwardEnd = 0;
   private forwarded = false;
-  private readonly staging: GPUBuffer;
+  /** Where steps read their loss back, in turns: a step may start while the last one's is pending. */
+  private readonly staging: GPUBuffer[];
+  private readings = 0;
   private readonly nPartials: number;
   private readonly count: number;
   private readonly setAdam: (params: Uniform[]) => void;
@@ -183,11 +185,13 @@ export class RRDBNetTrainPlanWebGPU {
     this.nPartials = l1Partials(this.count);
     this.partials = this.pass.buffer(this.nPartials * 4);
     this.extra = this.pass.buffer(this.count * 4);
-    this.staging = this.be.device.createBuffer({
-      // the L1 partial sums, then the overflow flag
-      size: Math.ceil((this.nPartials + 1) / 4) * 16,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
+    this.staging = [0, 1].map(() =>
+      this.be.device.createBuffer({
+        // the L1 partial sums, then the overflow flag
+        size: Math.ceil((this.nPartials + 1) / 4) * 16,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      })
+    );
 
     const whole = (buf: GPUBuffer): Region => ({ buffer: buf });
     const param = (name: string): Region => {
@@ -539,10 +543,24 @@ export class RRDBNetTrainPlanWebGPU {
   /**
    * The second half: the L1 gradient plus `extra` (the gradient of G's other losses w.r.t. its
    * output, shape of G's output; null: none), the backward pass, Adam and the EMA at learning rate
-   * `lr`. Resolves to the weighted L1 loss.
+   * `lr`. Resolves to the weighted L1 loss. All its work is submitted when it returns: in f32 the next
+   * step may start before the loss resolves (one step at most), and its GPU work then fills the time
+   * Deno takes to resolve a read-back (10 ms after the GPU finishes). In half precision the next
+   * step's loss scale depends on this one's result: await it first.
    */
   async backward(extra: tf.Tensor | null, lr: number): Promise<number> {
     if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
+    const staging = this.staging[this.readings % 2];
+    const previous = this.staging[(this.readings + 1) % 2];
+    if (staging.mapState !== "unmapped" || (this.half && previous.mapState !== "unmapped")) {
+      throw new Error(
+        "RRDBNetTrainPlanWebGPU: a step started before the loss of " +
+          (this.half
+            ? "the last one resolved (half precision sets its loss scale from it)"
+            : "the two before it resolved"),
+      );
+    }
+    this.readings++;
     this.forwarded = false;
     if (extra && extra.size !== this.count) {
       throw new Error(
@@ -577,16 +595,16 @@ export class RRDBNetTrainPlanWebGPU {
       else encoder.clearBuffer(this.extra);
       if (this.half) encoder.clearBuffer(this.half.overflow);
       this.pass.record(encoder, { from: this.forwardEnd });
-      encoder.copyBufferToBuffer(this.partials, 0, this.staging, 0, this.nPartials * 4);
-      if (this.half) encoder.copyBufferToBuffer(this.half.overflow, 0, this.staging, this.nPartials * 4, 4);
+      encoder.copyBufferToBuffer(this.partials, 0, staging, 0, this.nPartials * 4);
+      if (this.half) encoder.copyBufferToBuffer(this.half.overflow, 0, staging, this.nPartials * 4, 4);
     });
-    await this.staging.mapAsync(GPUMapMode.READ);
-    const mapped = this.staging.getMappedRange();
+    await staging.mapAsync(GPUMapMode.READ);
+    const mapped = staging.getMappedRange();
     const sums = new Float32Array(mapped.slice(0, this.nPartials * 4));
     const overflow = this.half
       ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
       : 0;
-    this.staging.unmap();
+    staging.unmap();
     if (this.half) this.adjustLossScale(overflow !== 0);
     let sum = 0;
     for (const v of sums) sum += v;
@@ -630,7 +648,7 @@ export class RRDBNetTrainPlanWebGPU {
   /** Frees the plan's buffers (not the variables). */
   dispose(): void {
     this.pass.dispose();
-    this.staging.destroy();
+    for (const b of this.staging) b.destroy();
   }
 
   private async read(buffer: GPUBuffer): Promise<Float32Array> {
