@@ -83,8 +83,9 @@ export function cpuPlannable(c: TrainConfig): boolean {
 /** Nets, optimisers and step counter of a run. Dispose it when done. */
 export class Trainer {
   /**
-   * Steps taken: counted when a step's work is submitted, so that with {@link overlapsSteps} the
-   * count includes a step whose losses are still on their way.
+   * Steps taken. A planned psnr step counts once its work is submitted, so that with
+   * {@link overlapsSteps} the count includes a step whose losses are still on their way; other
+   * steps count when they finish.
    */
   step = 0;
   private readonly gNames: Map<string, string>;
