@@ -76,8 +76,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       forward is also timed until its output is in host memory ("+host"), as our
                       forwards read theirs back, and ratios to that follow in brackets; planned f32
                       training on webgpu is also timed as deno task train runs it, each step started
-                      before the last one's loss is read ("ahead"); PyTorch on cuda is also timed
-                      with cuDNN's TF32 off ("no TF32": strict fp32, as WGSL computes), ratios in [ ]
+                      before the last one's loss is read ("ahead"), planned forwards until the GPU
+                      finished without the read-back ("done", as torch.cuda.synchronize waits), and
+                      PyTorch on cuda with cuDNN's TF32 off ("no-tf32": strict fp32, as WGSL computes)
   --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
   --json              one JSON object on stdout instead of the table
 `;
@@ -222,8 +223,12 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
         const out = await current!.prepared.step();
         const [ms, cpu] = [performance.now() - t0, process.cpuUsage(cpu0)];
         if (current!.c.kind === "forward") current!.out = out;
-        const ahead_ms = await current!.prepared.stepsAhead?.(AHEAD_STEPS);
-        return { ms, cpu_ms: (cpu.user + cpu.system) / 1000, ahead_ms };
+        const also: Record<string, number> = {};
+        const ahead = await current!.prepared.stepsAhead?.(AHEAD_STEPS);
+        if (ahead !== undefined) also.ahead = ahead;
+        const done = await current!.prepared.stepDone?.();
+        if (done !== undefined) also.done = done;
+        return { ms, cpu_ms: (cpu.user + cpu.system) / 1000, also };
       }
       case "finish": {
         const { prepared, out } = current!;
@@ -277,20 +282,19 @@ export interface BenchRow {
   host_times_ms?: number[];
   vs_torch_host?: number;
   /**
-   * Planned f32 training on webgpu: ms per step when each starts before the last one's loss is read
-   * (as `deno task train` runs them; {@link AHEAD_STEPS} per run), its median and ratio to PyTorch.
+   * The case timed other ways in each run, and their medians: "ahead" (planned f32 training on
+   * webgpu: ms per step with each step started before the last one's loss is read, as `deno task
+   * train` runs them; {@link AHEAD_STEPS} per run), "done" (planned forwards on webgpu: until the GPU
+   * finished, without reading the output back, as torch.cuda.synchronize waits), "no-tf32" (PyTorch
+   * on CUDA with cuDNN's TF32 tensor cores off: strict fp32, as WGSL computes; PyTorch's default
+   * lets fp32 convolutions use TF32).
    */
-  ahead_times_ms?: number[];
-  ahead_ms?: number;
-  vs_torch_ahead?: number;
-  /**
-   * PyTorch on CUDA only: also timed with cuDNN's TF32 tensor cores off (strict fp32, which is what
-   * WGSL computes; PyTorch's default lets fp32 convolutions use TF32), its median, and ours against it.
-   */
-  strict_times_ms?: number[];
-  strict_ms?: number;
-  strict_error?: string;
-  vs_torch_strict?: number;
+  also_times_ms?: Record<string, number[]>;
+  also_ms?: Record<string, number>;
+  /** Why a row has no "also" time it should have (e.g. PyTorch could not switch TF32 off). */
+  also_errors?: Record<string, string>;
+  /** Ours: "ahead" and "done" over PyTorch's median; "no-tf32": our median over PyTorch's that. */
+  vs_torch_also?: Record<string, number>;
   /** Largest |difference| of the forward output from {@link diff_vs}'s. */
   max_abs_diff?: number;
   diff_vs?: string;
@@ -419,9 +423,10 @@ export async function runBench(
           else row.times_ms.push(r.ms);
           if (typeof r.cpu_ms === "number") (row.cpu_times_ms ??= []).push(r.cpu_ms);
           if (typeof r.host_ms === "number") (row.host_times_ms ??= []).push(r.host_ms);
-          if (typeof r.ahead_ms === "number") (row.ahead_times_ms ??= []).push(r.ahead_ms);
-          if (typeof r.strict_ms === "number") (row.strict_times_ms ??= []).push(r.strict_ms);
-          if (typeof r.strict_error === "string") row.strict_error = r.strict_error;
+          for (const [k, v] of Object.entries((r.also ?? {}) as Record<string, number>)) {
+            ((row.also_times_ms ??= {})[k] ??= []).push(v);
+          }
+          if (r.also_errors) Object.assign(row.also_errors ??= {}, r.also_errors);
         }
         const got = active.map((p) => `${p.label} ${fmt(rows.get(p.label)!.times_ms[round])} ms`);
         log(`  ${name}: round ${round + 1}/${plan.runs}: ${got.join(", ")}`);
@@ -437,9 +442,12 @@ export async function runBench(
         if (!row.error) row.ms = median(row.times_ms);
         if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
         if (!row.error && row.host_times_ms) row.host_ms = median(row.host_times_ms);
-        if (!row.error && row.ahead_times_ms) row.ahead_ms = median(row.ahead_times_ms);
-        if (!row.error && row.strict_times_ms) row.strict_ms = median(row.strict_times_ms);
-        if (row.strict_error) log(`  ${name}: ${p.label}: no strict fp32 time (${row.strict_error})`);
+        for (const [k, v] of Object.entries(row.error ? {} : row.also_times_ms ?? {})) {
+          (row.also_ms ??= {})[k] = median(v);
+        }
+        for (const [k, why] of Object.entries(row.also_errors ?? {})) {
+          log(`  ${name}: ${p.label}: no ${k} time (${why})`);
+        }
         if (c.kind === "forward" && dump && !row.error) {
           const bytes = await Deno.readFile(dump);
           const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
@@ -451,8 +459,10 @@ export async function runBench(
       for (const row of rows.values()) {
         if (torch && row !== torch && !row.error) row.vs_torch = row.ms / torch.ms;
         if (torch?.host_ms && row !== torch && !row.error) row.vs_torch_host = row.ms / torch.host_ms;
-        if (torch && row.ahead_ms && !row.error) row.vs_torch_ahead = row.ahead_ms / torch.ms;
-        if (torch?.strict_ms && row !== torch && !row.error) row.vs_torch_strict = row.ms / torch.strict_ms;
+        if (!torch || row === torch || row.error) continue;
+        for (const [k, v] of Object.entries(row.also_ms ?? {})) (row.vs_torch_also ??= {})[k] = v / torch.ms;
+        const strict = torch.also_ms?.["no-tf32"];
+        if (strict) (row.vs_torch_also ??= {})["no-tf32"] = row.ms / strict;
       }
       report.rows.push(...rows.values());
     }
@@ -482,6 +492,10 @@ function loadAverage(): number | undefined {
 
 const fmt = (x: number | undefined, digits = 0) => x == null || Number.isNaN(x) ? "-" : x.toFixed(digits);
 
+/** " (name value)" for each of a row's other timings. */
+const also = (m: Record<string, number> | undefined, value: (v: number) => string) =>
+  Object.entries(m ?? {}).map(([k, v]) => ` (${k} ${value(v)})`).join("");
+
 /** Formats the rows as a table, with each profiled row's top kernels under it. */
 export function formatTable(rows: BenchRow[]): string {
   const head = [
@@ -492,15 +506,14 @@ export function formatTable(rows: BenchRow[]): string {
     "runs",
     "CPU ms",
     "peak MB",
-    "vs torch (+host / ahead) [no TF32]",
+    "vs torch (+host; others)",
     "max |Δ| (vs)",
   ];
   const body = rows.map((r) => [
     r.case,
     r.backend + (r.threads && r.backend.startsWith("wasm") ? ` (${r.threads} thr)` : ""),
     r.error ? "error" : fmt(r.ms, 1) + (r.host_ms ? ` (+host ${fmt(r.host_ms, 1)})` : "") +
-      (r.ahead_ms ? ` (ahead ${fmt(r.ahead_ms, 1)})` : "") +
-      (r.strict_ms ? ` [no TF32 ${fmt(r.strict_ms, 1)}]` : ""),
+      also(r.also_ms, (v) => fmt(v, 1)),
     fmt(r.times_ms.length ? Math.min(...r.times_ms) : NaN, 1),
     String(r.times_ms.length),
     fmt(r.cpu_ms),
@@ -508,8 +521,7 @@ export function formatTable(rows: BenchRow[]): string {
     r.vs_torch === undefined
       ? "-"
       : `${r.vs_torch.toFixed(2)}x${r.vs_torch_host ? ` (${r.vs_torch_host.toFixed(2)}x)` : ""}` +
-        (r.vs_torch_ahead ? ` (ahead ${r.vs_torch_ahead.toFixed(2)}x)` : "") +
-        (r.vs_torch_strict ? ` [${r.vs_torch_strict.toFixed(2)}x]` : ""),
+        also(r.vs_torch_also, (v) => `${v.toFixed(2)}x`),
     r.max_abs_diff === undefined ? "-" : `${r.max_abs_diff.toExponential(1)} (${r.diff_vs})`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));

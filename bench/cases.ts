@@ -8,6 +8,7 @@ import { type BackendName, backendThreads } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import type { PassBackend } from "../core/kernels/webgpu_pass.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import type { WinogradSize } from "../core/kernels/webgpu_winograd.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
@@ -149,6 +150,8 @@ export interface PreparedCase {
    * Trainer.overlapsSteps): `count` steps, each started before the last one's loss is read; ms per step.
    */
   stepsAhead?(count: number): Promise<number>;
+  /** A forward timed until the GPU finished it, without the read-back ({@link timeToCompletion}). */
+  stepDone?(): Promise<number | undefined>;
   /** The tiling a tuned plan chose per convolution shape (after the first step). */
   tilings?: Record<string, string>;
   dispose(): void;
@@ -215,6 +218,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
           out.dispose();
         }
       },
+      stepDone: () => timeToCompletion(() => plan.run(x)),
       profile: () => planProfile(plan),
       dispose: () => (plan.dispose(), x.dispose()),
     };
@@ -260,6 +264,37 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
       tf.dispose([x, gt]);
     },
   };
+}
+
+/**
+ * Milliseconds from calling `run` (which queues GPU work and returns a tensor) to the GPU's
+ * completion of it, what torch.cuda.synchronize waits for: Deno 2.9.6's mapAsync blocks until the
+ * queue is idle, then sleeps 10 ms before it resolves (ext/webgpu/buffer.rs), so its return marks the
+ * completion. Undefined, saying why, where the read resolves within 5 ms of that return (a Deno
+ * that no longer blocks there would make the figure meaningless).
+ */
+async function timeToCompletion(run: () => tf.Tensor): Promise<number | undefined> {
+  const be = tf.backend() as unknown as PassBackend;
+  const probe = be.device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  try {
+    const t0 = performance.now();
+    const out = run();
+    const buffer = be.tensorMap.get(out.dataId)!.resource as GPUBuffer;
+    be.ensureCommandEncoderReady();
+    be.endComputePassEncoder();
+    be.commandEncoder!.copyBufferToBuffer(buffer, 0, probe, 0, 4);
+    be.submitQueue();
+    const read = probe.mapAsync(GPUMapMode.READ);
+    const done = performance.now() - t0;
+    await read;
+    const gap = performance.now() - t0 - done;
+    out.dispose();
+    if (gap >= 5) return done;
+    console.warn(`no "done" time: the read-back resolved ${gap.toFixed(1)} ms after mapAsync returned`);
+    return undefined;
+  } finally {
+    probe.destroy();
+  }
 }
 
 /**

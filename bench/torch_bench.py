@@ -151,7 +151,7 @@ def main():
                     extra = {"host_ms": host_ms} if host_ms is not None else {}
                     if put_tf32:
                         r = strict(step)
-                        extra["strict_ms" if isinstance(r, float) else "strict_error"] = r
+                        extra["also" if isinstance(r, float) else "also_errors"] = {"no-tf32": r}
                     say({"ms": ms, "cpu_ms": cpu_ms, **extra})
                 elif msg["cmd"] == "finish":
                     step = None
