@@ -23,6 +23,8 @@ import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
+import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
 import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
 import { backendThreads } from "./backend.ts";
@@ -126,6 +128,8 @@ export class Upscaler {
    */
   winograd: 0 | 2 | 4 = 0;
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
+  /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
+  private planCheck?: Promise<void>;
 
   /** Wraps a net (for instance one being trained); the upscaler disposes it on dispose(). */
   constructor(net: RRDBNet, info: ModelInfo = {}) {
@@ -333,10 +337,14 @@ export class Upscaler {
     } finally {
       x.dispose();
     }
+    const planned = this.takePlanCheck();
     return {
       overlaps: true,
       read: async () => {
         try {
+          // (no await when there is nothing to check: the read-back must start before the caller
+          // queues the next patch)
+          if (planned) await planned;
           return (await y.data()) as Float32Array;
         } finally {
           y.dispose();
@@ -362,13 +370,62 @@ export class Upscaler {
         old.plan.dispose();
         this.plans.delete(k);
       }
-      const options = { precision: this.precision, winograd: this.winograd || undefined };
-      entry = { plan: new RRDBNetPlanWebGPU(this.net, x.shape, options), weights };
+      entry = { plan: this.makePlan(x.shape), weights };
     }
     // most recently used last
     this.plans.delete(key);
     this.plans.set(key, entry);
     return entry.plan.run(x);
+  }
+
+  /**
+   * A prepared forward for patches of `shape`. Its errors say what to do: a patch whose buffers
+   * exceed the device's limits names the largest that fits; what WebGPU reports while the plan is
+   * made (out of memory, say) is checked by {@link takePlanCheck}'s promise, before any output is
+   * trusted.
+   */
+  private makePlan(shape: number[]): RRDBNetPlanWebGPU {
+    const [, h, w] = shape;
+    const device = (tf.backend() as unknown as WebGPUBackendLike).device;
+    let made;
+    try {
+      made = underErrorScopes(
+        device,
+        () =>
+          new RRDBNetPlanWebGPU(this.net, shape, {
+            precision: this.precision,
+            winograd: this.winograd || undefined,
+          }),
+      );
+    } catch (e) {
+      if (!(e instanceof BufferLimitError)) throw e;
+      // the largest buffers grow with the patch's area
+      const side = Math.floor(Math.sqrt((h * w * e.limit) / e.bytes));
+      throw new Error(
+        `a ${w}x${h} patch is too large for this GPU (${e.message}): use smaller tiles ` +
+          `(a tile plus twice its pad at most ${side} pixels)`,
+      );
+    }
+    const plan = made.value;
+    this.planCheck = made.error.then((error) => {
+      if (!error) return;
+      for (const [k, e] of this.plans) if (e.plan === plan) this.plans.delete(k);
+      plan.dispose();
+      const oom = error instanceof GPUOutOfMemoryError;
+      throw new Error(
+        `${oom ? "out of GPU memory" : "WebGPU rejected the work"} preparing the forward of a ${w}x${h} ` +
+          `patch (${error.message})${oom ? ": use smaller tiles" : ""}`,
+      );
+    });
+    this.planCheck.catch(() => {}); // awaited where the patch is read back
+    return plan;
+  }
+
+  /** What {@link makePlan} left to check, once: the patch just launched must await it. */
+  private takePlanCheck(): Promise<void> | undefined {
+    const check = this.planCheck;
+    this.planCheck = undefined;
+    return check;
   }
 
   /** The net on one patch as NHWC floats, clamped to [0, 1]: on the CPU kernels or tfjs's ops. */
@@ -382,7 +439,9 @@ export class Upscaler {
     const plan = this.cpuKernels && tf.getBackend() === "wasm" ? this.wasmPlan() : undefined;
     if (!plan) {
       const y = tf.tidy(() => this.forward(x));
+      const planned = this.takePlanCheck();
       try {
+        if (planned) await planned;
         return (await y.data()) as Float32Array;
       } finally {
         y.dispose();

@@ -148,15 +148,16 @@ Deno.test({
     one.dispose();
 
     const t = Trainer.create(cfg);
+    assert.equal(t.overlapsSteps, false, "not before its plan is made, and checked");
+    const got = [(await t.trainStep(batches[0])).l_pix];
     assert.equal(t.overlapsSteps, true);
-    const pending = [t.trainStep(batches[0])];
-    assert.equal(t.step, 1, "a step counts when submitted");
-    const got: number[] = [];
-    for (let i = 1; i < 5; i++) {
+    const pending = [t.trainStep(batches[1])];
+    assert.equal(t.step, 2, "a step counts when submitted");
+    for (let i = 2; i < 5; i++) {
       pending.push(t.trainStep(batches[i]));
-      got.push((await pending[i - 1]).l_pix);
+      got.push((await pending[i - 2]).l_pix);
     }
-    got.push((await pending[4]).l_pix);
+    got.push((await pending[3]).l_pix);
     assert.deepEqual(got, want);
     await t.checkpoint();
     for (const [k, v] of await t.g.stateDict()) assert.deepEqual(v.data, wantG.get(k)!.data, k);
@@ -206,10 +207,11 @@ Deno.test({
         });
       // a checkpoint after every step: no step may start ahead
       const a = await run(1, "a");
-      // steps 3 (validation) and 6 (the end) hold; 1, 2, 4, 5 let the next one start
+      // steps 3 (validation) and 6 (the end) hold, step 1 waits for its plan's check; 2, 4, 5 let
+      // the next one start
       const b = await run(100, "b");
       assert.equal(a.overlapped, 0);
-      assert.equal(b.overlapped, 4);
+      assert.equal(b.overlapped, 3);
       const log = async (out: string) =>
         (await Deno.readTextFile(`${tmp}/${out}/train_log.jsonl`)).trim().split("\n").map((l) =>
           JSON.parse(l)
@@ -225,6 +227,52 @@ Deno.test({
       for (const [k, v] of ca.netGEma) assert.deepEqual(cb.netGEma.get(k)!.data, v.data, k);
     } finally {
       await Deno.remove(tmp, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: a batch too large for the GPU, or a plan WebGPU rejects, fails before any step, saying so",
+  ignore,
+  fn: async () => {
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    // G's widest maps hold nf 8 floats per output pixel: enough 64 px crops to pass the binding limit
+    const n = Math.ceil(device.limits.maxStorageBufferBindingSize / (8 * 64 * 64 * 4)) + 1;
+    const t = Trainer.create({ ...TINY, gtSize: 64, batchSize: n });
+    const batch = {
+      step: 1,
+      n,
+      lq: new Float32Array(n * 16 * 16 * 3),
+      gt: new Float32Array(n * 64 * 64 * 3),
+      lqSize: 16,
+      gtSize: 64,
+    };
+    try {
+      await assert.rejects(
+        t.trainStep(batch),
+        new RegExp(`a batch of ${n} at 64 px is too much for this GPU .*--batch-size`),
+      );
+      assert.equal(t.step, 0);
+      // what WebGPU rejects while the plan is made (one bind group made invalid) fails the step too
+      const small = Trainer.create(TINY);
+      const createBindGroup = device.createBindGroup;
+      let broken = false;
+      device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
+        if (broken) return createBindGroup.call(this, d);
+        broken = true;
+        return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
+      };
+      try {
+        await assert.rejects(
+          small.trainStep(testBatches(TINY, 1)[0]),
+          /WebGPU rejected the training step's work/,
+        );
+      } finally {
+        device.createBindGroup = createBindGroup;
+        small.dispose();
+      }
+    } finally {
+      t.dispose();
     }
   },
 });

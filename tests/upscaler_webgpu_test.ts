@@ -157,3 +157,51 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "webgpu upscaler: a patch too large for the GPU, or a plan WebGPU rejects, fails saying so",
+  ignore,
+  fn: async () => {
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    const limit = device.limits.maxStorageBufferBindingSize;
+    // 16 channels at 4x: the largest map takes 1 KiB per input pixel; a side past the limit
+    const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 1, numGrowCh: 4 }, {
+      seed: 3,
+    });
+    const up = new Upscaler(net);
+    const fits = Math.floor(Math.sqrt(limit / 1024));
+    const big = tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D;
+    const x = tf.randomUniform([1, 6, 5, 3], 0, 1, "float32", 8) as tf.Tensor4D;
+    const createBindGroup = device.createBindGroup;
+    try {
+      const before = tf.memory().numTensors;
+      await assert.rejects(
+        up.upscaleTensor(big, { tile: 0 }),
+        new RegExp(`patch is too large for this GPU .*twice its pad at most ${fits} pixels`),
+      );
+      assert.equal(tf.memory().numTensors, before);
+
+      // one bind group made invalid while a plan is prepared: WebGPU's error surfaces, the plan goes
+      let broken = false;
+      device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
+        if (broken) return createBindGroup.call(this, d);
+        broken = true;
+        return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
+      };
+      await assert.rejects(
+        up.upscaleTensor(x, { tile: 0 }),
+        /WebGPU rejected the work preparing the forward/,
+      );
+      device.createBindGroup = createBindGroup;
+      const ref = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
+      const y = await up.upscaleTensor(x, { tile: 0 });
+      assert.ok(await maxDiff(y, ref) < 1e-5, "a new plan, made without the fault");
+      tf.dispose([y, ref]);
+      assert.equal(tf.memory().numTensors, before);
+    } finally {
+      device.createBindGroup = createBindGroup;
+      tf.dispose([big, x]);
+      up.dispose();
+    }
+  },
+});

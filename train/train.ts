@@ -63,7 +63,8 @@ export interface RunSummary {
   itPerSec: number;
   /**
    * Steps started before the losses of the one before them were read (planned f32 psnr steps on
-   * webgpu, see Trainer.overlapsSteps): every step but those after a checkpoint or a validation.
+   * webgpu, see Trainer.overlapsSteps): every step but the second (the first makes the plan) and
+   * those after a checkpoint or a validation.
    */
   overlapped: number;
   /** Mean losses over the first and the last `logEvery` steps of this run. */

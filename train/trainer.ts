@@ -24,7 +24,9 @@ import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
 import { useFastWasmConvGrads } from "./wasm_conv_grads.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
-import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/webgpu_train_plan.ts";
+import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
+import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 
 /** The perceptual loss as the trainer uses it (core/losses' PerceptualLoss). */
@@ -93,6 +95,8 @@ export class Trainer {
   /** The planned G step (webgpu or wasm) and whether the variables lag behind its buffers. */
   private plan?: RRDBNetTrainPlanWebGPU | RRDBNetTrainPlanWasm;
   private planAhead = false;
+  /** The WebGPU plan while WebGPU checks it (see checkedPlan). */
+  private planMaking?: Promise<RRDBNetTrainPlanWebGPU>;
 
   private constructor(
     readonly config: TrainConfig,
@@ -149,7 +153,8 @@ export class Trainer {
    */
   get overlapsSteps(): boolean {
     const c = this.config;
-    return tf.getBackend() === "webgpu" && this.planned && c.stage === "psnr" && c.precision === "f32";
+    return tf.getBackend() === "webgpu" && this.planned && c.stage === "psnr" && c.precision === "f32" &&
+      this.plan !== undefined; // (a step that makes the plan waits for WebGPU's verdict on it first)
   }
 
   /**
@@ -228,6 +233,32 @@ export class Trainer {
     return { features: this.perceptual!.features(gt), logits: this.d!.apply(gt, { training: true }) };
   }
 
+  /**
+   * The WebGPU plan, made under WebGPU's error scopes: a batch whose buffers exceed the device's
+   * limits, or that runs out of GPU memory, fails here saying so (not as a garbage loss later).
+   */
+  private async checkedPlan(options: TrainPlanOptions): Promise<RRDBNetTrainPlanWebGPU> {
+    const too = (why: string) =>
+      new Error(
+        `a batch of ${options.batch} at ${options.lqSize * 4} px is too much for this GPU (${why}): ` +
+          "use a smaller --batch-size or --gt-size",
+      );
+    let made;
+    try {
+      made = underErrorScopes(
+        (tf.backend() as unknown as WebGPUBackendLike).device,
+        () => new RRDBNetTrainPlanWebGPU(this.g, options),
+      );
+    } catch (e) {
+      throw e instanceof BufferLimitError ? too(e.message) : e;
+    }
+    const error = await made.error;
+    if (!error) return made.value;
+    made.value.dispose();
+    if (error instanceof GPUOutOfMemoryError) throw too(`out of GPU memory: ${error.message}`);
+    throw new Error(`WebGPU rejected the training step's work: ${error.message}`);
+  }
+
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
   private generatorGanTerms(out: tf.Tensor4D, real: RealSide): { percep: tf.Scalar; gan: tf.Scalar } {
     const c = this.config;
@@ -277,13 +308,21 @@ export class Trainer {
       emaDecay: c.emaDecay,
       pixelWeight: c.pixelWeight,
     };
-    this.plan ??= tf.getBackend() === "wasm"
-      ? new RRDBNetTrainPlanWasm(this.g, options)
-      : new RRDBNetTrainPlanWebGPU(this.g, {
+    if (!this.plan && tf.getBackend() === "wasm") this.plan = new RRDBNetTrainPlanWasm(this.g, options);
+    if (!this.plan) {
+      // steps started meanwhile wait for the same plan, and then run in the order they started
+      this.planMaking ??= this.checkedPlan({
         ...options,
         precision: c.precision,
         winograd: c.winograd || undefined,
       });
+      const making = this.planMaking;
+      try {
+        this.plan ??= await making;
+      } finally {
+        if (this.planMaking === making) this.planMaking = undefined;
+      }
+    }
     // mixed precision: its loss scale shows in the logs (it halves at each skipped step)
     const scaled = (l: StepLosses): StepLosses =>
       this.plan instanceof RRDBNetTrainPlanWebGPU && c.precision !== "f32"

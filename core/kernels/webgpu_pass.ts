@@ -31,6 +31,28 @@ export interface Region {
   size?: number;
 }
 
+/**
+ * Runs `make` inside WebGPU error scopes and returns what it made, with the error WebGPU reported
+ * meanwhile (out of memory first, then validation; null: none). WebGPU reports those only
+ * asynchronously: unchecked, a plan whose buffers could not be made computes garbage.
+ */
+export function underErrorScopes<T>(
+  device: GPUDevice,
+  make: () => T,
+): { value: T; error: Promise<GPUError | null> } {
+  device.pushErrorScope("out-of-memory");
+  device.pushErrorScope("validation");
+  let value: T;
+  try {
+    value = make();
+  } catch (e) {
+    device.popErrorScope(), device.popErrorScope();
+    throw e;
+  }
+  const [invalid, oom] = [device.popErrorScope(), device.popErrorScope()];
+  return { value, error: Promise.all([invalid, oom]).then(([i, o]) => o ?? i) };
+}
+
 /** One way of running a dispatch: its pipeline, bindings and launch size. */
 interface Launch {
   pipeline: GPUComputePipeline;
@@ -47,6 +69,18 @@ interface Dispatch extends Launch {
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
 
+/**
+ * A buffer or binding larger than the device allows: thrown when a pass is prepared, before any
+ * work, rather than leaving WebGPU to reject the binding later and the results garbage.
+ */
+export class BufferLimitError extends Error {
+  constructor(readonly bytes: number, readonly limit: number, what: string) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    super(`${what} of ${mib(bytes)} exceeds this GPU's limit of ${mib(limit)}`);
+    this.name = "BufferLimitError";
+  }
+}
+
 /** Our programs' dispatches, recorded once and replayed into one compute pass per {@link record}. */
 export class PlannedPass {
   private readonly dispatches: Dispatch[] = [];
@@ -61,6 +95,8 @@ export class PlannedPass {
 
   /** A new storage buffer of at least `bytes` (rounded up to 16), freed with the pass. */
   buffer(bytes: number, usage = 0): GPUBuffer {
+    const { maxBufferSize } = this.backend.device.limits;
+    if (bytes > maxBufferSize) throw new BufferLimitError(bytes, maxBufferSize, "a buffer");
     const buffer = this.backend.device.createBuffer({
       size: Math.max(16, Math.ceil(bytes / 16) * 16),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | usage,
@@ -147,6 +183,11 @@ export class PlannedPass {
     const max = this.backend.device.limits.maxComputeWorkgroupsPerDimension;
     if (program.dispatch.some((d) => d > max)) {
       throw new Error(`${program.name}: dispatch [${program.dispatch}] exceeds the device limit ${max}`);
+    }
+    const limit = this.backend.device.limits.maxStorageBufferBindingSize;
+    for (const r of [output, ...inputs]) {
+      const bytes = r.size ?? r.buffer.size - (r.offset ?? 0);
+      if (bytes > limit) throw new BufferLimitError(bytes, limit, `${program.name}: a binding`);
     }
     // Our shaders never read the shapes tfjs's uniform prelude declares: rank-1 placeholders.
     const shapes = [...inputs, output].map(() => [1]);

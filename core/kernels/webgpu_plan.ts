@@ -88,6 +88,9 @@ export class RRDBNetPlanWebGPU {
       );
     }
     this.pass = new PlannedPass(this.backend);
+    // whatever is made before an error (a BufferLimitError halfway, say) is freed, not leaked
+    using onError = new DisposableStack();
+    onError.defer(() => this.pass.dispose());
     const { scale, numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = net.config;
     const [n, hh, ww] = inputShape;
     const unshuffle = scale === 4 ? 1 : scale === 2 ? 2 : 4;
@@ -104,6 +107,7 @@ export class RRDBNetPlanWebGPU {
     const whole = (buffer: GPUBuffer): Region => ({ buffer });
     // f16 copies of the weights, converted by one submit of cast dispatches
     const setup = new PlannedPass(this.backend);
+    onError.defer(() => setup.dispose());
     const param = (name: string): Region => {
       const v = net.params.get(name);
       if (!v) throw new Error(`RRDBNetPlanWebGPU: the net has no parameter ${name}`);
@@ -174,6 +178,7 @@ export class RRDBNetPlanWebGPU {
     this.winogradConvs = fwd.winogradConvs;
     if (setup.size) setup.submitWithTfjs((encoder) => setup.record(encoder));
     setup.dispose();
+    onError.move();
   }
 
   /** `net.apply(x)` for x of the plan's input shape. */

@@ -154,6 +154,9 @@ export class RRDBNetTrainPlanWebGPU {
       );
     }
     this.pass = new PlannedPass(this.be);
+    // whatever is made before an error (a BufferLimitError halfway, say) is freed, not leaked
+    using onError = new DisposableStack();
+    onError.defer(() => this.pass.dispose());
     this.t = options.adam.t;
     this.lossScale = half ? options.lossScale ?? 2 ** 16 : 1;
 
@@ -192,6 +195,7 @@ export class RRDBNetTrainPlanWebGPU {
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       })
     );
+    onError.defer(() => this.staging.forEach((b) => b.destroy()));
 
     const whole = (buf: GPUBuffer): Region => ({ buffer: buf });
     const param = (name: string): Region => {
@@ -501,6 +505,7 @@ export class RRDBNetTrainPlanWebGPU {
     for (const op of ops) op();
     this.setAdam = setAdam;
     this.setL1 = setL1;
+    onError.move();
   }
 
   /** Dispatches one step records. */
