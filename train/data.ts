@@ -160,7 +160,9 @@ export function makeBatch(images: RgbImage[], options: CropOptions, step: number
 
 /**
  * Batches made ahead: `next()` hands out step after step while up to `depth` later batches are
- * being made in macrotasks, which run whenever the training loop awaits the GPU.
+ * being made in macrotasks, which run whenever the training loop awaits. On webgpu that is not
+ * while the GPU works: Deno 2.9.6's mapAsync blocks the thread until the GPU is done, so batches
+ * are made in the gaps between steps (11.7 ms for batch 16 at 128 px on this project's 2-core machine).
  */
 export class BatchQueue {
   private readonly pending = new Map<number, Promise<Batch>>();
