@@ -161,6 +161,11 @@ Deno.test({
     assert.deepEqual(got, want);
     await t.checkpoint();
     for (const [k, v] of await t.g.stateDict()) assert.deepEqual(v.data, wantG.get(k)!.data, k);
+    // two steps started before the plan is made (and checked) wait for it, then run in order
+    const u = Trainer.create(cfg);
+    const firstTwo = [u.trainStep(batches[0]), u.trainStep(batches[1])];
+    assert.deepEqual([(await firstTwo[0]).l_pix, (await firstTwo[1]).l_pix], want.slice(0, 2));
+    u.dispose();
     // a third step while two losses are pending: refused, saying why
     const two = [t.trainStep(batches[0]), t.trainStep(batches[1])];
     await assert.rejects(t.trainStep(batches[2]), /before the loss of the two before it resolved/);
