@@ -46,12 +46,14 @@ export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
 export const AHEAD_STEPS = 3;
 
 const HELP = `deno task bench [options]
-Times RRDBNet (forward passes; training steps with train: cases) per tfjs backend, warmed up,
+Times RRDBNet (forward passes; training steps with train: cases; the Upscaler's tiled upscale,
+128-pixel tiles overlapping by 24, with upscale: cases) per tfjs backend, warmed up,
 median of --runs, with peak memory, next to PyTorch on the same machine in the same run. The
 backends and PyTorch each run in a process of their own and take turns, one run each per round.
 
-  --case SPEC         forward:NxHxW or train:NxHxW (LR size), repeatable; default forward:1x64x64
-  --all-shapes        ${ALL_CASES.join(", ")}
+  --case SPEC         forward:NxHxW, train:NxHxW or upscale:NxHxW (LR size), repeatable; default
+                      forward:1x64x64
+  --all-shapes        ${ALL_CASES.join(", ")} (and any --case)
   --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
                       webgpu-plan (our kernels as prepared passes, incl. the planned training step),
@@ -149,7 +151,9 @@ export function parseBenchArgs(args: string[]): BenchPlan {
     } catch { /* absent: random weights, same cost */ }
   }
   return {
-    cases: (v["all-shapes"] ? ALL_CASES : v.case?.length ? v.case : ["forward:1x64x64"]).map(parseCase),
+    cases: [...(v["all-shapes"] ? ALL_CASES : []), ...(v.case ?? [])].concat(
+      v["all-shapes"] || v.case?.length ? [] : ["forward:1x64x64"],
+    ).map(parseCase),
     backends: v.backend ? v.backend.split(",").map((s) => parseBackend(s.trim())) : null,
     runs: int("runs", v.runs, 5, 1),
     warmup: int("warmup", v.warmup, 1, 0),
@@ -222,7 +226,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
         const [t0, cpu0] = [performance.now(), process.cpuUsage()];
         const out = await current!.prepared.step();
         const [ms, cpu] = [performance.now() - t0, process.cpuUsage(cpu0)];
-        if (current!.c.kind === "forward") current!.out = out;
+        if (current!.c.kind !== "train") current!.out = out;
         const also: Record<string, number> = {};
         const ahead = await current!.prepared.stepsAhead?.(AHEAD_STEPS);
         if (ahead !== undefined) also.ahead = ahead;
@@ -241,7 +245,11 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
           // hung, on an H200: profile only our planned passes there
           const skip = spec.name === "webgpu" && !spec.plan;
           const tilings = prepared.tilings;
-          return { ok: true, tilings, profile: msg.profile && !skip ? await prepared.profile() : undefined };
+          return {
+            ok: true,
+            tilings,
+            profile: msg.profile && !skip ? await prepared.profile?.() : undefined,
+          };
         } finally {
           prepared.dispose();
         }
@@ -406,6 +414,11 @@ export async function runBench(
           log(`  ${name}: ${p.label} skipped (the training step runs Winograd in f32 only)`);
           continue;
         }
+        if (c.kind === "upscale" && spec && (spec.tune || (spec.name === "webgpu" && !spec.plan))) {
+          // the Upscaler runs planned passes on webgpu, with the built-in tilings
+          log(`  ${name}: ${p.label} skipped (the Upscaler neither tunes nor runs tfjs's webgpu ops)`);
+          continue;
+        }
         log(`  ${name}: warming up ${p.label} ...`);
         const r = await p.peer.request({ cmd: "setup", case: name, warmup: plan.warmup });
         const threads = p.hello.threads;
@@ -448,7 +461,7 @@ export async function runBench(
         for (const [k, why] of Object.entries(row.also_errors ?? {})) {
           log(`  ${name}: ${p.label}: no ${k} time (${why})`);
         }
-        if (c.kind === "forward" && dump && !row.error) {
+        if (c.kind !== "train" && dump && !row.error) {
           const bytes = await Deno.readFile(dump);
           const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
           if (!ref) ref = { label: p.label, out };

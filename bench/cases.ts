@@ -15,22 +15,31 @@ import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { Adam } from "../train/adam.ts";
+import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 
 /** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
 export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x256", "train:16x32x32"];
 
-/** One measurement: a forward pass or a training step on a batch of N HxW LR images. */
+/**
+ * One measurement on a batch of N HxW LR images: a forward pass, a training step, or an upscale
+ * (the Upscaler, tiled as `deno task upscale` tiles: 128-pixel tiles overlapping by 24, blended;
+ * PyTorch: Real-ESRGAN's tile loop with the same tiles, each tile's core pasted).
+ */
 export interface BenchCase {
-  kind: "forward" | "train";
+  kind: "forward" | "train" | "upscale";
   n: number;
   h: number;
   w: number;
 }
 
-/** Parses `forward:1x64x64` or `train:16x32x32` (LR size). */
+/** Parses `forward:1x64x64`, `train:16x32x32` or `upscale:1x256x256` (LR size). */
 export function parseCase(spec: string): BenchCase {
-  const m = /^(forward|train):(\d+)x(\d+)x(\d+)$/.exec(spec);
-  if (!m) throw new Error(`bad case "${spec}": expected forward:NxHxW or train:NxHxW, e.g. forward:1x64x64`);
+  const m = /^(forward|train|upscale):(\d+)x(\d+)x(\d+)$/.exec(spec);
+  if (!m) {
+    throw new Error(
+      `bad case "${spec}": expected forward:NxHxW, train:NxHxW or upscale:NxHxW, e.g. forward:1x64x64`,
+    );
+  }
   const [n, h, w] = [m[2], m[3], m[4]].map(Number);
   if (!(n > 0 && h > 0 && w > 0)) throw new Error(`bad case "${spec}": sizes must be positive`);
   return { kind: m[1] as BenchCase["kind"], n, h, w };
@@ -143,8 +152,8 @@ export interface KernelProfile {
 export interface PreparedCase {
   /** One forward pass (returns the output) or one training step (returns the loss), read back. */
   step(): Promise<Float32Array>;
-  /** One step under tf.profile. */
-  profile(): Promise<KernelProfile>;
+  /** One step under tf.profile (absent for upscale cases: profile their forward). */
+  profile?(): Promise<KernelProfile>;
   /**
    * Training steps as `deno task train` runs them where it can (planned f32 steps on webgpu, see
    * Trainer.overlapsSteps): `count` steps, each started before the last one's loss is read; ms per step.
@@ -163,7 +172,38 @@ export interface PreparedCase {
  * trainable, and tfjs's gradients registered: `import "@tensorflow/tfjs"`).
  */
 export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase {
+  if (c.kind === "upscale") return prepareUpscale(net, c, seed);
   return withPlan ? preparePlanned(net, c, seed) : prepareOps(net, c, seed);
+}
+
+/**
+ * An upscale through the Upscaler with its default tiles, output read back and blended: our
+ * kernels where the backend is a plan (in its precision and Winograd size), tfjs's ops on wasm and
+ * cpu otherwise. On webgpu the Upscaler always runs planned passes: the stock `webgpu` and
+ * `webgpu-custom` backends are refused rather than timed under a name that is not what ran.
+ */
+function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
+  if (tf.getBackend() === "webgpu" && !withPlan) {
+    throw new Error("upscale cases run the Upscaler, which runs planned passes on webgpu: use webgpu-plan");
+  }
+  if (planOptions.tune) throw new Error("upscale cases run the Upscaler, which does not tune (+tune)");
+  const up = new Upscaler(net);
+  up.cpuKernels = withPlan;
+  if (tf.getBackend() === "webgpu") {
+    [up.precision, up.winograd] = [planOptions.precision, planOptions.winograd ?? 0];
+  }
+  const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
+  return {
+    async step() {
+      const y = await up.upscaleTensor(x, { tile: DEFAULT_TILE, tilePad: DEFAULT_TILE_PAD });
+      try {
+        return (await y.data()) as Float32Array;
+      } finally {
+        y.dispose();
+      }
+    },
+    dispose: () => (up.dispose({ keepNet: true }), x.dispose()),
+  };
 }
 
 let withPlan = false;
@@ -391,9 +431,9 @@ export async function timeCase(
       const t0 = performance.now();
       const out = await prepared.step();
       if (i >= warmup) times.push(performance.now() - t0);
-      if (c.kind === "forward") output = out;
+      if (c.kind !== "train") output = out;
     }
-    const profile = options.profile ? await prepared.profile() : undefined;
+    const profile = options.profile ? await prepared.profile?.() : undefined;
     return { case: caseName(c), ms: median(times), times_ms: times, output, profile };
   } finally {
     prepared.dispose();

@@ -43,6 +43,22 @@ class RRDBNet(nn.Module):
         return s.conv_last(F.leaky_relu(s.conv_hr(feat), 0.2))
 
 
+def tiled(net, x, tile=128, pad=24):
+    """Real-ESRGAN's RealESRGANer.tile_process with the bench's tiles: each padded tile through the
+    net, its core pasted into the output (on the device; the host copy is the "+host" time)."""
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, c, h * 4, w * 4)
+    with torch.no_grad():
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
+                part = net(x[:, :, py0:min(y1 + pad, h), px0:min(x1 + pad, w)])
+                oy, ox = (y0 - py0) * 4, (x0 - px0) * 4
+                out[:, :, y0 * 4:y1 * 4, x0 * 4:x1 * 4] = part[:, :, oy:oy + (y1 - y0) * 4, ox:ox + (x1 - x0) * 4]
+    return out
+
+
 def prepare(net, case, dev):
     """Returns a function that runs one forward pass or one training step (L1, Adam) of `case`."""
     kind, shape = case.split(":")
@@ -54,6 +70,9 @@ def prepare(net, case, dev):
             with torch.no_grad():
                 return net(x)
         return step
+    if kind == "upscale":
+        net.eval()
+        return lambda: tiled(net, x)
     net.train()
     target = torch.rand(n, 3, h * 4, w * 4, device=dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -84,7 +103,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=23)
-    ap.add_argument("--case", action="append", default=[], help="forward:NxHxW or train:NxHxW (LR size)")
+    ap.add_argument("--case", action="append", default=[], help="forward:, train: or upscale:NxHxW (LR size)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--serve", action="store_true", help="answer bench/peer.ts requests on stdin")

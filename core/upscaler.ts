@@ -243,13 +243,13 @@ export class Upscaler {
     return { width: outW, height: outH, data: out };
   }
 
-  /** Frees the weights. */
-  dispose(): void {
+  /** Frees the weights and the prepared plans; `keepNet`: the plans only (the net lives on). */
+  dispose(options: { keepNet?: boolean } = {}): void {
     for (const { plan } of this.plans.values()) plan.dispose();
     this.plans.clear();
     this.cpuPlan?.plan.dispose();
     this.cpuPlan = undefined;
-    this.net.dispose();
+    if (!options.keepNet) this.net.dispose();
   }
 
   /** Runs the net tile by tile and blends the outputs: NHWC float32, clamped to [0, 1]. */

@@ -20,7 +20,8 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.deepEqual(parseCase("train:16x32x32"), { kind: "train", n: 16, h: 32, w: 32 });
   assert.equal(caseName(parseCase("forward:1x256x256")), "forward:1x256x256");
   assert.throws(() => parseCase("forward:64x64"), /bad case "forward:64x64"/);
-  assert.throws(() => parseCase("infer:1x8x8"), /forward:NxHxW or train:NxHxW/);
+  assert.throws(() => parseCase("infer:1x8x8"), /forward:NxHxW, train:NxHxW or upscale:NxHxW/);
+  assert.deepEqual(parseCase("upscale:1x256x256"), { kind: "upscale", n: 1, h: 256, w: 256 });
   assert.deepEqual(parseBackend("wasm:3"), { name: "wasm", threads: 3 });
   assert.deepEqual(parseBackend("webgpu-custom"), { name: "webgpu", custom: true });
   assert.equal(backendLabel(parseBackend("wasm:1")), "wasm:1");
@@ -61,6 +62,9 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
     "--json",
   ]);
   assert.deepEqual(plan.cases.map(caseName), ALL_CASES);
+  const more = parseBenchArgs(["--all-shapes", "--case", "upscale:1x256x256"]);
+  assert.deepEqual(more.cases.map(caseName), [...ALL_CASES, "upscale:1x256x256"]);
+  assert.deepEqual(parseBenchArgs([]).cases.map(caseName), ["forward:1x64x64"]);
   assert.deepEqual(plan.backends?.map(backendLabel), ["wasm:2", "cpu"]);
   assert.equal(plan.runs, 3);
   assert.equal(plan.model, null);
@@ -279,4 +283,17 @@ Deno.test({
       /\(ahead 12\.3\).*1\.50x \(ahead 1\.25x\)/,
     );
   },
+});
+
+Deno.test("bench: upscale cases run the tiled Upscaler; our CPU kernels and tfjs's ops agree", async () => {
+  const plan = parseBenchArgs([
+    ...["--backend", "wasm-plan:2,wasm:2", "--case", "upscale:1x20x18", "--blocks", "1"],
+    ...["--runs", "1", "--warmup", "0", "--random", "--no-torch"],
+  ]);
+  const report = await runBench(plan);
+  const [ours, ops] = report.rows;
+  for (const r of [ours, ops]) assert.equal(r.error, undefined, r.error);
+  // 20x18 in one tile: both ran the same forward, blended and clamped
+  assert.equal(ops.diff_vs, "wasm-plan:2");
+  assert.ok(ops.max_abs_diff! < 1e-4, `max |Δ| ${ops.max_abs_diff}`);
 });
