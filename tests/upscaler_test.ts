@@ -299,3 +299,24 @@ Deno.test("on wasm the CPU kernels give tfjs's result (tiled, odd sizes, x4/x2/x
     }
   }
 });
+
+Deno.test("dispose({ keepNet: true }) frees the upscaler's plans and leaves its net usable", async () => {
+  const up = Upscaler.fromBytes(await tinyModel());
+  const x = tf.randomUniform([1, 8, 8, 3], 0, 1, "float32", 2) as tf.Tensor4D;
+  try {
+    const want = await up.upscaleTensor(x, { tile: 0 }); // through the CPU kernels' plan
+    const weights = up.net.params.size;
+    const before = tf.memory().numTensors;
+    up.dispose({ keepNet: true });
+    assert.equal(tf.memory().numTensors, before, "the net's tensors stay");
+    const other = new Upscaler(up.net); // a new plan, same net
+    const again = await other.upscaleTensor(x, { tile: 0 });
+    other.dispose({ keepNet: true });
+    assert.deepEqual(await again.data(), await want.data());
+    assert.equal(up.net.params.size, weights);
+    tf.dispose([want, again]);
+  } finally {
+    x.dispose();
+    up.dispose();
+  }
+});
