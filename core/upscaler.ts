@@ -341,11 +341,14 @@ export class Upscaler {
     return {
       overlaps: true,
       read: async () => {
+        // the read-back starts at once, before the caller queues the next patch; a new plan's
+        // verdict (see makePlan) decides whether its output is trusted
+        const data = y.data();
         try {
-          // (no await when there is nothing to check: the read-back must start before the caller
-          // queues the next patch)
-          if (planned) await planned;
-          return (await y.data()) as Float32Array;
+          const [check, out] = await Promise.allSettled([planned, data]);
+          if (check.status === "rejected") throw check.reason;
+          if (out.status === "rejected") throw out.reason;
+          return out.value as Float32Array;
         } finally {
           y.dispose();
         }
