@@ -79,7 +79,7 @@ Deno.test({
   ignore,
   fn: async () => {
     const up = new Upscaler(tinyNet(5));
-    // 3 x 3 tiles of 4 with pad 2: five patch shapes, the inner ones sharing a plan
+    // 3 x 3 tiles of 4 with pad 2: four patch shapes (6x5, 6x8, 8x5, 8x8), most shared by several tiles
     const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 6) as tf.Tensor4D;
     try {
       const before = tf.memory().numTensors;
