@@ -236,6 +236,20 @@ function chooseGemmTile(spec: WinogradGemmSpec): WinogradGemmTile {
   return tile;
 }
 
+/**
+ * A GEMM's loads into workgroup memory, unrolled: `threads` threads share `units` items, thread
+ * `tid` taking items l = s * threads + tid; `body` loads item `l` (WGSL, indented as a block's).
+ */
+export function unitLoads(units: number, threads: number, body: string): string[] {
+  return Array.from({ length: Math.ceil(units / threads) }, (_, s) =>
+    `{
+      let l = ${s} * ${threads} + tid;
+      if (l < ${units}) {
+        ${body}
+      }
+    }`);
+}
+
 /** The GEMMs, ξ along the launch's z. Binds M, then V, U. */
 export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
   const tile = chooseGemmTile(spec);
@@ -247,26 +261,22 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
   const rowTiles = Math.ceil(spec.tiles / bm);
   if (rowTiles > MAX_DISPATCH) throw new Error(`winograd: ${spec.tiles} tiles are too many for one launch`);
   const accs = tileAccumulators({ tm, tn });
-  const loadA = Array.from({ length: Math.ceil(aUnits / nt) }, (_, s) =>
-    `{
-      let l = ${s} * ${nt} + tid;
-      if (l < ${aUnits}) {
-        let r = l / ${bk / 4}; let q = l % ${bk / 4};
+  const loadA = unitLoads(
+    aUnits,
+    nt,
+    `let r = l / ${bk / 4}; let q = l % ${bk / 4};
         var v = vec4<f32>(0.0);
         if (m0 + r < u.P && cb + 4 * q < u.C) { v = vec4<f32>(V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]); }
-        Sh[aBase + r * AST + q] = v;
-      }
-    }`);
-  const loadB = Array.from({ length: Math.ceil(bUnits / nt) }, (_, s) =>
-    `{
-      let l = ${s} * ${nt} + tid;
-      if (l < ${bUnits}) {
-        let r = l / ${bn / 4}; let q = l % ${bn / 4};
+        Sh[aBase + r * AST + q] = v;`,
+  );
+  const loadB = unitLoads(
+    bUnits,
+    nt,
+    `let r = l / ${bn / 4}; let q = l % ${bn / 4};
         var v = vec4<f32>(0.0);
         if (cb + r < u.C && n0 / 4 + q < u.K4) { v = vec4<f32>(U[(uRow + cb + r) * u.K4 + n0 / 4 + q]); }
-        Sh[bBase + l] = v;
-      }
-    }`);
+        Sh[bBase + l] = v;`,
+  );
   const stores = accs.map((a, q) => {
     const i = Math.floor(q / nj), j = q % nj;
     return `{ let row = m0 + ty * ${tm} + ${i}; let col = n0 / 4 + tx + ${j * cx};

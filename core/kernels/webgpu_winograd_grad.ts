@@ -12,7 +12,14 @@
 import { tileAccumulators, tileProduct } from "./webgpu_conv3x3.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
 import { dispatch1d, flatIndex } from "./webgpu_pass.ts";
-import { MAX_DISPATCH, sandwich, tileThread, type WinogradSize, winogradTiles } from "./webgpu_winograd.ts";
+import {
+  MAX_DISPATCH,
+  sandwich,
+  tileThread,
+  unitLoads,
+  type WinogradSize,
+  winogradTiles,
+} from "./webgpu_winograd.ts";
 import { WINOGRAD } from "./winograd.ts";
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
@@ -118,11 +125,10 @@ export function winogradFilterGradGemmProgram(spec: WinogradFilterGradSpec): Pro
   const accs = tileAccumulators({ tm, tn });
   // A tile: rows = channels of V, vec4s along tiles (the reduction): loaded as 4 tiles' vec4s of
   // 4 channels and transposed in registers.
-  const loadA = Array.from({ length: Math.ceil(blocks / nt) }, (_, s) =>
-    `{
-      let l = ${s} * ${nt} + tid;
-      if (l < ${blocks}) {
-        let qc = l / ${bk / 4}; let qp = l % ${bk / 4};
+  const loadA = unitLoads(
+    blocks,
+    nt,
+    `let qc = l / ${bk / 4}; let qp = l % ${bk / 4};
         let c0 = m0 + qc * 4;
         ${
       [0, 1, 2, 3].map((j) =>
@@ -139,19 +145,16 @@ export function winogradFilterGradGemmProgram(spec: WinogradFilterGradSpec): Pro
         `Sh[(qc * 4 + ${k}) * ${ast} + qp] = vec4<f32>(v0.${r}, v1.${r}, v2.${r}, v3.${r});`
       )
         .join("\n        ")
-    }
-      }
-    }`);
-  const loadB = Array.from({ length: Math.ceil(bUnits / nt) }, (_, s) =>
-    `{
-      let l = ${s} * ${nt} + tid;
-      if (l < ${bUnits}) {
-        let r = l / ${bn / 4}; let q = l % ${bn / 4};
+    }`,
+  );
+  const loadB = unitLoads(
+    bUnits,
+    nt,
+    `let r = l / ${bn / 4}; let q = l % ${bn / 4};
         var v = vec4<f32>(0.0);
         if (pb + r < pEnd && n0 / 4 + q < u.K4) { v = dM[(xi * u.P + pb + r) * u.K4 + n0 / 4 + q]; }
-        Sh[${aSize} + l] = v;
-      }
-    }`);
+        Sh[${aSize} + l] = v;`,
+  );
   const stores = accs.map((a, q) => {
     const i = Math.floor(q / nj), j = q % nj;
     return `{ let row = m0 + ty * ${tm} + ${i}; let col = n0 / 4 + tx + ${j * cx};
