@@ -41,7 +41,7 @@ export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
 
 /**
  * Steps per run timed one ahead (each started before the last one's loss is read), after the
- * awaited one, for the planned f32 training rows on webgpu.
+ * awaited one, for the planned training rows on webgpu.
  */
 export const AHEAD_STEPS = 3;
 
@@ -76,7 +76,7 @@ backends and PyTorch each run in a process of their own and take turns, one run 
   --torch             require PyTorch (fail if absent)
   --torch-device D    cpu or cuda (default cpu)     --torch-threads N   (default 2); on cuda PyTorch's
                       forward is also timed until its output is in host memory ("+host"), as our
-                      forwards read theirs back, and ratios to that follow in brackets; planned f32
+                      forwards read theirs back, and ratios to that follow in brackets; planned
                       training on webgpu is also timed as deno task train runs it, each step started
                       before the last one's loss is read ("ahead"), planned forwards until the GPU
                       finished without the read-back ("done", as torch.cuda.synchronize waits), and
@@ -290,7 +290,7 @@ export interface BenchRow {
   host_times_ms?: number[];
   vs_torch_host?: number;
   /**
-   * The case timed other ways in each run, and their medians: "ahead" (planned f32 training on
+   * The case timed other ways in each run, and their medians: "ahead" (planned training on
    * webgpu: ms per step with each step started before the last one's loss is read, as `deno task
    * train` runs them; {@link AHEAD_STEPS} per run), "done" (planned forwards on webgpu: until the GPU
    * finished, without reading the output back, as torch.cuda.synchronize waits), "no-tf32" (PyTorch

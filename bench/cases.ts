@@ -155,7 +155,7 @@ export interface PreparedCase {
   /** One step under tf.profile (absent for upscale cases: profile their forward). */
   profile?(): Promise<KernelProfile>;
   /**
-   * Training steps as `deno task train` runs them where it can (planned f32 steps on webgpu, see
+   * Training steps as `deno task train` runs them where it can (planned steps on webgpu, see
    * Trainer.overlapsSteps): `count` steps, each started before the last one's loss is read; ms per step.
    */
   stepsAhead?(count: number): Promise<number>;
@@ -278,7 +278,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
   const data = async () =>
     batch ??= { lq: (await x.data()) as Float32Array, gt: (await gt.data()) as Float32Array };
-  const ahead = plan instanceof RRDBNetTrainPlanWebGPU && planOptions.precision === "f32";
+  const ahead = plan instanceof RRDBNetTrainPlanWebGPU;
   return {
     async step() {
       return new Float32Array([await plan.step(await data(), 1e-4)]);

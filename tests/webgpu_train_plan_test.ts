@@ -281,3 +281,65 @@ Deno.test(
     assert.deepEqual(gpuErrors, []);
   },
 );
+
+Deno.test(
+  "mixed precision: steps started one ahead skip, halve and grow the loss scale as awaited steps do",
+  halfOpts,
+  async () => {
+    const batches = await Promise.all([...Array(10).keys()].map((i) => batch(31 + i)));
+    // Gradients 4096x larger and a scale that doubles every two good steps: the scale starts above
+    // what f16 holds, falls by skipped steps, grows, overflows again (the GPU picks each step's scale
+    // and step count while the last step's outcome is still on its way)
+    const run = async (ahead: boolean) => {
+      const s = trainState(5);
+      const plan = new RRDBNetTrainPlanWebGPU(s.net, {
+        batch: BATCH,
+        lqSize: LQ,
+        ema: s.ema.params,
+        adam: s.adam,
+        emaDecay: 0.9,
+        precision: "f16",
+        pixelWeight: 4096,
+        lossScale: 2 ** 18,
+        growthInterval: 2,
+      });
+      const seen: { loss: number; scale: number }[] = [];
+      try {
+        let pending: Promise<number> | undefined;
+        for (const b of batches) {
+          const next = plan.step(b, 1e-3);
+          if (ahead && !pending) {
+            pending = next;
+            continue;
+          }
+          if (ahead) {
+            assert.throws(() => plan.writeBack(), /before the last step's loss resolved/);
+          }
+          seen.push({ loss: await (pending ?? next), scale: plan.lossScale });
+          pending = ahead ? next : undefined;
+        }
+        if (pending) seen.push({ loss: await pending, scale: plan.lossScale });
+        plan.writeBack();
+        const state = new Map<string, Float32Array>();
+        for (const [what, vars] of [["p", s.net.params], ["e", s.ema.params], ["m", s.adam.m]] as const) {
+          for (const [k, v] of vars) state.set(`${what} ${k}`, (await v.data()) as Float32Array);
+        }
+        return { seen, t: plan.t, skipped: plan.skippedSteps, state };
+      } finally {
+        plan.dispose();
+        disposeState(s);
+      }
+    };
+    const awaited = await run(false);
+    const ahead = await run(true);
+    const scales = awaited.seen.map((x) => Math.log2(x.scale));
+    console.log(`loss scales (log2) after each step: ${scales.join(" ")}; skipped ${awaited.skipped}`);
+    assert.ok(awaited.skipped >= 2 && awaited.t >= 2, "the run skips steps and takes steps");
+    assert.ok(scales.some((v, i) => i > 0 && v > scales[i - 1]), "the scale grows");
+    assert.deepEqual(ahead.seen, awaited.seen);
+    assert.equal(ahead.t, awaited.t);
+    assert.equal(ahead.skipped, awaited.skipped);
+    for (const [k, v] of awaited.state) assert.deepEqual(ahead.state.get(k), v, k);
+    assert.deepEqual(gpuErrors, []);
+  },
+);

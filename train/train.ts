@@ -62,7 +62,7 @@ export interface RunSummary {
   /** Steps per second over the loop (checkpoints and validation included). */
   itPerSec: number;
   /**
-   * Steps started before the losses of the one before them were read (planned f32 psnr steps on
+   * Steps started before the losses of the one before them were read (planned psnr steps on
    * webgpu, see Trainer.overlapsSteps): every step but the second (the first makes the plan) and
    * those after a checkpoint or a validation.
    */

@@ -147,13 +147,14 @@ export class Trainer {
   }
 
   /**
-   * Whether {@link trainStep} submits a whole step before it returns (planned f32 psnr steps on
-   * webgpu), so that the next one can start before its losses resolve: the GPU then works through
-   * the 10 ms that Deno takes to resolve a read-back after the GPU finishes. One step ahead at most.
+   * Whether {@link trainStep} submits a whole step before it returns (planned psnr steps on webgpu,
+   * in f32 or mixed precision), so that the next one can start before its losses resolve: the GPU
+   * then works through the 10 ms that Deno takes to resolve a read-back after the GPU finishes. One
+   * step ahead at most.
    */
   get overlapsSteps(): boolean {
     const c = this.config;
-    return tf.getBackend() === "webgpu" && this.planned && c.stage === "psnr" && c.precision === "f32" &&
+    return tf.getBackend() === "webgpu" && this.planned && c.stage === "psnr" &&
       this.plan !== undefined; // (a step that makes the plan waits for WebGPU's verdict on it first)
   }
 

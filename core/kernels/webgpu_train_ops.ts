@@ -5,7 +5,9 @@
  * Adam fused with the EMA update over all parameters at once. With `half`, maps and map gradients
  * are f16 (shader-f16) and the arithmetic f32; the mixed-precision step's loss scaling lives in
  * {@link l1LossGrad} (scales), {@link checkFinite} (finds overflow) and {@link adamEma} (unscales,
- * skips the update after an overflow).
+ * skips the update after an overflow). Those three keep two overflow flags, the step's own and the
+ * last step's, and take each value that depends on the last step's result in both forms: so a step
+ * can be submitted before the last one's flag is read back, and the GPU picks.
  * @module
  */
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
@@ -25,17 +27,36 @@ const f32 = (v: number): Uniform => ({ type: "float32", data: [v] });
 /** Workgroup size of {@link l1LossGrad}: one partial sum per workgroup. */
 export const L1_GROUP = 256;
 
+/** Which of the two overflow flags (see the module's comment) are a step's own and the last step's. */
+export interface FlagSlots {
+  own: number;
+  last: number;
+}
+
+/**
+ * A value of a mixed-precision step that depends on whether the last step overflowed: `ok` if it
+ * did not, `skipped` if it did.
+ */
+export interface Branches<T> {
+  ok: T;
+  skipped: T;
+}
+
 /**
  * `result = (sign(out − gt) · scale + extra) · lossScale` (`extra`: the gradient of G's other
  * losses) and, per workgroup of {@link L1_GROUP}, the partial sum of |out − gt| into `partials`
- * (bindings: result, out, gt, partials, extra). With `half`, `out` and `result` are f16.
+ * (bindings: result, out, gt, partials, extra). With `half`, `out` and `result` are f16, and the
+ * loss scale is `lossScale.ok` or `.skipped` by the last step's overflow flag (one more binding:
+ * the flags).
  */
 export function l1LossGrad(
   count: number,
   scale: number,
-  options: { half?: boolean; lossScale?: number } = {},
+  options: { half?: boolean; lossScale?: Branches<number>; slots?: FlagSlots } = {},
 ): Program {
-  const { enable, T } = maps(!!options.half, false);
+  const half = !!options.half;
+  const { enable, T } = maps(half, false);
+  const lossScale = options.lossScale ?? { ok: 1, skipped: 1 };
   return {
     name: "L1LossGradProgram",
     key: `l1LossGrad:${!!options.half}`,
@@ -46,7 +67,8 @@ export function l1LossGrad(
 @group(0) @binding(2) var<storage, read> gt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read> extra: array<f32>;
-@group(0) @binding(5) var<uniform> u: Uniforms;
+${half ? "@group(0) @binding(5) var<storage, read> overflow: array<u32>;" : ""}
+@group(0) @binding(${half ? 6 : 5}) var<uniform> u: Uniforms;
 var<workgroup> S: array<f32, ${L1_GROUP}>;
 @compute @workgroup_size(${L1_GROUP})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lidx: u32,
@@ -55,7 +77,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   var a = 0.0;
   if (i < u.count) {
     let d = f32(out[i]) - gt[i];
-    result[i] = ${T}((sign(d) * u.scale + extra[i]) * u.lossScale);
+    ${
+        half
+          ? "let lossScale = select(u.lossScale, u.lossScaleSkipped, overflow[u.last] != 0u);"
+          : "let lossScale = u.lossScale;"
+      }
+    result[i] = ${T}((sign(d) * u.scale + extra[i]) * lossScale);
     a = abs(d);
   }
   S[lidx] = a;
@@ -67,8 +94,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   if (lidx == 0u) { partials[wid.x + wid.y * 65535u] = S[0]; }
 }`,
     dispatch: dispatch1d(count, L1_GROUP),
-    uniforms: "count : i32, scale : f32, lossScale : f32,",
-    params: [i32(count), f32(scale), f32(options.lossScale ?? 1)],
+    uniforms: "count : i32, scale : f32, lossScale : f32, lossScaleSkipped : f32, last : i32,",
+    params: [
+      i32(count),
+      f32(scale),
+      f32(lossScale.ok),
+      f32(lossScale.skipped),
+      i32(options.slots?.last ?? 0),
+    ],
   };
 }
 
@@ -150,30 +183,51 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 /** The uniform block of {@link adamEma}, rewritten before every step (learning rate, step count). */
 export const ADAM_EMA_UNIFORMS = "count : i32, oneMinusBeta1 : f32, beta2 : f32, oneMinusBeta2 : f32, " +
-  "bc2Sqrt : f32, eps : f32, stepSize : f32, decay : f32, oneMinusDecay : f32, gradScale : f32,";
+  "eps : f32, decay : f32, oneMinusDecay : f32, own : i32, last : i32, " +
+  "bc2Sqrt : f32, stepSize : f32, gradScale : f32, bc2SqrtSkipped : f32, stepSizeSkipped : f32, " +
+  "gradScaleSkipped : f32,";
 
 /**
  * The values of {@link ADAM_EMA_UNIFORMS} for step `t` (counted from 1) at learning rate `lr`;
- * the gradients are multiplied by `gradScale` first (1 / the loss scale).
+ * the gradients are multiplied by `gradScale` first (1 / the loss scale). In mixed precision, `t`
+ * and `gradScale` as they are if the last step did not overflow, and in `skipped` as they are if it
+ * did; `slots`, the overflow flags of this step and the last.
  */
 export function adamEmaParams(
   count: number,
-  o: { lr: number; t: number; beta1: number; beta2: number; eps: number; decay: number; gradScale?: number },
+  o: {
+    lr: number;
+    t: number;
+    beta1: number;
+    beta2: number;
+    eps: number;
+    decay: number;
+    gradScale?: number;
+    skipped?: { t: number; gradScale: number };
+    slots?: FlagSlots;
+  },
 ): Uniform[] {
-  const bc1 = 1 - Math.pow(o.beta1, o.t);
-  const bc2Sqrt = Math.sqrt(1 - Math.pow(o.beta2, o.t));
+  const branch = (t: number, gradScale = 1) => {
+    const bc1 = 1 - Math.pow(o.beta1, t);
+    return [Math.sqrt(1 - Math.pow(o.beta2, t)), o.lr / bc1, gradScale].map(f32);
+  };
+  const skipped = o.skipped ?? { t: o.t, gradScale: o.gradScale ?? 1 };
   return [
     i32(count / 4),
-    ...[1 - o.beta1, o.beta2, 1 - o.beta2, bc2Sqrt, o.eps, o.lr / bc1, o.decay, 1 - o.decay, o.gradScale ?? 1]
-      .map(f32),
+    ...[1 - o.beta1, o.beta2, 1 - o.beta2, o.eps, o.decay, 1 - o.decay].map(f32),
+    i32(o.slots?.own ?? 0),
+    i32(o.slots?.last ?? 0),
+    ...branch(o.t, o.gradScale),
+    ...branch(skipped.t, skipped.gradScale),
   ];
 }
 
 /**
  * Adam in PyTorch's update order (train/adam.ts), then the EMA of the parameters, over flat
  * buffers of `count` floats (a multiple of 4). Bindings: params (read-write), grads, m, v, ema;
- * with `half` also an f16 copy of the params it writes, and the overflow flag of
- * {@link checkFinite}: when set, nothing is updated (the step is skipped).
+ * with `half` also an f16 copy of the params it writes, and the overflow flags of
+ * {@link checkFinite}: when the step's own is set, nothing is updated (the step is skipped); the
+ * last step's picks the step count and loss scale (see {@link adamEmaParams}).
  */
 export function adamEma(count: number, half = false): Program {
   if (count % 4) throw new Error(`adamEma: ${count} elements, not a multiple of 4`);
@@ -197,11 +251,19 @@ ${
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex(64)};
-  if (i >= u.count${half ? " || overflow[0] != 0u" : ""}) { return; }
-  let gi = g[i] * u.gradScale;
+  if (i >= u.count${half ? " || overflow[u.own] != 0u" : ""}) { return; }
+  ${
+        half
+          ? `let skipped = overflow[u.last] != 0u;
+  let gradScale = select(u.gradScale, u.gradScaleSkipped, skipped);
+  let bc2Sqrt = select(u.bc2Sqrt, u.bc2SqrtSkipped, skipped);
+  let stepSize = select(u.stepSize, u.stepSizeSkipped, skipped);`
+          : "let gradScale = u.gradScale; let bc2Sqrt = u.bc2Sqrt; let stepSize = u.stepSize;"
+      }
+  let gi = g[i] * gradScale;
   let mi = m[i] + (gi - m[i]) * u.oneMinusBeta1;
   let vi = v[i] * u.beta2 + gi * gi * u.oneMinusBeta2;
-  let pi = p[i] - mi / (sqrt(vi) / u.bc2Sqrt + u.eps) * u.stepSize;
+  let pi = p[i] - mi / (sqrt(vi) / bc2Sqrt + u.eps) * stepSize;
   m[i] = mi;
   v[i] = vi;
   p[i] = pi;
@@ -214,10 +276,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * Sets `flag[0]` to 1 when any of `count` f32 values (a multiple of 4) is infinite or NaN: read as
- * bits, since shader compilers may assume floats are finite. Bindings: flag (cleared before), values.
+ * Sets `flag[own]` to 1 when any of `count` f32 values (a multiple of 4) is infinite or NaN: read
+ * as bits, since shader compilers may assume floats are finite. Bindings: flags (this one cleared
+ * before), values.
  */
-export function checkFinite(count: number): Program {
+export function checkFinite(count: number, own = 0): Program {
   if (count % 4) throw new Error(`checkFinite: ${count} elements, not a multiple of 4`);
   return {
     name: "CheckFiniteProgram",
@@ -232,10 +295,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = ${flatIndex(64)};
   if (i >= u.count) { return; }
   let exponent = values[i] & vec4<u32>(0x7f800000u);
-  if (any(exponent == vec4<u32>(0x7f800000u))) { atomicStore(&flag[0], 1u); }
+  if (any(exponent == vec4<u32>(0x7f800000u))) { atomicStore(&flag[u.own], 1u); }
 }`,
     dispatch: dispatch1d(count / 4),
-    uniforms: "count : i32,",
-    params: [i32(count / 4)],
+    uniforms: "count : i32, own : i32,",
+    params: [i32(count / 4), i32(own)],
   };
 }

@@ -27,7 +27,8 @@
  * the EMA stay f32. Dynamic loss scaling as PyTorch's GradScaler does it: the loss gradient is
  * multiplied by {@link RRDBNetTrainPlanWebGPU.lossScale} (2^16 at first) so small gradients do not
  * vanish in f16, Adam divides it out; a step whose gradients hold an inf or NaN is skipped and halves
- * the scale, and every 1,000 good steps double it.
+ * the scale, and every 1,000 good steps double it. The GPU applies that rule (webgpu_train_ops.ts's
+ * branches), so a step may start before the last one's overflow flag is read back, as in f32.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -74,6 +75,8 @@ export interface TrainPlanOptions {
   precision?: ConvPrecision;
   /** The first loss scale of mixed precision (default 2^16). */
   lossScale?: number;
+  /** Good steps after which mixed precision doubles its loss scale (default 1,000). */
+  growthInterval?: number;
   /**
    * Every 3x3 convolution's forward, input gradient and filter gradient as Winograd F(m x m) where
    * they qualify (f32, channels in multiples of 4: all but conv_first's and conv_last's; see
@@ -86,6 +89,13 @@ export interface TrainPlanOptions {
 /** Good steps after which mixed precision doubles its loss scale (PyTorch's GradScaler: 2,000). */
 const GROWTH_INTERVAL = 1000;
 const MAX_LOSS_SCALE = 2 ** 24;
+
+/** GradScaler's state: Adam steps taken, the next loss scale, good steps since it last changed. */
+interface ScalerState {
+  t: number;
+  scale: number;
+  good: number;
+}
 
 /** A source of a gradient: a buffer, its channel stride and first channel. */
 interface Src {
@@ -109,15 +119,22 @@ export class RRDBNetTrainPlanWebGPU {
   private readonly layout = new Map<string, { offset: number; size: number; shape: number[] }>();
   private readonly total: number;
   private readonly flat: { p: GPUBuffer; g: GPUBuffer; m: GPUBuffer; v: GPUBuffer; e: GPUBuffer };
-  /** Mixed precision: the f16 copy of `flat.p` the convolutions read, and the overflow flag. */
+  /** Mixed precision: the f16 copy of `flat.p` the convolutions read, and the overflow flags. */
   private readonly half?: { p: GPUBuffer; overflow: GPUBuffer; lqF32: GPUBuffer; outF32: GPUBuffer };
-  /** Mixed precision: what the loss gradient is multiplied by (1 in f32). */
+  /**
+   * Mixed precision: what the next step's loss gradient is multiplied by (1 in f32), as the steps
+   * read back so far left it.
+   */
   lossScale: number;
-  /** Mixed precision: steps skipped for an overflow so far. */
+  /** Mixed precision: steps skipped for an overflow so far (read back). */
   skippedSteps = 0;
   private goodSteps = 0;
   private lastScale = 1;
+  /** Steps whose losses were read back, and the last submitted step's read-back (results apply in order). */
+  private resolvedSteps = 0;
+  private resolving: Promise<unknown> = Promise.resolve();
   private readonly setL1: (params: Uniform[]) => void;
+  private readonly setCheck: (params: Uniform[]) => void;
   private readonly lq: GPUBuffer;
   private readonly gt: GPUBuffer;
   private readonly partials: GPUBuffer;
@@ -176,7 +193,8 @@ export class RRDBNetTrainPlanWebGPU {
     if (half) {
       this.half = {
         p: this.pass.buffer(total * 2),
-        overflow: this.pass.buffer(4),
+        // the overflow flags of steps in turns: a step's own and the last one's (see backward)
+        overflow: this.pass.buffer(8),
         lqF32: f32(h, numInCh),
         outF32: f32(H, numOutCh),
       };
@@ -337,6 +355,7 @@ export class RRDBNetTrainPlanWebGPU {
         whole(this.gt),
         whole(this.partials),
         whole(this.extra),
+        ...(this.half ? [whole(this.half.overflow)] : []),
       ])
     );
 
@@ -489,7 +508,8 @@ export class RRDBNetTrainPlanWebGPU {
     const { p, g, m, v, e } = this.flat;
     let setAdam: (params: Uniform[]) => void = () => {};
     const hp = this.half;
-    if (hp) add(checkFinite(total), whole(hp.overflow), [whole(g)]);
+    let setCheck: (params: Uniform[]) => void = () => {};
+    if (hp) ops.push(() => setCheck = this.pass.add(checkFinite(total), whole(hp.overflow), [whole(g)]));
     ops.push(() =>
       setAdam = this.pass.add(adamEma(total, half), whole(p), [
         whole(g),
@@ -505,6 +525,7 @@ export class RRDBNetTrainPlanWebGPU {
     for (const op of ops) op();
     this.setAdam = setAdam;
     this.setL1 = setL1;
+    this.setCheck = setCheck;
     onError.move();
   }
 
@@ -548,47 +569,48 @@ export class RRDBNetTrainPlanWebGPU {
   /**
    * The second half: the L1 gradient plus `extra` (the gradient of G's other losses w.r.t. its
    * output, shape of G's output; null: none), the backward pass, Adam and the EMA at learning rate
-   * `lr`. Resolves to the weighted L1 loss. All its work is submitted when it returns: in f32 the next
-   * step may start before the loss resolves (one step at most), and its GPU work then fills the time
-   * Deno takes to resolve a read-back (10 ms after the GPU finishes). In half precision the next
-   * step's loss scale depends on this one's result: await it first.
+   * `lr`. Resolves to the weighted L1 loss. All its work is submitted when it returns: the next step
+   * may start before the loss resolves (one step at most), and its GPU work then fills the time Deno
+   * takes to resolve a read-back (10 ms after the GPU finishes). In mixed precision that step does
+   * not yet know whether this one overflowed: it submits its loss scale and step count both ways,
+   * and the GPU picks by this step's overflow flag.
    */
   async backward(extra: tf.Tensor | null, lr: number): Promise<number> {
     if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
-    const staging = this.staging[this.readings % 2];
-    const previous = this.staging[(this.readings + 1) % 2];
-    if (staging.mapState !== "unmapped" || (this.half && previous.mapState !== "unmapped")) {
-      throw new Error(
-        "RRDBNetTrainPlanWebGPU: a step started before the loss of " +
-          (this.half
-            ? "the last one resolved (half precision sets its loss scale from it)"
-            : "the two before it resolved"),
-      );
+    if (this.readings - this.resolvedSteps >= 2) {
+      throw new Error("RRDBNetTrainPlanWebGPU: a step started before the loss of the two before it resolved");
     }
-    this.readings++;
-    this.forwarded = false;
     if (extra && extra.size !== this.count) {
       throw new Error(
         `RRDBNetTrainPlanWebGPU: extra gradient of ${extra.size} values, G's output has ${this.count}`,
       );
     }
-    this.t++;
+    const staging = this.staging[this.readings % 2];
+    const slots = { own: this.readings % 2, last: (this.readings + 1) % 2 };
+    const lastPending = this.readings > this.resolvedSteps;
+    this.readings++;
+    this.forwarded = false;
     const { beta1, beta2, eps } = this.options.adam;
-    const scale = this.lastScale = this.lossScale;
-    this.setAdam(
-      adamEmaParams(this.total, {
-        lr,
-        t: this.t,
-        beta1,
-        beta2,
-        eps,
-        decay: this.options.emaDecay,
-        gradScale: 1 / scale,
-      }),
-    );
+    const adam = { lr, beta1, beta2, eps, decay: this.options.emaDecay };
     if (this.half) {
+      // the state this step starts from: after the last step, whose outcome may not be known yet
+      const now = this.scaler;
+      const ok = lastPending ? this.after(now, false) : now;
+      const skipped = lastPending ? this.after(now, true) : now;
+      this.setAdam(adamEmaParams(this.total, {
+        ...adam,
+        t: ok.t + 1,
+        gradScale: 1 / ok.scale,
+        skipped: { t: skipped.t + 1, gradScale: 1 / skipped.scale },
+        slots,
+      }));
       const weight = (this.options.pixelWeight ?? 1) / this.count;
-      this.setL1(l1LossGrad(this.count, weight, { half: true, lossScale: scale }).params);
+      const lossScale = { ok: ok.scale, skipped: skipped.scale };
+      this.setL1(l1LossGrad(this.count, weight, { half: true, lossScale, slots }).params);
+      this.setCheck(checkFinite(this.total, slots.own).params);
+    } else {
+      this.t++;
+      this.setAdam(adamEmaParams(this.total, { ...adam, t: this.t }));
     }
     let extraBuf: GPUBuffer | undefined;
     if (extra) {
@@ -598,35 +620,64 @@ export class RRDBNetTrainPlanWebGPU {
     this.pass.submitWithTfjs((encoder) => {
       if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
       else encoder.clearBuffer(this.extra);
-      if (this.half) encoder.clearBuffer(this.half.overflow);
+      if (this.half) encoder.clearBuffer(this.half.overflow, slots.own * 4, 4);
       this.pass.record(encoder, { from: this.forwardEnd });
       encoder.copyBufferToBuffer(this.partials, 0, staging, 0, this.nPartials * 4);
-      if (this.half) encoder.copyBufferToBuffer(this.half.overflow, 0, staging, this.nPartials * 4, 4);
+      if (this.half) {
+        encoder.copyBufferToBuffer(this.half.overflow, slots.own * 4, staging, this.nPartials * 4, 4);
+      }
     });
-    await staging.mapAsync(GPUMapMode.READ);
-    const mapped = staging.getMappedRange();
-    const sums = new Float32Array(mapped.slice(0, this.nPartials * 4));
-    const overflow = this.half
-      ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
-      : 0;
-    staging.unmap();
-    if (this.half) this.adjustLossScale(overflow !== 0);
-    let sum = 0;
-    for (const v of sums) sum += v;
-    return (sum / this.count) * (this.options.pixelWeight ?? 1);
+    const done = this.readBack(staging, this.resolving);
+    this.resolving = done.catch(() => {});
+    return await done;
   }
 
-  /** GradScaler's rule: an overflow skipped the update (Adam's step is not counted) and halves the scale. */
-  private adjustLossScale(overflow: boolean): void {
-    if (overflow) {
-      this.t--;
-      this.skippedSteps++;
-      this.goodSteps = 0;
-      this.lossScale /= 2;
-    } else if (++this.goodSteps >= GROWTH_INTERVAL) {
-      this.goodSteps = 0;
-      this.lossScale = Math.min(MAX_LOSS_SCALE, this.lossScale * 2);
+  /** A step's loss, once read back; in mixed precision, applies its outcome after the last step's. */
+  private async readBack(staging: GPUBuffer, previous: Promise<unknown>): Promise<number> {
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+      const mapped = staging.getMappedRange();
+      const sums = new Float32Array(mapped.slice(0, this.nPartials * 4));
+      const overflow = this.half
+        ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
+        : 0;
+      staging.unmap();
+      await previous;
+      if (this.half) {
+        // the scaler now holds what this step started from (the last step's outcome is applied)
+        this.lastScale = this.lossScale;
+        if (overflow) this.skippedSteps++;
+        this.scaler = this.after(this.scaler, overflow !== 0);
+      }
+      let sum = 0;
+      for (const v of sums) sum += v;
+      return (sum / this.count) * (this.options.pixelWeight ?? 1);
+    } finally {
+      this.resolvedSteps++;
     }
+  }
+
+  /** Mixed precision's {@link ScalerState} as the steps read back so far left it. */
+  private get scaler(): ScalerState {
+    return { t: this.t, scale: this.lossScale, good: this.goodSteps };
+  }
+
+  private set scaler(s: ScalerState) {
+    this.t = s.t;
+    this.lossScale = s.scale;
+    this.goodSteps = s.good;
+  }
+
+  /**
+   * GradScaler's rule: an overflow skips the update (Adam's step is not counted) and halves the
+   * scale; `growthInterval` good steps in a row double it.
+   */
+  private after(s: ScalerState, overflow: boolean): ScalerState {
+    if (overflow) return { t: s.t, scale: s.scale / 2, good: 0 };
+    const good = s.good + 1;
+    return good >= (this.options.growthInterval ?? GROWTH_INTERVAL)
+      ? { t: s.t + 1, scale: Math.min(MAX_LOSS_SCALE, s.scale * 2), good: 0 }
+      : { t: s.t + 1, scale: s.scale, good };
   }
 
   /** GPU time of the step by kind of dispatch (see PlannedPass.profile); leaves the plan's values garbage. */
@@ -644,8 +695,14 @@ export class RRDBNetTrainPlanWebGPU {
     return out;
   }
 
-  /** Copies the plan's parameters, EMA and Adam moments back into the variables they came from. */
+  /**
+   * Copies the plan's parameters, EMA and Adam moments back into the variables they came from. In
+   * mixed precision, only once every step's loss is read back (its step count depends on them).
+   */
   writeBack(): void {
+    if (this.half && this.readings > this.resolvedSteps) {
+      throw new Error("RRDBNetTrainPlanWebGPU: writeBack() before the last step's loss resolved");
+    }
     this.copyVariables("out");
     this.options.adam.t = this.t;
   }
