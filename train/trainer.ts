@@ -28,6 +28,7 @@ import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/w
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
+import { disableCustomWebGPUKernels, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
 
 /** The perceptual loss as the trainer uses it (core/losses' PerceptualLoss). */
 export interface PerceptualLike {
@@ -115,6 +116,10 @@ export class Trainer {
   static create(config: TrainConfig, options: TrainerOptions = {}): Trainer {
     if (tf.getBackend() === "cpu") useFastCpuConvBackprop();
     if (tf.getBackend() === "wasm") useFastWasmConvGrads();
+    // the gan stage's VGG and D run as tfjs ops: their 3x3 convolutions on our kernels too
+    if (tf.getBackend() === "webgpu") {
+      config.plannedStep ? enableCustomWebGPUKernels() : disableCustomWebGPUKernels();
+    }
     const ck = options.checkpoint;
     const gCfg = generatorConfig(config);
     const gWeights = ck?.netG ?? options.pretrainG;
