@@ -63,6 +63,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       "+winograd" / "+winograd2" run the 3x3 convolutions as Winograd F(4x4) (f32) /
                       F(2x2) (also webgpu-plan:f16+winograd2: f16 storage, f32 arithmetic; forward
                       only), in training steps too (f32: forward, input and filter gradients);
+                      "+auto" (forwards and upscales) whichever of direct and Winograd a timed
+                      first run finds faster, as deno task upscale --winograd auto does;
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -244,10 +246,11 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
           // tf.profile of tfjs's own webgpu kernels (timestamp queries per kernel) took minutes, or
           // hung, on an H200: profile only our planned passes there
           const skip = spec.name === "webgpu" && !spec.plan;
-          const tilings = prepared.tilings;
+          const { tilings, convs } = prepared;
           return {
             ok: true,
             tilings,
+            convs,
             profile: msg.profile && !skip ? await prepared.profile?.() : undefined,
           };
         } finally {
@@ -309,6 +312,8 @@ export interface BenchRow {
   profile?: KernelProfile;
   /** What a tuned plan (`+tune`) chose per convolution shape. */
   tilings?: Record<string, string>;
+  /** What `+auto` chose for the convolutions, and the times it chose by. */
+  convs?: string;
   error?: string;
 }
 
@@ -414,6 +419,10 @@ export async function runBench(
           log(`  ${name}: ${p.label} skipped (the training step runs Winograd in f32 only)`);
           continue;
         }
+        if (c.kind === "train" && spec?.winograd === "auto") {
+          log(`  ${name}: ${p.label} skipped (+auto chooses for forwards and upscales only)`);
+          continue;
+        }
         if (c.kind === "upscale" && spec && (spec.tune || (spec.name === "webgpu" && !spec.plan))) {
           // the Upscaler runs planned passes on webgpu, with the built-in tilings
           log(`  ${name}: ${p.label} skipped (the Upscaler neither tunes nor runs tfjs's webgpu ops)`);
@@ -452,6 +461,7 @@ export async function runBench(
         if (r.error) row.error ??= r.error;
         if (r.profile) row.profile = r.profile;
         if (r.tilings) row.tilings = r.tilings as Record<string, string>;
+        if (typeof r.convs === "string") row.convs = r.convs;
         if (!row.error) row.ms = median(row.times_ms);
         if (!row.error && row.cpu_times_ms) row.cpu_ms = median(row.cpu_times_ms);
         if (!row.error && row.host_times_ms) row.host_ms = median(row.host_times_ms);
@@ -549,6 +559,7 @@ export function formatTable(rows: BenchRow[]): string {
         `  tuned ${r.case} ${r.backend}: ${[...counts].map(([t, k]) => `${t} x${k}`).join(", ")} (shapes)`,
       );
     }
+    if (r.convs) out.push(`  auto ${r.case} ${r.backend}: ${r.convs}`);
     if (!r.profile) continue;
     const { kernels, wall_ms, peak_tensor_mb, clock } = r.profile;
     const total = kernels.reduce((s, k) => s + (Number.isNaN(k.ms) ? 0 : k.ms), 0);

@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { type BackendName, backendThreads } from "../core/backend.ts";
 import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
-import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import { describeChoice, fastestPlan, RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
 import type { PassBackend } from "../core/kernels/webgpu_pass.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import type { WinogradSize } from "../core/kernels/webgpu_winograd.ts";
@@ -65,15 +65,20 @@ export interface BackendSpec {
   precision?: ConvPrecision;
   /** The webgpu forward plan times its candidate tilings per shape first (`+tune`). */
   tune?: boolean;
-  /** The webgpu plans run the forward's 3x3 convolutions as Winograd F(m x m) (`+winograd`: 4, `+winograd2`: 2). */
-  winograd?: WinogradSize;
+  /**
+   * The webgpu plans run the forward's 3x3 convolutions as Winograd F(m x m) (`+winograd`: 4,
+   * `+winograd2`: 2), or as whichever of direct and Winograd a timed forward finds faster (`+auto`,
+   * forwards and upscales: core/kernels/webgpu_plan.ts's fastestPlan).
+   */
+  winograd?: WinogradSize | "auto";
 }
 
 /**
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
  * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`;
  * a webgpu plan with `+tune` times its candidate tilings per shape before it runs, with
- * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32).
+ * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32),
+ * with `+auto` as the faster of direct and Winograd on the first run (timed).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
@@ -82,13 +87,14 @@ export function parseBackend(spec: string): BackendSpec {
       tune: { tune: true },
       winograd: { winograd: 4 },
       winograd2: { winograd: 2 },
+      auto: { winograd: "auto" },
     };
     const parsed = parseBackend(base);
     if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
-      throw new Error(`bad backend "${spec}": +tune, +winograd and +winograd2 go after webgpu-plan`);
+      throw new Error(`bad backend "${spec}": +tune, +winograd, +winograd2 and +auto go after webgpu-plan`);
     }
-    if (flags.includes("winograd") && flags.includes("winograd2")) {
-      throw new Error(`bad backend "${spec}": +winograd or +winograd2, not both`);
+    if (flags.filter((f) => f.startsWith("winograd") || f === "auto").length > 1) {
+      throw new Error(`bad backend "${spec}": one of +winograd, +winograd2 and +auto`);
     }
     return Object.assign(parsed, ...flags.map((f) => known[f]));
   }
@@ -120,7 +126,7 @@ export function backendLabel(b: BackendSpec): string {
     ? "webgpu-custom"
     : b.plan
     ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${
-      b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
+      b.winograd === "auto" ? "+auto" : b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
     }${b.tune ? "+tune" : ""}`
     : b.name;
 }
@@ -163,6 +169,8 @@ export interface PreparedCase {
   stepDone?(): Promise<number | undefined>;
   /** The tiling a tuned plan chose per convolution shape (after the first step). */
   tilings?: Record<string, string>;
+  /** What `+auto` chose, and the times it chose by (after the first step). */
+  convs?: string;
   dispose(): void;
 }
 
@@ -193,9 +201,10 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     [up.precision, up.winograd] = [planOptions.precision, planOptions.winograd ?? 0];
   }
   const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
-  return {
+  const prepared: PreparedCase = {
     async step() {
       const y = await up.upscaleTensor(x, { tile: DEFAULT_TILE, tilePad: DEFAULT_TILE_PAD });
+      if (up.convChoice) prepared.convs = describeChoice(up.convChoice);
       try {
         return (await y.data()) as Float32Array;
       } finally {
@@ -204,10 +213,11 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     },
     dispose: () => (up.dispose({ keepNet: true }), x.dispose()),
   };
+  return prepared;
 }
 
 let withPlan = false;
-let planOptions: { precision: ConvPrecision; tune: boolean; winograd?: WinogradSize } = {
+let planOptions: { precision: ConvPrecision; tune: boolean; winograd?: WinogradSize | "auto" } = {
   precision: "f32",
   tune: false,
 };
@@ -218,7 +228,7 @@ let planOptions: { precision: ConvPrecision; tune: boolean; winograd?: WinogradS
  */
 export function usePlannedPasses(
   on: boolean,
-  options: { precision?: ConvPrecision; tune?: boolean; winograd?: WinogradSize } = {},
+  options: { precision?: ConvPrecision; tune?: boolean; winograd?: WinogradSize | "auto" } = {},
 ): void {
   withPlan = on;
   planOptions = { precision: options.precision ?? "f32", tune: !!options.tune, winograd: options.winograd };
@@ -242,15 +252,21 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
       dispose: () => plan.dispose(),
     };
   }
+  const { winograd } = planOptions;
   if (c.kind === "forward") {
-    const plan = new RRDBNetPlanWebGPU(net, x.shape, {
-      precision: planOptions.precision,
-      tune: planOptions.tune || undefined,
-      winograd: planOptions.winograd,
-    });
+    const options = { precision: planOptions.precision, tune: planOptions.tune || undefined };
+    let plan = winograd === "auto"
+      ? undefined
+      : new RRDBNetPlanWebGPU(net, x.shape, { ...options, winograd });
     const prepared: PreparedCase = {
       async step() {
-        if (planOptions.tune && !prepared.tilings) prepared.tilings = await plan.tune(); // in the warm-up
+        // in the warm-up: the convolutions' algorithm (+auto), then their tilings (+tune)
+        if (!plan) {
+          const made = await fastestPlan(net, x.shape, options);
+          plan = made.plan;
+          prepared.convs = describeChoice({ ...made, shape: x.shape });
+        }
+        if (planOptions.tune && !prepared.tilings) prepared.tilings = await plan.tune();
         const out = plan.run(x);
         try {
           return (await out.data()) as Float32Array;
@@ -258,13 +274,14 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
           out.dispose();
         }
       },
-      stepDone: () => timeToCompletion(() => plan.run(x)),
-      profile: () => planProfile(plan),
-      dispose: () => (plan.dispose(), x.dispose()),
+      stepDone: () => timeToCompletion(() => plan!.run(x)),
+      profile: () => planProfile(plan!),
+      dispose: () => (plan?.dispose(), x.dispose()),
     };
     return prepared;
   }
   if (c.h !== c.w) throw new Error(`the planned training step takes square patches, not ${c.h}x${c.w}`);
+  if (winograd === "auto") throw new Error("+auto is for forwards and upscales, not training steps");
   const gt = tf.randomUniform([c.n, c.h * s, c.w * s, net.config.numOutCh], 0, 1, "float32", seed + 1);
   const adam = new Adam(net.params, { betas: [0.9, 0.99] });
   const options = { batch: c.n, lqSize: c.h, ema: net.params, adam, emaDecay: 0.999 };
@@ -273,7 +290,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     : new RRDBNetTrainPlanWebGPU(net, {
       ...options,
       precision: planOptions.precision,
-      winograd: planOptions.winograd,
+      winograd,
     });
   let batch: { lq: Float32Array; gt: Float32Array } | undefined;
   const data = async () =>

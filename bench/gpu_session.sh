@@ -28,7 +28,8 @@
 # PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
 # bench, 420), BENCH_CASES (--all-shapes plus the Upscaler's tiled upscale of a 256x256 image),
 # BENCH_BACKENDS (default below: stock, our plan in f32 and f16, each tuned, the Winograd F(4x4) plan
-# untuned and tuned, F(2x2) in f32 and f16; the f16 rows time the
+# untuned and tuned, F(2x2) in f32 and f16, and +auto (the faster of direct and F(4x4) by a timed first
+# run, as deno task upscale --winograd auto; forwards and upscales); the f16 rows time the
 # forward in half precision and the training step in mixed precision; Winograd training rows run every
 # convolution of the step as Winograd, in f32 only), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
 # "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
@@ -48,6 +49,7 @@ t0=$(date +%s)
 # shellcheck disable=SC2086
 backends=webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan+tune,webgpu-plan:f16+tune
 backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+winograd2,webgpu-plan:f16+winograd2
+backends=$backends,webgpu-plan+auto
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   > "$res/bench.json" 2> "$res/bench.log"

@@ -26,6 +26,7 @@ import {
 import { planTiles } from "../core/tile.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
+import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import { createProgress } from "./progress.ts";
 import { parseNumberFlag, UsageError, WHOLE } from "./flags.ts";
 
@@ -45,7 +46,8 @@ options:
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
       --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
-                        (fewer multiply-adds, more memory; opt-in); 0: direct (default)
+                        (fewer multiply-adds, more memory; opt-in); 0: direct (default); auto:
+                        whichever of the two a timed forward of the first patch finds faster
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -65,7 +67,7 @@ export interface UpscaleArgs {
   tilePad: number;
   backend?: BackendName;
   precision: ConvPrecision;
-  winograd: 0 | 2 | 4;
+  winograd: 0 | 2 | 4 | "auto";
   maxPixels: number;
   force: boolean;
 }
@@ -121,9 +123,9 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (!["f32", "f16", "f16-f32acc"].includes(precision)) {
     throw new UsageError(`--precision must be f32, f16 or f16-f32acc, not "${v.precision}"`);
   }
-  const winograd = Number(v.winograd ?? 0);
-  if (![0, 2, 4].includes(winograd)) {
-    throw new UsageError(`--winograd must be 0, 2 or 4, not "${v.winograd}"`);
+  const winograd = v.winograd === "auto" ? "auto" : Number(v.winograd ?? 0);
+  if (![0, 2, 4, "auto"].includes(winograd)) {
+    throw new UsageError(`--winograd must be 0, 2, 4 or auto, not "${v.winograd}"`);
   }
   if (winograd === 4 && precision !== "f32") {
     throw new UsageError(`--winograd 4 runs in f32 only, not with --precision ${precision} (2 does)`);
@@ -139,7 +141,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,
     backend,
     precision,
-    winograd: winograd as 0 | 2 | 4,
+    winograd: winograd as 0 | 2 | 4 | "auto",
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
   };
@@ -266,7 +268,7 @@ export async function main(argv: string[]): Promise<number> {
       );
       return 2;
     }
-    if (args.winograd && backend.name !== "webgpu") {
+    if (args.winograd && args.winograd !== "auto" && backend.name !== "webgpu") {
       console.error(
         `error: --winograd ${args.winograd} needs the webgpu backend; this run uses ${backend.name}`,
       );
@@ -284,7 +286,13 @@ export async function main(argv: string[]): Promise<number> {
     console.error(
       `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"}` +
         `${args.precision === "f32" ? "" : `, computed in ${args.precision}`}` +
-        `${args.winograd ? `, Winograd F(${args.winograd}x${args.winograd}) convolutions` : ""})`,
+        `${
+          args.winograd === "auto"
+            ? ", convolutions direct or Winograd, as timed"
+            : args.winograd
+            ? `, Winograd F(${args.winograd}x${args.winograd}) convolutions`
+            : ""
+        })`,
     );
     let jobs: Job[];
     try {
@@ -304,7 +312,9 @@ export async function main(argv: string[]): Promise<number> {
     if (jobs.length > 1 || (await Deno.stat(args.input).catch(() => null))?.isDirectory) {
       await Deno.mkdir(args.output, { recursive: true });
     }
-    return await runJobs(jobs, args, upscaler, controller.signal);
+    const code = await runJobs(jobs, args, upscaler, controller.signal);
+    if (upscaler.convChoice) console.error(`convolutions: ${describeChoice(upscaler.convChoice)}`);
+    return code;
   } catch (e) {
     if ((e as Error).name === "AbortError") {
       console.error("interrupted");

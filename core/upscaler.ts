@@ -22,7 +22,8 @@ import type { RgbaImage } from "./image_io.ts";
 import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
-import { RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
+import { fastestPlan, type PlanTiming, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
+import type { WinogradSize } from "./kernels/webgpu_winograd.ts";
 import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
@@ -124,9 +125,13 @@ export class Upscaler {
   precision: ConvPrecision = "f32";
   /**
    * On webgpu: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4, f32 only) or F(2x2, 3x3)
-   * (2, any precision) (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct.
+   * (2, any precision) (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct;
+   * "auto": whichever of direct and Winograd (4 in f32, 2 in half precision) runs the first patch's
+   * shape faster on this GPU, timed once before it (see {@link convChoice}; elsewhere: no effect).
    */
-  winograd: 0 | 2 | 4 = 0;
+  winograd: 0 | 2 | 4 | "auto" = 0;
+  /** What `winograd: "auto"` chose and measured (undefined until a patch ran on webgpu). */
+  convChoice?: { winograd: 0 | WinogradSize; shape: number[]; timings: PlanTiming[] };
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
   /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
   private planCheck?: Promise<void>;
@@ -262,6 +267,9 @@ export class Upscaler {
     const cols = planTiles(w, tile, pad);
     const total = rows.length * cols.length;
     const { signal, onProgress } = options;
+    // "auto" decides on the largest patch, an inner tile's
+    const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
+    await this.chooseConvs(this.paddedShape([n, side(rows), side(cols), c]));
     if (total === 1) {
       if (signal) await yieldToEventLoop();
       if (signal?.aborted) throw abortError(signal);
@@ -359,7 +367,7 @@ export class Upscaler {
 
   /** `net.apply(x)` through a cached plan for x's shape. */
   private plannedApply(x: tf.Tensor4D): tf.Tensor4D {
-    const key = `${x.shape.join("x")} ${this.precision} ${this.winograd}`;
+    const key = this.planKey(x.shape);
     const weights = this.weightIds();
     let entry = this.plans.get(key);
     if (entry && !sameIds(entry.weights, weights)) {
@@ -388,7 +396,6 @@ export class Upscaler {
    * trusted.
    */
   private makePlan(shape: number[]): RRDBNetPlanWebGPU {
-    const [, h, w] = shape;
     const device = (tf.backend() as unknown as WebGPUBackendLike).device;
     let made;
     try {
@@ -397,31 +404,46 @@ export class Upscaler {
         () =>
           new RRDBNetPlanWebGPU(this.net, shape, {
             precision: this.precision,
-            winograd: this.winograd || undefined,
+            winograd: this.convs || undefined,
           }),
       );
     } catch (e) {
-      if (!(e instanceof BufferLimitError)) throw e;
-      // the largest buffers grow with the patch's area
-      const side = Math.floor(Math.sqrt((h * w * e.limit) / e.bytes));
-      throw new Error(
-        `a ${w}x${h} patch is too large for this GPU (${e.message}): use smaller tiles ` +
-          `(a tile plus twice its pad at most ${side} pixels)`,
-      );
+      throw planFailure(e, shape);
     }
     const plan = made.value;
     this.planCheck = made.error.then((error) => {
       if (!error) return;
       for (const [k, e] of this.plans) if (e.plan === plan) this.plans.delete(k);
       plan.dispose();
-      const oom = error instanceof GPUOutOfMemoryError;
-      throw new Error(
-        `${oom ? "out of GPU memory" : "WebGPU rejected the work"} preparing the forward of a ${w}x${h} ` +
-          `patch (${error.message})${oom ? ": use smaller tiles" : ""}`,
-      );
+      throw planFailure(error, shape);
     });
     this.planCheck.catch(() => {}); // awaited where the patch is read back
     return plan;
+  }
+
+  /** The convolutions' algorithm plans use now: `winograd`, or what "auto" chose (direct until then). */
+  private get convs(): 0 | 2 | 4 {
+    return this.winograd === "auto" ? this.convChoice?.winograd ?? 0 : this.winograd;
+  }
+
+  private planKey(shape: number[]): string {
+    return `${shape.join("x")} ${this.precision} ${this.convs}`;
+  }
+
+  /**
+   * With `winograd: "auto"` on webgpu, once: times direct and Winograd plans for patches of `shape`
+   * (the input as the plan gets it) and keeps the faster one's plan for them.
+   */
+  private async chooseConvs(shape: number[]): Promise<void> {
+    if (this.winograd !== "auto" || this.convChoice || tf.getBackend() !== "webgpu") return;
+    let made;
+    try {
+      made = await fastestPlan(this.net, shape, { precision: this.precision });
+    } catch (e) {
+      throw planFailure(e, shape);
+    }
+    this.convChoice = { winograd: made.winograd, shape, timings: made.timings };
+    this.plans.set(this.planKey(shape), { plan: made.plan, weights: this.weightIds() });
   }
 
   /** What {@link makePlan} left to check, once: the patch just launched must await it. */
@@ -436,7 +458,7 @@ export class Upscaler {
     if (this.precision !== "f32" && tf.getBackend() !== "webgpu") {
       throw new Error(`precision ${this.precision} runs on the webgpu backend only, not ${tf.getBackend()}`);
     }
-    if (this.winograd && tf.getBackend() !== "webgpu") {
+    if (this.winograd && this.winograd !== "auto" && tf.getBackend() !== "webgpu") {
       throw new Error(`winograd ${this.winograd} runs on the webgpu backend only, not ${tf.getBackend()}`);
     }
     const plan = this.cpuKernels && tf.getBackend() === "wasm" ? this.wasmPlan() : undefined;
@@ -494,10 +516,21 @@ export class Upscaler {
     return this.cpuPlan.plan;
   }
 
+  /** The sides x2 and x1 models' pixel-unshuffle needs the input's to be multiples of. */
+  private get sideMultiple(): number {
+    const s = this.scale;
+    return s === 2 ? 2 : s === 1 ? 4 : 1;
+  }
+
+  /** The shape {@link padToMultiple} gives a patch of `shape`. */
+  private paddedShape(shape: number[]): number[] {
+    const m = this.sideMultiple;
+    return [shape[0], Math.ceil(shape[1] / m) * m, Math.ceil(shape[2] / m) * m, shape[3]];
+  }
+
   /** Pads a patch to the size the net needs (x2 and x1 pixel-unshuffle). */
   private padToMultiple(x: tf.Tensor4D): tf.Tensor4D {
-    const s = this.scale;
-    const mod = s === 2 ? 2 : s === 1 ? 4 : 1;
+    const mod = this.sideMultiple;
     const [, h, w] = x.shape;
     const ph = (mod - (h % mod)) % mod, pw = (mod - (w % mod)) % mod;
     let input = x;
@@ -528,6 +561,31 @@ export class Upscaler {
     if (ph || pw) y = tf.slice(y, [0, 0, 0, 0], [-1, h * s, w * s, -1]);
     return y;
   }
+}
+
+/**
+ * Why a plan for a patch of `shape` could not be made, said so the user knows what to do: a buffer
+ * over the device's limits names the largest patch that fits; what WebGPU reported (out of memory,
+ * say) is passed on.
+ */
+function planFailure(e: unknown, shape: number[]): Error {
+  const [, h, w] = shape;
+  if (e instanceof BufferLimitError) {
+    // the largest buffers grow with the patch's area
+    const side = Math.floor(Math.sqrt((h * w * e.limit) / e.bytes));
+    return new Error(
+      `a ${w}x${h} patch is too large for this GPU (${e.message}): use smaller tiles ` +
+        `(a tile plus twice its pad at most ${side} pixels)`,
+    );
+  }
+  if (e instanceof GPUError) {
+    const oom = e instanceof GPUOutOfMemoryError;
+    return new Error(
+      `${oom ? "out of GPU memory" : "WebGPU rejected the work"} preparing the forward of a ${w}x${h} ` +
+        `patch (${e.message})${oom ? ": use smaller tiles" : ""}`,
+    );
+  }
+  return e as Error;
 }
 
 function sameIds(a: object[], b: object[]): boolean {

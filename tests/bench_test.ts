@@ -43,10 +43,12 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
     winograd: 2,
     tune: true,
   });
-  for (const label of ["webgpu-plan+winograd", "webgpu-plan+winograd2+tune"]) {
+  for (const label of ["webgpu-plan+winograd", "webgpu-plan+winograd2+tune", "webgpu-plan:f16+auto+tune"]) {
     assert.equal(backendLabel(parseBackend(label)), label);
   }
-  assert.throws(() => parseBackend("webgpu-plan+winograd+winograd2"), /not both/);
+  assert.equal(parseBackend("webgpu-plan+auto").winograd, "auto");
+  assert.throws(() => parseBackend("webgpu-plan+winograd+winograd2"), /one of/);
+  assert.throws(() => parseBackend("webgpu-plan+auto+winograd"), /one of/);
   assert.throws(() => parseBackend("webgpu-plan+fast"), /bad backend/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
@@ -281,6 +283,31 @@ Deno.test({
       formatTable([{ ...f32, also_ms: { ahead: 12.34 }, vs_torch: 1.5, vs_torch_also: { ahead: 1.25 } }]),
       /\(ahead 12\.3\).*1\.50x \(ahead 1\.25x\)/,
     );
+  },
+});
+
+Deno.test({
+  name:
+    "bench: +auto times direct and Winograd before forwards and upscales, says which it kept; not for training",
+  ignore: !adapter,
+  async fn() {
+    const plan = parseBenchArgs([
+      ...["--backend", "webgpu-plan+auto,webgpu-plan", "--case", "forward:1x8x8", "--case", "upscale:1x8x6"],
+      ...["--case", "train:2x8x8", "--blocks", "1", "--runs", "1", "--warmup", "1", "--random", "--no-torch"],
+    ]);
+    const report = await runBench(plan);
+    const auto = report.rows.filter((r) => r.backend === "webgpu-plan+auto");
+    assert.deepEqual(auto.map((r) => r.case), ["forward:1x8x8", "upscale:1x8x6"], "no training row");
+    for (const r of auto) {
+      assert.equal(r.error, undefined, r.error);
+      assert.match(
+        r.convs ?? "",
+        /^(direct|Winograd F\(4x4\)) \(timed on a \d+x8 patch: direct [\d.]+ ms, Winograd F\(4x4\) [\d.]+ ms\)$/,
+      );
+      // the same forward as the direct plan's, within Winograd's rounding
+      assert.ok(r.max_abs_diff === undefined || r.max_abs_diff < 1e-4, `${r.case}: ${r.max_abs_diff}`);
+    }
+    assert.match(formatTable(auto), /^  auto forward:1x8x8 webgpu-plan\+auto: (direct|Winograd)/m);
   },
 });
 

@@ -3,7 +3,7 @@
  * `upscale` task in deno.json, on tiny models and images made in a temporary folder.
  */
 import assert from "node:assert/strict";
-import { initBackend } from "../core/backend.ts";
+import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
@@ -94,7 +94,11 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   );
   assert.equal(a.winograd, 0);
   assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "4"])!.winograd, 4);
-  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--winograd", "3"]), /--winograd must be 0, 2 or 4/);
+  assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "auto"])!.winograd, "auto");
+  assert.throws(
+    () => parseUpscaleArgs(["a", "-o", "b", "--winograd", "3"]),
+    /--winograd must be 0, 2, 4 or auto/,
+  );
   assert.throws(
     () => parseUpscaleArgs(["a", "-o", "b", "--winograd", "4", "--precision", "f16"]),
     /--winograd 4 runs in f32 only/,
@@ -233,6 +237,28 @@ Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
 });
 
 const hasDefault = await Deno.stat(DEFAULT_MODEL).then(() => true, () => false);
+const webgpu = await probeWebGPU();
+Deno.test({
+  name: "--winograd auto on webgpu: says what it chose, and the forward times it chose by",
+  ignore: !webgpu.adapter && (console.warn(`skipping the webgpu CLI run: ${webgpu.why}`), true),
+  fn: async () => {
+    await Deno.writeFile(`${dir}/auto_in.png`, await encodeImage(colour, { format: "png" }));
+    const r = await cli(
+      ...["--backend", "webgpu", "--winograd", "auto", "--model", model],
+      ...[`${dir}/auto_in.png`, "-o", `${dir}/auto_out.png`],
+    );
+    assertCleanErrors(r.err);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /convolutions direct or Winograd, as timed/);
+    assert.match(
+      r.err,
+      /^convolutions: (direct|Winograd F\(4x4\)) \(timed on a 12x8 patch: direct [\d.]+ ms, Winograd F\(4x4\) [\d.]+ ms\)$/m,
+    );
+    const out = await decodeImage(await Deno.readFile(`${dir}/auto_out.png`));
+    assert.deepEqual([out.width, out.height], [48, 32]);
+  },
+});
+
 Deno.test({
   name: "end to end: the default model on the sample image (as the README says)",
   ignore: !hasDefault && (console.warn(`skipping the end-to-end run: ${DEFAULT_MODEL} is absent`), true),

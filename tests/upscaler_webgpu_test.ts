@@ -212,3 +212,95 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "webgpu upscaler: winograd auto times direct and Winograd on an inner patch, keeps the faster, gives its output",
+  ignore,
+  fn: async () => {
+    const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+    const auto = new Upscaler(tinyNet(7));
+    auto.winograd = "auto";
+    const fixed = new Upscaler(tinyNet(7));
+    try {
+      const before = tf.memory().numTensors;
+      const y = await auto.upscaleTensor(x, { tile: 6, tilePad: 4 });
+      const choice = auto.convChoice!;
+      const side = (n: number) => Math.max(...planTiles(n, 6, 4).map((t) => t.inEnd - t.inStart));
+      assert.deepEqual(choice.shape, [1, side(12), side(10), 3]);
+      const [direct, winograd] = choice.timings;
+      assert.deepEqual([direct.winograd, winograd.winograd], [0, 4]);
+      assert.ok(direct.ms! > 0 && winograd.ms! > 0, JSON.stringify(choice.timings));
+      assert.equal(choice.winograd, direct.ms! <= winograd.ms! ? 0 : 4);
+      // every patch ran with the chosen convolutions: as an upscaler set to them by hand
+      fixed.winograd = choice.winograd;
+      const want = await fixed.upscaleTensor(x, { tile: 6, tilePad: 4 });
+      assert.equal(await maxDiff(y, want), 0);
+      tf.dispose([y, want]);
+      assert.equal(tf.memory().numTensors, before);
+    } finally {
+      x.dispose();
+      auto.dispose();
+      fixed.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu upscaler: winograd auto drops a variant WebGPU rejects, and fails saying so when none fits",
+  ignore,
+  fn: async () => {
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    const x = tf.randomUniform([1, 6, 5, 3], 0, 1, "float32", 8) as tf.Tensor4D;
+    const up = new Upscaler(tinyNet(5));
+    up.winograd = "auto";
+    const createBindGroup = device.createBindGroup;
+    try {
+      // the first plan made (direct) gets one invalid bind group: it drops out, Winograd runs
+      let broken = false;
+      device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
+        if (broken || [...d.entries].length < 4) return createBindGroup.call(this, d);
+        broken = true;
+        return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
+      };
+      const y = await up.upscaleTensor(x, { tile: 3, tilePad: 1 });
+      device.createBindGroup = createBindGroup;
+      const [direct, winograd] = up.convChoice!.timings;
+      assert.match(direct.error ?? "", /./, "the direct plan's error is kept");
+      assert.equal(direct.ms, undefined);
+      assert.ok(winograd.ms! > 0);
+      assert.equal(up.convChoice!.winograd, 4);
+      // every patch shape (four) ran as Winograd: as an upscaler set to it by hand
+      const fixed = new Upscaler(tinyNet(5));
+      fixed.winograd = 4;
+      const want = await fixed.upscaleTensor(x, { tile: 3, tilePad: 1 });
+      fixed.dispose();
+      assert.equal(await maxDiff(y, want), 0);
+      tf.dispose([y, want]);
+
+      // a patch no variant can hold: the direct plan's error, said as for a fixed choice
+      const limit = device.limits.maxStorageBufferBindingSize;
+      const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 1, numGrowCh: 4 }, {
+        seed: 3,
+      });
+      const wide = new Upscaler(net);
+      wide.winograd = "auto";
+      const fits = Math.floor(Math.sqrt(limit / 1024));
+      const big = tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D;
+      try {
+        await assert.rejects(
+          wide.upscaleTensor(big, { tile: 0 }),
+          new RegExp(`patch is too large for this GPU .*twice its pad at most ${fits} pixels`),
+        );
+        assert.equal(wide.convChoice, undefined);
+      } finally {
+        big.dispose();
+        wide.dispose();
+      }
+    } finally {
+      device.createBindGroup = createBindGroup;
+      x.dispose();
+      up.dispose();
+    }
+  },
+});

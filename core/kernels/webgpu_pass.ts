@@ -272,7 +272,7 @@ export class PlannedPass {
   }
 
   /** Median of `runs` replays of the dispatches `only` keeps ({@link time}), after `warmup` untimed ones. */
-  private async medianTime(
+  async medianTime(
     only: ((label: string, group?: string) => boolean) | undefined,
     options: { runs: number; gpu: boolean; warmup: number },
   ): Promise<number> {

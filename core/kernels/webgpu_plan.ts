@@ -18,7 +18,7 @@ import "@tensorflow/tfjs-backend-webgpu";
 import type { Conv3x3Spec, ConvPrecision, ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
-import { type PassBackend, PlannedPass, type Region } from "./webgpu_pass.ts";
+import { type PassBackend, PlannedPass, type Region, underErrorScopes } from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
 import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
 
@@ -221,6 +221,20 @@ export class RRDBNetPlanWebGPU {
     this.pass.choose(chosen);
   }
 
+  /**
+   * Milliseconds of one forward on this GPU, the median of `runs` after one to warm up (between
+   * timestamp queries where the device has them, else from submit to completion), or the first run
+   * alone where it took over a second: a warm-up matters where runs are short, and long ones (a
+   * software renderer's) would make choosing slower than the work. Leaves garbage in the plan's
+   * buffers, which a run overwrites.
+   */
+  async time(runs = 3): Promise<number> {
+    const gpu = this.backend.device.features.has("timestamp-query");
+    const first = await this.pass.time({}, gpu);
+    if (first > 1000) return first;
+    return this.pass.medianTime(undefined, { runs, gpu, warmup: 0 });
+  }
+
   /** GPU time of a forward by kind of dispatch (see PlannedPass.profile). */
   profile(runs?: number): ReturnType<PlannedPass["profile"]> {
     return this.pass.profile(runs);
@@ -230,4 +244,70 @@ export class RRDBNetPlanWebGPU {
   dispose(): void {
     this.pass.dispose();
   }
+}
+
+/** What {@link fastestPlan} measured for one way of running the convolutions. */
+export interface PlanTiming {
+  /** 0: direct; else Winograd F(m x m). */
+  winograd: 0 | WinogradSize;
+  /** Median ms per forward; absent where the plan could not be made. */
+  ms?: number;
+  /** Why the plan could not be made (too large for the device's buffers, out of memory). */
+  error?: string;
+}
+
+/**
+ * The faster plan for inputs of `shape` on this GPU, direct or Winograd (F(4x4) in f32, F(2x2) in
+ * the half precisions): each made, checked with WebGPU's error scopes, timed ({@link
+ * RRDBNetPlanWebGPU.time}), the slower disposed (cuDNN's benchmark mode, for the forward as a
+ * whole: which wins depends on the GPU and the shape). A variant that cannot be made drops out,
+ * with its reason in `timings`; when none can, the direct plan's error is thrown.
+ */
+export async function fastestPlan(
+  net: RRDBNet,
+  shape: number[],
+  options: Omit<PlanWebGPUOptions, "winograd"> & { runs?: number } = {},
+): Promise<{ plan: RRDBNetPlanWebGPU; winograd: 0 | WinogradSize; timings: PlanTiming[] }> {
+  const { runs, ...planOptions } = options;
+  const device = (tf.backend() as unknown as PassBackend).device;
+  const variants: (0 | WinogradSize)[] = [0, (planOptions.precision ?? "f32") === "f32" ? 4 : 2];
+  const timings: PlanTiming[] = [];
+  let best: { plan: RRDBNetPlanWebGPU; winograd: 0 | WinogradSize; ms: number } | undefined;
+  let firstError: unknown;
+  for (const winograd of variants) {
+    let plan: RRDBNetPlanWebGPU | undefined;
+    try {
+      const made = underErrorScopes(
+        device,
+        () => new RRDBNetPlanWebGPU(net, shape, { ...planOptions, winograd: winograd || undefined }),
+      );
+      plan = made.value;
+      const error = await made.error;
+      if (error) throw error;
+      const ms = await plan.time(runs);
+      timings.push({ winograd, ms });
+      if (!best || ms < best.ms) {
+        best?.plan.dispose();
+        best = { plan, winograd, ms };
+      } else plan.dispose();
+    } catch (e) {
+      plan?.dispose();
+      firstError ??= e;
+      timings.push({ winograd, error: (e as Error).message });
+    }
+  }
+  if (!best) throw firstError;
+  return { plan: best.plan, winograd: best.winograd, timings };
+}
+
+/** One line on what {@link fastestPlan} chose for a patch of `shape`, and the times it chose by. */
+export function describeChoice(
+  choice: { winograd: 0 | WinogradSize; shape: number[]; timings: PlanTiming[] },
+): string {
+  const name = (m: number) => (m ? `Winograd F(${m}x${m})` : "direct");
+  const [, h, w] = choice.shape;
+  const times = choice.timings.map((t) =>
+    `${name(t.winograd)} ${t.ms !== undefined ? `${t.ms.toFixed(1)} ms` : `could not run (${t.error})`}`
+  );
+  return `${name(choice.winograd)} (timed on a ${w}x${h} patch: ${times.join(", ")})`;
 }
