@@ -58,10 +58,18 @@ Deno.test("every option is a flag; flags override the preset; bad values name th
   assert.equal(validateConfig({ backend: "wasm", stage: "gan" }, "x.json").stage, "gan");
 });
 
-Deno.test("winograd: off by default; 2 or 4, f32, for the planned step on webgpu only", () => {
+Deno.test("winograd: off by default; 2 or 4, f32, for the planned step on webgpu only; or auto", () => {
   assert.equal(PRESETS.psnr.winograd, 0);
   assert.equal(validateConfig({ winograd: 4 }, "x").winograd, 4);
-  assert.throws(() => validateConfig({ winograd: 3 }, "x"), /winograd must be 0 \(off\), 2 or 4/);
+  assert.throws(() => validateConfig({ winograd: 3 }, "x"), /winograd must be 0 \(off\), 2, 4 or auto/);
+  assert.throws(() => validateConfig({ winograd: "fast" }, "x"), /"winograd" must be a number or auto/);
+  // auto chooses where there is a choice (webgpu, f32) and is direct elsewhere
+  for (const other of [{}, { precision: "f16" }, { backend: "wasm" }]) {
+    assert.equal(validateConfig({ winograd: "auto", ...other }, "x").winograd, "auto");
+  }
+  assert.equal(applyFlags(PRESETS.psnr, { winograd: "auto" }).winograd, "auto");
+  assert.equal(applyFlags(PRESETS.psnr, { winograd: "4" }).winograd, 4);
+  assert.throws(() => applyFlags(PRESETS.psnr, { winograd: "fast" }), /--winograd: not a number: fast/);
   assert.throws(() => validateConfig({ winograd: 2, precision: "f16" }, "x"), /webgpu in f32 only/);
   assert.throws(() => validateConfig({ winograd: 4, backend: "wasm" }, "x"), /webgpu in f32 only/);
 });

@@ -208,6 +208,35 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu: winograd auto times a step of each plan, trains with the faster as if set by hand",
+  ignore,
+  fn: async () => {
+    const cfg = { ...TINY, lrG: 2e-3, winograd: "auto" as const };
+    const batches = testBatches(cfg, 3);
+    const auto = Trainer.create(cfg);
+    const got = await pixelLosses(auto, batches, 0, 3);
+    const choice = auto.convChoice!;
+    auto.dispose();
+    assert.deepEqual(choice.shape, [cfg.batchSize, cfg.gtSize / 4, cfg.gtSize / 4, 3]);
+    const [direct, winograd] = choice.timings;
+    assert.deepEqual([direct.winograd, winograd.winograd], [0, 4]);
+    assert.ok(direct.ms! > 0 && winograd.ms! > 0, JSON.stringify(choice.timings));
+    assert.equal(choice.winograd, direct.ms! <= winograd.ms! ? 0 : 4);
+    // timing scrambled the timed plans' weights: the plan that trains starts from the net's
+    const fixed = Trainer.create({ ...cfg, winograd: choice.winograd });
+    assert.deepEqual(got, await pixelLosses(fixed, batches, 0, 3));
+    fixed.dispose();
+    // in half precision there is no Winograd step to choose: direct, untimed
+    if (probe.f16) {
+      const half = Trainer.create({ ...cfg, precision: "f16" });
+      await half.trainStep(batches[0]);
+      assert.equal(half.convChoice, undefined);
+      half.dispose();
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu: a run overlapping its steps logs, validates and checkpoints as one that does not",
   ignore,
   sanitizeResources: false,

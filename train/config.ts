@@ -76,9 +76,10 @@ export interface TrainConfig {
   /**
    * G's planned step on webgpu with its 3x3 convolutions (forward, input and filter gradients) as
    * Winograd F(4x4, 3x3) (4) or F(2x2, 3x3) (2), in f32 (opt-in; core/kernels/webgpu_winograd.ts);
-   * 0: direct.
+   * 0: direct; "auto": on webgpu in f32, whichever of direct and F(4x4) a timed step finds faster on
+   * this GPU, elsewhere direct.
    */
-  winograd: 0 | 2 | 4;
+  winograd: 0 | 2 | 4 | "auto";
 }
 
 const BASE: TrainConfig = {
@@ -199,6 +200,9 @@ export function scheduleOf(c: TrainConfig): Schedule {
     : { type: "MultiStepLR", milestones: c.milestones, gamma: c.gamma };
 }
 
+/** Numeric options that also take these words. */
+const WORDS: Record<string, string[]> = { winograd: ["auto"] };
+
 /** `lrG` → `lr-g`. */
 export function flagName(key: string): string {
   return key.replace(/[A-Z]/g, (m) => "-" + m.toLowerCase());
@@ -214,11 +218,12 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
     const v = (full as unknown as Record<string, unknown>)[key];
     const ok = Array.isArray(def)
       ? Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isFinite(x))
-      : typeof v === typeof def && (typeof v !== "number" || Number.isFinite(v));
+      : (typeof v === typeof def && (typeof v !== "number" || Number.isFinite(v))) ||
+        (WORDS[key]?.includes(v as string) ?? false);
     if (!ok) {
       throw new Error(
         `${source}: option "${key}" must be ${
-          Array.isArray(def) ? "a list of numbers" : `a ${typeof def}`
+          Array.isArray(def) ? "a list of numbers" : `a ${typeof def}${WORDS[key] ? ` or ${WORDS[key]}` : ""}`
         }, got ${JSON.stringify(v)}`,
       );
     }
@@ -258,9 +263,9 @@ export function validateConfig(c: Record<string, unknown>, source: string): Trai
   if (full.precision !== "f32" && (!full.plannedStep || full.backend === "wasm" || full.backend === "cpu")) {
     throw bad(`precision ${full.precision} is for the planned step on webgpu only`);
   }
-  if (![0, 2, 4].includes(full.winograd)) throw bad(`winograd must be 0 (off), 2 or 4`);
+  if (![0, 2, 4, "auto"].includes(full.winograd)) throw bad(`winograd must be 0 (off), 2, 4 or auto`);
   if (
-    full.winograd &&
+    full.winograd && full.winograd !== "auto" &&
     (full.precision !== "f32" || !full.plannedStep || full.backend === "wasm" || full.backend === "cpu")
   ) {
     throw bad(`winograd is for the planned step on webgpu in f32 only`);
@@ -321,6 +326,7 @@ export function applyFlags(c: TrainConfig, values: Record<string, unknown>): Tra
     if (raw === undefined) continue;
     const s = String(raw);
     if (Array.isArray(def)) out[k] = s === "" ? [] : s.split(",").map(Number);
+    else if (WORDS[k]?.includes(s)) out[k] = s;
     else if (typeof def === "number") {
       const n = Number(s);
       if (!Number.isFinite(n)) throw new Error(`--${f}: not a number: ${s}`);

@@ -16,6 +16,7 @@ import type { RgbaImage } from "../core/image_io.ts";
 import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { MAX_MEMORY_BYTES } from "../core/kernels/wasm_pool.ts";
+import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import type { TrainConfig } from "./config.ts";
 import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
 import {
@@ -67,6 +68,8 @@ export interface RunSummary {
    * those after a checkpoint or a validation.
    */
   overlapped: number;
+  /** With `winograd: "auto"` on webgpu: which convolutions a timed step chose, and the times. */
+  convs?: string;
   /** Mean losses over the first and the last `logEvery` steps of this run. */
   first: Record<string, number>;
   last: Record<string, number>;
@@ -177,7 +180,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
       `precision ${c.precision} is for the planned step on webgpu only; this run uses ${backend}`,
     );
   }
-  if (c.winograd && backend !== "webgpu") {
+  if (c.winograd && c.winograd !== "auto" && backend !== "webgpu") {
     throw new Error(
       `winograd ${c.winograd} is for the planned step on webgpu only; this run uses ${backend}`,
     );
@@ -324,6 +327,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   /** The step after the current one, started before the current one's losses are read. */
   let ahead: ReturnType<typeof start> | undefined;
   let overlapped = 0;
+  let convs: string | undefined;
   let ts = performance.now();
   try {
     while (ahead || (trainer.step < c.totalSteps && !options.signal?.aborted)) {
@@ -342,6 +346,10 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
         throw new Error(
           `${bad[0]} became ${bad[1]} at step ${step}; the last good state is ${ckptPath} (step ${savedAt})`,
         );
+      }
+      if (trainer.convChoice && !convs) {
+        convs = describeChoice(trainer.convChoice);
+        progress.log(`convolutions: ${convs}`);
       }
       options.onStep?.(step, losses, secs);
       if (firstRows.length < c.logEvery) firstRows.push(losses);
@@ -394,6 +402,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     seconds,
     itPerSec: (trainer.step - startStep) / Math.max(seconds, 1e-9),
     overlapped,
+    convs,
     first: mean(firstRows),
     last: mean(lastWindow),
     val: lastVal,

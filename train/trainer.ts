@@ -26,6 +26,7 @@ import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts"
 import type { Batch } from "./data.ts";
 import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/webgpu_train_plan.ts";
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
+import type { PlanTiming } from "../core/kernels/webgpu_plan.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { disableCustomWebGPUKernels, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
@@ -98,6 +99,8 @@ export class Trainer {
   private planAhead = false;
   /** The WebGPU plan while WebGPU checks it (see checkedPlan). */
   private planMaking?: Promise<RRDBNetTrainPlanWebGPU>;
+  /** What `winograd: "auto"` chose and measured (undefined until the first planned step on webgpu). */
+  convChoice?: { winograd: 0 | 4; shape: number[]; timings: PlanTiming[] };
 
   private constructor(
     readonly config: TrainConfig,
@@ -265,6 +268,35 @@ export class Trainer {
     throw new Error(`WebGPU rejected the training step's work: ${error.message}`);
   }
 
+  /**
+   * With `winograd: "auto"`: the direct plan and the Winograd F(4x4) one, each made, checked, timed
+   * for a step and freed in turn (timing steps scrambles a plan's weights; one plan's memory at a
+   * time), then the faster made again. A variant that cannot be made drops out with its reason; when
+   * neither can, the direct plan's error is thrown.
+   */
+  private async fastestPlan(options: TrainPlanOptions): Promise<RRDBNetTrainPlanWebGPU> {
+    const timings: PlanTiming[] = [];
+    let firstError: unknown;
+    for (const winograd of [0, 4] as const) {
+      let plan: RRDBNetTrainPlanWebGPU | undefined;
+      try {
+        plan = await this.checkedPlan({ ...options, winograd: winograd || undefined });
+        timings.push({ winograd, ms: await plan.time() });
+      } catch (e) {
+        firstError ??= e;
+        timings.push({ winograd, error: (e as Error).message });
+      } finally {
+        plan?.dispose();
+      }
+    }
+    const timed = timings.filter((t) => t.ms !== undefined);
+    if (!timed.length) throw firstError;
+    const best = timed.reduce((a, b) => (b.ms! < a.ms! ? b : a)).winograd as 0 | 4;
+    const { batch, lqSize } = options;
+    this.convChoice = { winograd: best, shape: [batch, lqSize, lqSize, 3], timings };
+    return this.checkedPlan({ ...options, winograd: best || undefined });
+  }
+
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
   private generatorGanTerms(out: tf.Tensor4D, real: RealSide): { percep: tf.Scalar; gan: tf.Scalar } {
     const c = this.config;
@@ -317,11 +349,10 @@ export class Trainer {
     if (!this.plan && tf.getBackend() === "wasm") this.plan = new RRDBNetTrainPlanWasm(this.g, options);
     if (!this.plan) {
       // steps started meanwhile wait for the same plan, and then run in the order they started
-      this.planMaking ??= this.checkedPlan({
-        ...options,
-        precision: c.precision,
-        winograd: c.winograd || undefined,
-      });
+      const winograd = c.winograd === "auto" ? undefined : c.winograd || undefined;
+      this.planMaking ??= c.winograd === "auto" && c.precision === "f32"
+        ? this.fastestPlan({ ...options, precision: c.precision })
+        : this.checkedPlan({ ...options, precision: c.precision, winograd });
       const making = this.planMaking;
       try {
         this.plan ??= await making;

@@ -222,17 +222,11 @@ export class RRDBNetPlanWebGPU {
   }
 
   /**
-   * Milliseconds of one forward on this GPU, the median of `runs` after one to warm up (between
-   * timestamp queries where the device has them, else from submit to completion), or the first run
-   * alone where it took over a second: a warm-up matters where runs are short, and long ones (a
-   * software renderer's) would make choosing slower than the work. Leaves garbage in the plan's
+   * Milliseconds of one forward on this GPU (PlannedPass.timeAll). Leaves garbage in the plan's
    * buffers, which a run overwrites.
    */
-  async time(runs = 3): Promise<number> {
-    const gpu = this.backend.device.features.has("timestamp-query");
-    const first = await this.pass.time({}, gpu);
-    if (first > 1000) return first;
-    return this.pass.medianTime(undefined, { runs, gpu, warmup: 0 });
+  time(runs?: number): Promise<number> {
+    return this.pass.timeAll(runs);
   }
 
   /** GPU time of a forward by kind of dispatch (see PlannedPass.profile). */

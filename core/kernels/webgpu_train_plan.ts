@@ -680,6 +680,14 @@ export class RRDBNetTrainPlanWebGPU {
       : { t: s.t + 1, scale: s.scale, good };
   }
 
+  /**
+   * Milliseconds of one step's GPU work (PlannedPass.timeAll). Leaves the plan's parameters, moments
+   * and EMA garbage: for choosing between plans, which are then disposed.
+   */
+  time(runs?: number): Promise<number> {
+    return this.pass.timeAll(runs);
+  }
+
   /** GPU time of the step by kind of dispatch (see PlannedPass.profile); leaves the plan's values garbage. */
   profile(runs?: number): ReturnType<PlannedPass["profile"]> {
     return this.pass.profile(runs);
