@@ -35,6 +35,7 @@ import {
   usePlannedPasses,
 } from "./cases.ts";
 import { Peer, type Reply, serve } from "./peer.ts";
+import { writeBenchChart } from "./chart.ts";
 
 /** The default model, relative to the working directory (the project root under `deno task`). */
 export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
@@ -85,6 +86,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       PyTorch on cuda with cuDNN's TF32 off ("no-tf32": strict fp32, as WGSL computes)
   --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
   --json              one JSON object on stdout instead of the table
+  --chart FILE        also the results as a bar chart: FILE.png, or FILE.svg (each row's time over
+                      PyTorch's, or over the case's fastest row without PyTorch); from a saved --json
+                      report: deno task plot REPORT.json -o FILE.png
 `;
 
 /** The command line, parsed. */
@@ -103,6 +107,8 @@ export interface BenchPlan {
   torchScript: string;
   python?: string;
   json: boolean;
+  /** Where to write the bar chart (.png or .svg), if anywhere. */
+  chart?: string;
   cpu: boolean;
   llvmpipe: boolean;
   /** Set in the child processes: the backend to serve. */
@@ -133,6 +139,7 @@ export function parseBenchArgs(args: string[]): BenchPlan {
       "torch-script": { type: "string" },
       python: { type: "string" },
       json: { type: "boolean" },
+      chart: { type: "string" },
       child: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -168,6 +175,7 @@ export function parseBenchArgs(args: string[]): BenchPlan {
     torchScript: v["torch-script"] ?? "bench/torch_bench.py",
     python: v.python,
     json: !!v.json,
+    chart: v.chart,
     cpu: !!v.cpu,
     llvmpipe: !!v.llvmpipe,
     child: v.child ? parseBackend(v.child) : undefined,
@@ -604,6 +612,13 @@ export async function main(args: string[]): Promise<number> {
   } catch (e) {
     console.error(`bench: ${(e as Error).message}`);
     return 1;
+  }
+  if (plan.chart) {
+    try {
+      await writeBenchChart(report, plan.chart);
+    } catch (e) {
+      console.error(`bench: the chart: ${(e as Error).message}`);
+    }
   }
   if (plan.json) console.log(JSON.stringify(report, null, 1));
   else {

@@ -52,9 +52,11 @@ backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+wi
 backends=$backends,webgpu-plan+auto
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
-  > "$res/bench.json" 2> "$res/bench.log"
+  --chart "$res/bench.svg" > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"
-cp "$res/bench.json" "$res/bench.log" "$out"/ # back even if a later step runs out of time
+# back even if a later step runs out of time (the chart as PNG here: deno task plot bench.json -o X.png)
+cp "$res/bench.json" "$res/bench.log" "$out"/
+[ -f "$res/bench.svg" ] && cp "$res/bench.svg" "$out"/
 grep -v "warming up" "$res/bench.log" | tail -n 25
 
 if [ -f "$d/sweep.js" ] && [ -n "${SWEEP_S:-}" ]; then

@@ -307,7 +307,7 @@ Deno.test({
       // the same forward as the direct plan's, within Winograd's rounding
       assert.ok(r.max_abs_diff === undefined || r.max_abs_diff < 1e-4, `${r.case}: ${r.max_abs_diff}`);
     }
-    assert.match(formatTable(auto), /^  auto forward:1x8x8 webgpu-plan\+auto: (direct|Winograd)/m);
+    assert.match(formatTable(auto), /^ {2}auto forward:1x8x8 webgpu-plan\+auto: (direct|Winograd)/m);
   },
 });
 

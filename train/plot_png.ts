@@ -9,7 +9,7 @@
 import { Image } from "imagescript";
 import opentype from "opentype.js";
 import type { LogRecord } from "./log.ts";
-import { curvesSvgParts } from "./plot.ts";
+import { curvesSvgParts, type Label } from "./plot.ts";
 
 const FONTS = [
   "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -24,13 +24,22 @@ async function loadFont(): Promise<opentype.Font | null> {
       return opentype.parse((await Deno.readFile(f)).buffer);
     } catch { /* next */ }
   }
-  console.warn(`no TrueType font at ${FONTS.join(" or ")}: curves.png has no labels (curves.svg has them)`);
+  console.warn(
+    `no TrueType font at ${FONTS.join(" or ")}: PNG pictures have no labels (their SVGs have them)`,
+  );
   return null;
 }
 
 /** The curves of a log as PNG bytes. */
-export async function renderCurvesPng(records: LogRecord[]): Promise<Uint8Array> {
-  const { svg, labels } = curvesSvgParts(records);
+export function renderCurvesPng(records: LogRecord[]): Promise<Uint8Array> {
+  return renderSvgPng(curvesSvgParts(records));
+}
+
+/**
+ * An SVG picture as PNG bytes, its `<text>` elements replaced by `labels` drawn as glyph outlines
+ * (12 px, as this project's pictures set them).
+ */
+export async function renderSvgPng({ svg, labels }: { svg: string; labels: Label[] }): Promise<Uint8Array> {
   if (font === undefined) font = await loadFont();
   let paths = "";
   if (font) {
