@@ -82,7 +82,9 @@ export function benchChartParts(
 export async function writeBenchChart(report: { rows: ChartRow[] }, path: string): Promise<void> {
   const parts = benchChartParts(report);
   if (path.endsWith(".svg")) return await Deno.writeTextFile(path, parts.svg);
-  const { renderSvgPng } = await import("../train/plot_png.ts");
+  // a specifier the bundler does not follow: a bundle (the GPU session's) leaves imagescript out
+  const renderer = "../train/plot_png.ts";
+  const { renderSvgPng } = await import(renderer) as typeof import("../train/plot_png.ts");
   await Deno.writeFile(path, await renderSvgPng(parts));
 }
 
