@@ -238,6 +238,15 @@ Deno.test({
       assert.equal(await maxDiff(y, want), 0);
       tf.dispose([y, want]);
       assert.equal(tf.memory().numTensors, before);
+      // in half precision the Winograd variant is F(2x2), the one that runs in f16
+      if ((tf.backend() as unknown as { device: GPUDevice }).device.features.has("shader-f16")) {
+        const half = new Upscaler(tinyNet(7));
+        [half.winograd, half.precision] = ["auto", "f16"];
+        tf.dispose(await half.upscaleTensor(x, { tile: 0 }));
+        assert.deepEqual(half.convChoice!.timings.map((t) => t.winograd), [0, 2]);
+        assert.ok(half.convChoice!.timings.every((t) => t.ms! > 0));
+        half.dispose();
+      }
     } finally {
       x.dispose();
       auto.dispose();
