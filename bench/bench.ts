@@ -47,13 +47,14 @@ export const DEFAULT_BENCH_MODEL = "weights/realesrgan-x4plus.int8.safetensors";
 export const AHEAD_STEPS = 3;
 
 const HELP = `deno task bench [options]
-Times RRDBNet (forward passes; training steps with train: cases; the Upscaler's tiled upscale,
-128-pixel tiles overlapping by 24, with upscale: cases) per tfjs backend, warmed up,
+Times RRDBNet (forward passes; training steps with train: cases; gan-stage steps, G with VGG19's
+perceptual loss and D, with gan: cases; the Upscaler's tiled upscale, 128-pixel tiles overlapping
+by 24, with upscale: cases) per tfjs backend, warmed up,
 median of --runs, with peak memory, next to PyTorch on the same machine in the same run. The
 backends and PyTorch each run in a process of their own and take turns, one run each per round.
 
-  --case SPEC         forward:NxHxW, train:NxHxW or upscale:NxHxW (LR size), repeatable; default
-                      forward:1x64x64
+  --case SPEC         forward:NxHxW, train:NxHxW, gan:Nx32x32 or upscale:NxHxW (LR size),
+                      repeatable; default forward:1x64x64
   --all-shapes        ${ALL_CASES.join(", ")} (and any --case)
   --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),
@@ -236,7 +237,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
         const [t0, cpu0] = [performance.now(), process.cpuUsage()];
         const out = await current!.prepared.step();
         const [ms, cpu] = [performance.now() - t0, process.cpuUsage(cpu0)];
-        if (current!.c.kind !== "train") current!.out = out;
+        if (current!.c.kind !== "train" && current!.c.kind !== "gan") current!.out = out;
         const also: Record<string, number> = {};
         const ahead = await current!.prepared.stepsAhead?.(AHEAD_STEPS);
         if (ahead !== undefined) also.ahead = ahead;
@@ -431,6 +432,10 @@ export async function runBench(
           log(`  ${name}: ${p.label} skipped (+auto chooses for forwards and upscales only)`);
           continue;
         }
+        if (c.kind === "gan" && spec?.tune) {
+          log(`  ${name}: ${p.label} skipped (the trainer does not tune)`);
+          continue;
+        }
         if (c.kind === "upscale" && spec && (spec.tune || (spec.name === "webgpu" && !spec.plan))) {
           // the Upscaler runs planned passes on webgpu, with the built-in tilings
           log(`  ${name}: ${p.label} skipped (the Upscaler neither tunes nor runs tfjs's webgpu ops)`);
@@ -479,7 +484,7 @@ export async function runBench(
         for (const [k, why] of Object.entries(row.also_errors ?? {})) {
           log(`  ${name}: ${p.label}: no ${k} time (${why})`);
         }
-        if (c.kind !== "train" && dump && !row.error) {
+        if (c.kind !== "train" && c.kind !== "gan" && dump && !row.error) {
           const bytes = await Deno.readFile(dump);
           const out = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
           if (!ref) ref = { label: p.label, out };

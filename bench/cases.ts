@@ -1,6 +1,7 @@
 /**
- * What `deno task bench` measures: cases (a forward pass or a training step on a batch of LR
- * images), backend specs, and the timing of one case on the current tfjs backend.
+ * What `deno task bench` measures: cases (a forward pass, a training step, a gan-stage step or an
+ * upscale on a batch of LR images), backend specs, and the timing of one case on the current tfjs
+ * backend.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -16,6 +17,10 @@ import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { Adam } from "../train/adam.ts";
 import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
+import { randomVgg19Weights } from "../core/vgg19_arch.ts";
+import { PRESETS, type TrainConfig } from "../train/config.ts";
+import { Trainer } from "../train/trainer.ts";
 
 /** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
 export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x256", "train:16x32x32"];
@@ -26,22 +31,27 @@ export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x
  * PyTorch: Real-ESRGAN's tile loop with the same tiles, each tile's core pasted).
  */
 export interface BenchCase {
-  kind: "forward" | "train" | "upscale";
+  kind: "forward" | "train" | "gan" | "upscale";
   n: number;
   h: number;
   w: number;
 }
 
-/** Parses `forward:1x64x64`, `train:16x32x32` or `upscale:1x256x256` (LR size). */
+/** Parses `forward:1x64x64`, `train:16x32x32`, `gan:16x32x32` or `upscale:1x256x256` (LR size). */
 export function parseCase(spec: string): BenchCase {
-  const m = /^(forward|train|upscale):(\d+)x(\d+)x(\d+)$/.exec(spec);
+  const m = /^(forward|train|gan|upscale):(\d+)x(\d+)x(\d+)$/.exec(spec);
   if (!m) {
     throw new Error(
-      `bad case "${spec}": expected forward:NxHxW, train:NxHxW or upscale:NxHxW, e.g. forward:1x64x64`,
+      `bad case "${spec}": expected forward:NxHxW, train:NxHxW, gan:NxHxW or upscale:NxHxW, e.g. forward:1x64x64`,
     );
   }
   const [n, h, w] = [m[2], m[3], m[4]].map(Number);
   if (!(n > 0 && h > 0 && w > 0)) throw new Error(`bad case "${spec}": sizes must be positive`);
+  if (m[1] === "gan" && (h !== GAN_LQ || w !== GAN_LQ)) {
+    throw new Error(
+      `bad case "${spec}": gan steps take ${GAN_LQ}x${GAN_LQ} LR (the discriminator's 128x128 GT)`,
+    );
+  }
   return { kind: m[1] as BenchCase["kind"], n, h, w };
 }
 
@@ -181,6 +191,7 @@ export interface PreparedCase {
  */
 export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase {
   if (c.kind === "upscale") return prepareUpscale(net, c, seed);
+  if (c.kind === "gan") return prepareGan(net, c, seed);
   return withPlan ? preparePlanned(net, c, seed) : prepareOps(net, c, seed);
 }
 
@@ -214,6 +225,58 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
     dispose: () => (up.dispose({ keepNet: true }), x.dispose()),
   };
   return prepared;
+}
+
+/** The LR side of gan cases: BasicSR's VGG-style discriminator takes 128x128. */
+const GAN_LQ = 32;
+
+/**
+ * One gan-stage step as `deno task train` takes it (train/trainer.ts: G, then D; L_G = L_percep +
+ * 5e-3 L_Ra + 1e-2 L1), from G's weights, with random VGG19 weights to conv5_4 (the same cost):
+ * G's part planned where the backend is a plan (webgpu: our passes, and VGG's and D's 3x3
+ * convolutions on our registered kernels; wasm-plan: the CPU kernels), tfjs's autodiff with stock
+ * kernels otherwise. PyTorch: BasicSR's ESRGANModel step.
+ */
+function prepareGan(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
+  if (planOptions.tune) throw new Error("gan cases run the trainer, which does not tune (+tune)");
+  const { numFeat, numBlock, numGrowCh, scale } = net.config;
+  const config: TrainConfig = {
+    ...PRESETS.gan,
+    numFeat,
+    numBlock,
+    numGrowCh,
+    scale,
+    batchSize: c.n,
+    gtSize: c.h * scale,
+    plannedStep: withPlan,
+    precision: planOptions.precision,
+    winograd: planOptions.winograd ?? 0,
+    seed,
+  };
+  let trainer: Trainer | undefined;
+  const random = (size: number, s: number) =>
+    tf.tidy(() => tf.randomUniform([size], 0, 1, "float32", s).dataSync());
+  const gtSize = c.h * scale;
+  const batch = {
+    step: 0,
+    n: c.n,
+    lqSize: c.h,
+    gtSize,
+    lq: random(c.n * c.h * c.w * 3, seed) as Float32Array,
+    gt: random(c.n * gtSize * gtSize * 3, seed + 1) as Float32Array,
+  };
+  return {
+    async step() {
+      // made in the warm-up (G's weights are read asynchronously)
+      trainer ??= Trainer.create(config, {
+        pretrainG: await net.stateDict(),
+        perceptual: PerceptualLoss.fromWeights(randomVgg19Weights("conv5_4", seed)),
+      });
+      const l = await trainer.trainStep(batch);
+      return new Float32Array([l.l_pix, l.l_percep ?? NaN, l.l_gan ?? NaN]);
+    },
+    dispose: () => trainer?.dispose(),
+  };
 }
 
 let withPlan = false;
@@ -448,7 +511,7 @@ export async function timeCase(
       const t0 = performance.now();
       const out = await prepared.step();
       if (i >= warmup) times.push(performance.now() - t0);
-      if (c.kind !== "train") output = out;
+      if (c.kind !== "train" && c.kind !== "gan") output = out;
     }
     const profile = options.profile ? await prepared.profile?.() : undefined;
     return { case: caseName(c), ms: median(times), times_ms: times, output, profile };

@@ -4,6 +4,8 @@ same shapes, so tfjs and PyTorch are compared on the same machine in the same ru
 Prints one JSON object on stdout: {"torch", "device", "threads", "results": [{"name", "ms", "times_ms"}],
 "peak_mb", "peak_kind"}. Usage: torch_bench.py --device cpu|cuda --threads 2 --case forward:1x64x64
 --case train:16x32x32; with --serve it answers bench/peer.ts's requests (one run at a time) instead.
+gan: cases take one step of BasicSR's ESRGANModel (VGG19 conv5_4 perceptual loss before the activation,
+RaGAN with its VGG-style discriminator, L1; G then D, both Adam), with random VGG weights.
 """
 import argparse, json, resource, statistics, sys, time
 import torch
@@ -43,6 +45,73 @@ class RRDBNet(nn.Module):
         return s.conv_last(F.leaky_relu(s.conv_hr(feat), 0.2))
 
 
+class VGGStyleDiscriminator(nn.Module):
+    """BasicSR's discriminator for 128x128 inputs."""
+    def __init__(s, nf=64):
+        super().__init__()
+        widths = [nf, nf * 2, nf * 4, nf * 8, nf * 8]
+        layers, cin = [nn.Conv2d(3, nf, 3, 1, 1), nn.LeakyReLU(0.2)], nf
+        for i, w in enumerate(widths):
+            if i:  # conv{i}_0: 3x3 to the new width
+                layers += [nn.Conv2d(cin, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
+            cin = w
+        s.features = nn.Sequential(*layers)
+        s.linear1, s.linear2 = nn.Linear(nf * 8 * 4 * 4, 100), nn.Linear(100, 1)
+
+    def forward(s, x):
+        return s.linear2(F.leaky_relu(s.linear1(s.features(x).flatten(1)), 0.2))
+
+
+def vgg19_conv5_4():
+    """VGG19's features up to conv5_4, before its ReLU (torchvision's layout, random weights)."""
+    layers, cin = [], 3
+    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, 1, 1), nn.ReLU()]
+            cin = v
+    return nn.Sequential(*layers[:-1])
+
+
+def gan_step(net, x, gt, dev):
+    """One ESRGANModel.optimize_parameters: L_G = L_percep + 5e-3 L_Ra + 1e-2 L1, then D's RaGAN."""
+    d, vgg = VGGStyleDiscriminator().to(dev), vgg19_conv5_4().to(dev)
+    for p in vgg.parameters():
+        p.requires_grad_(False)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    feats = lambda t: vgg((t - mean) / std)
+    bce = nn.BCEWithLogitsLoss()
+    opt_g = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    ones = lambda t: torch.ones_like(t)
+    zeros = lambda t: torch.zeros_like(t)
+    def step():
+        for p in d.parameters():
+            p.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        sr = net(x)
+        l_pix = 1e-2 * F.l1_loss(sr, gt)
+        l_percep = F.l1_loss(feats(sr), feats(gt).detach())
+        real = d(gt).detach()
+        fake = d(sr)
+        l_gan = 5e-3 * (bce(real - fake.mean(), zeros(real)) + bce(fake - real.mean(), ones(fake))) / 2
+        (l_pix + l_percep + l_gan).backward()
+        opt_g.step()
+        for p in d.parameters():
+            p.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        fake = d(sr).detach()
+        real = d(gt)
+        (bce(real - fake.mean(), ones(real)) * 0.5).backward()
+        fake = d(sr.detach())
+        (bce(fake - real.detach().mean(), zeros(fake)) * 0.5).backward()
+        opt_d.step()
+    return step
+
+
 def tiled(net, x, tile=128, pad=24):
     """Real-ESRGAN's RealESRGANer.tile_process with the bench's tiles: each padded tile through the
     net, its core pasted into the output (on the device; the host copy is the "+host" time)."""
@@ -60,7 +129,8 @@ def tiled(net, x, tile=128, pad=24):
 
 
 def prepare(net, case, dev):
-    """Returns a function that runs one forward pass or one training step (L1, Adam) of `case`."""
+    """Returns a function that runs one forward pass, one training step (L1, Adam) or one gan step of
+    `case`."""
     kind, shape = case.split(":")
     n, h, w = (int(v) for v in shape.split("x"))
     x = torch.rand(n, 3, h, w, device=dev)
@@ -75,6 +145,8 @@ def prepare(net, case, dev):
         return lambda: tiled(net, x)
     net.train()
     target = torch.rand(n, 3, h * 4, w * 4, device=dev)
+    if kind == "gan":
+        return gan_step(net, x, target, dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     def step():
         opt.zero_grad(set_to_none=True)
@@ -103,7 +175,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=23)
-    ap.add_argument("--case", action="append", default=[], help="forward:, train: or upscale:NxHxW (LR size)")
+    ap.add_argument("--case", action="append", default=[], help="forward:, train:, gan: or upscale:NxHxW (LR size)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--serve", action="store_true", help="answer bench/peer.ts requests on stdin")

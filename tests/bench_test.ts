@@ -20,7 +20,12 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.deepEqual(parseCase("train:16x32x32"), { kind: "train", n: 16, h: 32, w: 32 });
   assert.equal(caseName(parseCase("forward:1x256x256")), "forward:1x256x256");
   assert.throws(() => parseCase("forward:64x64"), /bad case "forward:64x64"/);
-  assert.throws(() => parseCase("infer:1x8x8"), /forward:NxHxW, train:NxHxW or upscale:NxHxW/);
+  assert.throws(() => parseCase("infer:1x8x8"), /forward:NxHxW, train:NxHxW, gan:NxHxW or upscale:NxHxW/);
+  assert.deepEqual(parseCase("gan:16x32x32"), { kind: "gan", n: 16, h: 32, w: 32 });
+  assert.throws(
+    () => parseCase("gan:16x64x64"),
+    /gan steps take 32x32 LR \(the discriminator's 128x128 GT\)/,
+  );
   assert.deepEqual(parseCase("upscale:1x256x256"), { kind: "upscale", n: 1, h: 256, w: 256 });
   assert.deepEqual(parseBackend("wasm:3"), { name: "wasm", threads: 3 });
   assert.deepEqual(parseBackend("webgpu-custom"), { name: "webgpu", custom: true });
@@ -309,6 +314,18 @@ Deno.test({
     }
     assert.match(formatTable(auto), /^ {2}auto forward:1x8x8 webgpu-plan\+auto: (direct|Winograd)/m);
   },
+});
+
+Deno.test("bench: gan cases time the trainer's gan-stage step (G, VGG19 to conv5_4, D) on the CPU", async () => {
+  const plan = parseBenchArgs([
+    ...["--backend", "wasm-plan:2", "--case", "gan:1x32x32", "--blocks", "1"],
+    ...["--runs", "1", "--warmup", "1", "--random", "--no-torch"],
+  ]);
+  const report = await runBench(plan);
+  const [row] = report.rows;
+  assert.equal(row.case, "gan:1x32x32");
+  assert.equal(row.error, undefined, row.error);
+  assert.ok(row.ms > 0 && row.max_abs_diff === undefined, JSON.stringify(row));
 });
 
 Deno.test("bench: upscale cases run the tiled Upscaler; our CPU kernels and tfjs's ops agree", async () => {
