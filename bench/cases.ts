@@ -25,6 +25,9 @@ import { Trainer } from "../train/trainer.ts";
 /** The shapes issue 6 names: forward on 1x64x64, 16x32x32, 1x256x256 LR and a training step. */
 export const ALL_CASES = ["forward:1x64x64", "forward:16x32x32", "forward:1x256x256", "train:16x32x32"];
 
+/** The LR side of gan cases: BasicSR's VGG-style discriminator takes 128x128 (x4). */
+const GAN_LQ = 32;
+
 /**
  * One measurement on a batch of N HxW LR images: a forward pass, a training step, or an upscale
  * (the Upscaler, tiled as `deno task upscale` tiles: 128-pixel tiles overlapping by 24, blended;
@@ -226,9 +229,6 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   };
   return prepared;
 }
-
-/** The LR side of gan cases: BasicSR's VGG-style discriminator takes 128x128. */
-const GAN_LQ = 32;
 
 /**
  * One gan-stage step as `deno task train` takes it (train/trainer.ts: G, then D; L_G = L_percep +
