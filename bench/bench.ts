@@ -337,6 +337,8 @@ export interface BenchReport {
   load?: [number, number];
   peers: Record<string, Reply>;
   rows: BenchRow[];
+  /** Stopped (SIGTERM) before every case ran: the rows are those of the cases finished. */
+  interrupted?: boolean;
 }
 
 /** Finds a Python that imports torch: `python` if given, else `python3`, then Debian's `/usr/bin/python3`. */
@@ -355,6 +357,10 @@ export async function findTorchPython(python?: string): Promise<string | null> {
 export async function runBench(
   plan: BenchPlan,
   log: (line: string) => void = () => {},
+  options: {
+    /** Called with the report so far (the same object, growing) after each case. */
+    onCase?: (report: BenchReport) => void;
+  } = {},
 ): Promise<BenchReport> {
   let config: RRDBNetConfig = { ...ESRGAN_X4, numBlock: plan.blocks ?? ESRGAN_X4.numBlock };
   if (plan.model) config = decodeModelFile(await Deno.readFile(plan.model), plan.model).config;
@@ -501,6 +507,7 @@ export async function runBench(
         if (strict) (row.vs_torch_also ??= {})["no-tf32"] = row.ms / strict;
       }
       report.rows.push(...rows.values());
+      options.onCase?.(report);
     }
   } finally {
     for (const p of peers) {
@@ -611,13 +618,34 @@ export async function main(args: string[]): Promise<number> {
     await serveBackend(plan.child, plan);
     return 0;
   }
-  let report: BenchReport;
+  // `timeout` (the GPU session's) stops the bench with SIGTERM: the cases done by then still come out
+  let partial: BenchReport | undefined;
+  const onTerm = async () => {
+    if (partial) {
+      const done = new Set(partial.rows.map((r) => r.case)).size;
+      console.error(`bench: stopped by SIGTERM: reporting the ${done} case(s) finished`);
+      await printReport({ ...partial, interrupted: true }, plan);
+    }
+    Deno.exit(143);
+  };
+  Deno.addSignalListener("SIGTERM", onTerm);
+  let result: BenchReport;
   try {
-    report = await runBench(plan, (s) => plan.json ? console.error(s) : console.log(s));
+    result = await runBench(plan, (s) => plan.json ? console.error(s) : console.log(s), {
+      onCase: (r) => partial = r,
+    });
   } catch (e) {
     console.error(`bench: ${(e as Error).message}`);
     return 1;
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onTerm);
   }
+  await printReport(result, plan);
+  return result.rows.some((r) => r.error) || Object.values(result.peers).some((p) => p.error) ? 1 : 0;
+}
+
+/** Prints the report (a table, or JSON with --json) and draws its chart (--chart). */
+async function printReport(report: BenchReport, plan: BenchPlan): Promise<void> {
   if (plan.chart) {
     try {
       await writeBenchChart(report, plan.chart);
@@ -639,7 +667,6 @@ export async function main(args: string[]): Promise<number> {
       }
     }
   }
-  return report.rows.some((r) => r.error) || Object.values(report.peers).some((p) => p.error) ? 1 : 0;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -340,3 +340,39 @@ Deno.test("bench: upscale cases run the tiled Upscaler; our CPU kernels and tfjs
   assert.equal(ops.diff_vs, "wasm-plan:2");
   assert.ok(ops.max_abs_diff! < 1e-4, `max |Δ| ${ops.max_abs_diff}`);
 });
+
+Deno.test("bench: stopped by SIGTERM (a timeout), it still reports the cases it finished", async () => {
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: [
+      ...[
+        "run",
+        "-A",
+        "bench/bench.ts",
+        "--backend",
+        "wasm-plan:1",
+        "--blocks",
+        "1",
+        "--random",
+        "--no-torch",
+      ],
+      ...["--case", "forward:1x8x8", "--case", "forward:1x64x64", "--runs", "50", "--warmup", "0", "--json"],
+    ],
+    cwd: new URL("..", import.meta.url).pathname,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // the second case's first line: the first case's rows are in
+  const lines = proc.stderr.pipeThrough(new TextDecoderStream()).values();
+  let log = "";
+  for await (const chunk of lines) {
+    log += chunk;
+    if (log.includes("forward:1x64x64: warming up")) break;
+  }
+  proc.kill("SIGTERM");
+  const [status, out] = await Promise.all([proc.status, new Response(proc.stdout).text()]);
+  assert.equal(status.code, 143);
+  const report = JSON.parse(out);
+  assert.equal(report.interrupted, true);
+  assert.deepEqual(report.rows.map((r: { case: string }) => r.case), ["forward:1x8x8"]);
+  assert.ok(report.rows[0].ms > 0);
+});
