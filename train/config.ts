@@ -62,9 +62,10 @@ export interface TrainConfig {
   /**
    * On webgpu: G's forward, backward, Adam and EMA as prepared passes of our kernels
    * (core/kernels/webgpu_train_plan.ts; the gan stage's perceptual, adversarial and D terms stay tfjs
-   * ops, their 3x3 convolutions on our kernels registered for tfjs, core/kernels/register.ts); on wasm: the same on the CPU kernels (core/kernels/wasm_train_plan.ts), the gan stage's
-   * other terms on tfjs-wasm with train/wasm_conv_grads.ts; off: tfjs's autodiff with its stock
-   * kernels throughout (not on wasm).
+   * ops, their 3x3 convolutions on our kernels registered for tfjs, core/kernels/register.ts); on
+   * wasm: the same on the CPU kernels (core/kernels/wasm_train_plan.ts), the gan stage's other terms
+   * on tfjs-wasm with train/wasm_conv_grads.ts; off: tfjs's autodiff with its stock kernels
+   * throughout (not on wasm).
    */
   plannedStep: boolean;
   /**
