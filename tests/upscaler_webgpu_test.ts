@@ -27,6 +27,33 @@ function tinyNet(seed: number): RRDBNet {
   return net;
 }
 
+/**
+ * An upscaler whose largest map takes 1 KiB per input pixel (16 channels at 4x), and a zero image a
+ * little past the largest square patch the device's bindings hold (`fits` pixels a side).
+ */
+function tooLarge(device: GPUDevice) {
+  const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 1, numGrowCh: 4 }, {
+    seed: 3,
+  });
+  const fits = Math.floor(Math.sqrt(device.limits.maxStorageBufferBindingSize / 1024));
+  return { up: new Upscaler(net), big: tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D, fits };
+}
+
+/**
+ * Makes the next bind group of four or more entries (a convolution's; tfjs's slice and clip bind
+ * three) invalid, once per `arm()`; `restore()` puts the device's own createBindGroup back.
+ */
+function bindGroupFault(device: GPUDevice) {
+  const createBindGroup = device.createBindGroup;
+  let armed = false;
+  device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
+    if (!armed || [...d.entries].length < 4) return createBindGroup.call(this, d);
+    armed = false;
+    return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
+  };
+  return { arm: () => armed = true, restore: () => device.createBindGroup = createBindGroup };
+}
+
 async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   const d = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))));
   const v = (await d.data())[0];
@@ -163,16 +190,9 @@ Deno.test({
   ignore,
   fn: async () => {
     const device = (tf.backend() as unknown as { device: GPUDevice }).device;
-    const limit = device.limits.maxStorageBufferBindingSize;
-    // 16 channels at 4x: the largest map takes 1 KiB per input pixel; a side past the limit
-    const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 1, numGrowCh: 4 }, {
-      seed: 3,
-    });
-    const up = new Upscaler(net);
-    const fits = Math.floor(Math.sqrt(limit / 1024));
-    const big = tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D;
+    const { up, big, fits } = tooLarge(device);
     const x = tf.randomUniform([1, 6, 5, 3], 0, 1, "float32", 8) as tf.Tensor4D;
-    const createBindGroup = device.createBindGroup;
+    const fault = bindGroupFault(device);
     try {
       const before = tf.memory().numTensors;
       await assert.rejects(
@@ -181,32 +201,26 @@ Deno.test({
       );
       assert.equal(tf.memory().numTensors, before);
 
-      // one bind group made invalid while a plan is prepared: WebGPU's error surfaces, the plan goes.
-      // (The first with four or more entries: a convolution's; tfjs's slice and clip bind three.)
-      let broken = false;
-      device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
-        if (broken || [...d.entries].length < 4) return createBindGroup.call(this, d);
-        broken = true;
-        return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
-      };
+      // one bind group made invalid while a plan is prepared: WebGPU's error surfaces, the plan goes
+      fault.arm();
       await assert.rejects(
         up.upscaleTensor(x, { tile: 0 }),
         /WebGPU rejected the work preparing the forward/,
       );
       // the same through tiles (6x5 in tiles of 3, pad 1), the next one queued while the first is read
-      broken = false;
+      fault.arm();
       await assert.rejects(
         up.upscaleTensor(x, { tile: 3, tilePad: 1 }),
         /WebGPU rejected the work preparing the forward of a 4x4 patch/,
       );
-      device.createBindGroup = createBindGroup;
+      fault.restore();
       const ref = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
       const y = await up.upscaleTensor(x, { tile: 0 });
       assert.ok(await maxDiff(y, ref) < 1e-5, "a new plan, made without the fault");
       tf.dispose([y, ref]);
       assert.equal(tf.memory().numTensors, before);
     } finally {
-      device.createBindGroup = createBindGroup;
+      fault.restore();
       tf.dispose([big, x]);
       up.dispose();
     }
@@ -263,17 +277,12 @@ Deno.test({
     const x = tf.randomUniform([1, 6, 5, 3], 0, 1, "float32", 8) as tf.Tensor4D;
     const up = new Upscaler(tinyNet(5));
     up.winograd = "auto";
-    const createBindGroup = device.createBindGroup;
+    const fault = bindGroupFault(device);
     try {
       // the first plan made (direct) gets one invalid bind group: it drops out, Winograd runs
-      let broken = false;
-      device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
-        if (broken || [...d.entries].length < 4) return createBindGroup.call(this, d);
-        broken = true;
-        return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
-      };
+      fault.arm();
       const y = await up.upscaleTensor(x, { tile: 3, tilePad: 1 });
-      device.createBindGroup = createBindGroup;
+      fault.restore();
       const [direct, winograd] = up.convChoice!.timings;
       assert.match(direct.error ?? "", /./, "the direct plan's error is kept");
       assert.equal(direct.ms, undefined);
@@ -288,14 +297,8 @@ Deno.test({
       tf.dispose([y, want]);
 
       // a patch no variant can hold: the direct plan's error, said as for a fixed choice
-      const limit = device.limits.maxStorageBufferBindingSize;
-      const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 4, numFeat: 16, numBlock: 1, numGrowCh: 4 }, {
-        seed: 3,
-      });
-      const wide = new Upscaler(net);
+      const { up: wide, big, fits } = tooLarge(device);
       wide.winograd = "auto";
-      const fits = Math.floor(Math.sqrt(limit / 1024));
-      const big = tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D;
       try {
         await assert.rejects(
           wide.upscaleTensor(big, { tile: 0 }),
@@ -307,7 +310,7 @@ Deno.test({
         wide.dispose();
       }
     } finally {
-      device.createBindGroup = createBindGroup;
+      fault.restore();
       x.dispose();
       up.dispose();
     }

@@ -16,6 +16,7 @@ import {
   hasShaderF16,
   RRDBNetTrainPlanWebGPU,
   setFilterGradVariant,
+  type TrainPlanOptions,
   type WinogradSize,
 } from "../core/kernels/mod.ts";
 import type { PassBackend } from "../core/kernels/webgpu_pass.ts";
@@ -32,6 +33,7 @@ import {
   planBatch,
   referenceGradients,
   referenceSteps,
+  type TrainState,
   trainState,
 } from "./train_plan_helpers.ts";
 
@@ -40,6 +42,16 @@ if (!opts.ignore) disableCustomWebGPUKernels();
 
 const BATCH = 2, LQ = 6;
 const batch = (seed: number, n = BATCH, lqSize = LQ) => planBatch(seed, n, lqSize);
+/** A plan of `s` for batches of BATCH at LQ, EMA decay 0.9, and `options`. */
+const planOf = (s: TrainState, options: Partial<TrainPlanOptions> = {}) =>
+  new RRDBNetTrainPlanWebGPU(s.net, {
+    batch: BATCH,
+    lqSize: LQ,
+    ema: s.ema.params,
+    adam: s.adam,
+    emaDecay: 0.9,
+    ...options,
+  });
 
 Deno.test("planned step: loss and every gradient match tfjs's autodiff", opts, async () => {
   await checkGradients(PLAN_CONFIG, BATCH, LQ);
@@ -136,14 +148,7 @@ async function checkTwoSteps(winograd?: WinogradSize) {
   const batches = [await batch(21), await batch(22)];
   const ref = referenceSteps(5, batches, lrs, BATCH, LQ);
   const s = trainState(5);
-  const plan = new RRDBNetTrainPlanWebGPU(s.net, {
-    batch: BATCH,
-    lqSize: LQ,
-    ema: s.ema.params,
-    adam: s.adam,
-    emaDecay: 0.9,
-    winograd,
-  });
+  const plan = planOf(s, { winograd });
   try {
     for (let i = 0; i < 2; i++) await plan.step(batches[i], lrs[i]);
     plan.writeBack();
@@ -246,15 +251,7 @@ Deno.test(
     const s = trainState(5);
     const before = new Map<string, Float32Array>();
     for (const [k, v] of s.net.params) before.set(k, (await v.data()) as Float32Array);
-    const plan = new RRDBNetTrainPlanWebGPU(s.net, {
-      batch: BATCH,
-      lqSize: LQ,
-      ema: s.ema.params,
-      adam: s.adam,
-      emaDecay: 0.9,
-      precision: "f16",
-      lossScale: 2 ** 40, // far past f16's 65504
-    });
+    const plan = planOf(s, { precision: "f16", lossScale: 2 ** 40 }); // far past f16's 65504
     try {
       const b = await batch(41);
       const loss = await plan.step(b, 1e-3);
@@ -292,17 +289,7 @@ Deno.test(
     // and step count while the last step's outcome is still on its way)
     const run = async (ahead: boolean) => {
       const s = trainState(5);
-      const plan = new RRDBNetTrainPlanWebGPU(s.net, {
-        batch: BATCH,
-        lqSize: LQ,
-        ema: s.ema.params,
-        adam: s.adam,
-        emaDecay: 0.9,
-        precision: "f16",
-        pixelWeight: 4096,
-        lossScale: 2 ** 18,
-        growthInterval: 2,
-      });
+      const plan = planOf(s, { precision: "f16", pixelWeight: 4096, lossScale: 2 ** 18, growthInterval: 2 });
       const seen: { loss: number; scale: number }[] = [];
       try {
         let pending: Promise<number> | undefined;
