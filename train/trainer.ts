@@ -26,7 +26,7 @@ import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts"
 import type { Batch } from "./data.ts";
 import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/webgpu_train_plan.ts";
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
-import type { PlanTiming } from "../core/kernels/webgpu_plan.ts";
+import { type PlanTiming, timeVariants } from "../core/kernels/webgpu_plan.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { disableCustomWebGPUKernels, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
@@ -269,32 +269,18 @@ export class Trainer {
   }
 
   /**
-   * With `winograd: "auto"`: the direct plan and the Winograd F(4x4) one, each made, checked, timed
-   * for a step and freed in turn (timing steps scrambles a plan's weights; one plan's memory at a
-   * time), then the faster made again. A variant that cannot be made drops out with its reason; when
-   * neither can, the direct plan's error is thrown.
+   * With `winograd: "auto"`: a step of the direct plan and of the Winograd F(4x4) one timed
+   * (timeVariants: made, checked, timed and freed in turn; timing scrambles a plan's weights), then
+   * the faster made again from the net's.
    */
   private async fastestPlan(options: TrainPlanOptions): Promise<RRDBNetTrainPlanWebGPU> {
-    const timings: PlanTiming[] = [];
-    let firstError: unknown;
-    for (const winograd of [0, 4] as const) {
-      let plan: RRDBNetTrainPlanWebGPU | undefined;
-      try {
-        plan = await this.checkedPlan({ ...options, winograd: winograd || undefined });
-        timings.push({ winograd, ms: await plan.time() });
-      } catch (e) {
-        firstError ??= e;
-        timings.push({ winograd, error: (e as Error).message });
-      } finally {
-        plan?.dispose();
-      }
-    }
-    const timed = timings.filter((t) => t.ms !== undefined);
-    if (!timed.length) throw firstError;
-    const best = timed.reduce((a, b) => (b.ms! < a.ms! ? b : a)).winograd as 0 | 4;
+    const { winograd, timings } = await timeVariants(
+      [0, 4],
+      (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
+    );
     const { batch, lqSize } = options;
-    this.convChoice = { winograd: best, shape: [batch, lqSize, lqSize, 3], timings };
-    return this.checkedPlan({ ...options, winograd: best || undefined });
+    this.convChoice = { winograd: winograd as 0 | 4, shape: [batch, lqSize, lqSize, 3], timings };
+    return this.checkedPlan({ ...options, winograd: winograd || undefined });
   }
 
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */

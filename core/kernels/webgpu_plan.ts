@@ -251,11 +251,39 @@ export interface PlanTiming {
 }
 
 /**
+ * Times the plans `make` makes for each way of running the convolutions, one at a time (each made,
+ * timed, freed: one plan's memory at a time, and timing leaves a plan's buffers garbage), and names
+ * the fastest. A variant that cannot be made drops out with its reason; when none can, the first
+ * one's error is thrown. Shared by the forward's {@link fastestPlan} and the trainer's.
+ */
+export async function timeVariants(
+  variants: (0 | WinogradSize)[],
+  make: (winograd: 0 | WinogradSize) => Promise<{ time(): Promise<number>; dispose(): void }>,
+): Promise<{ winograd: 0 | WinogradSize; timings: PlanTiming[] }> {
+  const timings: PlanTiming[] = [];
+  let firstError: unknown;
+  for (const winograd of variants) {
+    let plan: { time(): Promise<number>; dispose(): void } | undefined;
+    try {
+      plan = await make(winograd);
+      timings.push({ winograd, ms: await plan.time() });
+    } catch (e) {
+      firstError ??= e;
+      timings.push({ winograd, error: (e as Error).message });
+    } finally {
+      plan?.dispose();
+    }
+  }
+  const timed = timings.filter((t) => t.ms !== undefined);
+  if (!timed.length) throw firstError;
+  return { winograd: timed.reduce((a, b) => (b.ms! < a.ms! ? b : a)).winograd, timings };
+}
+
+/**
  * The faster plan for inputs of `shape` on this GPU, direct or Winograd (F(4x4) in f32, F(2x2) in
- * the half precisions): each made, checked with WebGPU's error scopes, timed ({@link
- * RRDBNetPlanWebGPU.time}), the slower disposed (cuDNN's benchmark mode, for the forward as a
- * whole: which wins depends on the GPU and the shape). A variant that cannot be made drops out,
- * with its reason in `timings`; when none can, the direct plan's error is thrown.
+ * the half precisions), by {@link timeVariants} (each checked with WebGPU's error scopes, timed by
+ * {@link RRDBNetPlanWebGPU.time}), then made again: cuDNN's benchmark mode, for the forward as a
+ * whole, since which wins depends on the GPU and the shape.
  */
 export async function fastestPlan(
   net: RRDBNet,
@@ -264,34 +292,24 @@ export async function fastestPlan(
 ): Promise<{ plan: RRDBNetPlanWebGPU; winograd: 0 | WinogradSize; timings: PlanTiming[] }> {
   const { runs, ...planOptions } = options;
   const device = (tf.backend() as unknown as PassBackend).device;
-  const variants: (0 | WinogradSize)[] = [0, (planOptions.precision ?? "f32") === "f32" ? 4 : 2];
-  const timings: PlanTiming[] = [];
-  let best: { plan: RRDBNetPlanWebGPU; winograd: 0 | WinogradSize; ms: number } | undefined;
-  let firstError: unknown;
-  for (const winograd of variants) {
-    let plan: RRDBNetPlanWebGPU | undefined;
-    try {
-      const made = underErrorScopes(
-        device,
-        () => new RRDBNetPlanWebGPU(net, shape, { ...planOptions, winograd: winograd || undefined }),
-      );
-      plan = made.value;
-      const error = await made.error;
-      if (error) throw error;
-      const ms = await plan.time(runs);
-      timings.push({ winograd, ms });
-      if (!best || ms < best.ms) {
-        best?.plan.dispose();
-        best = { plan, winograd, ms };
-      } else plan.dispose();
-    } catch (e) {
-      plan?.dispose();
-      firstError ??= e;
-      timings.push({ winograd, error: (e as Error).message });
+  const checked = async (winograd: 0 | WinogradSize) => {
+    const made = underErrorScopes(
+      device,
+      () => new RRDBNetPlanWebGPU(net, shape, { ...planOptions, winograd: winograd || undefined }),
+    );
+    const error = await made.error;
+    if (error) {
+      made.value.dispose();
+      throw error;
     }
-  }
-  if (!best) throw firstError;
-  return { plan: best.plan, winograd: best.winograd, timings };
+    return made.value;
+  };
+  const m = (planOptions.precision ?? "f32") === "f32" ? 4 : 2;
+  const { winograd, timings } = await timeVariants([0, m], async (w) => {
+    const plan = await checked(w);
+    return { time: () => plan.time(runs), dispose: () => plan.dispose() };
+  });
+  return { plan: await checked(winograd), winograd, timings };
 }
 
 /** One line on what {@link fastestPlan} chose for a patch of `shape`, and the times it chose by. */
