@@ -22,8 +22,7 @@ import type { RgbaImage } from "./image_io.ts";
 import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
-import { fastestPlan, type PlanTiming, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
-import type { WinogradSize } from "./kernels/webgpu_winograd.ts";
+import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
 import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
@@ -131,7 +130,7 @@ export class Upscaler {
    */
   winograd: 0 | 2 | 4 | "auto" = 0;
   /** What `winograd: "auto"` chose and measured (undefined until a patch ran on webgpu). */
-  convChoice?: { winograd: 0 | WinogradSize; shape: number[]; timings: PlanTiming[] };
+  convChoice?: ConvChoice;
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
   /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
   private planCheck?: Promise<void>;

@@ -26,7 +26,7 @@ import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts"
 import type { Batch } from "./data.ts";
 import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/webgpu_train_plan.ts";
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
-import { type PlanTiming, timeVariants } from "../core/kernels/webgpu_plan.ts";
+import { type ConvChoice, timeVariants } from "../core/kernels/webgpu_plan.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
 import { disableCustomWebGPUKernels, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
@@ -100,7 +100,7 @@ export class Trainer {
   /** The WebGPU plan while WebGPU checks it (see checkedPlan). */
   private planMaking?: Promise<RRDBNetTrainPlanWebGPU>;
   /** What `winograd: "auto"` chose and measured (undefined until the first planned step on webgpu). */
-  convChoice?: { winograd: 0 | 4; shape: number[]; timings: PlanTiming[] };
+  convChoice?: ConvChoice;
 
   private constructor(
     readonly config: TrainConfig,
@@ -279,7 +279,7 @@ export class Trainer {
       (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
     );
     const { batch, lqSize } = options;
-    this.convChoice = { winograd: winograd as 0 | 4, shape: [batch, lqSize, lqSize, 3], timings };
+    this.convChoice = { winograd, shape: [batch, lqSize, lqSize, 3], timings };
     return this.checkedPlan({ ...options, winograd: winograd || undefined });
   }
 

@@ -312,9 +312,16 @@ export async function fastestPlan(
   return { plan: await checked(winograd), winograd, timings };
 }
 
+/** What a timed choice of convolutions picked, for inputs of which shape, and what each variant measured. */
+export interface ConvChoice {
+  winograd: 0 | WinogradSize;
+  shape: number[];
+  timings: PlanTiming[];
+}
+
 /** One line on what {@link fastestPlan} chose for a patch of `shape`, and the times it chose by. */
 export function describeChoice(
-  choice: { winograd: 0 | WinogradSize; shape: number[]; timings: PlanTiming[] },
+  choice: ConvChoice,
 ): string {
   const name = (m: number) => (m ? `Winograd F(${m}x${m})` : "direct");
   const [, h, w] = choice.shape;
