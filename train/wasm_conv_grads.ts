@@ -10,8 +10,8 @@
  *   the filter ([Ho, Wo, B, co]) dilated by the stride: its output is [ci, kh, kw, co].
  * - input gradient (kernel a multiple of the stride): pixel s·m + a of the padded input only meets
  *   taps a + s·t, so each of the s² phases is a (k/s)x(k/s) convolution of dy with the flipped,
- *   transposed taps; the s² phases run as one convolution with s²·ci outputs and `DepthToSpace`
- *   interleaves them: as many products as the forward, where zero-inserting would take s² times as
+ *   transposed taps; the s² phases run as one convolution with s²·ci outputs, interleaved
+ *   after: as many products as the forward, where zero-inserting would take s² times as
  *   many.
  * Kernels are called directly on the backend (no tfjs ops inside a kernel) and every intermediate
  * is freed. NHWC, float32, no dilation; anything else goes to the stock kernel, or fails as it would.
@@ -21,6 +21,7 @@ import * as tf from "@tensorflow/tfjs-core";
 
 type Info = tf.TensorInfo;
 interface WasmBackend {
+  dataIdMap: { has(dataId: tf.DataId): boolean };
   readSync(dataId: tf.DataId): Float32Array;
   makeOutput(shape: number[], dtype: "float32"): Info;
   typedArrayFromHeap(info: Info): Float32Array;
@@ -127,23 +128,41 @@ function backpropFilter(args: KernelArgs): Info {
   ]);
 }
 
-function backpropInput(args: KernelArgs): Info {
-  const { dy, filter } = args.inputs as { dy: Info; filter: Info };
-  const attrs = args.attrs as unknown as ConvAttrs & { inputShape: number[] };
-  const backend = args.backend as WasmBackend;
-  const [kh, kw, ci, co] = filter.shape;
-  const info = convInfo(attrs.inputShape, filter.shape, attrs);
-  const { strideHeight: s, strideWidth: sw } = info;
-  if ((attrs.dataFormat ?? "NHWC") !== "NHWC" || s !== sw || kh % s || kw % s) {
-    return stock.get("Conv2DBackpropInput")!.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as Info;
+/**
+ * Phase filters by the filter tensor's data they were made from. VGG's filters are the same
+ * tensors every step, and XNNPACK packs a filter it has not seen (tfjs-wasm keys its packed
+ * operators by the filter's data, as here, and drops them when that data goes): made afresh each
+ * time, the phase filters of VGG's 3x3x512x512 layers took more than their convolutions
+ * (59 → 13 ms an input gradient on 2x8x8). Kept only for data seen before: D's filters reach the
+ * kernel as tfjs's tape's fresh copy of each saved input, used once, and keeping their phases
+ * only held memory. Data is never written in place (tfjs's `assign` gives a variable new data),
+ * so the data identifies the values; entries whose data is gone are freed.
+ */
+const phaseFilters = new Map<tf.DataId, { phases?: Info; stride: number; backend: WasmBackend }>();
+
+/** Forgets filters that are gone and frees their phases (all of them with `all`). */
+function sweepPhaseFilters(all = false): void {
+  for (const [id, { phases, backend }] of phaseFilters) {
+    if (!all && backend.dataIdMap.has(id)) continue;
+    if (phases) backend.disposeData(phases.dataId);
+    phaseFilters.delete(id);
   }
-  const { top, left } = info.padInfo;
+}
+
+/**
+ * The phases' filter for stride `s`: F[p, q, co, (a·s + b)·ci + c] = W[a + s(th-1-p), b + s(tw-1-q), c, co],
+ * from W transposed to [kh, kw, co, ci] by the backend, so that each tap's rows of ci values move
+ * whole (an element-wise loop here took ~100 ms for a 4x4x512x512 filter, more than the
+ * convolution). Kept for the next call when this filter was seen before ({@link phaseFilters});
+ * `keep` says whether it was.
+ */
+function phaseFilter(backend: WasmBackend, filter: Info, s: number): { phases: Info; keep: boolean } {
+  sweepPhaseFilters();
+  const seen = phaseFilters.get(filter.dataId);
+  if (seen?.phases && seen.stride === s) return { phases: seen.phases, keep: true };
+  if (seen?.phases) backend.disposeData(seen.phases.dataId);
+  const [kh, kw, ci, co] = filter.shape;
   const th = kh / s, tw = kw / s;
-  // phase rows m cover padded rows s·m .. s·m + s - 1 up to the input's last row
-  const mh = Math.ceil((top + info.inHeight) / s), mw = Math.ceil((left + info.inWidth) / s);
-  // the phases' filter: F[p, q, co, (a·s + b)·ci + c] = W[a + s(th-1-p), b + s(tw-1-q), c, co], from
-  // W transposed to [kh, kw, co, ci] by the backend, so that each tap's rows of ci values move whole
-  // (an element-wise loop here took ~100 ms for a 4x4x512x512 filter, more than the convolution)
   const wt = run(backend, "Transpose", { x: filter }, { perm: [0, 1, 3, 2] });
   const phases = backend.makeOutput([th, tw, co, s * s * ci], "float32");
   const w = backend.typedArrayFromHeap(wt), f = backend.typedArrayFromHeap(phases);
@@ -160,6 +179,25 @@ function backpropInput(args: KernelArgs): Info {
     }
   }
   backend.disposeData(wt.dataId);
+  phaseFilters.set(filter.dataId, { phases: seen ? phases : undefined, stride: s, backend });
+  return { phases, keep: !!seen };
+}
+
+function backpropInput(args: KernelArgs): Info {
+  const { dy, filter } = args.inputs as { dy: Info; filter: Info };
+  const attrs = args.attrs as unknown as ConvAttrs & { inputShape: number[] };
+  const backend = args.backend as WasmBackend;
+  const [kh, kw] = filter.shape;
+  const info = convInfo(attrs.inputShape, filter.shape, attrs);
+  const { strideHeight: s, strideWidth: sw } = info;
+  if ((attrs.dataFormat ?? "NHWC") !== "NHWC" || s !== sw || kh % s || kw % s) {
+    return stock.get("Conv2DBackpropInput")!.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as Info;
+  }
+  const { top, left } = info.padInfo;
+  const th = kh / s, tw = kw / s;
+  // phase rows m cover padded rows s·m .. s·m + s - 1 up to the input's last row
+  const mh = Math.ceil((top + info.inHeight) / s), mw = Math.ceil((left + info.inWidth) / s);
+  const { phases, keep } = phaseFilter(backend, filter, s);
   try {
     return chain(backend, dy, [
       (t) => padOrCrop(backend, t, [th - 1, mh - info.outHeight], [tw - 1, mw - info.outWidth]),
@@ -170,13 +208,38 @@ function backpropInput(args: KernelArgs): Info {
           dataFormat: "NHWC",
           dilations: [1, 1],
         }),
-      (t) => s === 1 ? null : run(backend, "DepthToSpace", { x: t }, { blockSize: s, dataFormat: "NHWC" }),
       (t) =>
-        padOrCrop(backend, t, [-top, info.inHeight + top - mh * s], [-left, info.inWidth + left - mw * s]),
+        s === 1
+          ? padOrCrop(backend, t, [-top, info.inHeight + top - mh], [-left, info.inWidth + left - mw])
+          : interleavePhases(backend, t, s, attrs.inputShape, [top, left]),
     ]);
   } finally {
-    backend.disposeData(phases.dataId);
+    if (!keep) backend.disposeData(phases.dataId);
   }
+}
+
+/**
+ * The input gradient [n, h, w, ci] from the phases' output [n, mh, mw, s·s·ci]: padded pixel
+ * (s·m + a, s·q + b) is phase (a, b) of phase pixel (m, q); `offset` is the padding (top, left).
+ * One row copy per pixel: tfjs-wasm's DepthToSpace, element by element on one thread, took 82 ms
+ * for a 2x128x128x64 gradient (the phases' convolution 22 ms).
+ */
+function interleavePhases(backend: WasmBackend, t: Info, s: number, shape: number[], offset: number[]): Info {
+  const [n, h, w, ci] = shape;
+  const [, mh, mw] = t.shape;
+  const out = backend.makeOutput(shape, "float32");
+  const src = backend.typedArrayFromHeap(t), dst = backend.typedArrayFromHeap(out);
+  for (let i = 0; i < n; i++) {
+    for (let y = 0; y < h; y++) {
+      const py = y + offset[0], m = Math.floor(py / s), a = py % s;
+      for (let x = 0; x < w; x++) {
+        const px = x + offset[1], q = Math.floor(px / s), b = px % s;
+        const from = (((i * mh + m) * mw + q) * s * s + a * s + b) * ci;
+        dst.set(src.subarray(from, from + ci), ((i * h + y) * w + x) * ci);
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -199,6 +262,7 @@ export function useFastWasmConvGrads(): void {
 
 /** Puts the stock kernels back (tests compare with them). */
 export function useStockWasmConvGrads(): void {
+  sweepPhaseFilters(true);
   for (const [name, config] of stock) {
     tf.unregisterKernel(name, "wasm");
     if (config) tf.registerKernel(config);
