@@ -83,48 +83,6 @@ Deno.test("wasm conv gradients from forward convolutions equal the cpu backend's
   }
 });
 
-Deno.test("a filter's phase filters are kept from its second use while it lives", async () => {
-  const c = CASES[3]; // 4x4, stride 2, padding 1: D's downsampling convs
-  const wShape = [...c.k, c.x[3], c.cout] as [number, number, number, number];
-  const dyShape = [c.x[0], 5, 4, c.cout] as [number, number, number, number];
-  const w1 = random(wShape, 2), w2 = w1.slice();
-  w2[7] += 1e-3;
-  const dx = (w: tf.Tensor4D, dy: tf.Tensor4D) =>
-    tf.tidy(() =>
-      tf.conv2dTranspose(dy, w, c.x as [number, number, number, number], 2, 1).dataSync() as Float32Array
-    );
-  // buffers held besides dy and the filters alive: the phases of filters seen more than once
-  const onBackend = async (name: string, check?: (step: string, more: number) => void) => {
-    await tf.setBackend(name);
-    const dy = tf.tensor4d(random(dyShape, 4), dyShape);
-    const first = tf.tensor4d(w1, wShape), second = tf.tensor4d(w2, wShape);
-    check?.("start", 0);
-    const got = [dx(first, dy), dx(first, dy)];
-    check?.("the same filter twice", 1);
-    got.push(dx(second, dy));
-    check?.("another filter of that shape, once", 1);
-    first.dispose();
-    got.push(dx(second, dy));
-    check?.("the first filter and its phases freed, the second's kept", 1 - 1);
-    tf.dispose([dy, second]);
-    return got;
-  };
-  const want = await onBackend("cpu");
-  useFastWasmConvGrads();
-  try {
-    let start = 0;
-    const got = await onBackend("wasm", (step, more) => {
-      const now = (tf.backend() as unknown as { numDataIds(): number }).numDataIds();
-      if (step === "start") start = now;
-      else assert.equal(now, start + more, `${step}: buffers`);
-    });
-    got.forEach((g, i) => assertClose(g, want[i], `call ${i}: dx`));
-  } finally {
-    useStockWasmConvGrads();
-    await tf.setBackend("cpu");
-  }
-});
-
 Deno.test("without them the wasm backend cannot take filter gradients (why they exist)", async () => {
   await tf.setBackend("wasm");
   try {

@@ -21,7 +21,6 @@ import * as tf from "@tensorflow/tfjs-core";
 
 type Info = tf.TensorInfo;
 interface WasmBackend {
-  dataIdMap: { has(dataId: tf.DataId): boolean };
   readSync(dataId: tf.DataId): Float32Array;
   makeOutput(shape: number[], dtype: "float32"): Info;
   typedArrayFromHeap(info: Info): Float32Array;
@@ -128,41 +127,23 @@ function backpropFilter(args: KernelArgs): Info {
   ]);
 }
 
-/**
- * Phase filters by the filter tensor's data they were made from. VGG's filters are the same
- * tensors every step, and XNNPACK packs a filter it has not seen (tfjs-wasm keys its packed
- * operators by the filter's data, as here, and drops them when that data goes): made afresh each
- * time, the phase filters of VGG's 3x3x512x512 layers took more than their convolutions
- * (59 → 13 ms an input gradient on 2x8x8). Kept only for data seen before: D's filters reach the
- * kernel as tfjs's tape's fresh copy of each saved input, used once, and keeping their phases
- * only held memory. Data is never written in place (tfjs's `assign` gives a variable new data),
- * so the data identifies the values; entries whose data is gone are freed.
- */
-const phaseFilters = new Map<tf.DataId, { phases?: Info; stride: number; backend: WasmBackend }>();
-
-/** Forgets filters that are gone and frees their phases (all of them with `all`). */
-function sweepPhaseFilters(all = false): void {
-  for (const [id, { phases, backend }] of phaseFilters) {
-    if (!all && backend.dataIdMap.has(id)) continue;
-    if (phases) backend.disposeData(phases.dataId);
-    phaseFilters.delete(id);
-  }
-}
-
-/**
- * The phases' filter for stride `s`: F[p, q, co, (a·s + b)·ci + c] = W[a + s(th-1-p), b + s(tw-1-q), c, co],
- * from W transposed to [kh, kw, co, ci] by the backend, so that each tap's rows of ci values move
- * whole (an element-wise loop here took ~100 ms for a 4x4x512x512 filter, more than the
- * convolution). Kept for the next call when this filter was seen before ({@link phaseFilters});
- * `keep` says whether it was.
- */
-function phaseFilter(backend: WasmBackend, filter: Info, s: number): { phases: Info; keep: boolean } {
-  sweepPhaseFilters();
-  const seen = phaseFilters.get(filter.dataId);
-  if (seen?.phases && seen.stride === s) return { phases: seen.phases, keep: true };
-  if (seen?.phases) backend.disposeData(seen.phases.dataId);
+function backpropInput(args: KernelArgs): Info {
+  const { dy, filter } = args.inputs as { dy: Info; filter: Info };
+  const attrs = args.attrs as unknown as ConvAttrs & { inputShape: number[] };
+  const backend = args.backend as WasmBackend;
   const [kh, kw, ci, co] = filter.shape;
+  const info = convInfo(attrs.inputShape, filter.shape, attrs);
+  const { strideHeight: s, strideWidth: sw } = info;
+  if ((attrs.dataFormat ?? "NHWC") !== "NHWC" || s !== sw || kh % s || kw % s) {
+    return stock.get("Conv2DBackpropInput")!.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as Info;
+  }
+  const { top, left } = info.padInfo;
   const th = kh / s, tw = kw / s;
+  // phase rows m cover padded rows s·m .. s·m + s - 1 up to the input's last row
+  const mh = Math.ceil((top + info.inHeight) / s), mw = Math.ceil((left + info.inWidth) / s);
+  // the phases' filter: F[p, q, co, (a·s + b)·ci + c] = W[a + s(th-1-p), b + s(tw-1-q), c, co], from
+  // W transposed to [kh, kw, co, ci] by the backend, so that each tap's rows of ci values move whole
+  // (an element-wise loop here took ~100 ms for a 4x4x512x512 filter, more than the convolution)
   const wt = run(backend, "Transpose", { x: filter }, { perm: [0, 1, 3, 2] });
   const phases = backend.makeOutput([th, tw, co, s * s * ci], "float32");
   const w = backend.typedArrayFromHeap(wt), f = backend.typedArrayFromHeap(phases);
@@ -179,25 +160,6 @@ function phaseFilter(backend: WasmBackend, filter: Info, s: number): { phases: I
     }
   }
   backend.disposeData(wt.dataId);
-  phaseFilters.set(filter.dataId, { phases: seen ? phases : undefined, stride: s, backend });
-  return { phases, keep: !!seen };
-}
-
-function backpropInput(args: KernelArgs): Info {
-  const { dy, filter } = args.inputs as { dy: Info; filter: Info };
-  const attrs = args.attrs as unknown as ConvAttrs & { inputShape: number[] };
-  const backend = args.backend as WasmBackend;
-  const [kh, kw] = filter.shape;
-  const info = convInfo(attrs.inputShape, filter.shape, attrs);
-  const { strideHeight: s, strideWidth: sw } = info;
-  if ((attrs.dataFormat ?? "NHWC") !== "NHWC" || s !== sw || kh % s || kw % s) {
-    return stock.get("Conv2DBackpropInput")!.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as Info;
-  }
-  const { top, left } = info.padInfo;
-  const th = kh / s, tw = kw / s;
-  // phase rows m cover padded rows s·m .. s·m + s - 1 up to the input's last row
-  const mh = Math.ceil((top + info.inHeight) / s), mw = Math.ceil((left + info.inWidth) / s);
-  const { phases, keep } = phaseFilter(backend, filter, s);
   try {
     return chain(backend, dy, [
       (t) => padOrCrop(backend, t, [th - 1, mh - info.outHeight], [tw - 1, mw - info.outWidth]),
@@ -214,7 +176,7 @@ function backpropInput(args: KernelArgs): Info {
           : interleavePhases(backend, t, s, attrs.inputShape, [top, left]),
     ]);
   } finally {
-    if (!keep) backend.disposeData(phases.dataId);
+    backend.disposeData(phases.dataId);
   }
 }
 
@@ -262,7 +224,6 @@ export function useFastWasmConvGrads(): void {
 
 /** Puts the stock kernels back (tests compare with them). */
 export function useStockWasmConvGrads(): void {
-  sweepPhaseFilters(true);
   for (const [name, config] of stock) {
     tf.unregisterKernel(name, "wasm");
     if (config) tf.registerKernel(config);
