@@ -199,7 +199,8 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 }
 
 /**
- * An upscale through the Upscaler with its default tiles, output read back and blended: our
+ * An upscale through the Upscaler with 128-pixel tiles ({@link DEFAULT_TILE}, as PyTorch's loop in
+ * torch_bench.py, on every backend: the CPU kernels' own default is larger), read back and blended: our
  * kernels where the backend is a plan (in its precision and Winograd size), tfjs's ops on wasm and
  * cpu otherwise. On webgpu the Upscaler always runs planned passes: the stock `webgpu` and
  * `webgpu-custom` backends are refused rather than timed under a name that is not what ran.

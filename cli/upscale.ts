@@ -24,7 +24,13 @@ import {
   readImageHeader,
 } from "../core/image_io.ts";
 import { planTiles } from "../core/tile.ts";
-import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import {
+  DEFAULT_MODEL,
+  DEFAULT_TILE,
+  DEFAULT_TILE_CPU_KERNELS,
+  DEFAULT_TILE_PAD,
+  Upscaler,
+} from "../core/upscaler.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import { createProgress } from "./progress.ts";
@@ -40,7 +46,8 @@ options:
   -q, --quality Q       JPEG 1-100 (default 90); WebP 0-100 (default lossless)
   -m, --model PATH      model file (default weights/realesrgan-x4plus.int8.safetensors)
   -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
-  -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE})
+  -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE_CPU_KERNELS} on our CPU
+                        kernels (wasm), ${DEFAULT_TILE} on webgpu and cpu)
       --tile-pad P      tile overlap in input pixels (default ${DEFAULT_TILE_PAD})
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
@@ -63,7 +70,8 @@ export interface UpscaleArgs {
   quality?: number;
   model: string;
   outscale?: number;
-  tile: number;
+  /** Absent: the Upscaler's default for the backend ({@link Upscaler.defaultTile}). */
+  tile?: number;
   tilePad: number;
   backend?: BackendName;
   precision: ConvPrecision;
@@ -137,7 +145,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     quality,
     model: v.model ?? DEFAULT_MODEL,
     outscale: parseNumber("--outscale", v.outscale, (n) => n > 0 && n <= 16, "a number in (0, 16]"),
-    tile: parseNumberFlag("--tile", v.tile, WHOLE) ?? DEFAULT_TILE,
+    tile: parseNumberFlag("--tile", v.tile, WHOLE),
     tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,
     backend,
     precision,
@@ -329,13 +337,14 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signal: AbortSignal) {
+  const tile = args.tile ?? upscaler.defaultTile;
   // Read every header first: bad files fail fast, and the bar's total (tiles over all files) is known.
   const inputs = await Promise.all(jobs.map(async (job) => {
     try {
       const bytes = await Deno.readFile(job.input);
       const header = readImageHeader(bytes);
-      const tiles = planTiles(header.height, args.tile, args.tilePad).length *
-        planTiles(header.width, args.tile, args.tilePad).length;
+      const tiles = planTiles(header.height, tile, args.tilePad).length *
+        planTiles(header.width, tile, args.tilePad).length;
       return { bytes, tiles, error: undefined };
     } catch (e) {
       return {
@@ -370,7 +379,7 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
       const before = tilesBefore;
       const out = await upscaler.upscale(img, {
         outscale: args.outscale,
-        tile: args.tile,
+        tile,
         tilePad: args.tilePad,
         signal,
         onProgress: (done) => progress.update(before + done),

@@ -12,6 +12,12 @@
  * photo at tile 32 the shipped model scored 38.5 dB against untiled with pad 10, 40.9 with 16 and 44.4
  * with 24. An inner tile costs at most (176/128)² ≈ 1.9x its untiled arithmetic; `tile: 0` runs untiled.
  *
+ * On our CPU kernels (wasm) the default tile is 192: their memory is theirs, not WebGPU's buffers, and
+ * a larger tile redoes less overlap ((240/192)² ≈ 1.56x). Peak memory of `deno task upscale` on one
+ * patch of 176², 240² and 304² pixels (tiles 128, 192, 256): 1.07, 1.43 and 1.87 GB; a 384x256 photo
+ * took 36.8-36.9 s at tile 128, 31.1-33.0 s at 192 (2 threads, runs alternated). 256 saves more for
+ * more memory: `tile: 256` where it is there.
+ *
  * On webgpu the next tile is submitted while the current one is read back: Deno 2.9.6 resolves a
  * read-back only 10 ms after the GPU finishes (ext/webgpu's mapAsync polls, then sleeps), time the GPU
  * now spends on the next tile (llvmpipe, 8x8 tiles of a tiny net: 28.4 → 16.9 ms per tile).
@@ -37,12 +43,14 @@ export const DEFAULT_MODEL: string = decodeURIComponent(
 
 /** Default tile side in input pixels (see the module notes for why). */
 export const DEFAULT_TILE = 128;
+/** Default tile side where the forward runs on our CPU kernels (wasm): see the module notes. */
+export const DEFAULT_TILE_CPU_KERNELS = 192;
 /** Default overlap of tiles, in input pixels on each inner side. */
 export const DEFAULT_TILE_PAD = 24;
 
 /** Options of {@link Upscaler.upscaleTensor}. */
 export interface TileOptions {
-  /** Tile side in input pixels; 0 runs the whole image at once. Default {@link DEFAULT_TILE}. */
+  /** Tile side in input pixels; 0 runs the whole image at once. Default {@link Upscaler.defaultTile}. */
   tile?: number;
   /** Overlap in input pixels. Default {@link DEFAULT_TILE_PAD}. */
   tilePad?: number;
@@ -256,11 +264,19 @@ export class Upscaler {
     if (!options.keepNet) this.net.dispose();
   }
 
+  /**
+   * The tile side used when none is given: {@link DEFAULT_TILE_CPU_KERNELS} where the forward runs on
+   * our CPU kernels (wasm with `cpuKernels`), {@link DEFAULT_TILE} elsewhere.
+   */
+  get defaultTile(): number {
+    return this.cpuKernels && tf.getBackend() === "wasm" ? DEFAULT_TILE_CPU_KERNELS : DEFAULT_TILE;
+  }
+
   /** Runs the net tile by tile and blends the outputs: NHWC float32, clamped to [0, 1]. */
   private async runTiles(x: tf.Tensor4D, options: TileOptions): Promise<Float32Array> {
     const [n, h, w, c] = x.shape;
     const s = this.scale;
-    const tile = options.tile ?? DEFAULT_TILE;
+    const tile = options.tile ?? this.defaultTile;
     const pad = options.tilePad ?? DEFAULT_TILE_PAD;
     const rows = planTiles(h, tile, pad);
     const cols = planTiles(w, tile, pad);

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
-import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
+import { DEFAULT_MODEL, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
 import { parseUpscaleArgs } from "../cli/upscale.ts";
 
@@ -62,7 +62,7 @@ function assertCleanErrors(err: string) {
 Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   const a = parseUpscaleArgs(["in.png", "-o", "out.png"])!;
   assert.equal(a.model, DEFAULT_MODEL);
-  assert.equal(a.tile, DEFAULT_TILE);
+  assert.equal(a.tile, undefined, "the Upscaler's default for the backend");
   assert.equal(a.tilePad, DEFAULT_TILE_PAD);
   assert.equal(a.maxPixels, 16e6);
   assert.equal(a.force, false);

@@ -5,7 +5,13 @@ import { initBackend } from "../core/backend.ts";
 import { decodeImage, type RgbaImage } from "../core/image_io.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
-import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import {
+  DEFAULT_MODEL,
+  DEFAULT_TILE,
+  DEFAULT_TILE_CPU_KERNELS,
+  DEFAULT_TILE_PAD,
+  Upscaler,
+} from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
@@ -101,6 +107,31 @@ Deno.test("Upscaler: model file in, sizes, outscale, no tensor leaks", async () 
   assert.ok(DEFAULT_MODEL.endsWith("weights/realesrgan-x4plus.int8.safetensors"));
 });
 
+Deno.test("default tile: larger on the CPU kernels (wasm), the WebGPU-safe one on tfjs's ops", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  try {
+    // 300 pixels wide: two tiles at 192, three at 128
+    const img = solid(300, 20, (x, y) => [x % 256, y * 9, 100, 255]);
+    const tilesRun = async () => {
+      let total = 0;
+      await up.upscale(img, { onProgress: (_, t) => total = t });
+      return total;
+    };
+    assert.equal(DEFAULT_TILE_CPU_KERNELS, 192);
+    assert.equal(up.defaultTile, DEFAULT_TILE_CPU_KERNELS);
+    assert.equal(await tilesRun(), 2);
+    up.cpuKernels = false;
+    assert.equal(up.defaultTile, DEFAULT_TILE);
+    assert.equal(await tilesRun(), 3);
+    await tf.setBackend("cpu");
+    up.cpuKernels = true;
+    assert.equal(up.defaultTile, DEFAULT_TILE, "the cpu backend: tfjs's ops");
+  } finally {
+    await tf.setBackend("wasm");
+    up.dispose();
+  }
+});
+
 Deno.test("precision f16 on wasm: refused, naming the backend", async () => {
   const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
   try {
@@ -189,7 +220,7 @@ Deno.test({
       assert.equal(tiles, 2, "the default tile splits a 200-pixel side in two");
       const p = psnr(await up.upscale(img, { tile: 0 }), tiled);
       console.log(
-        `Kodak 200x72, default tile (${DEFAULT_TILE}, pad ${DEFAULT_TILE_PAD}): ${
+        `Kodak 200x72, default tile (${up.defaultTile}, pad ${DEFAULT_TILE_PAD}): ${
           p.toFixed(2)
         } dB vs untiled`,
       );
