@@ -86,6 +86,27 @@ export function resample(
   return Float32Array.from(imresizeArray(data, from, { width: to.width, height: to.height }).data);
 }
 
+/** Whether binding all of `x` in one WebGPU shader would pass the device's limit. */
+function exceedsBinding(x: tf.Tensor): boolean {
+  if (tf.getBackend() !== "webgpu") return false;
+  const { device } = tf.backend() as unknown as WebGPUBackendLike;
+  return 4 * x.size > device.limits.maxStorageBufferBindingSize;
+}
+
+/** Rows [begin[0], +size[0]) and columns [begin[1], +size[1]) of every image of an NHWC array. */
+function cropNHWC(data: Float32Array, shape: number[], begin: [number, number], size: [number, number]) {
+  const [n, h, w, c] = shape;
+  const out = new Float32Array(n * size[0] * size[1] * c);
+  const row = size[1] * c;
+  for (let b = 0; b < n; b++) {
+    for (let y = 0; y < size[0]; y++) {
+      const from = ((b * h + begin[0] + y) * w + begin[1]) * c;
+      out.set(data.subarray(from, from + row), (b * size[0] + y) * row);
+    }
+  }
+  return out;
+}
+
 /**
  * Lets timers and I/O run: on wasm and cpu, `data()` resolves in a microtask, so a tile loop would
  * otherwise keep the event loop to itself and a timeout or a closed connection could never abort it.
@@ -297,11 +318,20 @@ export class Upscaler {
     const rowWeights = rows.map((_, k) => featherWeights(rows, k, s));
     const colWeights = cols.map((_, k) => featherWeights(cols, k, s));
     const tiles = rows.flatMap((r, i) => cols.map((col, j) => ({ r, col, i, j })));
-    const launch = ({ r, col }: (typeof tiles)[number]) =>
-      this.launch(
-        tf.slice(x, [0, r.inStart, col.inStart, 0], [n, r.inEnd - r.inStart, col.inEnd - col.inStart, c]),
+    // tfjs's slice binds the whole input: past WebGPU's binding limit the device rejects it and the
+    // tile reads zeros, silently (a 4000x4000 image is 192 MB, the default limit 128 MiB). Such an
+    // input is cut into tiles on the host.
+    const host = exceedsBinding(x) ? (await x.data()) as Float32Array : undefined;
+    const launch = ({ r, col }: (typeof tiles)[number]) => {
+      const begin: [number, number] = [r.inStart, col.inStart];
+      const size: [number, number] = [r.inEnd - r.inStart, col.inEnd - col.inStart];
+      return this.launch(
+        host
+          ? tf.tensor4d(cropNHWC(host, x.shape, begin, size), [n, ...size, c])
+          : tf.slice(x, [0, ...begin, 0], [n, ...size, c]),
         signal,
       );
+    };
     onProgress?.(0, total);
     let next: PendingPatch | undefined;
     try {

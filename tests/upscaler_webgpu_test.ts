@@ -62,6 +62,42 @@ async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
 }
 
 Deno.test({
+  name: "webgpu upscaler: an input past the device's binding limit is cut into tiles on the host",
+  ignore,
+  fn: async () => {
+    // tfjs's slice binds its whole input: a 2048x5478 image on llvmpipe's 128 MiB limit read all
+    // zeros (WebGPU's validation error goes to no scope). The limit is lowered here to stay small.
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    const up = new Upscaler(tinyNet(5));
+    const x = tf.randomUniform([1, 20, 14, 3], 0, 1, "float32", 8) as tf.Tensor4D;
+    const tiles = { tile: 8, tilePad: 3 };
+    try {
+      const want = await up.upscaleTensor(x, tiles);
+      const real = device.limits;
+      const lowered: Record<string, number> = {};
+      for (const k in real) lowered[k] = real[k as keyof GPUSupportedLimits] as number;
+      lowered.maxStorageBufferBindingSize = 4 * x.size - 4;
+      Object.defineProperty(device, "limits", { configurable: true, value: lowered });
+      let got: tf.Tensor4D;
+      try {
+        const profile = await tf.profile(async () => {
+          got = await up.upscaleTensor(x, tiles);
+        });
+        const whole = profile.kernels.filter((k) => k.inputShapes.some((s) => s?.join() === x.shape.join()));
+        assert.deepEqual(whole.map((k) => k.name), [], "kernels that bound the whole input");
+      } finally {
+        Object.defineProperty(device, "limits", { configurable: true, value: real });
+      }
+      assert.equal(await maxDiff(got!, want), 0);
+      tf.dispose([want, got!]);
+    } finally {
+      x.dispose();
+      up.dispose();
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu upscaler: planned patches equal tfjs's ops, tiled and untiled; new weights, new plan",
   ignore,
   fn: async () => {
