@@ -362,7 +362,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   const ahead = plan instanceof RRDBNetTrainPlanWebGPU;
   return {
     async step() {
-      return new Float32Array([await plan.step(await data(), 1e-4)]);
+      return new Float32Array([(await plan.step(await data(), 1e-4)).loss]);
     },
     stepsAhead: ahead
       ? async (count) => {

@@ -136,7 +136,7 @@ const config: TrainConfig = {
   exportDtype: "fp16",
   plannedStep: !values["no-planned-step"],
   precision: values.precision as TrainConfig["precision"],
-  winograd: Number(values.winograd) as TrainConfig["winograd"],
+  winograd: values.winograd === "auto" ? "auto" : Number(values.winograd) as 0 | 2 | 4,
   pretrainG: values.pretrain ?? "",
   ...(values.tiny
     ? { numFeat: 8, numBlock: 1, numGrowCh: 4, dNumFeat: 4, batchSize: 2, gtSize: 32, valCrop: 64 }
@@ -183,9 +183,10 @@ async function timeVariants(
       adam,
       emaDecay: 0.999,
       precision: config.precision,
-      winograd: config.winograd || undefined,
+      // "auto" times its own candidates in the run; the filter-gradient variants are timed direct
+      winograd: config.winograd === "auto" ? undefined : config.winograd || undefined,
     });
-    const loss = await plan.step(batch, 0);
+    const { loss } = await plan.step(batch, 0);
     await plan.step(batch, 0);
     const t0 = performance.now();
     for (let i = 0; i < 5; i++) await plan.step(batch, 0);

@@ -44,7 +44,7 @@ async function checkGradients(config: RRDBNetConfig, n: number, lqSize: number) 
   const p = plan(s, { n, lq: lqSize });
   try {
     const ref = await referenceGradients(s.net, b, n, lqSize);
-    assertGradientsMatch(await p.step(b, 1e-3), p.gradients(), ref);
+    assertGradientsMatch((await p.step(b, 1e-3)).loss, p.gradients(), ref);
   } finally {
     p.dispose();
     disposeState(s);
@@ -70,7 +70,7 @@ async function planned(
   const p = plan(s, { threads });
   try {
     const losses = [];
-    for (let i = 0; i < batches.length; i++) losses.push(await p.step(batches[i], lrs[i]));
+    for (let i = 0; i < batches.length; i++) losses.push((await p.step(batches[i], lrs[i])).loss);
     const grads = p.gradients();
     p.writeBack();
     return { state: s, losses, grads };

@@ -16,6 +16,7 @@ import {
   hasShaderF16,
   RRDBNetTrainPlanWebGPU,
   setFilterGradVariant,
+  type StepResult,
   type TrainPlanOptions,
   type WinogradSize,
 } from "../core/kernels/mod.ts";
@@ -106,7 +107,7 @@ async function stepAndReference(
     assert.ok(plan.dispatches > 0);
     const ref = await referenceGradients(s.net, b, n, lqSize);
     return {
-      loss: await plan.step(b, 1e-3),
+      loss: (await plan.step(b, 1e-3)).loss,
       grads: await plan.gradients(),
       ref,
       winogradConvs: plan.winogradConvs,
@@ -184,7 +185,7 @@ async function fixedBatchLosses(precision: ConvPrecision): Promise<{ losses: num
   try {
     const b = await batch(31);
     const losses: number[] = [];
-    for (let s = 0; s < 30; s++) losses.push(await plan.step(b, 2e-3));
+    for (let s = 0; s < 30; s++) losses.push((await plan.step(b, 2e-3)).loss);
     return { losses, skipped: plan.skippedSteps };
   } finally {
     plan.dispose();
@@ -254,8 +255,9 @@ Deno.test(
     const plan = planOf(s, { precision: "f16", lossScale: 2 ** 40 }); // far past f16's 65504
     try {
       const b = await batch(41);
-      const loss = await plan.step(b, 1e-3);
+      const { loss, lossScale, skipped } = await plan.step(b, 1e-3);
       assert.ok(Number.isFinite(loss));
+      assert.deepEqual({ lossScale, skipped }, { lossScale: 2 ** 39, skipped: true });
       assert.equal(plan.skippedSteps, 1);
       assert.equal(plan.lossScale, 2 ** 39);
       assert.equal(plan.t, 0, "Adam's step is not counted");
@@ -290,9 +292,11 @@ Deno.test(
     const run = async (ahead: boolean) => {
       const s = trainState(5);
       const plan = planOf(s, { precision: "f16", pixelWeight: 4096, lossScale: 2 ** 18, growthInterval: 2 });
-      const seen: { loss: number; scale: number }[] = [];
+      // each step's scale comes with its result: plan.lossScale may already hold the next step's
+      // outcome when the step started ahead reads back before the awaiting code resumes
+      const seen: StepResult[] = [];
       try {
-        let pending: Promise<number> | undefined;
+        let pending: Promise<StepResult> | undefined;
         for (const b of batches) {
           const next = plan.step(b, 1e-3);
           if (ahead && !pending) {
@@ -302,10 +306,11 @@ Deno.test(
           if (ahead) {
             assert.throws(() => plan.writeBack(), /before the last step's loss resolved/);
           }
-          seen.push({ loss: await (pending ?? next), scale: plan.lossScale });
+          seen.push(await (pending ?? next));
           pending = ahead ? next : undefined;
         }
-        if (pending) seen.push({ loss: await pending, scale: plan.lossScale });
+        if (pending) seen.push(await pending);
+        assert.equal(plan.lossScale, seen.at(-1)!.lossScale);
         plan.writeBack();
         const state = new Map<string, Float32Array>();
         for (const [what, vars] of [["p", s.net.params], ["e", s.ema.params], ["m", s.adam.m]] as const) {
@@ -319,9 +324,10 @@ Deno.test(
     };
     const awaited = await run(false);
     const ahead = await run(true);
-    const scales = awaited.seen.map((x) => Math.log2(x.scale));
+    const scales = awaited.seen.map((x) => Math.log2(x.lossScale!));
     console.log(`loss scales (log2) after each step: ${scales.join(" ")}; skipped ${awaited.skipped}`);
     assert.ok(awaited.skipped >= 2 && awaited.t >= 2, "the run skips steps and takes steps");
+    assert.equal(awaited.seen.filter((x) => x.skipped).length, awaited.skipped);
     assert.ok(scales.some((v, i) => i > 0 && v > scales[i - 1]), "the scale grows");
     assert.deepEqual(ahead.seen, awaited.seen);
     assert.equal(ahead.t, awaited.t);

@@ -24,7 +24,11 @@ import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
 import { useFastWasmConvGrads } from "./wasm_conv_grads.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
-import { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "../core/kernels/webgpu_train_plan.ts";
+import {
+  RRDBNetTrainPlanWebGPU,
+  type StepResult,
+  type TrainPlanOptions,
+} from "../core/kernels/webgpu_train_plan.ts";
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
 import { type ConvChoice, timeVariants } from "../core/kernels/webgpu_plan.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
@@ -346,16 +350,15 @@ export class Trainer {
         if (this.planMaking === making) this.planMaking = undefined;
       }
     }
-    // mixed precision: its loss scale shows in the logs (it halves at each skipped step)
-    const scaled = (l: StepLosses): StepLosses =>
-      this.plan instanceof RRDBNetTrainPlanWebGPU && c.precision !== "f32"
-        ? { ...l, loss_scale: this.plan.lossScale }
-        : l;
+    // mixed precision: the step's loss scale shows in the logs (it halves at each skipped step)
+    const scaled = (l: StepLosses, r: StepResult): StepLosses =>
+      r.lossScale === undefined ? l : { ...l, loss_scale: r.lossScale };
     const lr = this.lr();
     this.planAhead = true;
     if (c.stage === "psnr") {
       this.step++;
-      return scaled({ lr: lr.g, l_pix: await this.plan.step(batch, lr.g) });
+      const r = await this.plan.step(batch, lr.g);
+      return scaled({ lr: lr.g, l_pix: r.loss }, r);
     }
     const sr = (await this.plan.forward(batch))!;
     const gt = tf.tensor4d(batch.gt, [batch.n, batch.gtSize, batch.gtSize, 3]);
@@ -369,11 +372,14 @@ export class Trainer {
       })(sr);
       value.dispose();
       dSr = grad;
-      const l_pix = await this.plan.backward(dSr, lr.g);
+      const r = await this.plan.backward(dSr, lr.g);
       dParts = this.discriminatorStep(gt, sr, lr.d);
       const [g, d] = [await gParts!.data(), await dParts.data()];
       this.step++;
-      return scaled({ lr: lr.g, l_pix, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] });
+      return scaled(
+        { lr: lr.g, l_pix: r.loss, l_percep: g[0], l_gan: g[1], l_d_real: d[0], l_d_fake: d[1] },
+        r,
+      );
     } finally {
       tf.dispose([
         sr,

@@ -40,7 +40,7 @@ export { type PlanWebGPUOptions, RRDBNetPlanWebGPU, TUNING_CANDIDATES } from "./
 export { castProgram, hasShaderF16, useWebGPUWithF16 } from "./webgpu_f16.ts";
 export { WINOGRAD_GEMM_CANDIDATES, winogradCanRun, type WinogradSize } from "./webgpu_winograd.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
-export { RRDBNetTrainPlanWebGPU, type TrainPlanOptions } from "./webgpu_train_plan.ts";
+export { RRDBNetTrainPlanWebGPU, type StepResult, type TrainPlanOptions } from "./webgpu_train_plan.ts";
 export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";
 export { RRDBNetTrainPlanWasm } from "./wasm_train_plan.ts";
 export { type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";

@@ -23,7 +23,7 @@ import type * as tf from "@tensorflow/tfjs-core";
 import { tensor } from "@tensorflow/tfjs-core";
 import type { RRDBNet } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
-import type { TrainPlanOptions } from "./webgpu_train_plan.ts";
+import type { StepResult, TrainPlanOptions } from "./webgpu_train_plan.ts";
 import type { PlanProfile } from "./wasm_plan.ts";
 
 /** rrdb_cpu.c's ops and `Layer` record (32 fields of 4 bytes). */
@@ -473,7 +473,7 @@ export class RRDBNetTrainPlanWasm {
     batch: { lq: Float32Array; gt: Float32Array },
     lr: number,
     options: { signal?: AbortSignal } = {},
-  ): Promise<number> {
+  ): Promise<StepResult> {
     await this.forward(batch, { ...options, output: false });
     return this.backward(null, lr, options);
   }
@@ -528,7 +528,7 @@ export class RRDBNetTrainPlanWasm {
     extra: tf.Tensor | null,
     lr: number,
     options: { signal?: AbortSignal } = {},
-  ): Promise<number> {
+  ): Promise<StepResult> {
     const gt = this.gt;
     if (!gt) throw new Error("RRDBNetTrainPlanWasm: backward() without forward()");
     this.gt = undefined;
@@ -554,7 +554,7 @@ export class RRDBNetTrainPlanWasm {
     const { beta1, beta2 } = this.options.adam;
     f.set([lr / (1 - Math.pow(beta1, this.t)), Math.sqrt(1 - Math.pow(beta2, this.t))], this.adamAt / 4 + 10);
     await this.pool.run(this.request("update"), options.signal);
-    return (sum / this.count) * w;
+    return { loss: (sum / this.count) * w };
   }
 
   /** The batch's targets while a forward waits for its backward. */

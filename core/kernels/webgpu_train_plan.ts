@@ -86,6 +86,19 @@ export interface TrainPlanOptions {
   winograd?: WinogradSize;
 }
 
+/**
+ * What a training step resolves to. The loss scale travels with its step: a step started ahead may
+ * read back before the caller sees the last one's result, so the plan's `lossScale` may be newer.
+ */
+export interface StepResult {
+  /** The weighted L1 loss of the batch before the update. */
+  loss: number;
+  /** Mixed precision: the loss scale after this step (halved if it overflowed, doubled on growth). */
+  lossScale?: number;
+  /** Mixed precision: whether this step overflowed and so left the weights as they were. */
+  skipped?: boolean;
+}
+
 /** Good steps after which mixed precision doubles its loss scale (PyTorch's GradScaler: 2,000). */
 const GROWTH_INTERVAL = 1000;
 const MAX_LOSS_SCALE = 2 ** 24;
@@ -536,9 +549,10 @@ export class RRDBNetTrainPlanWebGPU {
 
   /**
    * One training step on a batch (NHWC float32 in [0, 1]: lq [batch, s, s, 3], gt [batch, 4s, 4s, 3])
-   * at learning rate `lr`; resolves to the weighted L1 loss of the batch before the update.
+   * at learning rate `lr`; resolves to the weighted L1 loss of the batch before the update (and in
+   * mixed precision the step's loss scale).
    */
-  step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<number> {
+  step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<StepResult> {
     this.forward(batch, { output: false });
     return this.backward(null, lr);
   }
@@ -575,7 +589,7 @@ export class RRDBNetTrainPlanWebGPU {
    * not yet know whether this one overflowed: it submits its loss scale and step count both ways,
    * and the GPU picks by this step's overflow flag.
    */
-  async backward(extra: tf.Tensor | null, lr: number): Promise<number> {
+  async backward(extra: tf.Tensor | null, lr: number): Promise<StepResult> {
     if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
     if (this.readings - this.resolvedSteps >= 2) {
       throw new Error("RRDBNetTrainPlanWebGPU: a step started before the loss of the two before it resolved");
@@ -633,7 +647,7 @@ export class RRDBNetTrainPlanWebGPU {
   }
 
   /** A step's loss, once read back; in mixed precision, applies its outcome after the last step's. */
-  private async readBack(staging: GPUBuffer, previous: Promise<unknown>): Promise<number> {
+  private async readBack(staging: GPUBuffer, previous: Promise<unknown>): Promise<StepResult> {
     try {
       await staging.mapAsync(GPUMapMode.READ);
       const mapped = staging.getMappedRange();
@@ -643,15 +657,15 @@ export class RRDBNetTrainPlanWebGPU {
         : 0;
       staging.unmap();
       await previous;
-      if (this.half) {
-        // the scaler now holds what this step started from (the last step's outcome is applied)
-        this.lastScale = this.lossScale;
-        if (overflow) this.skippedSteps++;
-        this.scaler = this.after(this.scaler, overflow !== 0);
-      }
       let sum = 0;
       for (const v of sums) sum += v;
-      return (sum / this.count) * (this.options.pixelWeight ?? 1);
+      const loss = (sum / this.count) * (this.options.pixelWeight ?? 1);
+      if (!this.half) return { loss };
+      // the scaler now holds what this step started from (the last step's outcome is applied)
+      this.lastScale = this.lossScale;
+      if (overflow) this.skippedSteps++;
+      this.scaler = this.after(this.scaler, overflow !== 0);
+      return { loss, lossScale: this.lossScale, skipped: overflow !== 0 };
     } finally {
       this.resolvedSteps++;
     }
