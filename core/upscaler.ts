@@ -287,10 +287,13 @@ export class Upscaler {
 
   /**
    * The tile side used when none is given: {@link DEFAULT_TILE_CPU_KERNELS} where the forward runs on
-   * our CPU kernels (wasm with `cpuKernels`), {@link DEFAULT_TILE} elsewhere.
+   * our CPU kernels (wasm with `cpuKernels`), {@link DEFAULT_TILE} elsewhere. On wasm it makes the
+   * kernels' plan, so that a runtime where they cannot start gets tfjs's ops' tile, not theirs.
    */
   get defaultTile(): number {
-    return this.cpuKernels && tf.getBackend() === "wasm" ? DEFAULT_TILE_CPU_KERNELS : DEFAULT_TILE;
+    return this.cpuKernels && tf.getBackend() === "wasm" && this.wasmPlan()
+      ? DEFAULT_TILE_CPU_KERNELS
+      : DEFAULT_TILE;
   }
 
   /** Runs the net tile by tile and blends the outputs: NHWC float32, clamped to [0, 1]. */

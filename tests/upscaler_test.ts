@@ -132,6 +132,34 @@ Deno.test("default tile: larger on the CPU kernels (wasm), the WebGPU-safe one o
   }
 });
 
+Deno.test("default tile: where the CPU kernels cannot start, tfjs's ops' tile, said once", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  const { Memory } = WebAssembly;
+  const warn = console.warn, warnings: string[] = [];
+  // a runtime without shared wasm memory (the kernels' threads need it)
+  WebAssembly.Memory = class extends Memory {
+    constructor(d: WebAssembly.MemoryDescriptor) {
+      if (d.shared) throw new TypeError("shared memory is not supported here");
+      super(d);
+    }
+  };
+  console.warn = (m: string) => warnings.push(m);
+  try {
+    assert.equal(up.defaultTile, DEFAULT_TILE);
+    assert.equal(up.cpuKernels, false);
+    assert.equal(up.defaultTile, DEFAULT_TILE);
+  } finally {
+    WebAssembly.Memory = Memory;
+    console.warn = warn;
+    up.dispose();
+  }
+  assert.equal(warnings.length, 1);
+  assert.match(
+    warnings[0],
+    /CPU kernels unavailable \(shared memory is not supported here\): running tfjs's wasm ops/,
+  );
+});
+
 Deno.test("precision f16 on wasm: refused, naming the backend", async () => {
   const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
   try {
