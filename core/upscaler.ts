@@ -30,6 +30,7 @@ import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
 import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
 import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
@@ -309,11 +310,15 @@ export class Upscaler {
     // "auto" decides on the largest patch, an inner tile's
     const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
     await this.chooseConvs(this.paddedShape([n, side(rows), side(cols), c]));
+    // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves tiles garbage
+    const gpuCheck = watchBackendErrors();
+    const what = `the upscale of a ${w}x${h} input`;
     if (total === 1) {
       if (signal) await yieldToEventLoop();
       if (signal?.aborted) throw abortError(signal);
       onProgress?.(0, 1);
       const data = await this.patch(x, signal);
+      await gpuCheck(what);
       onProgress?.(1, 1);
       return data;
     }
@@ -353,6 +358,7 @@ export class Upscaler {
           throw e;
         }
         const y = await data;
+        await gpuCheck(what);
         const { r, col, i, j } = tiles[k];
         blender.add(y, {
           y0: r.inStart * s,

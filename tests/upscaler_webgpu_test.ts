@@ -10,6 +10,7 @@ import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { Upscaler } from "../core/upscaler.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
+import { bindGroupFault } from "./webgpu_setup.ts";
 
 const probe = await probeWebGPU();
 const ignore = !probe.adapter;
@@ -37,21 +38,6 @@ function tooLarge(device: GPUDevice) {
   });
   const fits = Math.floor(Math.sqrt(device.limits.maxStorageBufferBindingSize / 1024));
   return { up: new Upscaler(net), big: tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D, fits };
-}
-
-/**
- * Makes the next bind group of four or more entries (a convolution's; tfjs's slice and clip bind
- * three) invalid, once per `arm()`; `restore()` puts the device's own createBindGroup back.
- */
-function bindGroupFault(device: GPUDevice) {
-  const createBindGroup = device.createBindGroup;
-  let armed = false;
-  device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
-    if (!armed || [...d.entries].length < 4) return createBindGroup.call(this, d);
-    armed = false;
-    return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
-  };
-  return { arm: () => armed = true, restore: () => device.createBindGroup = createBindGroup };
 }
 
 async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {

@@ -31,3 +31,22 @@ export async function setUpWebGPU(what: string): Promise<{
   }
   return { opts: { ignore: !hasWebGPU, sanitizeResources: false, sanitizeOps: false }, gpuErrors };
 }
+
+/**
+ * Makes the next bind group `faulty` picks by its number of entries invalid (by default four or
+ * more: a convolution's; tfjs's slice and clip bind three), once per `arm()`; `restore()` puts the
+ * device's own createBindGroup back.
+ */
+export function bindGroupFault(device: GPUDevice, faulty: (entries: number) => boolean = (n) => n >= 4): {
+  arm: () => void;
+  restore: () => void;
+} {
+  const createBindGroup = device.createBindGroup;
+  let armed = false;
+  device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {
+    if (!armed || !faulty([...d.entries].length)) return createBindGroup.call(this, d);
+    armed = false;
+    return createBindGroup.call(this, { ...d, entries: [...d.entries].slice(1) });
+  };
+  return { arm: () => armed = true, restore: () => device.createBindGroup = createBindGroup };
+}

@@ -17,6 +17,7 @@ import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { MAX_MEMORY_BYTES } from "../core/kernels/wasm_pool.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
+import { UncapturedGPUError, watchBackendErrors } from "../core/kernels/webgpu_errors.ts";
 import type { TrainConfig } from "./config.ts";
 import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
 import {
@@ -106,6 +107,8 @@ export async function validate(
   options: { samples?: number; onSample?: (name: string, img: RgbaImage) => Promise<void> },
 ): Promise<{ psnr: number; ssim: number }> {
   let sumP = 0, sumS = 0;
+  // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves results garbage
+  const gpuCheck = watchBackendErrors();
   for (const [i, p] of pairs.entries()) {
     const out = tf.tidy(() => {
       const x = tf.tensor4d(p.lq, [1, p.lqHeight, p.lqWidth, 3]);
@@ -113,6 +116,7 @@ export async function validate(
     });
     const v = await out.data();
     out.dispose();
+    await gpuCheck(`validation on ${p.name}`);
     const [, h, w] = out.shape;
     const sr = toRgba({ width: w, height: h, rgb: Uint8Array.from(v) });
     const m = psnrSsim(sr, toRgba(p.gt), { cropBorder: net.config.scale, yChannel: true });
@@ -316,6 +320,9 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
             `(step ${savedAt})`,
         );
       }
+      if (e instanceof UncapturedGPUError) {
+        throw new Error(`${e.message}; the last good state is ${ckptPath} (step ${savedAt})`, { cause: e });
+      }
       throw e;
     });
     losses.catch(() => {}); // awaited later: not an unhandled rejection meanwhile
@@ -370,7 +377,7 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     loopDone = true;
   } finally {
     progress.stop();
-    // after an error (a NaN loss, out of memory) the last checkpoint stays the last good state
+    // after an error (a NaN loss, out of memory, WebGPU's) the last checkpoint stays the last good state
     if (loopDone && trainer.step !== savedAt) {
       await save();
       savedAt = trainer.step;

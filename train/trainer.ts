@@ -30,6 +30,7 @@ import {
   type TrainPlanOptions,
 } from "../core/kernels/webgpu_train_plan.ts";
 import { BufferLimitError, underErrorScopes } from "../core/kernels/webgpu_pass.ts";
+import { watchBackendErrors } from "../core/kernels/webgpu_errors.ts";
 import { type ConvChoice, timeVariants } from "../core/kernels/webgpu_plan.ts";
 import type { WebGPUBackendLike } from "../core/kernels/webgpu_program.ts";
 import { RRDBNetTrainPlanWasm } from "../core/kernels/wasm_train_plan.ts";
@@ -190,7 +191,16 @@ export class Trainer {
 
   /** One optimisation step on `batch`; returns the losses (read back once per step). */
   async trainStep(batch: Batch): Promise<StepLosses> {
-    if (this.planned) return this.plannedStep(batch);
+    // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves the step garbage
+    const gpuCheck = watchBackendErrors();
+    const step = this.step + 1;
+    const losses = await (this.planned ? this.plannedStep(batch) : this.autodiffStep(batch));
+    await gpuCheck(`training step ${step}`);
+    return losses;
+  }
+
+  /** {@link trainStep} by tfjs's autodiff and train/adam.ts. */
+  private async autodiffStep(batch: Batch): Promise<StepLosses> {
     const c = this.config;
     const lr = this.lr();
     const lq = tf.tensor4d(batch.lq, [batch.n, batch.lqSize, batch.lqSize, 3]);
