@@ -109,7 +109,8 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
       },
     });
   } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
+    // node's parseArgs explains on later lines (e.g. how to give a value starting with a dash)
+    throw new UsageError((e as Error).message.replace(/\s*\n\s*/g, " "));
   }
   const { values: v, positionals } = parsed;
   if (v.help) return null;

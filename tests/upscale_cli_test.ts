@@ -84,6 +84,7 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.throws(() => parseUpscaleArgs(["in.png"]), /no OUTPUT/);
   assert.throws(() => parseUpscaleArgs(["-o", "x.png"]), /no INPUT/);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--tile=-3"]), /--tile must be/);
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--tile", "-3"]), /ambiguous\. .* use '--tile=-XYZ'/);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--outscale", "0"]), /--outscale must be/);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--backend", "gl"]), /--backend must be/);
   assert.equal(a.precision, "f32");
