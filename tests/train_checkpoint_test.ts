@@ -8,6 +8,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { Adam } from "../train/adam.ts";
 import {
+  type CheckpointSource,
   decodeCheckpoint,
   encodeCheckpoint,
   readCheckpoint,
@@ -18,7 +19,11 @@ import type { StateDict } from "../core/state_dict.ts";
 
 await initBackend("cpu");
 
-async function checkpointBytes(step: number, floats = 16): Promise<Uint8Array> {
+async function checkpointBytes(
+  step: number,
+  floats = 16,
+  more: Partial<CheckpointSource> = {},
+): Promise<Uint8Array> {
   const sd: StateDict = new Map([["conv.weight", {
     shape: [floats],
     data: Float32Array.from({ length: floats }, (_, i) => i * step),
@@ -34,13 +39,14 @@ async function checkpointBytes(step: number, floats = 16): Promise<Uint8Array> {
     netG: sd,
     netGEma: sd,
     optimizerG: adam,
+    ...more,
   });
   adam.dispose();
   p.dispose();
   return bytes;
 }
 
-Deno.test("a checkpoint round-trips step, config, RNG, weights and Adam state", async () => {
+Deno.test("a checkpoint round-trips step, config, RNG, weights, Adam state and the loss scaling", async () => {
   const c = decodeCheckpoint(await checkpointBytes(5));
   assert.equal(c.step, 5);
   assert.deepEqual(c.config, { stage: "psnr", emaDecay: 0.999 });
@@ -49,6 +55,12 @@ Deno.test("a checkpoint round-trips step, config, RNG, weights and Adam state", 
   assert.equal(c.optimizerG.t, 5);
   assert.deepEqual(Array.from(c.optimizerG.expAvg.get("w")!), [5, 5, 5, 5]);
   assert.equal(c.netD, undefined);
+  assert.equal(c.gradScalerG, undefined, "an f32 run's has no loss scaling");
+  const scaler = { scale: 2 ** 13, growthTracker: 417 };
+  assert.deepEqual(
+    decodeCheckpoint(await checkpointBytes(5, 16, { gradScalerG: scaler })).gradScalerG,
+    scaler,
+  );
 });
 
 Deno.test("a half-written temp file leaves the previous checkpoint loadable, and is cleaned up", async () => {

@@ -161,6 +161,41 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu: a mixed-precision run resumes at its loss scale (kept in the checkpoint)",
+  ignore: ignore || !probe.f16,
+  fn: async () => {
+    // gradients 4096x larger: f16 overflows at 2^16, the scale falls 2^16 → 2^15 → 2^14 → ...
+    const cfg = { ...TINY, lrG: 2e-3, precision: "f16" as const, pixelWeight: 4096 };
+    const batches = testBatches(cfg, 5);
+    const run = async (t: Trainer, from: number, to: number) => {
+      const out = [];
+      for (let i = from; i < to; i++) {
+        const l = await t.trainStep(batches[i]);
+        out.push({ l_pix: l.l_pix, loss_scale: l.loss_scale });
+      }
+      return out;
+    };
+    const whole = Trainer.create(cfg);
+    const want = await run(whole, 0, 5);
+    whole.dispose();
+    const first = Trainer.create(cfg);
+    assert.deepEqual(await run(first, 0, 2), want.slice(0, 2));
+    const ckpt = decodeCheckpoint(await first.checkpoint());
+    first.dispose();
+    assert.deepEqual(ckpt.gradScalerG, { scale: want[1].loss_scale, growthTracker: 0 });
+    assert.ok(ckpt.gradScalerG!.scale < 2 ** 16, "the scale fell before the checkpoint");
+    const resumed = Trainer.create(cfg, { checkpoint: ckpt });
+    assert.deepEqual(await run(resumed, 2, 5), want.slice(2), "resumed mixed-precision run");
+    resumed.dispose();
+    // an f32 checkpoint holds none
+    const f32 = Trainer.create({ ...cfg, precision: "f32" });
+    await run(f32, 0, 1);
+    assert.equal(decodeCheckpoint(await f32.checkpoint()).gradScalerG, undefined);
+    f32.dispose();
+  },
+});
+
+Deno.test({
   name: "webgpu: planned steps started one ahead give the awaited steps' losses and weights",
   ignore,
   fn: async () => {

@@ -1,6 +1,6 @@
 /**
  * Training checkpoints: one safetensors file holding G, its EMA, D, both Adam states, the step,
- * the RNG state and the config (in the metadata). G, EMA and D are stored as state dicts in
+ * the RNG state, the config and in mixed precision the loss scaling (in the metadata). G, EMA and D are stored as state dicts in
  * PyTorch layout under BasicSR names, prefixed `net_g.`, `net_g_ema.`, `net_d.`; Adam moments in
  * the variables' own (TF) layout under `optimizer_g.exp_avg.NAME` and `optimizer_g.exp_avg_sq.NAME`.
  * All float32, so a resumed run continues bit for bit.
@@ -19,6 +19,7 @@ import {
 } from "../core/weights/safetensors.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import type { Adam } from "./adam.ts";
+import type { GradScalerState } from "../core/kernels/webgpu_train_plan.ts";
 
 /** Format tag in the metadata. */
 export const CHECKPOINT_FORMAT = "esrgan-ts-checkpoint";
@@ -42,6 +43,8 @@ export interface Checkpoint {
   netD?: StateDict;
   optimizerG: AdamState;
   optimizerD?: AdamState;
+  /** Mixed precision: G's loss scaling (absent from f32 runs). */
+  gradScalerG?: GradScalerState;
   /** All metadata strings. */
   metadata: Record<string, string>;
 }
@@ -56,6 +59,7 @@ export interface CheckpointSource {
   netD?: StateDict;
   optimizerG: Adam;
   optimizerD?: Adam;
+  gradScalerG?: GradScalerState;
   metadata?: Record<string, string>;
 }
 
@@ -90,6 +94,7 @@ export async function encodeCheckpoint(src: CheckpointSource): Promise<Uint8Arra
     rng: JSON.stringify(src.rng),
     optimizer_g_step: String(src.optimizerG.t),
     ...(src.optimizerD ? { optimizer_d_step: String(src.optimizerD.t) } : {}),
+    ...(src.gradScalerG ? { grad_scaler_g: JSON.stringify(src.gradScalerG) } : {}),
   };
   return serializeSafetensors({ tensors, metadata });
 }
@@ -126,6 +131,7 @@ export function decodeCheckpoint(bytes: Uint8Array, name = "checkpoint"): Checkp
     netD: netD.size ? netD : undefined,
     optimizerG: adam("optimizer_g", "optimizer_g_step")!,
     optimizerD: adam("optimizer_d", "optimizer_d_step"),
+    ...(metadata.grad_scaler_g ? { gradScalerG: JSON.parse(metadata.grad_scaler_g) } : {}),
     metadata,
   };
   if (!ckpt.netG.size || !ckpt.netGEma.size || !ckpt.optimizerG) {

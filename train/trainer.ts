@@ -25,6 +25,7 @@ import { useFastWasmConvGrads } from "./wasm_conv_grads.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
 import {
+  type GradScalerState,
   RRDBNetTrainPlanWebGPU,
   type StepResult,
   type TrainPlanOptions,
@@ -106,6 +107,8 @@ export class Trainer {
   private planMaking?: Promise<RRDBNetTrainPlanWebGPU>;
   /** What `winograd: "auto"` chose and measured (undefined until the first planned step on webgpu). */
   convChoice?: ConvChoice;
+  /** Mixed precision's loss scaling while no plan holds it (from a checkpoint, or a disposed plan). */
+  private scaler?: GradScalerState;
 
   private constructor(
     readonly config: TrainConfig,
@@ -150,6 +153,7 @@ export class Trainer {
     }
     const t = new Trainer(config, g, ema, optG, d, optD, options.perceptual);
     t.step = ck?.step ?? 0;
+    t.scaler = ck?.gradScalerG;
     return t;
   }
 
@@ -335,6 +339,7 @@ export class Trainer {
     const c = this.config;
     if (this.plan && (this.plan.options.batch !== batch.n || this.plan.options.lqSize !== batch.lqSize)) {
       this.sync();
+      this.scaler = this.gradScaler;
       this.plan.dispose();
       this.plan = undefined;
     }
@@ -345,6 +350,8 @@ export class Trainer {
       adam: this.optG,
       emaDecay: c.emaDecay,
       pixelWeight: c.pixelWeight,
+      // a resumed mixed-precision run goes on at its loss scale, as PyTorch's GradScaler state does
+      ...(this.scaler ? { lossScale: this.scaler.scale, goodSteps: this.scaler.growthTracker } : {}),
     };
     if (!this.plan && tf.getBackend() === "wasm") this.plan = new RRDBNetTrainPlanWasm(this.g, options);
     if (!this.plan) {
@@ -400,10 +407,17 @@ export class Trainer {
     }
   }
 
+  /** Mixed precision's loss scaling as the steps so far left it (undefined in f32). */
+  get gradScaler(): GradScalerState | undefined {
+    if (this.config.precision === "f32") return undefined;
+    return (this.plan instanceof RRDBNetTrainPlanWebGPU ? this.plan.gradScaler : undefined) ?? this.scaler;
+  }
+
   /** The whole state as checkpoint bytes. */
   async checkpoint(metadata: Record<string, string> = {}): Promise<Uint8Array> {
     this.sync();
     return encodeCheckpoint({
+      gradScalerG: this.gradScaler,
       step: this.step,
       config: this.config,
       rng: { seed: this.config.seed },

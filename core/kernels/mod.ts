@@ -40,7 +40,12 @@ export { type PlanWebGPUOptions, RRDBNetPlanWebGPU, TUNING_CANDIDATES } from "./
 export { castProgram, hasShaderF16, useWebGPUWithF16 } from "./webgpu_f16.ts";
 export { WINOGRAD_GEMM_CANDIDATES, winogradCanRun, type WinogradSize } from "./webgpu_winograd.ts";
 export { type AdamOptions, adamUpdateWebGPU, FusedAdamWebGPU } from "./webgpu_adam.ts";
-export { RRDBNetTrainPlanWebGPU, type StepResult, type TrainPlanOptions } from "./webgpu_train_plan.ts";
+export {
+  type GradScalerState,
+  RRDBNetTrainPlanWebGPU,
+  type StepResult,
+  type TrainPlanOptions,
+} from "./webgpu_train_plan.ts";
 export { UncapturedGPUError, watchUncapturedErrors } from "./webgpu_errors.ts";
 export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";
 export { RRDBNetTrainPlanWasm } from "./wasm_train_plan.ts";

@@ -78,6 +78,11 @@ export interface TrainPlanOptions {
   /** Good steps after which mixed precision doubles its loss scale (default 1,000). */
   growthInterval?: number;
   /**
+   * Mixed precision: good steps in a row already taken at `lossScale` (GradScaler's growth tracker;
+   * a resumed run's, from its checkpoint). Default 0.
+   */
+  goodSteps?: number;
+  /**
    * Every 3x3 convolution's forward, input gradient and filter gradient as Winograd F(m x m) where
    * they qualify (f32, channels in multiples of 4: all but conv_first's and conv_last's; see
    * webgpu_winograd.ts and webgpu_winograd_grad.ts): the filters are transformed in each step, the
@@ -97,6 +102,13 @@ export interface StepResult {
   lossScale?: number;
   /** Mixed precision: whether this step overflowed and so left the weights as they were. */
   skipped?: boolean;
+}
+
+/** Mixed precision's loss scaling as a checkpoint keeps it (PyTorch's GradScaler state_dict's names). */
+export interface GradScalerState {
+  scale: number;
+  /** Good steps in a row at `scale`. */
+  growthTracker: number;
 }
 
 /** Good steps after which mixed precision doubles its loss scale (PyTorch's GradScaler: 2,000). */
@@ -189,6 +201,7 @@ export class RRDBNetTrainPlanWebGPU {
     onError.defer(() => this.pass.dispose());
     this.t = options.adam.t;
     this.lossScale = half ? options.lossScale ?? 2 ** 16 : 1;
+    this.goodSteps = half ? options.goodSteps ?? 0 : 0;
 
     let total = 0;
     for (const [name, v] of net.params) {
@@ -669,6 +682,14 @@ export class RRDBNetTrainPlanWebGPU {
     } finally {
       this.resolvedSteps++;
     }
+  }
+
+  /**
+   * Mixed precision: the loss scale and the good steps taken at it (GradScaler's state, as a
+   * checkpoint keeps it) as the steps read back so far left them; undefined in f32.
+   */
+  get gradScaler(): GradScalerState | undefined {
+    return this.half ? { scale: this.lossScale, growthTracker: this.goodSteps } : undefined;
   }
 
   /** Mixed precision's {@link ScalerState} as the steps read back so far left it. */
