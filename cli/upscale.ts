@@ -38,7 +38,7 @@ import { parseNumberFlag, UsageError, WHOLE } from "./flags.ts";
 
 const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
 
-INPUT is an image (PNG or JPEG) or a folder of them; OUTPUT is then a file or a folder.
+INPUT is an image (PNG, JPEG or WebP) or a folder of them; OUTPUT is then a file or a folder.
 
 options:
   -o, --output PATH     output file, or folder when INPUT is a folder (created if missing)

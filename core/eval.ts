@@ -88,7 +88,7 @@ export interface EvaluateOptions {
   signal?: AbortSignal;
 }
 
-const IMAGE_EXT = /\.(png|jpe?g)$/i;
+const IMAGE_EXT = /\.(png|jpe?g|webp)$/i;
 
 /**
  * Lists a dataset folder. A folder without images but with an `x{scale}` subfolder (the layout of

@@ -1,18 +1,18 @@
 /**
  * Image files in and out: PNG (fast-png: every colour type and bit depth, interlaced too), JPEG
- * decoding (imagescript's wasm decoder), JPEG and WebP encoding (imagescript's native codec), and a
- * header reader that gives format and size without decoding, so that oversized images are refused
- * before any pixel buffer is allocated.
+ * decoding (imagescript's wasm decoder), WebP decoding (libwebp as jSquash builds it for wasm), JPEG
+ * and WebP encoding (imagescript's native codec), and a header reader that gives format and size
+ * without decoding, so that oversized images are refused before any pixel buffer is allocated.
  *
  * imagescript's package entry loads a native addon at import time (Deno then needs `--allow-ffi` for
  * any use), so this module imports its wasm JPEG decoder directly and loads the native codec only
  * when JPEG or WebP output is asked for. Its wasm PNG decoder is not used: it rejects some valid
- * files (fixed-Huffman streams of small images). imagescript 1.3.1 cannot decode WebP: WebP headers
- * are recognised (size, format) but decoding them is refused.
+ * files (fixed-Huffman streams of small images); imagescript 1.3.1 cannot decode WebP at all.
  * @module
  */
 import { convertIndexedToRgb, decode as decodePngData, type DecodedPng, encode as encodePng } from "fast-png";
 import jpeglib from "imagescript/wasm/node/jpeg.js";
+import decodeWebpData, { init as initWebpDecoder } from "@jsquash/webp/decode.js";
 
 /** An 8-bit image, RGBA interleaved, rows top to bottom. Grayscale images come as equal R, G, B. */
 export interface RgbaImage {
@@ -152,7 +152,7 @@ function webpHeader(b: Uint8Array, name?: string): ImageHeader {
 }
 
 /**
- * Decodes a PNG or JPEG file to RGBA. The header is checked first (format, size against
+ * Decodes a PNG, JPEG or WebP file to RGBA. The header is checked first (format, size against
  * `maxPixels`), so bad or oversized input fails before decoding. Errors name the file and reason.
  */
 export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Promise<RgbaImage> {
@@ -170,11 +170,30 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   let img: RgbaImage;
   if (header.format === "png") img = decodePng(bytes, name);
   else if (header.format === "jpeg") img = await decodeJpeg(bytes, name);
-  else throw fail(name, "WebP input is not supported (imagescript decodes PNG and JPEG only)");
+  else img = await decodeWebp(bytes, name);
   if (img.width !== header.width || img.height !== header.height) {
     throw fail(name, `corrupt ${header.format.toUpperCase()} (decoded size differs from the header)`);
   }
   return img;
+}
+
+/** libwebp's wasm module, compiled on the first WebP decoded (read from the package, not fetched). */
+let webpReady: Promise<void> | undefined;
+
+async function decodeWebp(bytes: Uint8Array, name?: string): Promise<RgbaImage> {
+  webpReady ??= (async () => {
+    const wasm = new URL(import.meta.resolve("@jsquash/webp/codec/dec/webp_dec.wasm"));
+    await initWebpDecoder(await WebAssembly.compile(await Deno.readFile(wasm)));
+  })();
+  await webpReady;
+  let decoded: ImageData;
+  try {
+    decoded = await decodeWebpData(bytes.slice().buffer);
+  } catch (e) {
+    throw fail(name, `corrupt WebP (${(e as Error).message})`);
+  }
+  // libwebp's output is 8-bit RGBA (ImageData's type also allows float16)
+  return { width: decoded.width, height: decoded.height, data: decoded.data as Uint8ClampedArray };
 }
 
 const megapixels = (n: number) => n < 1e5 ? `${n} pixels` : `${(n / 1e6).toFixed(1)} MP`;

@@ -27,7 +27,7 @@ export const OUTPUT_TYPES = { png: "image/png", jpeg: "image/jpeg", webp: "image
 type OutputFormat = keyof typeof OUTPUT_TYPES;
 
 /** Raw-body content types accepted besides `multipart/form-data`. */
-export const INPUT_TYPES = ["image/png", "image/jpeg"] as const;
+export const INPUT_TYPES = ["image/png", "image/jpeg", "image/webp"] as const;
 
 /** What `GET /healthz` answers. */
 export interface HealthReport {

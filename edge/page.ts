@@ -37,7 +37,7 @@ export const PAGE_HTML = `<!doctype html>
 <h1>ESRGAN upscaler</h1>
 <div class="muted" id="info">Loading model information…</div>
 <form id="form">
-  <label>Image (PNG or JPEG)<input type="file" id="file" accept="image/png,image/jpeg" required></label>
+  <label>Image (PNG, JPEG or WebP)<input type="file" id="file" accept="image/png,image/jpeg,image/webp" required></label>
   <label>Output scale<select id="outscale"><option>4</option><option>3</option><option>2</option>
     <option>1</option></select></label>
   <label>Format<select id="format"><option>png</option><option>jpeg</option><option>webp</option></select></label>

@@ -574,6 +574,11 @@ Deno.test(
       const fromJpeg = await post(`${srv.url}/v1/upscale`, jpegIn, { type: "image/jpeg" });
       assert.equal(fromJpeg.status, 200, await fromJpeg.clone().text());
       assert.equal((await decodeImage(new Uint8Array(await fromJpeg.arrayBuffer()))).width, 30 * 4);
+      // and WebP's
+      const webpIn = (await encodeImage(picture(30, 22), { format: "webp" })) as Uint8Array<ArrayBuffer>;
+      const fromWebp = await post(`${srv.url}/v1/upscale`, webpIn, { type: "image/webp" });
+      assert.equal(fromWebp.status, 200, await fromWebp.clone().text());
+      assert.equal((await decodeImage(new Uint8Array(await fromWebp.arrayBuffer()))).width, 30 * 4);
 
       const jpeg = await post(`${srv.url}/v1/upscale?format=jpeg&quality=80`, body, { type: "image/jpeg" });
       assert.equal(jpeg.status, 200, await jpeg.clone().text());
