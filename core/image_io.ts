@@ -181,6 +181,10 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
 let webpReady: Promise<void> | undefined;
 
 async function decodeWebp(bytes: Uint8Array, name?: string): Promise<RgbaImage> {
+  // VP8X's animation flag: libwebp's still-image decoder would only say "Decoding error"
+  if (ascii(bytes, 12, 4) === "VP8X" && bytes[20] & 0x02) {
+    throw fail(name, "animated WebP is not supported (export one frame as a still image)");
+  }
   webpReady ??= (async () => {
     const wasm = new URL(import.meta.resolve("@jsquash/webp/codec/dec/webp_dec.wasm"));
     await initWebpDecoder(await WebAssembly.compile(await Deno.readFile(wasm)));

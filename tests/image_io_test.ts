@@ -178,6 +178,12 @@ Deno.test("WebP round trip: lossless keeps every visible pixel (alpha too), loss
   assert.ok(isOpaque(back));
   const p = psnr(testImage(30, 17, true).data, back.data);
   assert.ok(p > 30, `WebP q75 PSNR ${p.toFixed(1)} dB`);
+  // an animation (VP8X with the animation flag): refused, saying so
+  const anim = new Uint8Array(30);
+  anim.set(new TextEncoder().encode("RIFF\x16\0\0\0WEBPVP8X\x0a\0\0\0"));
+  anim.set([0x02, 0, 0, 0, 29, 0, 0, 16, 0, 0], 20); // flags, reserved, canvas 30x17
+  assert.deepEqual(readImageHeader(anim), { format: "webp", width: 30, height: 17 });
+  await assert.rejects(decodeImage(anim, { name: "a.webp" }), /a\.webp: animated WebP is not supported/);
   // the bitstream cut short past the header: libwebp refuses it
   await assert.rejects(
     decodeImage(lossless.subarray(0, lossless.length - 40), { name: "a.webp" }),
