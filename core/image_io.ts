@@ -13,6 +13,7 @@
 import { convertIndexedToRgb, decode as decodePngData, type DecodedPng, encode as encodePng } from "fast-png";
 import jpeglib from "imagescript/wasm/node/jpeg.js";
 import decodeWebpData, { init as initWebpDecoder } from "@jsquash/webp/decode.js";
+import exifr from "exifr";
 
 /** An 8-bit image, RGBA interleaved, rows top to bottom. Grayscale images come as equal R, G, B. */
 export interface RgbaImage {
@@ -174,7 +175,38 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   if (img.width !== header.width || img.height !== header.height) {
     throw fail(name, `corrupt ${header.format.toUpperCase()} (decoded size differs from the header)`);
   }
-  return img;
+  // a camera's EXIF orientation: what viewers show, and what the output (which has no EXIF) must be.
+  // An unreadable EXIF block is ignored, as viewers ignore it.
+  const orientation = await exifr.orientation(bytes).catch(() => undefined);
+  return orientation ? applyOrientation(img, orientation) : img;
+}
+
+/**
+ * The image as EXIF orientation `o` (1-8) says to display it: 2 mirrors it left-right, 3 turns it
+ * 180°, 4 mirrors it top-bottom, 5 transposes it, 6 turns it 90° clockwise, 7 transverses it, 8 turns
+ * it 90° counter-clockwise. 1 (or any other value) leaves it as it is.
+ */
+export function applyOrientation(img: RgbaImage, o: number): RgbaImage {
+  if (!(o >= 2 && o <= 8)) return img;
+  const { width: W, height: H, data } = img;
+  const swap = o >= 5;
+  const w = swap ? H : W, h = swap ? W : H;
+  const out = new Uint32Array(w * h);
+  const src = data.byteOffset % 4
+    ? new Uint32Array(data.slice().buffer)
+    : new Uint32Array(data.buffer, data.byteOffset, W * H);
+  // (x, y) of the output from (sx, sy) of the input
+  const from: (x: number, y: number) => number = [
+    (x: number, y: number) => y * W + (W - 1 - x),
+    (x: number, y: number) => (H - 1 - y) * W + (W - 1 - x),
+    (x: number, y: number) => (H - 1 - y) * W + x,
+    (x: number, y: number) => x * W + y,
+    (x: number, y: number) => (H - 1 - x) * W + y,
+    (x: number, y: number) => (H - 1 - x) * W + (W - 1 - y),
+    (x: number, y: number) => x * W + (W - 1 - y),
+  ][o - 2];
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[y * w + x] = src[from(x, y)];
+  return { width: w, height: h, data: new Uint8ClampedArray(out.buffer) };
 }
 
 /** libwebp's wasm module, compiled on the first WebP decoded (read from the package, not fetched). */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { zlibSync } from "fflate";
 import {
+  applyOrientation,
   decodeImage,
   encodeImage,
   formatFromPath,
@@ -252,4 +253,64 @@ Deno.test("formatFromPath", () => {
   assert.equal(formatFromPath("x.webp"), "webp");
   assert.equal(formatFromPath("x.gif"), undefined);
   assert.equal(formatFromPath("png"), undefined);
+});
+
+/** `jpeg` with an EXIF block (APP1, big-endian TIFF) holding only Orientation = `o`. */
+function withOrientation(jpeg: Uint8Array, o: number): Uint8Array {
+  const tiff = [0x4d, 0x4d, 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, o, 0, 0, 0, 0, 0, 0];
+  const payload = [...new TextEncoder().encode("Exif\0\0"), ...tiff];
+  const app1 = [0xff, 0xe1, (payload.length + 2) >> 8, (payload.length + 2) & 0xff, ...payload];
+  const out = new Uint8Array(jpeg.length + app1.length);
+  out.set(jpeg.subarray(0, 2));
+  out.set(app1, 2);
+  out.set(jpeg.subarray(2), 2 + app1.length);
+  return out;
+}
+
+Deno.test("applyOrientation: the eight EXIF orientations of a 3x2 image", () => {
+  // pixels a..f as one byte each (R), row by row: a b c / d e f
+  const img: RgbaImage = { width: 3, height: 2, data: new Uint8ClampedArray(24) };
+  "abcdef".split("").forEach((ch, i) => img.data.set([ch.charCodeAt(0), 0, 0, 255], 4 * i));
+  const read = (im: RgbaImage) =>
+    Array.from(
+      { length: im.height },
+      (_, y) =>
+        Array.from({ length: im.width }, (_, x) => String.fromCharCode(im.data[4 * (y * im.width + x)])).join(
+          "",
+        ),
+    );
+  const want: Record<number, string[]> = {
+    1: ["abc", "def"],
+    2: ["cba", "fed"],
+    3: ["fed", "cba"],
+    4: ["def", "abc"],
+    5: ["ad", "be", "cf"],
+    6: ["da", "eb", "fc"],
+    7: ["fc", "eb", "da"],
+    8: ["cf", "be", "ad"],
+  };
+  for (const [o, rows] of Object.entries(want)) {
+    assert.deepEqual(read(applyOrientation(img, Number(o))), rows, `${o}`);
+  }
+});
+
+Deno.test("a JPEG's EXIF orientation is applied when decoding (a phone's portrait photo comes upright)", async () => {
+  // 32x16, the left half dark: turned 90° clockwise (orientation 6) the top half is dark
+  const img: RgbaImage = { width: 32, height: 16, data: new Uint8ClampedArray(32 * 16 * 4) };
+  for (let i = 0; i < 32 * 16; i++) {
+    img.data.fill(i % 32 < 16 ? 20 : 230, 4 * i, 4 * i + 3), img.data[4 * i + 3] = 255;
+  }
+  const jpeg = await encodeImage(img, { format: "jpeg", quality: 95 });
+  assert.deepEqual(readImageHeader(withOrientation(jpeg, 6)), { format: "jpeg", width: 32, height: 16 });
+  const upright = await decodeImage(withOrientation(jpeg, 6));
+  assert.deepEqual([upright.width, upright.height], [16, 32]);
+  const mean = (im: RgbaImage, y0: number, y1: number) => {
+    let s = 0;
+    for (let i = y0 * im.width; i < y1 * im.width; i++) s += im.data[4 * i];
+    return s / ((y1 - y0) * im.width);
+  };
+  assert.ok(mean(upright, 0, 16) < 60 && mean(upright, 16, 32) > 190, "dark on top, bright below");
+  const plain = await decodeImage(withOrientation(jpeg, 1));
+  assert.deepEqual([plain.width, plain.height], [32, 16]);
+  assert.deepEqual(plain, await decodeImage(jpeg));
 });
