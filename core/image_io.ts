@@ -20,6 +20,12 @@ export interface RgbaImage {
   width: number;
   height: number;
   data: Uint8ClampedArray;
+  /**
+   * A 16-bit PNG's pixels at full depth, laid out as `data` (which holds them rounded to 8 bits).
+   * The Upscaler carries it through and {@link encodeImage} writes it to PNG, as Real-ESRGAN keeps
+   * 16-bit input 16-bit; JPEG and WebP take `data`.
+   */
+  data16?: Uint16Array;
 }
 
 /** File formats this module knows. */
@@ -205,8 +211,20 @@ export function applyOrientation(img: RgbaImage, o: number): RgbaImage {
     (x: number, y: number) => (H - 1 - x) * W + (W - 1 - y),
     (x: number, y: number) => x * W + (W - 1 - y),
   ][o - 2];
-  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) out[y * w + x] = src[from(x, y)];
-  return { width: w, height: h, data: new Uint8ClampedArray(out.buffer) };
+  const src16 = img.data16, out16 = src16 && new Uint16Array(w * h * 4);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x, s = from(x, y);
+      out[i] = src[s];
+      if (out16) { for (let k = 0; k < 4; k++) out16[4 * i + k] = src16![4 * s + k]; }
+    }
+  }
+  return {
+    width: w,
+    height: h,
+    data: new Uint8ClampedArray(out.buffer),
+    ...(out16 ? { data16: out16 } : {}),
+  };
 }
 
 /** libwebp's wasm module, compiled on the first WebP decoded (read from the package, not fetched). */
@@ -281,11 +299,11 @@ function pngToRgba(png: DecodedPng): RgbaImage {
   }
   const channels = png.channels;
   if (![1, 2, 3, 4].includes(channels)) throw new Error(`${channels} channels`);
-  // Samples as 8 bits: 16-bit keeps the high byte; 1/2/4-bit gray is packed per row and scaled.
+  if (depth === 16) return rgba16(png);
+  // Samples as 8 bits: 1/2/4-bit gray is packed per row and scaled.
   const samples = new Uint8Array(n * channels);
   const raw = png.data;
   if (depth === 8) samples.set(raw);
-  else if (depth === 16) { for (let i = 0; i < samples.length; i++) samples[i] = raw[i] >> 8; }
   else {
     const rowBytes = Math.ceil((width * channels * depth) / 8);
     const max = (1 << depth) - 1;
@@ -316,6 +334,32 @@ function pngToRgba(png: DecodedPng): RgbaImage {
     }
   }
   return { width, height, data: out };
+}
+
+/** A 16-bit gray, gray+alpha, RGB or RGBA PNG as RGBA, at full depth and rounded to 8 bits. */
+function rgba16(png: DecodedPng): RgbaImage {
+  const { width, height, channels } = png;
+  const n = width * height, raw = png.data as Uint16Array, key = png.transparency;
+  const data16 = new Uint16Array(n * 4);
+  for (let i = 0; i < n; i++) {
+    const s = i * channels, gray = channels <= 2;
+    data16[4 * i] = raw[s];
+    data16[4 * i + 1] = gray ? raw[s] : raw[s + 1];
+    data16[4 * i + 2] = gray ? raw[s] : raw[s + 2];
+    data16[4 * i + 3] = channels === 2 ? raw[s + 1] : channels === 4 ? raw[s + 3] : 65535;
+    // tRNS without a palette: one colour that is fully transparent
+    if (key && (channels === 1 || channels === 3) && key.every((v, k) => raw[s + k] === v)) {
+      data16[4 * i + 3] = 0;
+    }
+  }
+  return { width, height, data: to8Bits(data16), data16 };
+}
+
+/** 16-bit samples rounded to 8 bits. */
+export function to8Bits(data16: Uint16Array): Uint8ClampedArray {
+  const out = new Uint8ClampedArray(data16.length);
+  for (let i = 0; i < data16.length; i++) out[i] = Math.round(data16[i] / 257);
+  return out;
 }
 
 /** Sample `index` in the file's units (for comparing against the tRNS colour key). */
@@ -400,6 +444,11 @@ export async function encodeImage(img: RgbaImage, options: EncodeImageOptions): 
     throw new Error(`encodeImage: ${data.length} bytes do not make a ${width}x${height} RGBA image`);
   }
   const quality = options.quality;
+  if (options.format === "png" && img.data16) {
+    const opaque = isOpaque(img);
+    const pixels = opaque ? dropAlpha(img.data16) : img.data16;
+    return encodePng({ width, height, data: pixels, channels: opaque ? 3 : 4, depth: 16 });
+  }
   if (options.format === "png") {
     const opaque = isOpaque(img);
     // Opaque images go out as RGB: a quarter smaller, same pixels.
@@ -431,14 +480,14 @@ export async function encodeImage(img: RgbaImage, options: EncodeImageOptions): 
 
 /** Whether every pixel has alpha 255. */
 export function isOpaque(img: RgbaImage): boolean {
-  const d = img.data;
-  for (let i = 3; i < d.length; i += 4) if (d[i] !== 255) return false;
+  const d = img.data16 ?? img.data, full = img.data16 ? 65535 : 255;
+  for (let i = 3; i < d.length; i += 4) if (d[i] !== full) return false;
   return true;
 }
 
-function dropAlpha(data: Uint8ClampedArray): Uint8Array {
+function dropAlpha(data: Uint8ClampedArray | Uint16Array): Uint8Array | Uint16Array {
   const n = data.length / 4;
-  const out = new Uint8Array(n * 3);
+  const out = data instanceof Uint16Array ? new Uint16Array(n * 3) : new Uint8Array(n * 3);
   for (let i = 0; i < n; i++) {
     out[3 * i] = data[4 * i];
     out[3 * i + 1] = data[4 * i + 1];

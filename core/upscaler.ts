@@ -213,13 +213,15 @@ export class Upscaler {
 
   /**
    * Upscales an RGBA image: colours through the net, alpha resized bicubically (skipped when
-   * opaque), grayscale inputs (R = G = B everywhere) kept grayscale.
+   * opaque), grayscale inputs (R = G = B everywhere) kept grayscale. A 16-bit image (`data16`) is
+   * read at full depth and comes back with `data16` too.
    */
   async upscale(img: RgbaImage, options: UpscaleOptions = {}): Promise<RgbaImage> {
-    const { width: w, height: h, data } = img;
-    if (data.length !== w * h * 4) {
-      throw new Error(`upscale: ${data.length} bytes for a ${w}x${h} RGBA image`);
+    const { width: w, height: h, data16 } = img;
+    if (img.data.length !== w * h * 4 || (data16 && data16.length !== w * h * 4)) {
+      throw new Error(`upscale: ${img.data.length} bytes for a ${w}x${h} RGBA image`);
     }
+    const data = data16 ?? img.data, full = data16 ? 65535 : 255;
     const outscale = options.outscale ?? this.scale;
     if (!(outscale > 0)) throw new Error(`outscale must be positive, not ${options.outscale}`);
 
@@ -229,12 +231,12 @@ export class Upscaler {
     let gray = true, opaque = true;
     for (let i = 0; i < w * h; i++) {
       const r = data[4 * i], g = data[4 * i + 1], b = data[4 * i + 2], a = data[4 * i + 3];
-      rgb[3 * i] = r / 255;
-      rgb[3 * i + 1] = g / 255;
-      rgb[3 * i + 2] = b / 255;
-      alpha[i] = a / 255;
+      rgb[3 * i] = r / full;
+      rgb[3 * i + 1] = g / full;
+      rgb[3 * i + 2] = b / full;
+      alpha[i] = a / full;
       if (r !== g || g !== b) gray = false;
-      if (a !== 255) opaque = false;
+      if (a !== full) opaque = false;
     }
 
     // Process.
@@ -258,12 +260,17 @@ export class Upscaler {
       return gray ? 0.299 * hr[3 * i] + 0.587 * hr[3 * i + 1] + 0.114 * hr[3 * i + 2] : hr[3 * i + c];
     };
     if (outscale === s) {
-      // Straight to 8 bits: no float copy of an output that may have hundreds of megapixels.
+      // Straight to integers: no float copy of an output that may have hundreds of megapixels.
       const out = new Uint8ClampedArray(W * H * 4);
+      const out16 = data16 && new Uint16Array(W * H * 4);
       for (let i = 0; i < W * H; i++) {
-        for (let c = 0; c < 4; c++) out[4 * i + c] = Math.round(value(i, c) * 255); // clamps too
+        for (let c = 0; c < 4; c++) {
+          const v = value(i, c);
+          out[4 * i + c] = Math.round(v * 255); // clamps too
+          if (out16) out16[4 * i + c] = Math.round(Math.min(1, Math.max(0, v)) * 65535);
+        }
       }
-      return { width: W, height: H, data: out };
+      return { width: W, height: H, data: out, ...(out16 ? { data16: out16 } : {}) };
     }
     const rgba = new Float32Array(W * H * 4);
     for (let i = 0; i < W * H; i++) for (let c = 0; c < 4; c++) rgba[4 * i + c] = value(i, c);
@@ -272,9 +279,13 @@ export class Upscaler {
     const resized = resample(rgba, { width: W, height: H, channels: 4 }, { width: outW, height: outH });
     const out = new Uint8ClampedArray(outW * outH * 4);
     for (let i = 0; i < out.length; i++) out[i] = Math.round(resized[i] * 255); // clamps too
+    const out16 = data16 && Uint16Array.from(resized, (v) => Math.round(Math.min(1, Math.max(0, v)) * 65535));
     // Bicubic overshoot must not make an opaque image slightly transparent.
-    if (opaque) { for (let i = 3; i < out.length; i += 4) out[i] = 255; }
-    return { width: outW, height: outH, data: out };
+    if (opaque) {
+      for (let i = 3; i < out.length; i += 4) out[i] = 255;
+      if (out16) { for (let i = 3; i < out16.length; i += 4) out16[i] = 65535; }
+    }
+    return { width: outW, height: outH, data: out, ...(out16 ? { data16: out16 } : {}) };
   }
 
   /** Frees the weights and the prepared plans; `keepNet`: the plans only (the net lives on). */

@@ -8,6 +8,7 @@ import {
   isOpaque,
   readImageHeader,
   type RgbaImage,
+  to8Bits,
 } from "../core/image_io.ts";
 
 /** A smooth test picture with a varying alpha channel. */
@@ -138,6 +139,27 @@ Deno.test("PNG layouts: gray 1/8/16-bit, gray+alpha, indexed with tRNS, colour k
     await px(handPng(4, 1, 8, 0, [[5, 6, 5, 7]], [["tRNS", [0, 5]]])),
     [5, 5, 5, 0, 6, 6, 6, 255, 5, 5, 5, 0, 7, 7, 7, 255],
   );
+});
+
+Deno.test("16-bit PNG: read at full depth (and rounded to 8 bits), written back 16-bit, exact", async () => {
+  const gray = await decodeImage(handPng(2, 1, 16, 0, [[0xff, 0xff, 0x12, 0x34]]));
+  assert.deepEqual([...gray.data16!], [65535, 65535, 65535, 65535, 0x1234, 0x1234, 0x1234, 65535]);
+  for (const opaque of [false, true]) {
+    const w = 13, h = 7;
+    const data16 = Uint16Array.from(
+      { length: w * h * 4 },
+      (_, i) => i % 4 === 3 ? (opaque ? 65535 : (i * 977) % 65536) : (i * 7919 + 12345) % 65536,
+    );
+    const img: RgbaImage = { width: w, height: h, data: to8Bits(data16), data16 };
+    const bytes = await encodeImage(img, { format: "png" });
+    assert.deepEqual([bytes[24], bytes[25]], [16, opaque ? 2 : 6], "bit depth 16, RGB or RGBA");
+    const back = await decodeImage(bytes);
+    assert.deepEqual(back.data16, data16);
+    assert.deepEqual(back.data, img.data);
+    assert.equal(isOpaque(back), opaque);
+    // JPEG takes the 8-bit pixels
+    assert.equal((await decodeImage(await encodeImage(img, { format: "jpeg" }))).data16, undefined);
+  }
 });
 
 Deno.test("opaque PNG is written as RGB and reads back opaque and exact", async () => {

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
-import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
+import { decodeImage, encodeImage, type RgbaImage, to8Bits } from "../core/image_io.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
@@ -108,7 +108,7 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
 });
 
-Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out; exit 0", async () => {
+Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in; exit 0", async () => {
   await Deno.writeFile(`${dir}/colour.png`, await encodeImage(colour, { format: "png" }));
   await Deno.writeFile(`${dir}/gray.png`, await encodeImage(gray, { format: "png" }));
   let r = await cli(`${dir}/colour.png`, "-o", `${dir}/colour_x4.png`, "--model", model, "--tile", "5");
@@ -139,6 +139,28 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out; exit 0"
   assert.equal(r.code, 0, r.err);
   const webp = await Deno.readFile(`${dir}/gray_webp`);
   assert.equal(new TextDecoder().decode(webp.subarray(8, 12)), "WEBP");
+  // and WebP back in
+  r = await cli(`${dir}/gray_webp`, "-o", `${dir}/gray_webp_x4.png`, "--model", model);
+  assert.equal(r.code, 0, r.err);
+  assert.equal((await decodeImage(await Deno.readFile(`${dir}/gray_webp_x4.png`))).width, 160);
+});
+
+Deno.test("16-bit PNG in, 16-bit PNG out (8-bit for JPEG)", async () => {
+  const data16 = Uint16Array.from({ length: 12 * 8 * 4 }, (_, i) => i % 4 === 3 ? 65535 : (i * 4099) % 65536);
+  await Deno.writeFile(
+    `${dir}/deep.png`,
+    await encodeImage({ width: 12, height: 8, data: to8Bits(data16), data16 }, { format: "png" }),
+  );
+  let r = await cli(`${dir}/deep.png`, "-o", `${dir}/deep_x4.png`, "--model", model);
+  assert.equal(r.code, 0, r.err);
+  const png = await Deno.readFile(`${dir}/deep_x4.png`);
+  assert.equal(png[24], 16, "bit depth 16");
+  const out = await decodeImage(png);
+  assert.deepEqual([out.width, out.height], [48, 32]);
+  assert.ok(out.data16!.some((v) => v % 257), "values between 8-bit steps");
+  r = await cli(`${dir}/deep.png`, "-o", `${dir}/deep_x4.jpg`, "--model", model);
+  assert.equal(r.code, 0, r.err);
+  assert.equal((await decodeImage(await Deno.readFile(`${dir}/deep_x4.jpg`))).width, 48);
 });
 
 Deno.test("bad inputs: one line each, exit 1, no partial output, the rest of the folder still done", async () => {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { PLAN_CONFIG } from "./train_plan_helpers.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
-import { decodeImage, type RgbaImage } from "../core/image_io.ts";
+import { decodeImage, type RgbaImage, to8Bits } from "../core/image_io.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
 import {
@@ -105,6 +105,48 @@ Deno.test("Upscaler: model file in, sizes, outscale, no tensor leaks", async () 
     up.dispose();
   }
   assert.ok(DEFAULT_MODEL.endsWith("weights/realesrgan-x4plus.int8.safetensors"));
+});
+
+Deno.test("Upscaler: a 16-bit image is read at full depth and comes back 16-bit (alpha too)", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  try {
+    const w = 11, h = 7;
+    // colours between 8-bit steps: 16-bit input must not be rounded to 8 bits first
+    const data16 = Uint16Array.from(
+      { length: w * h * 4 },
+      (_, i) => i % 4 === 3 ? 30000 + i * 97 : (i * 4099 + 77) % 65536,
+    );
+    const img: RgbaImage = { width: w, height: h, data: to8Bits(data16), data16 };
+    for (const outscale of [4, 2.5]) {
+      const out = await up.upscale(img, { tile: 0, outscale });
+      assert.ok(out.data16, `outscale ${outscale}: 16-bit out`);
+      // colours: the net on the 16-bit values, rounded to 16 bits
+      if (outscale === 4) {
+        const x = tf.tensor4d(
+          Float32Array.from({ length: w * h * 3 }, (_, i) => data16[4 * Math.floor(i / 3) + (i % 3)] / 65535),
+          [1, h, w, 3],
+        );
+        const y = await up.upscaleTensor(x, { tile: 0 });
+        const ref = (await y.data()) as Float32Array;
+        tf.dispose([x, y]);
+        for (let i = 0; i < out.width * out.height; i++) {
+          for (let c = 0; c < 3; c++) {
+            assert.equal(out.data16![4 * i + c], Math.round(ref[3 * i + c] * 65535));
+          }
+        }
+      }
+      // 8 bits from the same values; alpha (not opaque) resized at 16 bits
+      for (let i = 0; i < out.data.length; i++) {
+        assert.ok(Math.abs(out.data[i] - out.data16![i] / 257) <= 0.5 + 1e-9);
+      }
+      const alphas = new Set(out.data16!.filter((_, i) => i % 4 === 3));
+      assert.ok(alphas.size > 100 && [...alphas].some((a) => a % 257), "alpha keeps 16-bit detail");
+    }
+    // an 8-bit image stays 8-bit
+    assert.equal((await up.upscale({ width: w, height: h, data: img.data }, { tile: 0 })).data16, undefined);
+  } finally {
+    up.dispose();
+  }
 });
 
 Deno.test("default tile: larger on the CPU kernels (wasm), the WebGPU-safe one on tfjs's ops", async () => {
