@@ -13,6 +13,7 @@
 import { convertIndexedToRgb, decode as decodePngData, type DecodedPng, encode as encodePng } from "fast-png";
 import jpeglib from "imagescript/wasm/node/jpeg.js";
 import decodeWebpData, { init as initWebpDecoder } from "@jsquash/webp/decode.js";
+// @ts-types="./types/exifr.d.ts"
 import exifr from "exifr";
 
 /** An 8-bit image, RGBA interleaved, rows top to bottom. Grayscale images come as equal R, G, B. */
