@@ -236,10 +236,14 @@ async function decodeWebp(bytes: Uint8Array, name?: string): Promise<RgbaImage> 
   if (ascii(bytes, 12, 4) === "VP8X" && bytes[20] & 0x02) {
     throw fail(name, "animated WebP is not supported (export one frame as a still image)");
   }
+  // a failed load (a missing read permission: not the image's fault) is tried again next time
   webpReady ??= (async () => {
     const wasm = new URL(import.meta.resolve("@jsquash/webp/codec/dec/webp_dec.wasm"));
     await initWebpDecoder(await WebAssembly.compile(await Deno.readFile(wasm)));
-  })();
+  })().catch((e) => {
+    webpReady = undefined;
+    throw new Error(`the WebP decoder did not load: ${(e as Error).message}`);
+  });
   await webpReady;
   let decoded: ImageData;
   try {
