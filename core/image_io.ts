@@ -445,8 +445,10 @@ function loadNativeCodecs(): Promise<{ jpeg: NativeCodec; webp: NativeCodec }> {
  */
 export async function encodeImage(img: RgbaImage, options: EncodeImageOptions): Promise<Uint8Array> {
   const { width, height, data } = img;
-  if (data.length !== width * height * 4) {
-    throw new Error(`encodeImage: ${data.length} bytes do not make a ${width}x${height} RGBA image`);
+  if (data.length !== width * height * 4 || (img.data16 && img.data16.length !== data.length)) {
+    throw new Error(
+      `encodeImage: ${img.data16?.length ?? data.length} values do not make a ${width}x${height} RGBA image`,
+    );
   }
   const quality = options.quality;
   if (options.format === "png" && img.data16) {
