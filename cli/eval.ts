@@ -35,7 +35,7 @@ import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 
 const USAGE = "usage: deno task eval --data DIR [--data DIR]... [--model PATH|bicubic]... [--scale 4] " +
   "[--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N] " +
-  "[--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
+  "[--tta] [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
 
 /** Parsed command line of the eval tool. */
 export interface EvalArgs {
@@ -48,6 +48,8 @@ export interface EvalArgs {
   /** The models' number format on webgpu (see Upscaler.precision). */
   precision: ConvPrecision;
   tile?: number;
+  /** Test-time augmentation (the 8 flips and transposes averaged). */
+  tta: boolean;
   font?: string;
   crop: number;
   zoom: number;
@@ -70,6 +72,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
       backend: { type: "string" },
       precision: { type: "string", default: "f32" },
       tile: { type: "string" },
+      tta: { type: "boolean", default: false },
       font: { type: "string" },
       crop: { type: "string" },
       zoom: { type: "string" },
@@ -99,6 +102,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     backend,
     precision,
     tile: wholeNumber("tile", values.tile),
+    tta: values.tta!,
     font: values.font,
     crop: wholeNumber("crop", values.crop) ?? 128,
     zoom: Math.max(1, wholeNumber("zoom", values.zoom) ?? 2),
@@ -142,7 +146,7 @@ async function loadModels(
     const upscaler = await Upscaler.load(spec);
     upscaler.precision = args.precision;
     disposers.push(() => upscaler.dispose());
-    models.push(upscalerModel(name, upscaler, { tile: args.tile, onProgress }));
+    models.push(upscalerModel(name, upscaler, { tile: args.tile, tta: args.tta, onProgress }));
   }
   return { models, dispose: () => disposers.forEach((d) => d()) };
 }

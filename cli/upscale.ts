@@ -1,10 +1,10 @@
 /**
- * Upscales images with an RRDBNet model: one file to one file, or every PNG/JPEG of a folder into
- * another folder. A thin wrapper over {@link Upscaler}.
+ * Upscales images with an RRDBNet model: one file to one file, or every PNG/JPEG/WebP of a folder
+ * into another folder. A thin wrapper over {@link Upscaler}.
  *
  *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--model PATH]
  *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--precision f32|f16]
- *       [--max-pixels N] [--force]
+ *       [--tta] [--max-pixels N] [--force]
  *
  * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
@@ -55,6 +55,8 @@ options:
       --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
                         (fewer multiply-adds, more memory; opt-in); 0: direct (default); auto:
                         whichever of the two a timed forward of the first patch finds faster
+  -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
+                        (realesrgan-ncnn-vulkan's -x; 8x the time)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -78,6 +80,8 @@ export interface UpscaleArgs {
   winograd: 0 | 2 | 4 | "auto";
   maxPixels: number;
   force: boolean;
+  /** Test-time augmentation (the Upscaler's `tta`). */
+  tta: boolean;
 }
 
 export { UsageError };
@@ -105,6 +109,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         winograd: { type: "string" },
         "max-pixels": { type: "string" },
         force: { type: "boolean", default: false },
+        tta: { type: "boolean", short: "x", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -153,6 +158,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     winograd: winograd as 0 | 2 | 4 | "auto",
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
+    tta: v.tta!,
   };
 }
 
@@ -382,6 +388,7 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
         outscale: args.outscale,
         tile,
         tilePad: args.tilePad,
+        tta: args.tta,
         signal,
         onProgress: (done) => progress.update(before + done),
       });

@@ -212,7 +212,12 @@ export interface UpscalerLike {
   scale: number;
   upscale(
     img: RgbaImage,
-    options: { outscale?: number; tile?: number; onProgress?: (done: number, total: number) => void },
+    options: {
+      outscale?: number;
+      tile?: number;
+      tta?: boolean;
+      onProgress?: (done: number, total: number) => void;
+    },
   ): Promise<RgbaImage>;
 }
 
@@ -223,7 +228,11 @@ export interface UpscalerLike {
 export function upscalerModel(
   name: string,
   upscaler: UpscalerLike,
-  options: { tile?: number; onProgress?: (model: string, done: number, total: number) => void } = {},
+  options: {
+    tile?: number;
+    tta?: boolean;
+    onProgress?: (model: string, done: number, total: number) => void;
+  } = {},
 ): SrModel {
   const onProgress = options.onProgress;
   return {
@@ -231,6 +240,7 @@ export function upscalerModel(
     upscale: (lr, { scale }) =>
       upscaler.upscale(lr, {
         tile: options.tile,
+        tta: options.tta,
         outscale: scale === upscaler.scale ? undefined : scale,
         onProgress: onProgress && ((done, total) => onProgress(name, done, total)),
       }),

@@ -66,6 +66,8 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.equal(a.tilePad, DEFAULT_TILE_PAD);
   assert.equal(a.maxPixels, 16e6);
   assert.equal(a.force, false);
+  assert.equal(a.tta, false);
+  assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "-x"])!.tta, true);
   const b = parseUpscaleArgs([
     "d",
     "-o",
@@ -139,8 +141,8 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in
   assert.equal(r.code, 0, r.err);
   const webp = await Deno.readFile(`${dir}/gray_webp`);
   assert.equal(new TextDecoder().decode(webp.subarray(8, 12)), "WEBP");
-  // and WebP back in
-  r = await cli(`${dir}/gray_webp`, "-o", `${dir}/gray_webp_x4.png`, "--model", model);
+  // and WebP back in, with test-time augmentation
+  r = await cli(`${dir}/gray_webp`, "-o", `${dir}/gray_webp_x4.png`, "--model", model, "--tta");
   assert.equal(r.code, 0, r.err);
   assert.equal((await decodeImage(await Deno.readFile(`${dir}/gray_webp_x4.png`))).width, 160);
 });

@@ -149,6 +149,58 @@ Deno.test("Upscaler: a 16-bit image is read at full depth and comes back 16-bit 
   }
 });
 
+Deno.test("tta: the mean of the net on the 8 flips and transposes, so flipping the input flips the output", async () => {
+  const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
+  const x = tf.randomUniform([1, 9, 7, 3], 0, 1, "float32", 11) as tf.Tensor4D;
+  const diff = async (a: tf.Tensor, b: tf.Tensor) => {
+    const d = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))));
+    const v = (await d.data())[0];
+    d.dispose();
+    return v;
+  };
+  try {
+    const tta = await up.upscaleTensor(x, { tile: 0, tta: true });
+    // by hand: each transform through the net, turned back, averaged
+    const parts: tf.Tensor4D[] = [];
+    for (const [fw, fh, tr] of [0, 1, 2, 3, 4, 5, 6, 7].map((k) => [k & 1, k & 2, k & 4])) {
+      let t = x;
+      if (fw) t = tf.reverse(t, 2);
+      if (fh) t = tf.reverse(t, 1);
+      if (tr) t = tf.transpose(t, [0, 2, 1, 3]);
+      let y = await up.upscaleTensor(t, { tile: 0 });
+      if (tr) y = tf.transpose(y, [0, 2, 1, 3]);
+      if (fh) y = tf.reverse(y, 1);
+      if (fw) y = tf.reverse(y, 2);
+      parts.push(y);
+    }
+    const mean = tf.tidy(() => tf.div(tf.addN(parts), 8));
+    assert.ok((await diff(tta, mean)) < 1e-6, "the mean of the eight");
+    const plain = await up.upscaleTensor(x, { tile: 0 });
+    assert.ok((await diff(tta, plain)) > 1e-3, "differs from one pass");
+    // equivariant: the input flipped or transposed gives the output flipped or transposed
+    for (
+      const f of [(t: tf.Tensor4D) => tf.reverse(t, 2), (t: tf.Tensor4D) => tf.transpose(t, [0, 2, 1, 3])]
+    ) {
+      const xf = f(x);
+      const y = await up.upscaleTensor(xf, { tile: 0, tta: true });
+      const want = f(tta);
+      assert.ok((await diff(y, want)) < 1e-5, "equivariant");
+      const yPlain = await up.upscaleTensor(xf, { tile: 0 });
+      assert.ok((await diff(yPlain, f(plain))) > 1e-3, "one pass is not (the check can fail)");
+      tf.dispose([xf, y, want, yPlain]);
+    }
+    // tiled, leaking no tensor
+    const before = tf.memory().numTensors;
+    const tiled = await up.upscaleTensor(x, { tile: 4, tilePad: 2, tta: true });
+    assert.deepEqual(tiled.shape, tta.shape);
+    assert.equal(tf.memory().numTensors, before + 1);
+    tf.dispose([tta, mean, plain, tiled, ...parts]);
+  } finally {
+    x.dispose();
+    up.dispose();
+  }
+});
+
 Deno.test("default tile: larger on the CPU kernels (wasm), the WebGPU-safe one on tfjs's ops", async () => {
   const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
   try {
