@@ -25,7 +25,7 @@ export class UncapturedGPUError extends Error {
   constructor(what: string, readonly count: number, readonly messages: string[]) {
     super(
       `WebGPU reported ${count === 1 ? "an error" : `${count} errors`} during ${what}, ` +
-        `whose results would be wrong: ${messages[0]}`,
+        `whose results would be wrong: ${messages[0] ?? "(its message was not kept)"}`,
     );
     this.name = "UncapturedGPUError";
   }
