@@ -338,3 +338,29 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "webgpu upscaler: tta through the planned forwards is equivariant (transposed tiles get plans of their own)",
+  ignore,
+  fn: async () => {
+    const up = new Upscaler(tinyNet(9));
+    const x = tf.randomUniform([1, 10, 7, 3], 0, 1, "float32", 4) as tf.Tensor4D;
+    try {
+      const before = tf.memory().numTensors;
+      // 10x7 in tiles of 4, pad 1: patch shapes 5x5, 5x6, 6x5, 6x6, 5x4, 6x4 and their transposes
+      const y = await up.upscaleTensor(x, { tile: 4, tilePad: 1, tta: true });
+      const xt = tf.transpose(x, [0, 2, 1, 3]);
+      const yt = await up.upscaleTensor(xt, { tile: 0, tta: true });
+      const whole = await up.upscaleTensor(x, { tile: 0, tta: true });
+      const back = tf.transpose(yt, [0, 2, 1, 3]);
+      assert.ok(await maxDiff(back, whole) < 1e-5, "transposing the input transposes the output");
+      assert.ok(await maxDiff(y, whole) < 0.1, "tiled near untiled");
+      tf.dispose([y, xt, yt, whole, back]);
+      assert.equal(tf.memory().numTensors, before);
+    } finally {
+      x.dispose();
+      up.dispose();
+    }
+  },
+});
