@@ -147,6 +147,8 @@ Deno.test("eval CLI: a tiny random model beside bicubic, JSON shape and report",
       "16",
     ]);
     assert.equal(args.precision, "f32");
+    assert.equal(args.tta, false);
+    assert.equal(parseEvalArgs(["--data", data, "--tta"]).tta, true);
     // half precision needs webgpu with shader-f16: said before any image is read
     await assert.rejects(
       runEval({ ...args, precision: "f16" }, { log: () => {} }),
