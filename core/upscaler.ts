@@ -567,7 +567,7 @@ export class Upscaler {
   /** {@link patch} on the 8 flips and transposes of `x`, each output turned back, averaged. */
   private async patchTTA(x: tf.Tensor4D, signal?: AbortSignal): Promise<Float32Array> {
     const [n, h, w, c] = x.shape, s = this.scale;
-    let sum: Float32Array | undefined;
+    const sum = new Float32Array(n * h * s * w * s * c);
     for (let k = 0; k < 8; k++) {
       const xt = tf.tidy(() => dihedral(x, k));
       const [th, tw] = [xt.shape[1], xt.shape[2]];
@@ -580,12 +580,10 @@ export class Upscaler {
       const back = tf.tidy(() => undoDihedral(tf.tensor4d(y, [n, th * s, tw * s, c]), k));
       const v = (await back.data()) as Float32Array;
       back.dispose();
-      if (!sum) sum = v.slice();
-      else for (let i = 0; i < v.length; i++) sum[i] += v[i];
+      for (let i = 0; i < sum.length; i++) sum[i] += v[i];
     }
-    for (let i = 0; i < sum!.length; i++) sum![i] /= 8;
-    if (sum!.length !== n * h * s * w * s * c) throw new Error("patchTTA: output of the wrong size");
-    return sum!;
+    for (let i = 0; i < sum.length; i++) sum[i] /= 8;
+    return sum;
   }
 
   /** The net's weight tensors, whose change makes a plan stale (a plan reads the weights once). */
