@@ -20,6 +20,7 @@ import {
   decodeImage,
   encodeImage,
   formatFromPath,
+  IMAGE_FILE,
   type ImageFormat,
   readImageHeader,
 } from "../core/image_io.ts";
@@ -60,9 +61,6 @@ options:
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
-
-/** Image extensions a folder run picks up. */
-const INPUT_EXTENSIONS = new Set([".png", ".jpg", ".jpeg", ".webp"]);
 
 /** The parsed command line. */
 export interface UpscaleArgs {
@@ -209,7 +207,7 @@ async function planJobs(args: UpscaleArgs): Promise<Job[]> {
   const ext = format === "jpeg" ? ".jpg" : `.${format}`;
   const names: string[] = [];
   for await (const entry of Deno.readDir(args.input)) {
-    if (!entry.isDirectory && INPUT_EXTENSIONS.has(extname(entry.name).toLowerCase())) names.push(entry.name);
+    if (!entry.isDirectory && IMAGE_FILE.test(entry.name)) names.push(entry.name);
   }
   names.sort();
   return names.map((name) => ({

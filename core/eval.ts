@@ -10,7 +10,7 @@
  * @module
  */
 import { join } from "node:path";
-import { decodeImage, type RgbaImage } from "./image_io.ts";
+import { decodeImage, IMAGE_FILE, type RgbaImage } from "./image_io.ts";
 import { imresize } from "./imresize.ts";
 import { psnrSsim } from "./metrics.ts";
 
@@ -88,8 +88,6 @@ export interface EvaluateOptions {
   signal?: AbortSignal;
 }
 
-const IMAGE_EXT = /\.(png|jpe?g|webp)$/i;
-
 /**
  * Lists a dataset folder. A folder without images but with an `x{scale}` subfolder (the layout of
  * `data/bench/Set5/x4`) is looked into. Throws when nothing usable is found.
@@ -105,7 +103,7 @@ export async function listDataset(dir: string, options: { scale: number; name?: 
   const last = base.at(-1) ?? dir;
   // "Set5/x4" is named after Set5.
   const name = options.name ?? (/^x\d+$/.test(last) && base.length > 1 ? base.at(-2)! : last);
-  const stem = (f: string) => f.replace(IMAGE_EXT, "");
+  const stem = (f: string) => f.replace(IMAGE_FILE, "");
   const hrFiles = files.filter((f) => /_HR$/i.test(stem(f)));
   let entries: DatasetEntry[];
   if (hrFiles.length > 0) {
@@ -129,7 +127,7 @@ export async function listDataset(dir: string, options: { scale: number; name?: 
 async function imageFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   try {
-    for await (const e of Deno.readDir(dir)) if (e.isFile && IMAGE_EXT.test(e.name)) out.push(e.name);
+    for await (const e of Deno.readDir(dir)) if (e.isFile && IMAGE_FILE.test(e.name)) out.push(e.name);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new Error(`${dir}: no such folder`);
     if (e instanceof Deno.errors.NotADirectory) throw new Error(`${dir}: not a folder`);

@@ -29,6 +29,9 @@ export interface RgbaImage {
   data16?: Uint16Array;
 }
 
+/** File names this module decodes (PNG, JPEG, WebP), by extension, any case. */
+export const IMAGE_FILE: RegExp = /\.(png|jpe?g|webp)$/i;
+
 /** File formats this module knows. */
 export type ImageFormat = "png" | "jpeg" | "webp";
 

@@ -46,6 +46,7 @@ export interface CropOptions {
   seed: number;
 }
 
+// image_io's IMAGE_FILE, not imported: bundles leave image_io's codecs out (see above)
 const IMAGE_EXT = /\.(png|jpe?g|webp)$/i;
 
 /** Sorted image files of a folder; throws naming the folder when it has none. */
