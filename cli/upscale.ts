@@ -2,7 +2,7 @@
  * Upscales images with an RRDBNet model: one file to one file, or every PNG/JPEG/WebP of a folder
  * into another folder. A thin wrapper over {@link Upscaler}.
  *
- *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--model PATH]
+ *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--name NAME|--model PATH]
  *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--precision f32|f16]
  *       [--tta] [--max-pixels N] [--force]
  *
@@ -34,6 +34,7 @@ import {
 } from "../core/upscaler.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
+import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
 import { parseNumberFlag, UsageError, WHOLE } from "./flags.ts";
 
@@ -45,7 +46,9 @@ options:
   -o, --output PATH     output file, or folder when INPUT is a folder (created if missing)
   -f, --format FMT      png, jpeg or webp (default: from OUTPUT's extension; png for folders)
   -q, --quality Q       JPEG 1-100 (default 90); WebP 0-100 (default lossless)
-  -m, --model PATH      model file (default weights/realesrgan-x4plus.int8.safetensors)
+  -n, --name NAME       a shipped model: ${Object.keys(SHIPPED_MODELS).join(", ")}
+                        (default ${Object.keys(SHIPPED_MODELS)[0]})
+  -m, --model PATH      a model file instead (safetensors from \`deno task import\` or training)
   -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
   -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE_CPU_KERNELS} on our CPU
                         kernels (wasm), ${DEFAULT_TILE} on webgpu and cpu)
@@ -99,6 +102,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         format: { type: "string", short: "f" },
         quality: { type: "string", short: "q" },
         model: { type: "string", short: "m" },
+        name: { type: "string", short: "n" },
         outscale: { type: "string", short: "s" },
         tile: { type: "string", short: "t" },
         "tile-pad": { type: "string" },
@@ -126,6 +130,15 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     format = formatFromPath(`.${v.format}`);
     if (!format) throw new UsageError(`--format must be png, jpeg or webp, not "${v.format}"`);
   }
+  if (v.model !== undefined && v.name !== undefined) throw new UsageError("give --model or --name, not both");
+  let model = v.model ?? DEFAULT_MODEL;
+  if (v.name !== undefined) {
+    try {
+      model = shippedModelPath(v.name);
+    } catch (e) {
+      throw new UsageError(`--name: ${(e as Error).message}`);
+    }
+  }
   const quality = parseNumber("--quality", v.quality, (n) => n >= 0 && n <= 100, "0-100");
   const backend = v.backend as BackendName | undefined;
   if (backend !== undefined && !["webgpu", "wasm", "cpu"].includes(backend)) {
@@ -147,7 +160,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     output: v.output,
     format,
     quality,
-    model: v.model ?? DEFAULT_MODEL,
+    model,
     outscale: parseNumber("--outscale", v.outscale, (n) => n > 0 && n <= 16, "a number in (0, 16]"),
     tile: parseNumberFlag("--tile", v.tile, WHOLE),
     tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,

@@ -97,7 +97,7 @@ export async function listDataset(dir: string, options: { scale: number; name?: 
   if (files.length === 0) {
     const sub = join(dir, `x${options.scale}`);
     if ((await imageFiles(sub).catch(() => [])).length > 0) return listDataset(sub, options);
-    throw new Error(`${dir}: no PNG or JPEG images`);
+    throw new Error(`${dir}: no PNG, JPEG or WebP images`);
   }
   const base = dir.replace(/\/+$/, "").split("/");
   const last = base.at(-1) ?? dir;
@@ -127,7 +127,11 @@ export async function listDataset(dir: string, options: { scale: number; name?: 
 async function imageFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   try {
-    for await (const e of Deno.readDir(dir)) if (e.isFile && IMAGE_FILE.test(e.name)) out.push(e.name);
+    for await (const e of Deno.readDir(dir)) {
+      if (!IMAGE_FILE.test(e.name)) continue;
+      // datasets are often folders of links to one copy of the benchmark files
+      if (e.isFile || (e.isSymlink && (await Deno.stat(join(dir, e.name))).isFile)) out.push(e.name);
+    }
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new Error(`${dir}: no such folder`);
     if (e instanceof Deno.errors.NotADirectory) throw new Error(`${dir}: not a folder`);

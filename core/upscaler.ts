@@ -37,10 +37,7 @@ import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
 import { backendThreads } from "./backend.ts";
 import { decodeModelFile, type WeightDType } from "./weights/model_file.ts";
 
-/** The shipped default model (Real-ESRGAN x4plus, int8), as a file path. */
-export const DEFAULT_MODEL: string = decodeURIComponent(
-  new URL("../weights/realesrgan-x4plus.int8.safetensors", import.meta.url).pathname,
-);
+export { DEFAULT_MODEL } from "./weights/shipped.ts";
 
 /** Default tile side in input pixels (see the module notes for why). */
 export const DEFAULT_TILE = 128;

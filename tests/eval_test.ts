@@ -75,7 +75,7 @@ Deno.test({
   },
 });
 
-Deno.test("datasets: HR/LR pairs, plain HR (LR made, HR cropped to a multiple of the scale)", async () => {
+Deno.test("datasets: HR/LR pairs, plain HR (LR made, HR cropped to a multiple of the scale), links", async () => {
   const dir = await Deno.makeTempDir({ prefix: "eval_ds_" });
   try {
     const plain = join(dir, "plain");
@@ -97,9 +97,16 @@ Deno.test("datasets: HR/LR pairs, plain HR (LR made, HR cropped to a multiple of
     const pair2 = await loadPair(ds2.entries[0], { scale: 4 });
     assert.deepEqual([pair2.hr.width, pair2.hr.height, pair2.lrMade], [40, 40, false]);
 
+    // a folder of links to the files (one copy of a benchmark, several selections of it)
+    const links = join(dir, "links");
+    await Deno.mkdir(links);
+    for (const f of ["b_HR.png", "b_LR.png"]) await Deno.symlink(join(pairs, f), join(links, f));
+    await Deno.symlink(pairs, join(links, "sub.png")); // a link to a folder is not an image
+    assert.deepEqual((await listDataset(links, { scale: 4 })).entries.map((e) => e.name), ["b"]);
+
     await assert.rejects(listDataset(join(dir, "missing"), { scale: 4 }), /missing: no such folder/);
     await Deno.mkdir(join(dir, "empty"));
-    await assert.rejects(listDataset(join(dir, "empty"), { scale: 4 }), /empty: no PNG or JPEG images/);
+    await assert.rejects(listDataset(join(dir, "empty"), { scale: 4 }), /empty: no PNG, JPEG or WebP images/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -108,6 +108,13 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   );
   assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "2", "--precision", "f16"])!.winograd, 2);
   assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "--bogus"]), /bogus/);
+  const anime = parseUpscaleArgs(["a", "-o", "b", "-n", "realesrgan-x4plus-anime"])!.model;
+  assert.ok(anime.endsWith("/weights/realesrgan-x4plus-anime.int8.safetensors"), anime);
+  assert.throws(
+    () => parseUpscaleArgs(["a", "-o", "b", "-n", "x4plus"]),
+    /--name: no shipped model "x4plus"; the shipped ones: realesrgan-x4plus, realesrgan-x4plus-anime, /,
+  );
+  assert.throws(() => parseUpscaleArgs(["a", "-o", "b", "-n", "esrgan-psnr-x4", "-m", "m"]), /not both/);
 });
 
 Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in; exit 0", async () => {

@@ -15,10 +15,10 @@ import { ESRGAN_X4, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { decodeModelFile, encodeModelFile } from "../core/weights/model_file.ts";
-import { decodeFloat, parseSafetensors } from "../core/weights/safetensors.ts";
+import { shippedModelPath } from "../core/weights/shipped.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
-const SHIPPED = new URL("../weights/realesrgan-x4plus.int8.safetensors", import.meta.url);
+const SHIPPED = shippedModelPath("realesrgan-x4plus");
 
 /** `[set, stem]` of every official x4 LR image of Set5 and Set14. */
 const IMAGES: [string, string][] = SHARED
@@ -116,28 +116,6 @@ function assertAllAbove(psnrs: Map<string, number>, floor: number, label: string
   const low = [...psnrs].filter(([, v]) => !(v >= floor));
   assert.deepEqual(low, [], `${label}: images under ${floor} dB`);
 }
-
-Deno.test({
-  name: "x4plus: shipped int8 weights are the ncnn x4plus weights within half a quantisation step",
-  ignore: needsShared("x4plus weights check"),
-  fn: async () => {
-    const ncnn = await importWeights(`${SHARED}/models/realesrgan-x4plus.param`);
-    const bytes = await Deno.readFile(SHIPPED);
-    const raw = parseSafetensors(bytes, "shipped").tensors;
-    const shipped = decodeModelFile(bytes, "shipped").stateDict;
-    for (const [k, t] of ncnn) {
-      const got = shipped.get(k)!.data;
-      const scale = raw.get(k)!.dtype === "I8" ? decodeFloat(raw.get(`${k}.scale`)!) : null;
-      const per = t.data.length / t.shape[0];
-      for (let i = 0; i < t.data.length; i++) {
-        // int8: half a step of the channel's scale, plus float32 rounding of the dequantised value;
-        // fp16 and fp32 layers: exact (ncnn's weights are fp16)
-        const tol = scale ? scale[Math.floor(i / per)] / 2 + Math.abs(t.data[i]) * 2 ** -22 : 0;
-        if (!(Math.abs(got[i] - t.data[i]) <= tol)) assert.fail(`${k}[${i}]: ${got[i]} vs ${t.data[i]}`);
-      }
-    }
-  },
-});
 
 Deno.test({
   name:
