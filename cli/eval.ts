@@ -2,13 +2,13 @@
  * Scores SR models on benchmark folders, comparable with the ESRGAN paper: PSNR and SSIM on the Y
  * channel, `scale` pixels of border cropped, the bicubic baseline from MATLAB-compatible imresize.
  *
- *     deno task eval --data DIR [--data DIR]... [--model PATH|bicubic]... [--scale 4]
+ *     deno task eval --data DIR [--data DIR]... [--model PATH|NAME|bicubic]... [--scale 4]
  *       [--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N]
  *       [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]
  *
- * Without --model only the bicubic baseline runs. A DIR holds `*_HR.png` with matching `*_LR.png`, or
- * plain HR images (their LR is made with imresize); `Set5` finds `Set5/x4`. Markdown tables go to
- * stdout (or JSON with --json), the progress bar to stderr. --gray-as-luma measures one-channel files on
+ * A model is a file or a shipped model's name (realesrgan-x4plus-anime, ...); without --model only the
+ * bicubic baseline runs. A DIR holds `*_HR.png` with matching `*_LR.png`, or plain HR images (their LR
+ * is made with imresize); `Set5` finds `Set5/x4`. Markdown tables go to stdout (or JSON with --json), the progress bar to stderr. --gray-as-luma measures one-channel files on
  * their gray values as MATLAB scripts do (the paper's Set14 figure), instead of BasicSR's Y.
  * @module
  */
@@ -32,8 +32,9 @@ import {
 import { chooseCrop, cropPanel, findFont, type Panel, sideBySide } from "../core/report.ts";
 import type { BackendName } from "../core/backend.ts";
 import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
+import { resolveModel } from "../core/weights/shipped.ts";
 
-const USAGE = "usage: deno task eval --data DIR [--data DIR]... [--model PATH|bicubic]... [--scale 4] " +
+const USAGE = "usage: deno task eval --data DIR [--data DIR]... [--model PATH|NAME|bicubic]... [--scale 4] " +
   "[--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N] " +
   "[--tta] [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
 
@@ -143,7 +144,7 @@ async function loadModels(
       continue;
     }
     const { Upscaler } = await import("../core/upscaler.ts");
-    const upscaler = await Upscaler.load(spec);
+    const upscaler = await Upscaler.load(resolveModel(spec));
     upscaler.precision = args.precision;
     disposers.push(() => upscaler.dispose());
     models.push(upscalerModel(name, upscaler, { tile: args.tile, tta: args.tta, onProgress }));

@@ -7,7 +7,7 @@ export * from "./rrdbnet_arch.ts";
 export * from "./backend.ts";
 export * from "./weights/safetensors.ts";
 export * from "./weights/model_file.ts";
-export { SHIPPED_MODELS, shippedModelPath } from "./weights/shipped.ts";
+export { resolveModel, SHIPPED_MODELS, shippedModelPath } from "./weights/shipped.ts";
 export * from "./discriminator_arch.ts";
 export * from "./vgg19_arch.ts";
 export * from "./losses/mod.ts";

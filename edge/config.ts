@@ -5,6 +5,7 @@
  */
 import type { BackendName } from "../core/backend.ts";
 import { DEFAULT_TILE, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
+import { resolveModel } from "../core/weights/shipped.ts";
 
 /** Settings of one server instance. */
 export interface EdgeConfig {
@@ -36,7 +37,7 @@ export interface EdgeConfig {
 
 /** Environment variables the server reads, each with its meaning (README and `--allow-env` use this list). */
 export const ENV_VARS = {
-  EDGE_MODEL: "model file path (default: the shipped int8 x4plus)",
+  EDGE_MODEL: "model file path, or a shipped model's name (default: the shipped int8 x4plus)",
   EDGE_BACKEND: "webgpu | wasm | cpu (default: webgpu on a real GPU adapter, else wasm)",
   EDGE_MAX_BODY_BYTES: "largest request body in bytes",
   EDGE_MAX_PIXELS: "largest input width × height",
@@ -82,7 +83,7 @@ export function configFromEnv(
   const maxOutscale = Number(get("EDGE_MAX_OUTSCALE")?.trim() || DEFAULTS.maxOutscale);
   if (!(maxOutscale > 0)) throw new Error(`EDGE_MAX_OUTSCALE=${get("EDGE_MAX_OUTSCALE")}: expected > 0`);
   return {
-    model: get("EDGE_MODEL")?.trim() || options.defaultModel,
+    model: resolveModel(get("EDGE_MODEL")?.trim() || options.defaultModel),
     backend: backend as BackendName | undefined,
     maxBodyBytes: int("EDGE_MAX_BODY_BYTES", DEFAULTS.maxBodyBytes, 1),
     maxPixels: int("EDGE_MAX_PIXELS", DEFAULTS.maxPixels, 1),

@@ -15,6 +15,7 @@ import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
 import { DEFAULT_MODEL, Upscaler } from "../core/upscaler.ts";
 import { createApp, type EdgeApp, startBackend } from "../edge/app.ts";
 import { configFromEnv, type EdgeConfig } from "../edge/config.ts";
+import { shippedModelPath } from "../core/weights/shipped.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY: RRDBNetConfig = { numInCh: 3, numOutCh: 3, scale: 4, numFeat: 8, numBlock: 1, numGrowCh: 4 };
@@ -117,6 +118,14 @@ async function health(url: string) {
 }
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test("configFromEnv: EDGE_MODEL is a file or a shipped model's name", () => {
+  const model = (v?: string) =>
+    configFromEnv((k) => (k === "EDGE_MODEL" ? v : undefined), { defaultModel: "d.safetensors" }).model;
+  assert.equal(model(), "d.safetensors");
+  assert.equal(model(" my/model.safetensors "), "my/model.safetensors");
+  assert.equal(model("realesrgan-x4plus-anime"), shippedModelPath("realesrgan-x4plus-anime"));
+});
 
 Deno.test(
   "edge: PNG in, 4x PNG out, equal to the library's output for the same model and input",

@@ -22,5 +22,10 @@ export function shippedModelPath(name: string): string {
   return decodeURIComponent(new URL(`../../weights/${name}.int8.safetensors`, import.meta.url).pathname);
 }
 
+/** `spec` where it names no shipped model, else that model's file: for settings that take either. */
+export function resolveModel(spec: string): string {
+  return Object.hasOwn(SHIPPED_MODELS, spec) ? shippedModelPath(spec) : spec;
+}
+
 /** The shipped default model (Real-ESRGAN x4plus, int8), as a file path. */
 export const DEFAULT_MODEL: string = shippedModelPath("realesrgan-x4plus");
