@@ -12,6 +12,8 @@ export interface Progress {
   startFile(index: number, name: string): void;
   /** Tiles done so far over the whole run. */
   update(tilesDone: number): void;
+  /** More tiles than planned (a file's alpha runs through the model too, which its header cannot tell). */
+  addTiles(n: number): void;
   /** A line above the bar (or plainly on stderr). */
   log(line: string): void;
   stop(): void;
@@ -20,7 +22,7 @@ export interface Progress {
 /** A progress reporter for `totalTiles` tiles over `files` files. */
 export function createProgress(totalTiles: number, files: number): Progress {
   if (!Deno.stderr.isTerminal() || totalTiles === 0) {
-    return { startFile() {}, update() {}, log: (line) => console.error(line), stop() {} };
+    return { startFile() {}, update() {}, addTiles() {}, log: (line) => console.error(line), stop() {} };
   }
   const multi = new cliProgress.MultiBar({
     format: "{bar} {percentage}% | {value}/{total} tiles | file {file}/{files} {name} | ETA {eta_formatted}",
@@ -33,6 +35,10 @@ export function createProgress(totalTiles: number, files: number): Progress {
   return {
     startFile: (index, name) => bar.update({ file: index, name }),
     update: (done) => bar.update(Math.min(done, totalTiles)),
+    addTiles(n) {
+      totalTiles += n;
+      bar.setTotal(totalTiles);
+    },
     log: (line) => multi.log(line + "\n"),
     stop() {
       if (!stopped) multi.stop();

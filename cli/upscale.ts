@@ -4,7 +4,7 @@
  *
  *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--name NAME|--model PATH]
  *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--precision f32|f16]
- *       [--tta] [--max-pixels N] [--force]
+ *       [--tta] [--alpha net|bicubic] [--max-pixels N] [--force]
  *
  * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
@@ -26,6 +26,7 @@ import {
 } from "../core/image_io.ts";
 import { planTiles } from "../core/tile.ts";
 import {
+  type AlphaUpsampler,
   DEFAULT_MODEL,
   DEFAULT_TILE,
   DEFAULT_TILE_CPU_KERNELS,
@@ -59,6 +60,8 @@ options:
       --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
                         (fewer multiply-adds, more memory; opt-in); 0: direct (default); auto:
                         whichever of the two a timed forward of the first patch finds faster
+      --alpha MODE      net (default): a transparent image's alpha through the model too (2x the
+                        time, sharper edges); bicubic: alpha resized
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
                         (realesrgan-ncnn-vulkan's -x; 8x the time)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
@@ -83,6 +86,8 @@ export interface UpscaleArgs {
   force: boolean;
   /** Test-time augmentation (the Upscaler's `tta`). */
   tta: boolean;
+  /** How a transparent image's alpha is upscaled (the Upscaler's `alpha`). */
+  alpha: AlphaUpsampler;
 }
 
 export { UsageError };
@@ -112,6 +117,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         "max-pixels": { type: "string" },
         force: { type: "boolean", default: false },
         tta: { type: "boolean", short: "x", default: false },
+        alpha: { type: "string", default: "net" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -138,6 +144,9 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     } catch (e) {
       throw new UsageError(`--name: ${(e as Error).message}`);
     }
+  }
+  if (!["net", "bicubic"].includes(v.alpha!)) {
+    throw new UsageError(`--alpha must be net or bicubic, not "${v.alpha}"`);
   }
   const quality = parseNumber("--quality", v.quality, (n) => n >= 0 && n <= 100, "0-100");
   const backend = v.backend as BackendName | undefined;
@@ -170,6 +179,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
     tta: v.tta!,
+    alpha: v.alpha as AlphaUpsampler,
   };
 }
 
@@ -400,8 +410,13 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
         tile,
         tilePad: args.tilePad,
         tta: args.tta,
+        alpha: args.alpha,
         signal,
-        onProgress: (done) => progress.update(before + done),
+        onProgress: (done, total) => {
+          if (total > inputs[k].tiles) progress.addTiles(total - inputs[k].tiles);
+          inputs[k].tiles = Math.max(inputs[k].tiles, total);
+          progress.update(before + done);
+        },
       });
       const encoded = await encodeImage(out, { format: job.format, quality: args.quality });
       try {

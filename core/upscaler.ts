@@ -1,8 +1,8 @@
 /**
  * The upscaler library: a model file in, images or tensors upscaled out. It follows Real-ESRGAN's
  * `RealESRGANer` in separate steps — pre-process (RGBA → RGB in [0, 1], alpha and grayscale set
- * aside), tiled inference, post-process (blend, grayscale back, alpha resized, optional resampling to
- * `outscale`) — and UpscalerJS in being abortable between tiles and reporting progress per tile.
+ * aside), tiled inference (of the colours, then of the alpha unless it is resized), post-process
+ * (blend, grayscale back, optional resampling to `outscale`) — and UpscalerJS in being abortable between tiles and reporting progress per tile.
  *
  * Default tile: 128 input pixels. RRDBNet's memory grows with the tile's area (about 18 kB per input
  * pixel at inference on wasm, mostly the 64-channel feature maps at 4x resolution): a 148-pixel tile
@@ -67,7 +67,16 @@ export interface TileOptions {
 export interface UpscaleOptions extends TileOptions {
   /** Final scale relative to the input (resampled bicubically from the model's output). */
   outscale?: number;
+  /**
+   * How a non-opaque alpha channel is upscaled: "net" (default, Real-ESRGAN's `alpha_upsampler`
+   * default): as a gray image through the model, twice the time; "bicubic": resized beside it.
+   * On 19 hard-edged masks (Set5, Set14) x4plus beat bicubic by 1.1 dB and 0.09 SSIM on average (README).
+   */
+  alpha?: AlphaUpsampler;
 }
+
+/** How {@link Upscaler.upscale} upscales alpha: see {@link UpscaleOptions.alpha}. */
+export type AlphaUpsampler = "net" | "bicubic";
 
 /** What the upscaler knows about its model. */
 export interface ModelInfo {
@@ -214,9 +223,10 @@ export class Upscaler {
   }
 
   /**
-   * Upscales an RGBA image: colours through the net, alpha resized bicubically (skipped when
-   * opaque), grayscale inputs (R = G = B everywhere) kept grayscale. A 16-bit image (`data16`) is
-   * read at full depth and comes back with `data16` too.
+   * Upscales an RGBA image: colours through the net, alpha (unless opaque) through the net too or
+   * resized ({@link UpscaleOptions.alpha}), grayscale inputs (R = G = B everywhere) kept grayscale.
+   * A 16-bit image (`data16`) is read at full depth and comes back with `data16` too. Progress
+   * counts the alpha's tiles after the colours'.
    */
   async upscale(img: RgbaImage, options: UpscaleOptions = {}): Promise<RgbaImage> {
     const { width: w, height: h, data16 } = img;
@@ -226,6 +236,9 @@ export class Upscaler {
     const data = data16 ?? img.data, full = data16 ? 65535 : 255;
     const outscale = options.outscale ?? this.scale;
     if (!(outscale > 0)) throw new Error(`outscale must be positive, not ${options.outscale}`);
+    if (options.alpha !== undefined && !["net", "bicubic"].includes(options.alpha)) {
+      throw new Error(`alpha must be "net" or "bicubic", not ${JSON.stringify(options.alpha)}`);
+    }
 
     // Pre-process.
     const rgb = new Float32Array(w * h * 3);
@@ -242,20 +255,39 @@ export class Upscaler {
     }
 
     // Process.
-    const x = tf.tensor4d(rgb, [1, h, w, 3]);
-    let hr: Float32Array;
-    try {
-      hr = await this.runTiles(x, options);
-    } finally {
-      x.dispose();
+    const alphaByNet = !opaque && (options.alpha ?? "net") === "net";
+    const passes = alphaByNet ? 2 : 1;
+    const run = async (input: Float32Array, pass: number) => {
+      const x = tf.tensor4d(input, [1, h, w, 3]);
+      const { onProgress } = options;
+      try {
+        return await this.runTiles(x, {
+          ...options,
+          onProgress: onProgress &&
+            ((done, total) => (pass === 0 || done > 0) && onProgress(pass * total + done, passes * total)),
+        });
+      } finally {
+        x.dispose();
+      }
+    };
+    const hr = await run(rgb, 0);
+    const s = this.scale;
+    const H = h * s, W = w * s;
+    let hrAlpha: Float32Array | null = null;
+    if (alphaByNet) {
+      // As Real-ESRGAN's alpha_upsampler "realesrgan": the alpha as gray RGB, the output back to luma.
+      const gray3 = new Float32Array(w * h * 3);
+      for (let i = 0; i < w * h; i++) gray3[3 * i] = gray3[3 * i + 1] = gray3[3 * i + 2] = alpha[i];
+      const out = await run(gray3, 1);
+      hrAlpha = new Float32Array(W * H);
+      for (let i = 0; i < W * H; i++) {
+        hrAlpha[i] = 0.299 * out[3 * i] + 0.587 * out[3 * i + 1] + 0.114 * out[3 * i + 2];
+      }
+    } else if (!opaque) {
+      hrAlpha = resample(alpha, { width: w, height: h, channels: 1 }, { width: W, height: H });
     }
 
     // Post-process.
-    const s = this.scale;
-    const H = h * s, W = w * s;
-    const hrAlpha = opaque
-      ? null
-      : resample(alpha, { width: w, height: h, channels: 1 }, { width: W, height: H });
     const value = (i: number, c: number): number => {
       if (c === 3) return hrAlpha ? hrAlpha[i] : 1;
       // As Real-ESRGAN does for gray input: the net's RGB back to one luma channel.

@@ -8,7 +8,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { type BackendInfo, type BackendName, initBackend } from "../core/backend.ts";
 import { decodeImage, encodeImage, readImageHeader, type RgbaImage } from "../core/image_io.ts";
-import { Upscaler } from "../core/upscaler.ts";
+import { type AlphaUpsampler, Upscaler } from "../core/upscaler.ts";
 import type { EdgeConfig } from "./config.ts";
 import {
   checkBearer,
@@ -250,6 +250,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
       signal.throwIfAborted();
       const out = await state.upscaler.upscale(img, {
         outscale: params.outscale,
+        alpha: params.alpha,
         tile: config.tile,
         tilePad: config.tilePad,
         signal,
@@ -313,6 +314,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
 
 interface Params {
   outscale?: number;
+  alpha?: AlphaUpsampler;
   format: OutputFormat;
   quality?: number;
 }
@@ -326,6 +328,13 @@ function parseParams(q: URLSearchParams, maxOutscale: number): Params {
       throw new HttpError(400, `outscale=${outscale}: expected a number in (0, ${maxOutscale}]`);
     }
     params.outscale = v;
+  }
+  const alpha = q.get("alpha");
+  if (alpha !== null) {
+    if (alpha !== "net" && alpha !== "bicubic") {
+      throw new HttpError(400, `alpha=${alpha}: expected net or bicubic`);
+    }
+    params.alpha = alpha;
   }
   const format = q.get("format");
   if (format !== null) {

@@ -156,14 +156,24 @@ Deno.test(
       assert.equal(res2.status, 200);
       assert.deepEqual((await decodeImage(new Uint8Array(await res2.arrayBuffer()))).data, expected.data);
 
-      // outscale resamples; alpha survives.
-      const res3 = await post(`${srv.url}/v1/upscale?outscale=2`, await png(picture(20, 12, true)), {
-        type: "image/png",
-      });
-      assert.equal(res3.status, 200);
-      const out3 = await decodeImage(new Uint8Array(await res3.arrayBuffer()));
-      assert.deepEqual([out3.width, out3.height], [40, 24]);
-      assert.ok(out3.data.some((v, i) => i % 4 === 3 && v < 255));
+      // outscale resamples; alpha survives, through the model or resized (alpha=bicubic)
+      const alphas: Uint8ClampedArray[] = [];
+      for (const q of ["", "&alpha=bicubic"]) {
+        const res3 = await post(`${srv.url}/v1/upscale?outscale=2${q}`, await png(picture(20, 12, true)), {
+          type: "image/png",
+        });
+        assert.equal(res3.status, 200);
+        const out3 = await decodeImage(new Uint8Array(await res3.arrayBuffer()));
+        assert.deepEqual([out3.width, out3.height], [40, 24]);
+        alphas.push(out3.data.filter((_, i) => i % 4 === 3));
+      }
+      assert.ok(alphas[1].some((v) => v < 255), "bicubic keeps the transparency");
+      assert.notDeepEqual(alphas[0], alphas[1], "alpha=net (the default) is not bicubic");
+      await expectError(
+        await post(`${srv.url}/v1/upscale?alpha=nearest`, body, { type: "image/png" }),
+        400,
+        /alpha=nearest: expected net or bicubic/,
+      );
     } finally {
       await srv.close();
     }

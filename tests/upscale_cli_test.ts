@@ -68,6 +68,12 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.equal(a.force, false);
   assert.equal(a.tta, false);
   assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "-x"])!.tta, true);
+  assert.equal(a.alpha, "net");
+  assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "--alpha", "bicubic"])!.alpha, "bicubic");
+  assert.throws(
+    () => parseUpscaleArgs(["a", "-o", "b", "--alpha", "cubic"]),
+    /--alpha must be net or bicubic/,
+  );
   const b = parseUpscaleArgs([
     "d",
     "-o",
@@ -120,7 +126,8 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
 Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in; exit 0", async () => {
   await Deno.writeFile(`${dir}/colour.png`, await encodeImage(colour, { format: "png" }));
   await Deno.writeFile(`${dir}/gray.png`, await encodeImage(gray, { format: "png" }));
-  let r = await cli(`${dir}/colour.png`, "-o", `${dir}/colour_x4.png`, "--model", model, "--tile", "5");
+  const colourArgs = ["--model", model, "--tile", "5"];
+  let r = await cli(`${dir}/colour.png`, "-o", `${dir}/colour_x4.png`, ...colourArgs, "--alpha", "bicubic");
   assert.equal(r.code, 0, r.err);
   assert.match(r.err, /^backend: (wasm|webgpu|cpu)/m);
   assert.match(r.err, /colour\.png -> .*colour_x4\.png \(12x8 -> 48x32/);
@@ -128,6 +135,13 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in
   assert.deepEqual([out.width, out.height], [48, 32]);
   assert.equal(out.data[4 * (10 * 48 + 2) + 3], 0, "transparent half stays transparent");
   assert.equal(out.data[4 * (10 * 48 + 45) + 3], 255, "opaque half stays opaque");
+  // by default the alpha goes through the (here random, tiny) model: other values, same colours
+  r = await cli(`${dir}/colour.png`, "-o", `${dir}/colour_net.png`, ...colourArgs);
+  assert.equal(r.code, 0, r.err);
+  const net = await decodeImage(await Deno.readFile(`${dir}/colour_net.png`));
+  const channel = (img: typeof net, c: number) => img.data.filter((_, i) => i % 4 === c);
+  assert.notDeepEqual(channel(net, 3), channel(out, 3));
+  assert.deepEqual(channel(net, 0), channel(out, 0));
 
   r = await cli(
     `${dir}/gray.png`,

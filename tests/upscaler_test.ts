@@ -353,16 +353,32 @@ Deno.test({
   },
 });
 
-Deno.test("alpha is kept (resized), grayscale stays gray", async () => {
+Deno.test("alpha is kept (through the net, or resized), grayscale stays gray", async () => {
   const up = Upscaler.fromBytes(await tinyModel());
   try {
     // Left half transparent, right half opaque; a coloured pattern underneath.
-    const img = solid(16, 8, (x, y) => [x * 15, 200 - y * 20, 60, x < 8 ? 0 : 255]);
-    const out = await up.upscale(img, { tile: 6, tilePad: 2 });
+    const img = solid(16, 8, (x, y) => [x * 15, 200 - y * 20, 60, x < 8 ? 0 : y < 4 ? 255 : 200]);
+    const out = await up.upscale(img, { tile: 6, tilePad: 2, alpha: "bicubic" });
     const alphaAt = (x: number, y: number) => out.data[4 * (y * out.width + x) + 3];
     assert.equal(alphaAt(2, 10), 0);
-    assert.equal(alphaAt(60, 20), 255);
+    assert.equal(alphaAt(60, 2), 255);
     assert.ok(alphaAt(31, 5) < alphaAt(33, 5), "the edge stays at the same place");
+
+    // "net" (the default): the alpha is what the net makes of it as a gray picture, and the colours
+    // are as with "bicubic"; progress counts both passes
+    const progress: number[][] = [];
+    const net = await up.upscale(img, { tile: 6, tilePad: 2, onProgress: (d, t) => progress.push([d, t]) });
+    const alphaAsGray = await up.upscale(
+      solid(16, 8, (x, y) => Array(3).fill(img.data[4 * (y * 16 + x) + 3]).concat(255) as number[]),
+      { tile: 6, tilePad: 2 },
+    );
+    for (let i = 0; i < net.data.length; i += 4) {
+      assert.equal(net.data[i + 3], alphaAsGray.data[i], `alpha at pixel ${i / 4}`);
+      for (let c = 0; c < 3; c++) assert.equal(net.data[i + c], out.data[i + c]);
+    }
+    assert.notDeepEqual(net.data, out.data, "the tiny net's alpha is not bicubic's");
+    assert.deepEqual(progress, Array.from({ length: 13 }, (_, i) => [i, 12]), "6 tiles, twice");
+    await assert.rejects(up.upscale(img, { alpha: "nearest" as "net" }), /alpha must be "net" or "bicubic"/);
 
     const gray = solid(12, 10, (x, y) => {
       const v = (x * 37 + y * 11) % 256;

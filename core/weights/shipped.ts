@@ -7,7 +7,8 @@
 /** The shipped models: name → what it is for. */
 export const SHIPPED_MODELS: Readonly<Record<string, string>> = {
   "realesrgan-x4plus": "Real-ESRGAN x4plus: photos, real-world degradations (the default)",
-  "realesrgan-x4plus-anime": "Real-ESRGAN x4plus anime (6 blocks): illustrations and anime, about 2.5x faster",
+  "realesrgan-x4plus-anime":
+    "Real-ESRGAN x4plus anime (6 blocks): illustrations and anime, about 2.5x faster",
   "esrgan-psnr-x4": "this project's PSNR-oriented RRDB (L1): closest to the original in PSNR, softer",
   "esrgan-gan-x4": "this project's ESRGAN (GAN stage): more texture than the PSNR model",
 };
