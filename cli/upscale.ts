@@ -22,6 +22,7 @@ import {
   formatFromPath,
   IMAGE_FILE,
   type ImageFormat,
+  jpegWebpEncoder,
   readImageHeader,
 } from "../core/image_io.ts";
 import { planTiles } from "../core/tile.ts";
@@ -382,6 +383,10 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
       };
     }
   }));
+  if (jobs.some((j) => j.format !== "png")) {
+    const { encoder, why } = await jpegWebpEncoder();
+    if (encoder === "wasm") console.error(`note: JPEG/WebP from jSquash's wasm encoders (slower): ${why}`);
+  }
   const progress = createProgress(inputs.reduce((n, i) => n + i.tiles, 0), jobs.length);
   const written = new Set<string>();
   let failed = 0;

@@ -7,7 +7,13 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { type BackendInfo, type BackendName, initBackend } from "../core/backend.ts";
-import { decodeImage, encodeImage, readImageHeader, type RgbaImage } from "../core/image_io.ts";
+import {
+  decodeImage,
+  encodeImage,
+  jpegWebpEncoder,
+  readImageHeader,
+  type RgbaImage,
+} from "../core/image_io.ts";
 import { type AlphaUpsampler, Upscaler } from "../core/upscaler.ts";
 import type { EdgeConfig } from "./config.ts";
 import {
@@ -111,16 +117,15 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
   })();
   ready.catch(() => {}); // reported through /healthz and each request; not an unhandled rejection
 
-  // JPEG and WebP go through imagescript's native codec, which needs FFI (none on Deno Deploy). Probe
-  // it at start only where the answer cannot be a permission prompt; otherwise on first use.
+  // JPEG and WebP: imagescript's native codec where FFI is allowed, else the wasm encoders (Deno Deploy
+  // has no FFI). Probe at start only where the answer cannot be a permission prompt; else on first use.
   const formats: Record<OutputFormat, string> = { png: "available", jpeg: "untested", webp: "untested" };
   const ffi = ffiPermission();
-  for (const f of ["jpeg", "webp"] as const) {
-    if (ffi === "denied") formats[f] = "unavailable: needs FFI for imagescript's native codec (--allow-ffi)";
-    else if (ffi === "granted") void encodeFormat(f).catch(() => {});
+  if (ffi === "granted" || ffi === "denied") {
+    for (const f of ["jpeg", "webp"] as const) void encodeFormat(f).catch(() => {});
   }
 
-  /** Encodes with `format`, recording whether the format works here; 501 when it does not. */
+  /** Encodes with `format`, recording whether (and with what) the format works here; 501 when not. */
   async function encodeFormat(format: OutputFormat, img?: RgbaImage, quality?: number): Promise<Uint8Array> {
     if (formats[format].startsWith("unavailable")) {
       throw new HttpError(501, `format ${format} is ${formats[format]}`);
@@ -128,10 +133,10 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
     const probe = { width: 1, height: 1, data: new Uint8ClampedArray([128, 128, 128, 255]) };
     try {
       const bytes = await encodeImage(img ?? probe, { format, quality });
-      formats[format] = "available";
+      formats[format] = format === "png" ? "available" : await describeEncoder(format);
       return bytes;
     } catch (err) {
-      if (formats[format] === "available") throw err; // the codec works: this failure is something else
+      if (formats[format].startsWith("available")) throw err; // the codec works: this failure is something else
       formats[format] = `unavailable: ${err instanceof Error ? err.message : err}`;
       throw new HttpError(501, `format ${format} is ${formats[format]}`);
     }
@@ -385,6 +390,15 @@ async function readImageBody(request: Request, maxBytes: number): Promise<Uint8A
 
 function methodNotAllowed(allow: string): HttpError {
   return new HttpError(405, `method not allowed; use ${allow}`, { allow });
+}
+
+/** "available (ENCODER)", saying why where the wasm encoder stands in for the native one. */
+async function describeEncoder(format: "jpeg" | "webp"): Promise<string> {
+  const { encoder, why } = await jpegWebpEncoder();
+  if (encoder === "native") return "available (imagescript's native codec)";
+  return `available (${
+    format === "jpeg" ? "MozJPEG" : "libwebp"
+  } in wasm; the native codec did not load: ${why})`;
 }
 
 function ffiPermission(): Deno.PermissionState | "unknown" {

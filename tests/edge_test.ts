@@ -605,7 +605,7 @@ Deno.test(
       const jpegBytes = new Uint8Array(await jpeg.arrayBuffer());
       assert.deepEqual([...jpegBytes.subarray(0, 2)], [0xff, 0xd8]);
       const h = await health(srv.url);
-      assert.equal(h.limits.outputFormats.jpeg, "available");
+      assert.equal(h.limits.outputFormats.jpeg, "available (imagescript's native codec)");
       assert.equal(h.backend.name, "wasm"); // no real GPU here
     } finally {
       await srv.stop();
@@ -615,10 +615,10 @@ Deno.test(
 );
 
 Deno.test(
-  "edge: main.ts is `deno serve`-able under the same permissions; without FFI, JPEG is 501",
+  "edge: main.ts is `deno serve`-able under the same permissions; without FFI, JPEG and WebP come from wasm",
   opts,
   async () => {
-    // As on Deno Deploy, which has no FFI: PNG works, JPEG and WebP answer 501 with the reason.
+    // As on Deno Deploy, which has no FFI: JPEG and WebP come from jSquash's wasm encoders, as /healthz says.
     const flags = servePermissions(modelPath).filter((f) => !f.startsWith("--allow-ffi"));
     const srv = await spawnServer(
       ["serve", "--host", "127.0.0.1", "--port", "0", ...flags, "edge/main.ts"],
@@ -631,12 +631,16 @@ Deno.test(
       const out = await decodeImage(new Uint8Array(await res.arrayBuffer()));
       assert.deepEqual([out.width, out.height], [48, 40]);
       assert.equal((await health(srv.url)).limits.maxPixels, 777);
-      await expectError(
-        await post(`${srv.url}/v1/upscale?format=jpeg`, body, { type: "image/png" }),
-        501,
-        /FFI/,
-      );
-      assert.match((await health(srv.url)).limits.outputFormats.jpeg, /^unavailable/);
+      for (const [format, head] of [["jpeg", [0xff, 0xd8]], ["webp", [0x52, 0x49, 0x46, 0x46]]] as const) {
+        const res = await post(`${srv.url}/v1/upscale?format=${format}`, body, { type: "image/png" });
+        assert.equal(res.status, 200, await res.clone().text());
+        const bytes = new Uint8Array(await res.arrayBuffer());
+        assert.deepEqual([...bytes.subarray(0, head.length)], head);
+        assert.deepEqual([(await decodeImage(bytes)).width, (await decodeImage(bytes)).height], [48, 40]);
+      }
+      const formats = (await health(srv.url)).limits.outputFormats;
+      assert.match(formats.jpeg, /^available \(MozJPEG in wasm; the native codec did not load: /);
+      assert.match(formats.webp, /^available \(libwebp in wasm; /);
     } finally {
       await srv.stop();
     }

@@ -171,48 +171,51 @@ Deno.test("opaque PNG is written as RGB and reads back opaque and exact", async 
   assert.deepEqual(back.data, img.data);
 });
 
-Deno.test("JPEG round trip: header size, quality matters, decodes close", async () => {
-  const img = testImage(64, 48, true);
-  const hi = await encodeImage(img, { format: "jpeg", quality: 95 });
-  const lo = await encodeImage(img, { format: "jpeg", quality: 20 });
-  assert.ok(lo.length < hi.length, `q20 ${lo.length} B vs q95 ${hi.length} B`);
-  assert.deepEqual(readImageHeader(hi), { format: "jpeg", width: 64, height: 48 });
-  const back = await decodeImage(hi);
-  assert.equal(back.width, 64);
-  assert.ok(isOpaque(back));
-  const p = psnr(img.data, back.data);
-  assert.ok(p > 35, `JPEG q95 PSNR ${p.toFixed(1)} dB`);
-  await assert.rejects(encodeImage(img, { format: "jpeg", quality: 101 }), /quality/);
-});
+// imagescript's native codec (FFI) and jSquash's wasm builds, which take over where FFI is not allowed
+for (const encoder of ["native", "wasm"] as const) {
+  Deno.test(`JPEG round trip (${encoder} encoder): header size, quality matters, decodes close`, async () => {
+    const img = testImage(64, 48, true);
+    const hi = await encodeImage(img, { encoder, format: "jpeg", quality: 95 });
+    const lo = await encodeImage(img, { encoder, format: "jpeg", quality: 20 });
+    assert.ok(lo.length < hi.length, `q20 ${lo.length} B vs q95 ${hi.length} B`);
+    assert.deepEqual(readImageHeader(hi), { format: "jpeg", width: 64, height: 48 });
+    const back = await decodeImage(hi);
+    assert.equal(back.width, 64);
+    assert.ok(isOpaque(back));
+    const p = psnr(img.data, back.data);
+    assert.ok(p > 35, `JPEG q95 PSNR ${p.toFixed(1)} dB`);
+    await assert.rejects(encodeImage(img, { encoder, format: "jpeg", quality: 101 }), /quality/);
+  });
 
-Deno.test("WebP round trip: lossless keeps every visible pixel (alpha too), lossy decodes close, damage named", async () => {
-  const img = testImage(30, 17);
-  const lossless = await encodeImage(img, { format: "webp" });
-  const lossy = await encodeImage(testImage(30, 17, true), { format: "webp", quality: 75 });
-  assert.deepEqual(readImageHeader(lossless), { format: "webp", width: 30, height: 17 });
-  assert.deepEqual(readImageHeader(lossy), { format: "webp", width: 30, height: 17 });
-  // lossless, but the encoder drops the colour of fully transparent pixels (libwebp's default)
-  const exact = await decodeImage(lossless);
-  const visible = (im: RgbaImage) => im.data.map((v, i) => im.data[i - (i % 4) + 3] ? v : 0);
-  assert.deepEqual(visible(exact), visible(img));
-  assert.ok(img.data.some((v, i) => i % 4 === 3 && v === 0), "some pixels are transparent");
-  const back = await decodeImage(lossy);
-  assert.equal(back.width, 30);
-  assert.ok(isOpaque(back));
-  const p = psnr(testImage(30, 17, true).data, back.data);
-  assert.ok(p > 30, `WebP q75 PSNR ${p.toFixed(1)} dB`);
-  // an animation (VP8X with the animation flag): refused, saying so
-  const anim = new Uint8Array(30);
-  anim.set(new TextEncoder().encode("RIFF\x16\0\0\0WEBPVP8X\x0a\0\0\0"));
-  anim.set([0x02, 0, 0, 0, 29, 0, 0, 16, 0, 0], 20); // flags, reserved, canvas 30x17
-  assert.deepEqual(readImageHeader(anim), { format: "webp", width: 30, height: 17 });
-  await assert.rejects(decodeImage(anim, { name: "a.webp" }), /a\.webp: animated WebP is not supported/);
-  // the bitstream cut short past the header: libwebp refuses it
-  await assert.rejects(
-    decodeImage(lossless.subarray(0, lossless.length - 40), { name: "a.webp" }),
-    /^Error: a\.webp: corrupt WebP \(/,
-  );
-});
+  Deno.test(`WebP round trip (${encoder} encoder): lossless keeps every visible pixel (alpha too), lossy decodes close, damage named`, async () => {
+    const img = testImage(30, 17);
+    const lossless = await encodeImage(img, { encoder, format: "webp" });
+    const lossy = await encodeImage(testImage(30, 17, true), { encoder, format: "webp", quality: 75 });
+    assert.deepEqual(readImageHeader(lossless), { format: "webp", width: 30, height: 17 });
+    assert.deepEqual(readImageHeader(lossy), { format: "webp", width: 30, height: 17 });
+    // lossless, but the encoder drops the colour of fully transparent pixels (libwebp's default)
+    const exact = await decodeImage(lossless);
+    const visible = (im: RgbaImage) => im.data.map((v, i) => im.data[i - (i % 4) + 3] ? v : 0);
+    assert.deepEqual(visible(exact), visible(img));
+    assert.ok(img.data.some((v, i) => i % 4 === 3 && v === 0), "some pixels are transparent");
+    const back = await decodeImage(lossy);
+    assert.equal(back.width, 30);
+    assert.ok(isOpaque(back));
+    const p = psnr(testImage(30, 17, true).data, back.data);
+    assert.ok(p > 30, `WebP q75 PSNR ${p.toFixed(1)} dB`);
+    // an animation (VP8X with the animation flag): refused, saying so
+    const anim = new Uint8Array(30);
+    anim.set(new TextEncoder().encode("RIFF\x16\0\0\0WEBPVP8X\x0a\0\0\0"));
+    anim.set([0x02, 0, 0, 0, 29, 0, 0, 16, 0, 0], 20); // flags, reserved, canvas 30x17
+    assert.deepEqual(readImageHeader(anim), { format: "webp", width: 30, height: 17 });
+    await assert.rejects(decodeImage(anim, { name: "a.webp" }), /a\.webp: animated WebP is not supported/);
+    // the bitstream cut short past the header: libwebp refuses it
+    await assert.rejects(
+      decodeImage(lossless.subarray(0, lossless.length - 40), { name: "a.webp" }),
+      /^Error: a\.webp: corrupt WebP \(/,
+    );
+  });
+}
 
 Deno.test("readImageHeader finds the JPEG frame header after other segments", async () => {
   const jpeg = await encodeImage(testImage(16, 8, true), { format: "jpeg" });

@@ -155,8 +155,28 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in
     "85",
   );
   assert.equal(r.code, 0, r.err);
+  assert.doesNotMatch(r.err, /wasm encoders/, "the task's permissions load the native codec");
   const g = await decodeImage(await Deno.readFile(`${dir}/gray_x2.jpg`));
   assert.deepEqual([g.width, g.height], [20, 12]);
+  // without FFI (a platform without imagescript's binary alike), the wasm encoders write it, saying so
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...FLAGS.filter((f) => !f.startsWith("--allow-ffi")),
+      `${ROOT}/cli/upscale.ts`,
+      `${dir}/gray.png`,
+    ]
+      .concat(["-o", `${dir}/gray_wasm.jpg`, "--model", model]),
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stderr: "piped",
+  }).output();
+  assert.equal(code, 0, new TextDecoder().decode(stderr));
+  assert.match(
+    new TextDecoder().decode(stderr),
+    /^note: JPEG\/WebP from jSquash's wasm encoders \(slower\): /m,
+  );
+  assert.equal((await decodeImage(await Deno.readFile(`${dir}/gray_wasm.jpg`))).width, 40);
 
   r = await cli(`${dir}/gray.png`, "-o", `${dir}/gray_webp`, "--format", "webp", "--model", model);
   assert.equal(r.code, 0, r.err);
