@@ -1,5 +1,7 @@
 /**
- * `deno task train --config smoke|psnr|gan|smoke-gan|FILE --data DIR [--val DIR] --out DIR [--resume]`
+ * `deno task train --config smoke|psnr|gan|smoke-gan|FILE --data DIR [--data-lr DIR]
+ *   [--val DIR [--val-lr DIR]] --out DIR [--resume]`
+ * (`--data-lr`, `--val-lr`: the HR images' own LR, paired by name; else MATLAB bicubic of the HR),
  * plus any option as a flag (`--total-steps 100`, `--lr-g 1e-4`, `--no-rot`, lists comma-separated).
  * Backend: webgpu on a real GPU; else wasm (G's step on core/kernels' CPU training step, the gan
  * stage's D and VGG on tfjs-wasm), or cpu where the step cannot be planned (tfjs's ops, slow);
@@ -20,7 +22,7 @@ import { runMain } from "./run_main.ts";
 
 const USAGE = `usage: deno task train --config ${
   Object.keys(PRESETS).join("|")
-}|FILE.json --data DIR [--val DIR] --out DIR
+}|FILE.json --data DIR [--data-lr DIR] [--val DIR [--val-lr DIR]] --out DIR
        [--resume | --resume-from CKPT] [--backend webgpu|wasm|cpu] [--OPTION VALUE ...]
 options (all also keys of the JSON file): see train/config.ts`;
 
@@ -30,7 +32,9 @@ async function main(): Promise<number> {
     options: {
       config: { type: "string" },
       data: { type: "string" },
+      "data-lr": { type: "string" },
       val: { type: "string" },
+      "val-lr": { type: "string" },
       out: { type: "string" },
       resume: { type: "boolean" },
       "resume-from": { type: "string" },
@@ -42,6 +46,10 @@ async function main(): Promise<number> {
   if (values.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (values["val-lr"] && !values.val) {
+    console.error(`--val-lr needs --val (the HR images)\n${USAGE}`);
+    return 2;
   }
   if (!values.data || !values.out) {
     console.error(`--data and --out are required\n${USAGE}`);
@@ -89,7 +97,9 @@ async function main(): Promise<number> {
     const s = await runTraining({
       config,
       dataDir: values.data,
+      dataLrDir: values["data-lr"],
       valDir: values.val,
+      valLrDir: values["val-lr"],
       outDir: values.out,
       resume,
       signal: ac.signal,

@@ -5,7 +5,8 @@
  * loadable model files.
  */
 import assert from "node:assert/strict";
-import { encodeImage } from "../core/image_io.ts";
+import { decodeImage, encodeImage } from "../core/image_io.ts";
+import { imresize } from "../core/imresize.ts";
 import { Upscaler } from "../core/upscaler.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { initBackend } from "../core/backend.ts";
@@ -60,6 +61,53 @@ async function syntheticFolder(dir: string, n: number): Promise<void> {
 const tmp = await Deno.makeTempDir();
 await syntheticFolder(`${tmp}/data`, 3);
 await syntheticFolder(`${tmp}/val`, 1);
+
+Deno.test({
+  name: "paired data: --data-lr and --val-lr train and validate on the given LR images",
+  sanitizeResources: false,
+  fn: async () => {
+    // LR files: the HR's MATLAB bicubic, darkened, so that the validation baseline shows which LR was used
+    for (const d of ["data", "val"]) {
+      await Deno.mkdir(`${tmp}/${d}_lr`, { recursive: true });
+      for await (const e of Deno.readDir(`${tmp}/${d}`)) {
+        const hr = await decodeImage(await Deno.readFile(`${tmp}/${d}/${e.name}`));
+        const lr = imresize(hr, { scale: 1 / 4 });
+        lr.data.forEach((v, i) => lr.data[i] = i % 4 === 3 ? v : v * 0.8);
+        await Deno.writeFile(`${tmp}/${d}_lr/${e.name}`, await encodeImage(lr, { format: "png" }));
+      }
+    }
+    const args = ["--config", "smoke", "--data", `${tmp}/data`, "--val", `${tmp}/val`, "--total-steps", "1"];
+    const plain = await run("train.ts", [...args, "--out", `${tmp}/p0`, ...SHRINK, "--no-export"]);
+    const paired = await run("train.ts", [
+      ...args,
+      ...["--data-lr", `${tmp}/data_lr`, "--val-lr", `${tmp}/val_lr`, "--out", `${tmp}/p1`],
+      ...SHRINK,
+      "--no-export",
+    ]);
+    assert.equal(plain.code, 0, plain.out);
+    assert.equal(paired.code, 0, paired.out);
+    assert.match(plain.out, /3 training images from \S+ \(LR: MATLAB bicubic\)/);
+    assert.match(
+      paired.out,
+      /3 training images from \S+ \(LR from \S+data_lr\), 1 validation images \(LR from /,
+    );
+    const baseline = (out: string) => Number(/bicubic x4 of the LR: PSNR ([\d.]+) dB/.exec(out)![1]);
+    assert.ok(
+      baseline(paired.out) < baseline(plain.out) - 1,
+      `${baseline(paired.out)} vs ${baseline(plain.out)}`,
+    );
+    const bad = await run("train.ts", [
+      ...args,
+      "--data-lr",
+      `${tmp}/val_lr`,
+      "--out",
+      `${tmp}/p2`,
+      ...SHRINK,
+    ]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /val_lr: no LR image for img1\.png \(looked for img1, img1x4\)/);
+  },
+});
 
 Deno.test({
   name: "smoke preset end to end: trains, validates, checkpoints, exports a model the Upscaler loads",

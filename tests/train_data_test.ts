@@ -1,11 +1,22 @@
 /**
  * Training data: crops are reproducible per (seed, step), augmentation follows BasicSR's
  * hflip → vflip → transpose, the LR is MATLAB bicubic of the 8-bit crop, the prefetch queue hands
- * out exactly the per-step batches, and validation pairs are centre crops cut to the scale.
+ * out exactly the per-step batches, and validation pairs are centre crops cut to the scale; paired
+ * data (an LR folder) is matched by name and cropped and augmented with its HR.
  */
 import assert from "node:assert/strict";
 import { imresizeArray } from "../core/imresize.ts";
-import { BatchQueue, cropAugment, makeBatch, makeValPairs, type RgbImage } from "../train/data.ts";
+import { encodeImage } from "../core/image_io.ts";
+import { imageIoCodec } from "../train/codecs.ts";
+import {
+  attachLrImages,
+  BatchQueue,
+  cropAugment,
+  loadImageFolder,
+  makeBatch,
+  makeValPairs,
+  type RgbImage,
+} from "../train/data.ts";
 import { Rng } from "../train/rng.ts";
 
 function image(width: number, height: number): RgbImage {
@@ -75,6 +86,89 @@ Deno.test("validation pairs: centre crop cut to the scale, LR a quarter of it", 
   assert.equal(p.lq.length, 7 * 7 * 3);
   const [full] = makeValPairs([image(50, 39)], { scale: 4, crop: 0 });
   assert.deepEqual([full.gt.width, full.gt.height], [48, 36]);
+});
+
+/** The 4x box average of an image: an LR whose relation to its HR survives any crop on the LR grid. */
+function boxLr(img: RgbImage, s = 4): RgbImage {
+  const w = Math.floor(img.width / s), h = Math.floor(img.height / s);
+  const rgb = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      for (let c = 0; c < 3; c++) {
+        let sum = 0;
+        for (let dy = 0; dy < s; dy++) {
+          for (let dx = 0; dx < s; dx++) sum += img.rgb[((y * s + dy) * img.width + x * s + dx) * 3 + c];
+        }
+        rgb[(y * w + x) * 3 + c] = Math.round(sum / (s * s));
+      }
+    }
+  }
+  return { name: img.name, width: w, height: h, rgb };
+}
+
+Deno.test("paired data: each batch's LR is its own LR's crop, flipped and transposed with the HR", () => {
+  const hr = image(40, 36);
+  const paired: RgbImage = { ...hr, lq: boxLr(hr) };
+  for (let step = 0; step < 6; step++) {
+    const b = makeBatch([paired], OPTS, step);
+    const gt = Uint8Array.from(b.gt, (v) => Math.round(v * 255));
+    for (let k = 0; k < b.n; k++) {
+      const crop = { name: "", width: 16, height: 16, rgb: gt.subarray(k * 768, (k + 1) * 768) };
+      // the box average commutes with flips and transposes: LR(aug(crop)) = aug(crop of LR)
+      assert.deepEqual(
+        Array.from(b.lq.subarray(k * 48, (k + 1) * 48), (v) => Math.round(v * 255)),
+        Array.from(boxLr(crop).rgb),
+        `step ${step}, item ${k}`,
+      );
+    }
+  }
+  // validation: the centre crop on the LR grid, and the LR's own pixels
+  const [v] = makeValPairs([paired], { scale: 4, crop: 24 });
+  const gt = { name: "", width: v.gt.width, height: v.gt.height, rgb: v.gt.rgb };
+  assert.deepEqual([v.lqWidth, v.lqHeight], [6, 6]);
+  assert.deepEqual(Array.from(v.lq, (x) => Math.round(x * 255)), Array.from(boxLr(gt).rgb));
+});
+
+Deno.test("paired data: LR files found by name (same, DIV2K's x4, _HR → _LR), sizes checked", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "paired_" });
+  try {
+    const png = async (path: string, img: RgbImage) => {
+      const data = new Uint8ClampedArray(img.width * img.height * 4).fill(255);
+      for (let i = 0; i < img.width * img.height; i++) data.set(img.rgb.subarray(3 * i, 3 * i + 3), 4 * i);
+      await Deno.writeFile(
+        path,
+        await encodeImage({ width: img.width, height: img.height, data }, { format: "png" }),
+      );
+    };
+    await Deno.mkdir(`${dir}/hr`);
+    await Deno.mkdir(`${dir}/lr`);
+    const hrs = { "a.png": image(40, 36), "0001.png": image(32, 32), "b_HR.png": image(35, 34) };
+    for (const [n, img] of Object.entries(hrs)) await png(`${dir}/hr/${n}`, img);
+    await png(`${dir}/lr/a.png`, boxLr(hrs["a.png"]));
+    await png(`${dir}/lr/0001x4.png`, boxLr(hrs["0001.png"]));
+    await png(`${dir}/lr/b_LR.png`, boxLr(hrs["b_HR.png"]));
+    const decode = imageIoCodec.decode;
+    const hr = await loadImageFolder(`${dir}/hr`, { decode });
+    const paired = await attachLrImages(hr, `${dir}/lr`, { decode, scale: 4 });
+    assert.deepEqual(
+      paired.map((p) => [p.name, p.width, p.height, p.lq!.width, p.lq!.height]),
+      [["0001.png", 32, 32, 8, 8], ["a.png", 40, 36, 10, 9], ["b_HR.png", 32, 32, 8, 8]],
+    );
+    assert.deepEqual(paired[1].lq!.rgb, boxLr(hrs["a.png"]).rgb);
+
+    await png(`${dir}/lr/a.png`, boxLr(image(40, 40)));
+    await assert.rejects(
+      attachLrImages(hr, `${dir}/lr`, { decode, scale: 4 }),
+      /lr\/a\.png is 10x10: not the x4 LR of a\.png \(40x36\)/,
+    );
+    await Deno.remove(`${dir}/lr/a.png`);
+    await assert.rejects(
+      attachLrImages(hr, `${dir}/lr`, { decode, scale: 4 }),
+      /lr: no LR image for a\.png \(looked for a, ax4\)/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("the PRNG's state round-trips and continues the same stream", () => {

@@ -2,7 +2,9 @@
  * Training data as BasicSR's paired dataset sees it: HR images cut into random `gtSize` crops,
  * flipped and transposed at random (BasicSR's `augment`: hflip, vflip, rot90 as a transpose),
  * with the LR made by MATLAB's bicubic from the 8-bit crop (BasicSR reads LR images that MATLAB
- * made from 8-bit HR images; making them per crop differs from that only near the crop's borders).
+ * made from 8-bit HR images; making them per crop differs from that only near the crop's borders),
+ * or, given an LR folder (BasicSR's `dataroot_lq`: DIV2K's unknown degradations, one's own
+ * camera pairs), the matching crop of each image's own LR, flipped and transposed alike.
  * Decoded images stay in memory; batches are made ahead of the training step by a queue.
  * Decoding is passed in (an {@link ImageDecoder}: core/image_io's for the CLI, a PNG-only one for
  * bundles, where image_io's wasm and native codecs cannot come along).
@@ -20,6 +22,8 @@ export interface RgbImage {
   width: number;
   height: number;
   rgb: Uint8Array;
+  /** Its own LR (`width / scale` x `height / scale`), where the data is paired. */
+  lq?: RgbImage;
 }
 
 /** A batch, NHWC float32 in [0, 1]. */
@@ -134,6 +138,56 @@ export function downscale(rgb: Uint8Array, size: number, scale: number): { rgb: 
   return { rgb: r.data, size: r.shape.width };
 }
 
+/** The stem an HR file's LR may carry: the same, DIV2K's `0001` → `0001x4`, SelfExSR's `_HR` → `_LR`. */
+function lrStems(hrStem: string, scale: number): string[] {
+  return [hrStem, `${hrStem}x${scale}`, ...(/_HR$/.test(hrStem) ? [hrStem.replace(/_HR$/, "_LR")] : [])];
+}
+
+const stemOf = (path: string) => path.split("/").pop()!.replace(/\.[^.]+$/, "");
+
+/**
+ * Pairs each HR image with its LR from `lrDir` (by name: see {@link lrStems}), checking that the LR
+ * is the HR's size divided by `scale`; HR sides up to `scale - 1` pixels over that are cropped off,
+ * as BasicSR's `mod_crop` does. A missing LR or a size that does not fit is an error naming the
+ * files.
+ */
+export async function attachLrImages(
+  hr: RgbImage[],
+  lrDir: string,
+  options: { decode: ImageDecoder; scale: number },
+): Promise<RgbImage[]> {
+  const { scale } = options;
+  const byStem = new Map((await listImages(lrDir)).map((f) => [stemOf(f), f]));
+  return await Promise.all(hr.map(async (img) => {
+    const lrPath = lrStems(stemOf(img.name), scale).map((s) => byStem.get(s)).find((f) => f);
+    if (!lrPath) {
+      throw new Error(
+        `${lrDir}: no LR image for ${img.name} (looked for ${lrStems(stemOf(img.name), scale).join(", ")})`,
+      );
+    }
+    const lq = await loadRgb(lrPath, options.decode);
+    const w = lq.width * scale, h = lq.height * scale;
+    if (w > img.width || h > img.height || img.width - w >= scale || img.height - h >= scale) {
+      throw new Error(
+        `${lrPath} is ${lq.width}x${lq.height}: not the x${scale} LR of ${img.name} (${img.width}x${img.height})`,
+      );
+    }
+    return { ...cropRgb(img, { top: 0, left: 0, width: w, height: h }), lq };
+  }));
+}
+
+/** The `width` x `height` pixels at (top, left). */
+function cropRgb(img: RgbImage, at: { top: number; left: number; width: number; height: number }): RgbImage {
+  const { top, left, width, height } = at;
+  if (top === 0 && left === 0 && width === img.width && height === img.height) return img;
+  const rgb = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    const from = ((top + y) * img.width + left) * 3;
+    rgb.set(img.rgb.subarray(from, from + width * 3), y * width * 3);
+  }
+  return { name: img.name, width, height, rgb };
+}
+
 /** The batch of training step `step` (0-based): a pure function of the images, options and step. */
 export function makeBatch(images: RgbImage[], options: CropOptions, step: number): Batch {
   const { batchSize: n, gtSize, scale } = options;
@@ -151,10 +205,16 @@ export function makeBatch(images: RgbImage[], options: CropOptions, step: number
     const vflip = options.rot && rng.random() < 0.5;
     const transpose = options.rot && rng.random() < 0.5;
     const hr = cropAugment(img, { top, left, size: gtSize }, { hflip, vflip, transpose });
-    const lr = downscale(hr, gtSize, scale);
-    const gOff = b * hr.length, lOff = b * lr.rgb.length;
+    const lr = img.lq
+      ? cropAugment(img.lq, { top: top / scale, left: left / scale, size: lqSize }, {
+        hflip,
+        vflip,
+        transpose,
+      })
+      : downscale(hr, gtSize, scale).rgb;
+    const gOff = b * hr.length, lOff = b * lr.length;
     for (let i = 0; i < hr.length; i++) gt[gOff + i] = hr[i] / 255;
-    for (let i = 0; i < lr.rgb.length; i++) lq[lOff + i] = lr.rgb[i] / 255;
+    for (let i = 0; i < lr.length; i++) lq[lOff + i] = lr[i] / 255;
   }
   return { step, n, lq, gt, lqSize, gtSize };
 }
@@ -218,7 +278,7 @@ export interface ValPair {
 
 /**
  * Validation pairs: the centre `crop`² of each image (0: the whole image), cut to a multiple
- * of the scale, and its MATLAB-bicubic LR.
+ * of the scale, and its own LR's matching crop where it has one, else its MATLAB-bicubic LR.
  */
 export function makeValPairs(images: RgbImage[], options: { scale: number; crop: number }): ValPair[] {
   const { scale, crop } = options;
@@ -228,21 +288,20 @@ export function makeValPairs(images: RgbImage[], options: { scale: number; crop:
       w = Math.min(w, crop - (crop % scale));
       h = Math.min(h, crop - (crop % scale));
     }
-    const top = Math.floor((img.height - h) / 2), left = Math.floor((img.width - w) / 2);
-    const rgb = new Uint8Array(w * h * 3);
-    for (let y = 0; y < h; y++) {
-      rgb.set(
-        img.rgb.subarray(((top + y) * img.width + left) * 3, ((top + y) * img.width + left + w) * 3),
-        y * w * 3,
-      );
-    }
-    const r = imresizeArray(rgb, { width: w, height: h, channels: 3 }, { scale: 1 / scale, uint8: true });
+    // a paired LR needs the crop on its grid
+    const grid = img.lq ? scale : 1;
+    const top = Math.floor((img.height - h) / 2 / grid) * grid;
+    const left = Math.floor((img.width - w) / 2 / grid) * grid;
+    const gt = cropRgb(img, { top, left, width: w, height: h });
+    const lq = img.lq
+      ? cropRgb(img.lq, { top: top / scale, left: left / scale, width: w / scale, height: h / scale }).rgb
+      : imresizeArray(gt.rgb, { width: w, height: h, channels: 3 }, { scale: 1 / scale, uint8: true }).data;
     return {
       name: img.name,
-      lq: Float32Array.from(r.data, (v) => v / 255),
-      lqWidth: r.shape.width,
-      lqHeight: r.shape.height,
-      gt: { name: img.name, width: w, height: h, rgb },
+      lq: Float32Array.from(lq, (v) => v / 255),
+      lqWidth: w / scale,
+      lqHeight: h / scale,
+      gt: { name: img.name, width: w, height: h, rgb: gt.rgb },
     };
   });
 }

@@ -21,6 +21,7 @@ import { UncapturedGPUError, watchBackendErrors } from "../core/kernels/webgpu_e
 import type { TrainConfig } from "./config.ts";
 import { type Checkpoint, readCheckpoint, removeStaleTemps, writeFileAtomic } from "./checkpoint.ts";
 import {
+  attachLrImages,
   type Batch,
   BatchQueue,
   type ImageDecoder,
@@ -39,8 +40,12 @@ export interface RunOptions {
   config: TrainConfig;
   /** Folder of HR training images. */
   dataDir: string;
+  /** Folder of their LR images (paired data; see train/data.ts); absent: MATLAB bicubic of the HR. */
+  dataLrDir?: string;
   /** Folder of validation images; absent: no validation. */
   valDir?: string;
+  /** Folder of the validation images' LR; absent: MATLAB bicubic. */
+  valLrDir?: string;
   outDir: string;
   /** Continue from this checkpoint (its config should be the one given). */
   resume?: Checkpoint;
@@ -208,31 +213,38 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   await Deno.writeTextFile(`${out}/config.json`, JSON.stringify(c, null, 2) + "\n");
 
   const t0 = performance.now();
-  const images = await loadImageFolder(options.dataDir, {
-    decode: options.codec.decode,
+  const decode = options.codec.decode;
+  let images = await loadImageFolder(options.dataDir, {
+    decode,
     minSide: c.gtSize,
     maxImages: c.maxImages || undefined,
   });
+  if (options.dataLrDir) images = await attachLrImages(images, options.dataLrDir, { decode, scale: c.scale });
   let pairs: ValPair[] = [];
   let bicubic: { psnr: number; ssim: number } | undefined;
   if (options.valDir) {
-    const valImages: RgbImage[] = await loadImageFolder(options.valDir, {
-      decode: options.codec.decode,
+    let valImages: RgbImage[] = await loadImageFolder(options.valDir, {
+      decode,
       maxImages: c.valMaxImages || undefined,
     });
+    if (options.valLrDir) {
+      valImages = await attachLrImages(valImages, options.valLrDir, { decode, scale: c.scale });
+    }
     pairs = makeValPairs(valImages, { scale: c.scale, crop: c.valCrop });
   }
   if (pairs.length) {
     const bic = bicubicBaseline(pairs, c.scale);
     console.error(
-      `validation baseline, MATLAB bicubic x${c.scale}: PSNR ${bic.psnr.toFixed(3)} dB, SSIM ${
+      `validation baseline, MATLAB bicubic x${c.scale} of the LR: PSNR ${bic.psnr.toFixed(3)} dB, SSIM ${
         bic.ssim.toFixed(4)
       }`,
     );
     bicubic = bic;
   }
   console.error(
-    `data: ${images.length} training images from ${options.dataDir}, ${pairs.length} validation images ` +
+    `data: ${images.length} training images from ${options.dataDir}` +
+      (options.dataLrDir ? ` (LR from ${options.dataLrDir})` : " (LR: MATLAB bicubic)") +
+      `, ${pairs.length} validation images${options.valLrDir ? ` (LR from ${options.valLrDir})` : ""} ` +
       `(${((performance.now() - t0) / 1000).toFixed(1)} s to decode)`,
   );
 
@@ -274,7 +286,13 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   const queue = new BatchQueue(images, c, { startStep, depth: c.prefetch });
 
   const save = async () => {
-    await writeFileAtomic(ckptPath, await trainer.checkpoint({ data: options.dataDir }));
+    await writeFileAtomic(
+      ckptPath,
+      await trainer.checkpoint({
+        data: options.dataDir,
+        ...(options.dataLrDir ? { data_lr: options.dataLrDir } : {}),
+      }),
+    );
   };
   const writeCurves = async () => {
     const svg = curvesSvg(log.records);
