@@ -13,7 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseNumberFlag, POSITIVE, WHOLE } from "./flags.ts";
+import { parseNumberFlag, POSITIVE, THREADS, WHOLE } from "./flags.ts";
 import process from "node:process";
 import { basename, join } from "node:path";
 import cliProgress from "cli-progress";
@@ -36,7 +36,7 @@ import { resolveModel } from "../core/weights/shipped.ts";
 
 const USAGE = "usage: deno task eval --data DIR [--data DIR]... [--model PATH|NAME|bicubic]... [--scale 4] " +
   "[--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N] " +
-  "[--tta] [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
+  "[--tta] [--threads N] [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]";
 
 /** Parsed command line of the eval tool. */
 export interface EvalArgs {
@@ -46,6 +46,8 @@ export interface EvalArgs {
   json: boolean;
   report?: string;
   backend?: BackendName;
+  /** CPU threads of the wasm backend (absent: the logical cores). */
+  threads?: number;
   /** The models' number format on webgpu (see Upscaler.precision). */
   precision: ConvPrecision;
   tile?: number;
@@ -71,6 +73,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
       json: { type: "boolean", default: false },
       report: { type: "string" },
       backend: { type: "string" },
+      threads: { type: "string", short: "j" },
       precision: { type: "string", default: "f32" },
       tile: { type: "string" },
       tta: { type: "boolean", default: false },
@@ -101,6 +104,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     json: values.json!,
     report: values.report,
     backend,
+    threads: parseNumberFlag("--threads", values.threads, THREADS),
     precision,
     tile: wholeNumber("tile", values.tile),
     tta: values.tta!,
@@ -127,7 +131,7 @@ async function loadModels(
   const files = args.models.filter((m) => m !== "bicubic");
   if (files.length) {
     const { describeBackend, initBackend } = await import("../core/backend.ts");
-    const info = await initBackend(args.backend);
+    const info = await initBackend(args.backend, { threads: args.threads });
     log(`backend: ${describeBackend(info)}`);
     if (args.precision !== "f32" && !info.f16) {
       throw new Error(

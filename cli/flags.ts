@@ -23,6 +23,12 @@ export const WHOLE: NumberFlagOptions = {
   want: "a whole number ≥ 0",
 };
 /** Whole numbers ≥ 1. */
+/** `--threads`: the wasm backend's thread count (XNNPACK's pool and our CPU kernels). */
+export const THREADS: NumberFlagOptions = {
+  check: (n) => Number.isInteger(n) && n >= 1 && n <= 8,
+  want: "a whole number from 1 to 8",
+};
+
 export const POSITIVE: NumberFlagOptions = {
   check: (n) => Number.isInteger(n) && n >= 1,
   want: "a whole number ≥ 1",

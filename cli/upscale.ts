@@ -38,7 +38,7 @@ import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
-import { parseNumberFlag, UsageError, WHOLE } from "./flags.ts";
+import { parseNumberFlag, THREADS, UsageError, WHOLE } from "./flags.ts";
 
 const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
 
@@ -56,6 +56,7 @@ options:
                         kernels (wasm), ${DEFAULT_TILE} on webgpu and cpu)
       --tile-pad P      tile overlap in input pixels (default ${DEFAULT_TILE_PAD})
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
+  -j, --threads N       CPU threads on wasm (default: all logical cores, at most 8)
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
       --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
@@ -81,6 +82,8 @@ export interface UpscaleArgs {
   tile?: number;
   tilePad: number;
   backend?: BackendName;
+  /** CPU threads of the wasm backend (absent: the logical cores). */
+  threads?: number;
   precision: ConvPrecision;
   winograd: 0 | 2 | 4 | "auto";
   maxPixels: number;
@@ -113,6 +116,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         tile: { type: "string", short: "t" },
         "tile-pad": { type: "string" },
         backend: { type: "string" },
+        threads: { type: "string", short: "j" },
         precision: { type: "string" },
         winograd: { type: "string" },
         "max-pixels": { type: "string" },
@@ -175,6 +179,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     tile: parseNumberFlag("--tile", v.tile, WHOLE),
     tilePad: parseNumberFlag("--tile-pad", v["tile-pad"], WHOLE) ?? DEFAULT_TILE_PAD,
     backend,
+    threads: parseNumberFlag("--threads", v.threads, THREADS),
     precision,
     winograd: winograd as 0 | 2 | 4 | "auto",
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
@@ -296,7 +301,7 @@ export async function main(argv: string[]): Promise<number> {
   const onSigint = () => controller.abort();
   Deno.addSignalListener("SIGINT", onSigint);
   try {
-    const backend = await initBackend(args.backend);
+    const backend = await initBackend(args.backend, { threads: args.threads });
     console.error(`backend: ${describeBackend(backend)}`);
     if (args.precision !== "f32" && !backend.f16) {
       console.error(

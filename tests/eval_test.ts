@@ -156,6 +156,11 @@ Deno.test("eval CLI: a tiny random model beside bicubic, JSON shape and report",
     assert.equal(args.precision, "f32");
     assert.equal(args.tta, false);
     assert.equal(parseEvalArgs(["--data", data, "--tta"]).tta, true);
+    assert.equal(parseEvalArgs(["--data", data, "-j", "2"]).threads, 2);
+    assert.throws(
+      () => parseEvalArgs(["--data", data, "--threads", "9"]),
+      /--threads must be a whole number from 1 to 8/,
+    );
     // half precision needs webgpu with shader-f16: said before any image is read
     await assert.rejects(
       runEval({ ...args, precision: "f16" }, { log: () => {} }),
