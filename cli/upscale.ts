@@ -1,10 +1,10 @@
 /**
- * Upscales images with an RRDBNet model: one file to one file, or every PNG/JPEG/WebP of a folder
- * into another folder. A thin wrapper over {@link Upscaler}.
+ * Upscales images with an RRDBNet model: one file to one file, or files and every PNG/JPEG/WebP of
+ * folders into a folder. A thin wrapper over {@link Upscaler}.
  *
- *     deno task upscale INPUT -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--name NAME|--model PATH]
- *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--precision f32|f16]
- *       [--tta] [--alpha net|bicubic] [--max-pixels N] [--force]
+ *     deno task upscale INPUT... -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--name NAME|--model PATH]
+ *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--threads N]
+ *       [--precision f32|f16] [--tta] [--alpha net|bicubic] [--max-pixels N] [--force]
  *
  * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
@@ -40,9 +40,10 @@ import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
 import { parseNumberFlag, THREADS, UsageError, WHOLE } from "./flags.ts";
 
-const USAGE = `usage: deno task upscale INPUT -o OUTPUT [options]
+const USAGE = `usage: deno task upscale INPUT... -o OUTPUT [options]
 
-INPUT is an image (PNG, JPEG or WebP) or a folder of them; OUTPUT is then a file or a folder.
+INPUT is an image (PNG, JPEG or WebP) or a folder of them; OUTPUT is then a file or a folder. With
+several INPUTs (files, folders, a shell glob), OUTPUT is a folder.
 
 options:
   -o, --output PATH     output file, or folder when INPUT is a folder (created if missing)
@@ -72,7 +73,8 @@ options:
 
 /** The parsed command line. */
 export interface UpscaleArgs {
-  input: string;
+  /** Files or folders; with more than one, `output` is a folder. */
+  inputs: string[];
   output: string;
   format?: ImageFormat;
   quality?: number;
@@ -132,9 +134,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   }
   const { values: v, positionals } = parsed;
   if (v.help) return null;
-  if (positionals.length !== 1) {
-    throw new UsageError(positionals.length ? "give one INPUT (a file or a folder)" : "no INPUT given");
-  }
+  if (!positionals.length) throw new UsageError("no INPUT given");
   if (!v.output) throw new UsageError("no OUTPUT given (-o PATH)");
   let format: ImageFormat | undefined;
   if (v.format !== undefined) {
@@ -170,7 +170,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     throw new UsageError(`--winograd 4 runs in f32 only, not with --precision ${precision} (2 does)`);
   }
   return {
-    input: positionals[0],
+    inputs: positionals,
     output: v.output,
     format,
     quality,
@@ -204,46 +204,54 @@ function ioReason(e: unknown, what: string): string {
   return (e as Error).message.split("\n")[0];
 }
 
-/** Lists the jobs: one for a file, one per image of a folder (sorted, not recursive). */
+/** Lists the jobs: one per file, one per image of a folder (sorted, not recursive). */
 async function planJobs(args: UpscaleArgs): Promise<Job[]> {
-  let isDir = false;
-  try {
-    isDir = (await Deno.stat(args.input)).isDirectory;
-  } catch {
-    // A missing input is reported per file, like any other unreadable input.
-  }
-  const outIsDir = (await Deno.stat(args.output).catch(() => null))?.isDirectory ?? false;
+  const isDir = async (path: string) => (await Deno.stat(path).catch(() => null))?.isDirectory ?? false;
+  const outIsDir = await isDir(args.output);
   const checkQuality = (format: ImageFormat) => {
     if (args.quality !== undefined && format === "png") {
       throw new UsageError("--quality applies to jpeg and webp only");
     }
     return format;
   };
-  if (!isDir) {
-    if (outIsDir) {
-      // An existing folder as OUTPUT: the file goes in it, under the input's name.
-      const format = checkQuality(args.format ?? "png");
-      const name = basename(args.input, extname(args.input)) + (format === "jpeg" ? ".jpg" : `.${format}`);
-      return [{ input: args.input, output: join(args.output, name), format }];
-    }
+  const [single] = args.inputs;
+  if (args.inputs.length === 1 && !await isDir(single) && !outIsDir) {
+    // A missing input is reported per file, like any other unreadable input.
     const format = args.format ?? formatFromPath(args.output);
     if (!format) {
       throw new UsageError(`cannot tell the format from "${args.output}": give .png/.jpg/.webp or --format`);
     }
-    return [{ input: args.input, output: args.output, format: checkQuality(format) }];
+    return [{ input: single, output: args.output, format: checkQuality(format) }];
   }
+  if (args.inputs.length > 1 && (await Deno.stat(args.output).catch(() => null))?.isFile) {
+    throw new UsageError(`${args.output} is a file: with several inputs, OUTPUT is a folder`);
+  }
+  // into a folder, under the inputs' names
   const format = checkQuality(args.format ?? "png");
   const ext = format === "jpeg" ? ".jpg" : `.${format}`;
-  const names: string[] = [];
-  for await (const entry of Deno.readDir(args.input)) {
-    if (!entry.isDirectory && IMAGE_FILE.test(entry.name)) names.push(entry.name);
-  }
-  names.sort();
-  return names.map((name) => ({
-    input: join(args.input, name),
-    output: join(args.output, basename(name, extname(name)) + ext),
+  const job = (input: string) => ({
+    input,
+    output: join(args.output, basename(input, extname(input)) + ext),
     format,
-  }));
+  });
+  const jobs: Job[] = [];
+  for (const input of args.inputs) {
+    if (!await isDir(input)) {
+      jobs.push(job(input));
+      continue;
+    }
+    const names: string[] = [];
+    try {
+      for await (const entry of Deno.readDir(input)) {
+        if (!entry.isDirectory && IMAGE_FILE.test(entry.name)) names.push(entry.name);
+      }
+    } catch (e) {
+      throw new Error(`${input}: ${ioReason(e, "folder")}`);
+    }
+    if (!names.length) throw new Error(`${input}: no .png, .jpg or .webp files in this folder`);
+    jobs.push(...names.sort().map((name) => job(join(input, name))));
+  }
+  return jobs;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -344,16 +352,10 @@ export async function main(argv: string[]): Promise<number> {
         console.error(`error: ${e.message}`);
         return 2;
       }
-      console.error(`error: ${args.input}: ${ioReason(e, "folder")}`);
+      console.error(`error: ${(e as Error).message}`);
       return 1;
     }
-    if (jobs.length === 0) {
-      console.error(`error: ${args.input}: no .png, .jpg or .webp files in this folder`);
-      return 1;
-    }
-    if (jobs.length > 1 || (await Deno.stat(args.input).catch(() => null))?.isDirectory) {
-      await Deno.mkdir(args.output, { recursive: true });
-    }
+    if (jobs.length > 1 || jobs[0].output !== args.output) await Deno.mkdir(args.output, { recursive: true });
     const code = await runJobs(jobs, args, upscaler, controller.signal);
     if (upscaler.convChoice) console.error(`convolutions: ${describeChoice(upscaler.convChoice)}`);
     return code;

@@ -256,6 +256,36 @@ Deno.test("bad inputs: one line each, exit 1, no partial output, the rest of the
   assertCleanErrors(badModel.err);
 });
 
+Deno.test("several inputs (files and folders) into one folder; OUTPUT a file is refused", async () => {
+  const src = `${dir}/multi_src`, out = `${dir}/multi_out`;
+  await Deno.mkdir(`${src}/sub`, { recursive: true });
+  await Deno.writeFile(`${src}/a.png`, await encodeImage(colour, { format: "png" }));
+  await Deno.writeFile(`${src}/b.jpg`, await encodeImage(gray, { format: "jpeg" }));
+  await Deno.writeFile(`${src}/sub/c.png`, await encodeImage(gray, { format: "png" }));
+  const r = await cli(
+    `${src}/a.png`,
+    `${src}/b.jpg`,
+    `${src}/sub`,
+    "-o",
+    out,
+    "--model",
+    model,
+    "-f",
+    "webp",
+  );
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /^3 of 3 files done$/m);
+  assert.deepEqual(await list(out), ["a.webp", "b.webp", "c.webp"]);
+  assert.equal((await decodeImage(await Deno.readFile(`${out}/c.webp`))).width, 40);
+  // the same name from two inputs: the second is refused, the first kept
+  const twice = await cli(`${src}/a.png`, `${src}/a.png`, "-o", `${dir}/multi_twice`, "--model", model);
+  assert.equal(twice.code, 1);
+  assert.match(twice.err, /a\.png is already an output of this run/);
+  const file = await cli(`${src}/a.png`, `${src}/b.jpg`, "-o", `${src}/a.png`, "--model", model);
+  assert.equal(file.code, 2);
+  assert.match(file.err, /a\.png is a file: with several inputs, OUTPUT is a folder/);
+});
+
 Deno.test("never overwrites without --force", async () => {
   await Deno.writeFile(`${dir}/in.png`, await encodeImage(colour, { format: "png" }));
   await Deno.writeTextFile(`${dir}/taken.png`, "precious");
@@ -306,7 +336,7 @@ Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
   assert.ok(!(await list(dir)).includes("never.png"));
   const h = await cli("--help");
   assert.equal(h.code, 0);
-  assert.match(h.out, /^usage: deno task upscale INPUT -o OUTPUT/);
+  assert.match(h.out, /^usage: deno task upscale INPUT... -o OUTPUT/);
 });
 
 const hasDefault = await Deno.stat(DEFAULT_MODEL).then(() => true, () => false);
