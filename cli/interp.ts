@@ -1,7 +1,8 @@
 /**
  * `deno task interp A B --alpha 0.8 -o OUT [--dtype fp32|fp16|int8]`: network interpolation
  * (1 − α)·A + α·B of two generators of one architecture (the paper: A the PSNR net, B the ESRGAN
- * net). A and B may be model files or training checkpoints (EMA weights).
+ * net). A and B may be model files, shipped models' names (`esrgan-psnr-x4 esrgan-gan-x4`) or training
+ * checkpoints (EMA weights).
  *
  * `deno task interp A B --table DIR [--alphas 0,0.2,0.4,0.6,0.8,1] [--scale 4]`: the trade-off
  * instead, as a Markdown table: for each α, PSNR and SSIM (Y, scale px of border cropped) and the
@@ -16,6 +17,7 @@ import { initBackend } from "../core/backend.ts";
 import { bicubicModel, evaluateDataset, listDataset, type SrModel, upscalerModel } from "../core/eval.ts";
 import { laplacianEnergy } from "../core/metrics.ts";
 import { Upscaler } from "../core/upscaler.ts";
+import { resolveModel } from "../core/weights/shipped.ts";
 import { runMain } from "./run_main.ts";
 
 const USAGE = "usage: deno task interp A B --alpha 0.8 -o OUT.safetensors [--dtype fp32|fp16|int8]\n" +
@@ -45,7 +47,7 @@ async function main(): Promise<number> {
     throw new Error(`--dtype must be fp32, fp16 or int8`);
   }
   const [a, b] = await Promise.all(
-    positionals.map(async (p) => ({ name: p, bytes: await Deno.readFile(p) })),
+    positionals.map(async (p) => ({ name: p, bytes: await Deno.readFile(resolveModel(p)) })),
   );
   if (table) {
     const alphas = (values.alphas ?? "0,0.2,0.4,0.6,0.8,1").split(",").map(number("--alphas"));

@@ -95,6 +95,18 @@ Deno.test("interp --table: one row per alpha, its ends scoring as A and B themse
     assert.equal(rows[1], result.models.a.psnr.toFixed(2), "alpha 0 is A");
     assert.equal(rows[3], result.models.b.psnr.toFixed(2), "alpha 1 is B");
 
+    // the shipped models by name
+    const named = await run(
+      "esrgan-psnr-x4",
+      "esrgan-gan-x4",
+      "--alpha",
+      "0.5",
+      "-o",
+      `${dir}/half.safetensors`,
+    );
+    assert.equal(named.code, 0, new TextDecoder().decode(named.stderr));
+    assert.equal(decodeModelFile(await Deno.readFile(`${dir}/half.safetensors`)).config.numBlock, 23);
+
     const bad = await run(files[0].name, files[1].name, "--table", `${dir}/set`, "--alphas", "0,x");
     assert.notEqual(bad.code, 0);
     assert.match(new TextDecoder().decode(bad.stderr), /--alphas must be a number, not "x"/);
