@@ -4,12 +4,13 @@
  *
  *     deno task eval --data DIR [--data DIR]... [--model PATH|NAME|bicubic]... [--scale 4]
  *       [--json] [--report DIR] [--backend webgpu|wasm|cpu] [--precision f32|f16|f16-f32acc] [--tile N]
- *       [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]
+ *       [--tta] [--threads N] [--font TTF] [--crop 128] [--zoom 2] [--gray-as-luma]
  *
  * A model is a file or a shipped model's name (realesrgan-x4plus-anime, ...); without --model only the
  * bicubic baseline runs. A DIR holds `*_HR.png` with matching `*_LR.png`, or plain HR images (their LR
- * is made with imresize); `Set5` finds `Set5/x4`. Markdown tables go to stdout (or JSON with --json), the progress bar to stderr. --gray-as-luma measures one-channel files on
- * their gray values as MATLAB scripts do (the paper's Set14 figure), instead of BasicSR's Y.
+ * is made with imresize); `Set5` finds `Set5/x4`. Markdown tables go to stdout (or JSON with --json),
+ * the progress bar to stderr. --gray-as-luma measures one-channel files on their gray values as MATLAB
+ * scripts do (the paper's Set14 figure), instead of BasicSR's Y.
  * @module
  */
 import { parseArgs } from "node:util";

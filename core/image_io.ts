@@ -5,12 +5,12 @@
  * libwebp in wasm), and a header reader that gives format and size without decoding, so that
  * oversized images are refused before any pixel buffer is allocated.
  *
- * imagescript's package entry loads a native addon at import time (Deno then needs `--allow-ffi` for
- * any use), so this module imports its wasm JPEG decoder directly and loads the native codec only
- * when JPEG or WebP output is asked for. Without FFI (Deno Deploy, `--deny-ffi`, a platform without
- * its binary) the wasm encoders take over, 1.5-7x slower (a 2048x1365 photo here: JPEG q90 90 →
- * 662 ms, 11% smaller; lossless WebP 1.5 → 2.3 s; WebP q80 186 → 275 ms). Its wasm PNG decoder is not used: it rejects some valid
- * files (fixed-Huffman streams of small images); imagescript 1.3.1 cannot decode WebP at all.
+ * imagescript's package entry loads a native addon at import time (Deno then needs `--allow-ffi` for any
+ * use), so this module imports its wasm JPEG decoder directly and loads the native codec only when JPEG
+ * or WebP output is asked for. Without FFI (Deno Deploy, `--deny-ffi`, a platform without its binary)
+ * the wasm encoders take over, 1.5-7x slower (a 2048x1365 photo here: JPEG q90 90 → 662 ms, 11% smaller;
+ * lossless WebP 1.5 → 2.3 s; WebP q80 186 → 275 ms). imagescript's wasm PNG decoder is not used: it rejects
+ * some valid files (fixed-Huffman streams of small images); imagescript 1.3.1 cannot decode WebP at all.
  * @module
  */
 import { convertIndexedToRgb, decode as decodePngData, type DecodedPng, encode as encodePng } from "fast-png";

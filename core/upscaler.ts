@@ -1,8 +1,9 @@
 /**
  * The upscaler library: a model file in, images or tensors upscaled out. It follows Real-ESRGAN's
- * `RealESRGANer` in separate steps — pre-process (RGBA → RGB in [0, 1], alpha and grayscale set
- * aside), tiled inference (of the colours, then of the alpha unless it is resized), post-process
- * (blend, grayscale back, optional resampling to `outscale`) — and UpscalerJS in being abortable between tiles and reporting progress per tile.
+ * `RealESRGANer` in separate steps — pre-process (RGBA → RGB in [0, 1], alpha and grayscale set aside),
+ * tiled inference (of the colours, then of the alpha unless it is resized), post-process (blend,
+ * grayscale back, optional resampling to `outscale`) — and UpscalerJS in being abortable between tiles
+ * and reporting progress per tile.
  *
  * Default tile: 128 input pixels. RRDBNet's memory grows with the tile's area (about 18 kB per input
  * pixel at inference on wasm, mostly the 64-channel feature maps at 4x resolution): a 148-pixel tile

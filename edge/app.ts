@@ -136,7 +136,8 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
       formats[format] = format === "png" ? "available" : await describeEncoder(format);
       return bytes;
     } catch (err) {
-      if (formats[format].startsWith("available")) throw err; // the codec works: this failure is something else
+      // the codec works: this failure is something else
+      if (formats[format].startsWith("available")) throw err;
       formats[format] = `unavailable: ${err instanceof Error ? err.message : err}`;
       throw new HttpError(501, `format ${format} is ${formats[format]}`);
     }
