@@ -96,6 +96,13 @@ Deno.test({
       baseline(paired.out) < baseline(plain.out) - 1,
       `${baseline(paired.out)} vs ${baseline(plain.out)}`,
     );
+    // resuming without the LR folder says what changes
+    const resumed = await run("train.ts", [...args, "--resume", "--out", `${tmp}/p1`, "--total-steps", "2"]);
+    assert.equal(resumed.code, 0, resumed.out);
+    assert.match(
+      resumed.out,
+      /WARNING: the checkpoint trained on LR images from \S+data_lr; this run goes on with bicubic LR \(give --data-lr again/,
+    );
     const bad = await run("train.ts", [
       ...args,
       "--data-lr",

@@ -278,7 +278,17 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     );
   }
   const startStep = trainer.step;
-  if (options.resume) console.error(`resumed at step ${startStep}`);
+  if (options.resume) {
+    console.error(`resumed at step ${startStep}`);
+    const lr = (dir?: string) => dir ? `LR images from ${dir}` : "bicubic LR";
+    const was = options.resume.metadata.data_lr;
+    if ((was ?? "") !== (options.dataLrDir ?? "")) {
+      console.error(
+        `WARNING: the checkpoint trained on ${lr(was)}; this run goes on with ${lr(options.dataLrDir)}` +
+          (was && !options.dataLrDir ? " (give --data-lr again to keep them)" : ""),
+      );
+    }
+  }
   const log = await JsonlLog.open(`${out}/train_log.jsonl`, { fromStep: startStep });
   if (bicubic && !startStep) {
     await log.write({ type: "info", step: 0, bicubic_psnr: bicubic.psnr, bicubic_ssim: bicubic.ssim });
