@@ -40,17 +40,20 @@ import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
 import { parseNumberFlag, THREADS, UsageError, WHOLE } from "./flags.ts";
 
+const MODEL_NAMES = Object.keys(SHIPPED_MODELS);
+
 const USAGE = `usage: deno task upscale INPUT... -o OUTPUT [options]
 
 INPUT is an image (PNG, JPEG or WebP) or a folder of them; OUTPUT is then a file or a folder. With
 several INPUTs (files, folders, a shell glob), OUTPUT is a folder.
 
 options:
-  -o, --output PATH     output file, or folder when INPUT is a folder (created if missing)
+  -o, --output PATH     output file, or folder (INPUT a folder, or several; created if missing)
   -f, --format FMT      png, jpeg or webp (default: from OUTPUT's extension; png for folders)
   -q, --quality Q       JPEG 1-100 (default 90); WebP 0-100 (default lossless)
-  -n, --name NAME       a shipped model: ${Object.keys(SHIPPED_MODELS).join(", ")}
-                        (default ${Object.keys(SHIPPED_MODELS)[0]})
+  -n, --name NAME       a shipped model (default ${MODEL_NAMES[0]}):
+                        ${MODEL_NAMES.slice(0, 2).join(", ")},
+                        ${MODEL_NAMES.slice(2).join(", ")}
   -m, --model PATH      a model file instead (safetensors from \`deno task import\` or training)
   -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
   -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE_CPU_KERNELS} on our CPU
