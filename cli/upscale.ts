@@ -2,7 +2,7 @@
  * Upscales images with an RRDBNet model: one file to one file, or files and every PNG/JPEG/WebP of
  * folders into a folder. A thin wrapper over {@link Upscaler}.
  *
- *     deno task upscale INPUT... -o OUTPUT [--format png|jpeg|webp] [--quality Q] [--name NAME|--model PATH]
+ *     deno task upscale INPUT... -o OUTPUT [--format png|jpeg|webp|auto] [--quality Q] [--name NAME|--model PATH]
  *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--threads N]
  *       [--precision f32|f16] [--tta] [--alpha net|bicubic] [--max-pixels N] [--force]
  *
@@ -49,7 +49,8 @@ several INPUTs (files, folders, a shell glob), OUTPUT is a folder.
 
 options:
   -o, --output PATH     output file, or folder (INPUT a folder, or several; created if missing)
-  -f, --format FMT      png, jpeg or webp (default: from OUTPUT's extension; png for folders)
+  -f, --format FMT      png, jpeg or webp, or auto: each input's own (default: from OUTPUT's
+                        extension; png into folders)
   -q, --quality Q       JPEG 1-100 (default 90); WebP 0-100 (default lossless)
   -n, --name NAME       a shipped model (default ${MODEL_NAMES[0]}):
                         ${MODEL_NAMES.slice(0, 2).join(", ")},
@@ -79,7 +80,8 @@ export interface UpscaleArgs {
   /** Files or folders; with more than one, `output` is a folder. */
   inputs: string[];
   output: string;
-  format?: ImageFormat;
+  /** "auto": each output in its input's format. */
+  format?: ImageFormat | "auto";
   quality?: number;
   model: string;
   outscale?: number;
@@ -139,10 +141,10 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (v.help) return null;
   if (!positionals.length) throw new UsageError("no INPUT given");
   if (!v.output) throw new UsageError("no OUTPUT given (-o PATH)");
-  let format: ImageFormat | undefined;
+  let format: ImageFormat | "auto" | undefined;
   if (v.format !== undefined) {
-    format = formatFromPath(`.${v.format}`);
-    if (!format) throw new UsageError(`--format must be png, jpeg or webp, not "${v.format}"`);
+    format = v.format === "auto" ? "auto" : formatFromPath(`.${v.format}`);
+    if (!format) throw new UsageError(`--format must be png, jpeg, webp or auto, not "${v.format}"`);
   }
   if (v.model !== undefined && v.name !== undefined) throw new UsageError("give --model or --name, not both");
   let model = v.model ?? DEFAULT_MODEL;
@@ -212,15 +214,17 @@ async function planJobs(args: UpscaleArgs): Promise<Job[]> {
   const isDir = async (path: string) => (await Deno.stat(path).catch(() => null))?.isDirectory ?? false;
   const outIsDir = await isDir(args.output);
   const checkQuality = (format: ImageFormat) => {
-    if (args.quality !== undefined && format === "png") {
+    if (args.quality !== undefined && format === "png" && args.format !== "auto") {
       throw new UsageError("--quality applies to jpeg and webp only");
     }
     return format;
   };
+  // "auto": the input's format (PNG where its extension says none)
+  const formatFor = (input: string) => args.format === "auto" ? formatFromPath(input) ?? "png" : args.format;
   const [single] = args.inputs;
   if (args.inputs.length === 1 && !await isDir(single) && !outIsDir) {
     // A missing input is reported per file, like any other unreadable input.
-    const format = args.format ?? formatFromPath(args.output);
+    const format = formatFor(single) ?? formatFromPath(args.output);
     if (!format) {
       throw new UsageError(`cannot tell the format from "${args.output}": give .png/.jpg/.webp or --format`);
     }
@@ -230,13 +234,11 @@ async function planJobs(args: UpscaleArgs): Promise<Job[]> {
     throw new UsageError(`${args.output} is a file: with several inputs, OUTPUT is a folder`);
   }
   // into a folder, under the inputs' names
-  const format = checkQuality(args.format ?? "png");
-  const ext = format === "jpeg" ? ".jpg" : `.${format}`;
-  const job = (input: string) => ({
-    input,
-    output: join(args.output, basename(input, extname(input)) + ext),
-    format,
-  });
+  const job = (input: string) => {
+    const format = checkQuality(formatFor(input) ?? "png");
+    const ext = format === "jpeg" ? ".jpg" : `.${format}`;
+    return { input, output: join(args.output, basename(input, extname(input)) + ext), format };
+  };
   const jobs: Job[] = [];
   for (const input of args.inputs) {
     if (!await isDir(input)) {

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
-import { decodeImage, encodeImage, type RgbaImage, to8Bits } from "../core/image_io.ts";
+import { decodeImage, encodeImage, readImageHeader, type RgbaImage, to8Bits } from "../core/image_io.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
@@ -277,6 +277,27 @@ Deno.test("several inputs (files and folders) into one folder; OUTPUT a file is 
   assert.match(r.err, /^3 of 3 files done$/m);
   assert.deepEqual(await list(out), ["a.webp", "b.webp", "c.webp"]);
   assert.equal((await decodeImage(await Deno.readFile(`${out}/c.webp`))).width, 40);
+  // -f auto: each output in its input's format (--quality for the JPEGs)
+  const runs: [string[], string, string[]][] = [
+    [["a.png", "b.jpg"], "multi_auto", []],
+    [["sub", "b.jpg"], "multi_auto2", ["-q", "70"]],
+  ];
+  for (const [ins, out, q] of runs) {
+    const auto = await cli(
+      ...ins.map((f) => `${src}/${f}`),
+      "-o",
+      `${dir}/${out}`,
+      "--model",
+      model,
+      "-f",
+      "auto",
+      ...q,
+    );
+    assert.equal(auto.code, 0, auto.err);
+  }
+  assert.deepEqual(await list(`${dir}/multi_auto`), ["a.png", "b.jpg"]);
+  assert.deepEqual(await list(`${dir}/multi_auto2`), ["b.jpg", "c.png"]);
+  assert.equal(readImageHeader(await Deno.readFile(`${dir}/multi_auto/b.jpg`)).format, "jpeg");
   // the same name from two inputs: the second is refused, the first kept
   const twice = await cli(`${src}/a.png`, `${src}/a.png`, "-o", `${dir}/multi_twice`, "--model", model);
   assert.equal(twice.code, 1);
