@@ -7,6 +7,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import npyjs from "npyjs";
 import { type BackendName, initBackend, probeWebGPU } from "../core/backend.ts";
 import { importWeights, readPth } from "../core/import/mod.ts";
+import { toBasicSR } from "../core/import/esrgan_keys.ts";
 import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import type { StateDict } from "../core/state_dict.ts";
@@ -89,6 +90,20 @@ for (const [format, b64] of [["zip", SMALL_ZIP_B64], ["legacy", SMALL_LEGACY_B64
     }
   });
 }
+
+Deno.test("original ESRGAN layout with other than 2 upsampling convs: refused, naming the scale", () => {
+  const t = { shape: [1], data: new Float32Array(1) };
+  for (const [ups, scale] of [[1, 2], [3, 8]]) {
+    // model.0, the trunk (model.1.sub.N), then per upsampling: nearest, conv, LeakyReLU; HR conv, last conv
+    const tops = Array.from({ length: ups }, (_, i) => 3 + 3 * i).concat([2 + 3 * ups, 4 + 3 * ups]);
+    const keys = ["model.0", "model.1.sub.0.RDB1.conv1.0", "model.1.sub.1", ...tops.map((i) => `model.${i}`)];
+    const sd: StateDict = new Map(keys.flatMap((k) => [[`${k}.weight`, t], [`${k}.bias`, t]]));
+    assert.throws(
+      () => toBasicSR(sd, "2x_model.pth"),
+      new RegExp(`^Error: 2x_model\\.pth: an ESRGAN-layout x${scale} model \\(${ups} upsampling convs: `),
+    );
+  }
+});
 
 Deno.test("readPth: bytes that are no checkpoint are refused", async () => {
   await assert.rejects(

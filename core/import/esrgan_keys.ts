@@ -70,10 +70,12 @@ function fromLegacy(sd: StateDict, name: string): StateDict {
   }
   const convs = [...top].sort((a, b) => a - b);
   if (convs.length !== 4) {
+    const ups = convs.length - 2;
     throw new Error(
-      `${name}: ESRGAN layout with ${convs.length - 2} upsampling convs (model.${
+      `${name}: an ESRGAN-layout ${ups >= 0 ? `x${2 ** ups} ` : ""}model (${ups} upsampling convs: model.${
         convs.join(", model.")
-      }); RRDBNet has 2`,
+      }); in this layout only x4 (2 upsampling convs) is supported (x2 and x1 RRDBNets are imported in ` +
+        `BasicSR's layout, with pixel-unshuffle)`,
     );
   }
   if (lastSub < 0) throw new Error(`${name}: ESRGAN layout without the trunk conv (model.1.sub.N)`);
