@@ -240,7 +240,8 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
  */
 function prepareGan(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
   if (planOptions.tune) throw new Error("gan cases run the trainer, which does not tune (+tune)");
-  const { numFeat, numBlock, numGrowCh, scale } = net.config;
+  const { numFeat, numBlock, numGrowCh, scale, numUpsample } = net.config;
+  if (scale === 8 || numUpsample !== undefined) throw new Error("gan cases train BasicSR's RRDBNet only");
   const config: TrainConfig = {
     ...PRESETS.gan,
     numFeat,

@@ -2,6 +2,9 @@
  * RRDBNet, the ESRGAN generator (Wang et al. 2018), as BasicSR's `rrdbnet_arch.py` defines it:
  * 23 Residual-in-Residual Dense Blocks, no batch norm, residual scaling 0.2, two nearest x2
  * upsamplings. Scales 2 and 1 pixel-unshuffle the input first. Parameter names are BasicSR's.
+ * The original ESRGAN code also made x1, x2 and x8 nets with 0, 1 or 3 upsamplings and no
+ * unshuffle (many published models are such): `numUpsample` says so, their extra convs are
+ * `conv_up3`, as spandrel names them.
  *
  * Tensors are NHWC float32 in [0, 1]; parameters live as tf.Variables in TF layout (HWIO),
  * while `stateDict()` speaks PyTorch's layout (OIHW) so checkpoints map one to one.
@@ -16,10 +19,26 @@ import { chunkedChannelConcat } from "./channel_concat.ts";
 export interface RRDBNetConfig {
   numInCh: number;
   numOutCh: number;
-  scale: 1 | 2 | 4;
+  scale: 1 | 2 | 4 | 8;
   numFeat: number;
   numBlock: number;
   numGrowCh: number;
+  /** Nearest x2 upsamplings (conv_up1, ...); absent: 2 (BasicSR's nets, x4, x2 and x1 alike). */
+  numUpsample?: number;
+}
+
+/** The number of x2 upsamplings of a net. */
+export function upsamplings(config: RRDBNetConfig): number {
+  return config.numUpsample ?? 2;
+}
+
+/** The pixel-unshuffle factor of a net's input: 2^upsamplings / scale (BasicSR's x2: 2, x1: 4). */
+export function unshuffleFactor(config: RRDBNetConfig): number {
+  const u = 2 ** upsamplings(config) / config.scale;
+  if (![1, 2, 4].includes(u)) {
+    throw new Error(`RRDBNet: scale ${config.scale} does not go with ${upsamplings(config)} upsamplings`);
+  }
+  return u;
 }
 
 /** The paper's generator: x4, 64 features, 23 blocks, growth 32. */
@@ -35,7 +54,7 @@ export const ESRGAN_X4: RRDBNetConfig = {
 /** Parameter names and PyTorch-layout shapes of an RRDBNet, in BasicSR's order. */
 export function rrdbnetShapes(config: RRDBNetConfig): Map<string, number[]> {
   const { numFeat: nf, numGrowCh: gc } = config;
-  const inCh = config.numInCh * (config.scale === 4 ? 1 : config.scale === 2 ? 4 : 16);
+  const inCh = config.numInCh * unshuffleFactor(config) ** 2;
   const shapes = new Map<string, number[]>();
   const conv = (name: string, cin: number, cout: number) => {
     shapes.set(`${name}.weight`, [cout, cin, 3, 3]);
@@ -50,8 +69,7 @@ export function rrdbnetShapes(config: RRDBNetConfig): Map<string, number[]> {
     }
   }
   conv("conv_body", nf, nf);
-  conv("conv_up1", nf, nf);
-  conv("conv_up2", nf, nf);
+  for (let k = 1; k <= upsamplings(config); k++) conv(`conv_up${k}`, nf, nf);
   conv("conv_hr", nf, nf);
   conv("conv_last", nf, config.numOutCh);
   return shapes;
@@ -69,13 +87,28 @@ export function inferRRDBNetConfig(sd: StateDict): RRDBNetConfig {
   const [numOutCh] = shape("conv_last.weight");
   let numBlock = 0;
   while (sd.has(`body.${numBlock}.rdb1.conv1.weight`)) numBlock++;
+  let numUpsample = 0;
+  while (sd.has(`conv_up${numUpsample + 1}.weight`)) numUpsample++;
   // BasicSR folds the pixel-unshuffle into conv_first's input channels (x4: 3, x2: 12, x1: 48);
   // the output channel count tells the image's channel count.
   const numInCh = numOutCh;
   const ratio = firstIn / numInCh;
-  const scale = ratio === 1 ? 4 : ratio === 4 ? 2 : ratio === 16 ? 1 : 0;
-  if (!scale) throw new Error(`conv_first has ${firstIn} input channels for ${numInCh} colours`);
-  return { numInCh, numOutCh, scale, numFeat, numBlock, numGrowCh };
+  const unshuffle = ratio === 1 ? 1 : ratio === 4 ? 2 : ratio === 16 ? 4 : 0;
+  const scale = 2 ** numUpsample / unshuffle;
+  if (!unshuffle || ![1, 2, 4, 8].includes(scale)) {
+    throw new Error(
+      `conv_first has ${firstIn} input channels for ${numInCh} colours and ${numUpsample} upsamplings`,
+    );
+  }
+  return {
+    numInCh,
+    numOutCh,
+    scale: scale as RRDBNetConfig["scale"],
+    numFeat,
+    numBlock,
+    numGrowCh,
+    ...(numUpsample === 2 ? {} : { numUpsample }),
+  };
 }
 
 /** Options for {@link RRDBNet}. */
@@ -119,8 +152,8 @@ export class RRDBNet {
   /** Upscales a batch: [N, H, W, C] in [0, 1] → [N, H·s, W·s, C] (not clamped). */
   apply(x: tf.Tensor4D): tf.Tensor4D {
     return tf.tidy(() => {
-      const s = this.config.scale;
-      let feat = s === 4 ? x : pixelUnshuffle(x, s === 2 ? 2 : 4);
+      const u = unshuffleFactor(this.config);
+      let feat = u === 1 ? x : pixelUnshuffle(x, u);
       feat = this.conv("conv_first", feat);
       let body = feat;
       // One scope per block and per upsampling: under apply()'s single tidy every intermediate of
@@ -130,7 +163,8 @@ export class RRDBNet {
         body = tf.tidy(() => this.rrdb(`body.${b}`, prev));
       }
       feat = tf.add(feat, this.conv("conv_body", body));
-      for (const up of ["conv_up1", "conv_up2"]) {
+      for (let k = 1; k <= upsamplings(this.config); k++) {
+        const up = `conv_up${k}`;
         const prev = feat;
         const [, h, w] = prev.shape;
         // tfjs-cpu's ResizeNearestNeighborGrad is wrong for batches > 1 (4.22): training upsamples

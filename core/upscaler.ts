@@ -27,7 +27,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { RgbaImage } from "./image_io.ts";
 import { imresizeArray } from "./imresize.ts";
-import { RRDBNet, type RRDBNetConfig } from "./rrdbnet_arch.ts";
+import { RRDBNet, type RRDBNetConfig, unshuffleFactor } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
 import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
@@ -641,10 +641,9 @@ export class Upscaler {
     return this.cpuPlan.plan;
   }
 
-  /** The sides x2 and x1 models' pixel-unshuffle needs the input's to be multiples of. */
+  /** The sides BasicSR's x2 and x1 models' pixel-unshuffle needs the input's to be multiples of. */
   private get sideMultiple(): number {
-    const s = this.scale;
-    return s === 2 ? 2 : s === 1 ? 4 : 1;
+    return unshuffleFactor(this.net.config);
   }
 
   /** The shape {@link padToMultiple} gives a patch of `shape`. */

@@ -7,9 +7,10 @@ import * as tf from "@tensorflow/tfjs-core";
 import npyjs from "npyjs";
 import { type BackendName, initBackend, probeWebGPU } from "../core/backend.ts";
 import { importWeights, readPth } from "../core/import/mod.ts";
-import { toBasicSR } from "../core/import/esrgan_keys.ts";
 import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
+import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
+import { decodeFloat, parseSafetensors } from "../core/weights/safetensors.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
@@ -91,20 +92,6 @@ for (const [format, b64] of [["zip", SMALL_ZIP_B64], ["legacy", SMALL_LEGACY_B64
   });
 }
 
-Deno.test("original ESRGAN layout with other than 2 upsampling convs: refused, naming the scale", () => {
-  const t = { shape: [1], data: new Float32Array(1) };
-  for (const [ups, scale] of [[1, 2], [3, 8]]) {
-    // model.0, the trunk (model.1.sub.N), then per upsampling: nearest, conv, LeakyReLU; HR conv, last conv
-    const tops = Array.from({ length: ups }, (_, i) => 3 + 3 * i).concat([2 + 3 * ups, 4 + 3 * ups]);
-    const keys = ["model.0", "model.1.sub.0.RDB1.conv1.0", "model.1.sub.1", ...tops.map((i) => `model.${i}`)];
-    const sd: StateDict = new Map(keys.flatMap((k) => [[`${k}.weight`, t], [`${k}.bias`, t]]));
-    assert.throws(
-      () => toBasicSR(sd, "2x_model.pth"),
-      new RegExp(`^Error: 2x_model\\.pth: an ESRGAN-layout x${scale} model \\(${ups} upsampling convs: `),
-    );
-  }
-});
-
 Deno.test("readPth: bytes that are no checkpoint are refused", async () => {
   await assert.rejects(
     () => readPth(new TextEncoder().encode("hello world, no pickle"), "x.pth"),
@@ -143,6 +130,77 @@ function assertSameWeights(a: StateDict, b: StateDict): void {
 
 const webgpu = await probeWebGPU().catch(() => ({ adapter: undefined }));
 if (!webgpu.adapter) console.warn("pth_test: no WebGPU adapter here; the webgpu forward pass is skipped");
+
+/** tests/fixtures/esrgan_scales_ref.safetensors (make_esrgan_scales_fixture.py): input and outputs, NHWC. */
+async function scalesReference(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+  const bytes = await Deno.readFile(new URL("fixtures/esrgan_scales_ref.safetensors", import.meta.url));
+  return new Map(
+    [...parseSafetensors(bytes, "esrgan_scales_ref").tensors].map((
+      [k, t],
+    ) => [k, { shape: t.shape, data: decodeFloat(t) }]),
+  );
+}
+
+Deno.test("original ESRGAN layout at x1, x2 and x8 (0, 1, 3 upsamplings): PyTorch's output on cpu, our CPU kernels and webgpu plans", async (t) => {
+  const ref = await scalesReference();
+  const input = ref.get("input")!;
+  for (const scale of [1, 2, 8] as const) {
+    const sd = await importWeights(new URL(`fixtures/esrgan_x${scale}.pth`, import.meta.url).pathname);
+    const config = inferRRDBNetConfig(sd);
+    assert.deepEqual(config, {
+      numInCh: 3,
+      numOutCh: 3,
+      scale,
+      numFeat: 8,
+      numBlock: 2,
+      numGrowCh: 4,
+      numUpsample: Math.log2(scale),
+    });
+    const expected = ref.get(`out_x${scale}`)!;
+    const [n, h, w] = input.shape;
+    const outShape = [n, h * scale, w * scale, 3];
+    assert.deepEqual(expected.shape, outShape);
+    const engines: [string, BackendName, (net: RRDBNet, x: tf.Tensor4D) => Promise<Float32Array>][] = [
+      ["tfjs cpu ops", "cpu", async (net, x) => (await net.apply(x).data()) as Float32Array],
+      ["our CPU kernels", "wasm", (net) => {
+        const plan = new RRDBNetPlanWasm(net, { threads: 2 });
+        return plan.run(input.data, input.shape).finally(() => plan.dispose());
+      }],
+      ["our webgpu plan", "webgpu", async (net, x) => {
+        const plan = new RRDBNetPlanWebGPU(net, x.shape);
+        try {
+          return (await plan.run(x).data()) as Float32Array;
+        } finally {
+          plan.dispose();
+        }
+      }],
+    ];
+    for (const [label, backend, run] of engines) {
+      await t.step({
+        name: `x${scale}, ${label}`,
+        ignore: backend === "webgpu" && !webgpu.adapter,
+        fn: async () => {
+          await initBackend(backend);
+          const net = new RRDBNet(config, { weights: sd });
+          const x = tf.tensor4d(input.data, input.shape as [number, number, number, number]);
+          const got = await run(net, x);
+          x.dispose();
+          net.dispose();
+          let maxErr = 0;
+          for (let i = 0; i < got.length; i++) maxErr = Math.max(maxErr, Math.abs(got[i] - expected.data[i]));
+          assert.equal(got.length, expected.data.length);
+          assert.ok(maxErr < 1e-4, `max abs error ${maxErr}`);
+        },
+      });
+    }
+  }
+  // more than 3 upsamplings is no layout this importer knows
+  const sd = await importWeights(new URL("fixtures/esrgan_x8.pth", import.meta.url).pathname);
+  assert.throws(
+    () => new RRDBNet({ ...inferRRDBNetConfig(sd), scale: 1 }),
+    /scale 1 does not go with 3 upsamplings/,
+  );
+});
 
 Deno.test({
   name: "fixture nets: BasicSR zip and ESRGAN legacy checkpoints import to identical weights",

@@ -13,6 +13,8 @@ import {
   Upscaler,
 } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
+import { decodeFloat, parseSafetensors } from "../core/weights/safetensors.ts";
+import { importWeights } from "../core/import/mod.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
 await initBackend("wasm");
@@ -391,6 +393,33 @@ Deno.test("alpha is kept (through the net, or resized), grayscale stays gray", a
     }
   } finally {
     up.dispose();
+  }
+});
+
+Deno.test("original-ESRGAN x8 and x1 models (3 and 0 upsamplings): the model file keeps them, untiled output is PyTorch's, tiles fit", async () => {
+  const ref = parseSafetensors(
+    await Deno.readFile(new URL("fixtures/esrgan_scales_ref.safetensors", import.meta.url)),
+    "esrgan_scales_ref",
+  ).tensors;
+  const input = ref.get("input")!;
+  for (const scale of [8, 1]) {
+    const sd = await importWeights(new URL(`fixtures/esrgan_x${scale}.pth`, import.meta.url).pathname);
+    const up = Upscaler.fromBytes(encodeModelFile(sd, { dtype: "fp32" }));
+    try {
+      assert.equal(up.scale, scale);
+      assert.equal(up.config.numUpsample, Math.log2(scale));
+      const x = tf.tensor4d(decodeFloat(input), input.shape as [number, number, number, number]);
+      const y = await up.upscaleTensor(x, { tile: 0 });
+      const want = decodeFloat(ref.get(`out_x${scale}`)!).map((v) => Math.min(1, Math.max(0, v)));
+      const got = await y.data();
+      assert.equal(got.length, want.length);
+      assert.ok(got.every((v, i) => Math.abs(v - want[i]) < 1e-4), `x${scale}: not PyTorch's output`);
+      const tiled = await up.upscaleTensor(x, { tile: 4, tilePad: 1 });
+      assert.deepEqual(tiled.shape, y.shape);
+      tf.dispose([x, y, tiled]);
+    } finally {
+      up.dispose();
+    }
   }
 });
 

@@ -1,7 +1,8 @@
 /**
  * Maps the parameter names of the other RRDBNet implementations onto BasicSR's:
  * the original ESRGAN release (`model.0`, `model.1.sub.N.RDBk.convM.0`, upsampling convs at
- * `model.3`, `model.6`, HR conv `model.8`, last conv `model.10`), and the later ESRGAN repository
+ * `model.3`, `model.6`, HR conv `model.8`, last conv `model.10` for x4; x1, x2 and x8 nets have 0, 1 or
+ * 3 upsampling convs, which become `conv_up1`...), and the later ESRGAN repository
  * (`RRDB_trunk`, `trunk_conv`, `upconv1`, `HRconv`). Also picks BasicSR's EMA weights and drops
  * DataParallel's `module.` prefix.
  * @module
@@ -69,23 +70,22 @@ function fromLegacy(sd: StateDict, name: string): StateDict {
     if (s) lastSub = Math.max(lastSub, Number(s[1]));
   }
   const convs = [...top].sort((a, b) => a - b);
-  if (convs.length !== 4) {
-    const ups = convs.length - 2;
+  // after the trunk: one conv per x2 upsampling (x1: none, x2: one, x4: two, x8: three), HR, last
+  const ups = convs.length - 2;
+  if (ups < 0 || ups > 3) {
     throw new Error(
-      `${name}: an ESRGAN-layout ${ups >= 0 ? `x${2 ** ups} ` : ""}model (${ups} upsampling convs: model.${
+      `${name}: an ESRGAN layout with ${convs.length} convs after the trunk (model.${
         convs.join(", model.")
-      }); in this layout only x4 (2 upsampling convs) is supported (x2 and x1 RRDBNets are imported in ` +
-        `BasicSR's layout, with pixel-unshuffle)`,
+      })`,
     );
   }
   if (lastSub < 0) throw new Error(`${name}: ESRGAN layout without the trunk conv (model.1.sub.N)`);
   const names = new Map<string, string>([
     ["model.0", "conv_first"],
     [`model.1.sub.${lastSub}`, "conv_body"],
-    [`model.${convs[0]}`, "conv_up1"],
-    [`model.${convs[1]}`, "conv_up2"],
-    [`model.${convs[2]}`, "conv_hr"],
-    [`model.${convs[3]}`, "conv_last"],
+    ...convs.slice(0, ups).map((c, i): [string, string] => [`model.${c}`, `conv_up${i + 1}`]),
+    [`model.${convs[ups]}`, "conv_hr"],
+    [`model.${convs[ups + 1]}`, "conv_last"],
   ]);
   for (const [k, t] of sd) {
     const rdb = /^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$/.exec(k);

@@ -7,7 +7,7 @@
  * Weights are read when the plan is made: make a new plan after changing the net's parameters.
  * @module
  */
-import type { RRDBNet, RRDBNetConfig } from "../rrdbnet_arch.ts";
+import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 import { WINOGRAD } from "./winograd.ts";
 
@@ -148,8 +148,8 @@ export class RRDBNetPlanWasm {
 
   private async runNow(x: Float32Array, shape: number[], signal?: AbortSignal): Promise<Float32Array> {
     const [n, hh, ww, c] = shape;
-    const { numInCh, numOutCh, scale } = this.config;
-    const u = scale === 4 ? 1 : scale === 2 ? 2 : 4;
+    const { numInCh, numOutCh } = this.config;
+    const u = unshuffleFactor(this.config);
     if (c !== numInCh) throw new Error(`RRDBNetPlanWasm: ${c} channels, the net wants ${numInCh}`);
     if (hh % u || ww % u) throw new Error(`RRDBNetPlanWasm: sides must be divisible by ${u}`);
     if (x.length !== n * hh * ww * c) throw new Error(`RRDBNetPlanWasm: ${x.length} values for [${shape}]`);
@@ -229,9 +229,14 @@ export class RRDBNetPlanWasm {
     const dc = nf + 4 * gc;
     const input = map(cin, h, w), feat = map(nf, h, w);
     const dense = [map(dc, h, w), map(dc, h, w), map(dc, h, w)];
-    const body = map(nf, h, w), up1 = map(nf, 2 * h, 2 * w), up1c = map(nf, 2 * h, 2 * w);
-    const up2 = map(nf, 4 * h, 4 * w), up2c = map(nf, 4 * h, 4 * w);
-    const output = map(numOutCh, 4 * h, 4 * w);
+    const body = map(nf, h, w);
+    // per x2 upsampling: the nearest-neighbour copy and the conv's output
+    const ups = Array.from({ length: upsamplings(this.config) }, (_, k) => {
+      const m = 2 ** (k + 1);
+      return { up: map(nf, m * h, m * w), conv: map(nf, m * h, m * w) };
+    });
+    const out = 2 ** ups.length;
+    const output = map(numOutCh, out * h, out * w);
     const end = at;
     // Winograd's work space per thread: one row of tiles transformed, one register block's products, T
     let scratchFloats = 0;
@@ -254,12 +259,16 @@ export class RRDBNetPlanWasm {
       }
     }
     conv("conv_body", dense[0], body, { r1: [feat, 1] });
-    layers.push({ op: OP_UPSAMPLE, input: body, output: up1, channels: nf });
-    conv("conv_up1", up1, up1c, { lrelu: true });
-    layers.push({ op: OP_UPSAMPLE, input: up1c, output: up2, channels: nf });
-    conv("conv_up2", up2, up2c, { lrelu: true });
-    conv("conv_hr", up2c, up2, { lrelu: true });
-    conv("conv_last", up2, output);
+    let x = body;
+    ups.forEach((u, k) => {
+      layers.push({ op: OP_UPSAMPLE, input: x, output: u.up, channels: nf });
+      conv(`conv_up${k + 1}`, u.up, u.conv, { lrelu: true });
+      x = u.conv;
+    });
+    // conv_hr writes over a map that is free by then: the last upsampling's copy (x1: conv_first's)
+    const spare = ups.length ? ups[ups.length - 1].up : feat;
+    conv("conv_hr", x, spare, { lrelu: true });
+    conv("conv_last", spare, output);
 
     for (const l of layers) {
       const p = l.op === OP_CONV ? this.convs.get(l.name) : undefined;

@@ -20,7 +20,7 @@ import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import { type PassBackend, PlannedPass, type Region, underErrorScopes } from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
-import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
+import { pixelUnshuffle, type RRDBNet, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 
 /** Options of {@link RRDBNetPlanWebGPU}. */
 export interface PlanWebGPUOptions {
@@ -91,16 +91,17 @@ export class RRDBNetPlanWebGPU {
     // whatever is made before an error (a BufferLimitError halfway, say) is freed, not leaked
     using onError = new DisposableStack();
     onError.defer(() => this.pass.dispose());
-    const { scale, numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = net.config;
+    const { numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = net.config;
     const [n, hh, ww] = inputShape;
-    const unshuffle = scale === 4 ? 1 : scale === 2 ? 2 : 4;
+    const unshuffle = unshuffleFactor(net.config);
+    const ups = upsamplings(net.config);
     if (hh % unshuffle || ww % unshuffle) {
       throw new Error(`RRDBNetPlanWebGPU: sides must be divisible by ${unshuffle}`);
     }
     const h = hh / unshuffle, w = ww / unshuffle;
     const cin = inputShape[3] * unshuffle * unshuffle;
     this.inputShape = inputShape;
-    const H = h * 4, W = w * 4;
+    const H = h * 2 ** ups, W = w * 2 ** ups;
     this.outputShape = [n, H, W, numOutCh];
     const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
     const buf = (shape: number[]) => this.pass.buffer(size(shape) * (half ? 2 : 4));
@@ -123,7 +124,8 @@ export class RRDBNetPlanWebGPU {
     const inputF32 = half ? this.pass.buffer(size([n, h, w, cin]) * 4) : this.input;
     if (half) this.pass.add(castProgram(size([n, h, w, cin]), "f16"), whole(this.input), [whole(inputF32)]);
     const feat = buf(f), trunk = [buf(f), buf(f)], rdbOut = [buf(f), buf(f)], grow = buf([n, h, w, 4 * gc]);
-    const body = buf(f), up1 = buf([n, 2 * h, 2 * w, nf]), up2 = buf([n, H, W, nf]), hr = buf([n, H, W, nf]);
+    const body = buf(f), hr = buf([n, H, W, nf]);
+    const up = Array.from({ length: ups }, (_, k) => buf([n, 2 ** (k + 1) * h, 2 ** (k + 1) * w, nf]));
     const outHalf = buf(this.outputShape);
     this.out = half ? this.pass.buffer(size(this.outputShape) * 4) : outHalf;
     const fwd = new ConvRecorder(this.pass, {
@@ -166,12 +168,16 @@ export class RRDBNetPlanWebGPU {
     });
     conv(lin(nf, { res2Scale: 1 }, base), body, { x0: x, weight: "conv_body", res2: feat });
     const lrelu = { activation: "leakyrelu" as const, alpha: 0.2 };
-    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: 2 * h, w: 2 * w }), up1, {
-      x0: body,
-      weight: "conv_up1",
+    let hrIn = body;
+    up.forEach((out, k) => {
+      const m = 2 ** (k + 1);
+      conv(lin(nf, { ...lrelu, upsample: true }, { n, h: m * h, w: m * w }), out, {
+        x0: hrIn,
+        weight: `conv_up${k + 1}`,
+      });
+      hrIn = out;
     });
-    conv(lin(nf, { ...lrelu, upsample: true }, { n, h: H, w: W }), up2, { x0: up1, weight: "conv_up2" });
-    conv(lin(nf, lrelu, { n, h: H, w: W }), hr, { x0: up2, weight: "conv_hr" });
+    conv(lin(nf, lrelu, { n, h: H, w: W }), hr, { x0: hrIn, weight: "conv_hr" });
     conv(lin(numOutCh, {}, { n, h: H, w: W }), outHalf, { x0: hr, weight: "conv_last" });
     if (half) this.pass.add(castProgram(size(this.outputShape), "f32"), whole(this.out), [whole(outHalf)]);
     this.inputF32 = inputF32;
@@ -186,8 +192,8 @@ export class RRDBNetPlanWebGPU {
     if (x.shape.join() !== this.inputShape.join()) {
       throw new Error(`RRDBNetPlanWebGPU: input [${x.shape}] differs from the plan's [${this.inputShape}]`);
     }
-    const s = this.net.config.scale;
-    const input = s === 4 ? x : tf.tidy(() => pixelUnshuffle(x, s === 2 ? 2 : 4));
+    const u = unshuffleFactor(this.net.config);
+    const input = u === 1 ? x : tf.tidy(() => pixelUnshuffle(x, u));
     const be = this.backend;
     be.uploadToGPU(input.dataId);
     const inBuf = be.tensorMap.get(input.dataId)!.resource as GPUBuffer;
@@ -199,7 +205,13 @@ export class RRDBNetPlanWebGPU {
     if (input !== x) input.dispose();
     // A copy the caller owns: the plan's output buffer is overwritten by the next run.
     const shape = this.outputShape as [number, number, number, number];
-    return tf.tensor({ buffer: this.out }, shape, "float32") as tf.Tensor4D;
+    const count = shape.reduce((a, b) => a * b, 1), floats = this.out.size / 4;
+    if (floats === count) return tf.tensor({ buffer: this.out }, shape, "float32") as tf.Tensor4D;
+    // buffers are made in 16-byte steps, and tfjs reads a tensor from a buffer whole (an x1 net's
+    // output of an odd number of pixels)
+    return tf.tidy(() =>
+      tf.reshape(tf.slice(tf.tensor({ buffer: this.out }, [floats], "float32"), 0, count), shape)
+    );
   }
 
   /**

@@ -16,7 +16,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import { type Activation, conv3x3Forward, type Conv3x3Spec } from "./webgpu_conv3x3.ts";
 import type { WebGPUBackendLike } from "./webgpu_program.ts";
-import { pixelUnshuffle, type RRDBNet } from "../rrdbnet_arch.ts";
+import { pixelUnshuffle, type RRDBNet, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 
 /** Kernel name of the fused single convolution (3x3, bias, activation, upsample, residual). */
 export const CONV3X3_KERNEL = "ESRGANConv3x3";
@@ -208,8 +208,8 @@ export function rrdbnetForwardWebGPU(net: RRDBNet, x: tf.Tensor4D): tf.Tensor4D 
   const conv = (name: string, t: tf.Tensor4D, o: Omit<FusedConv3x3Options, "bias"> = {}) =>
     fusedConv3x3(t, p(`${name}.weight`) as tf.Tensor4D, { ...o, bias: p(`${name}.bias`) as tf.Tensor1D });
   return tf.tidy(() => {
-    const s = net.config.scale;
-    const input = s === 4 ? x : pixelUnshuffle(x, s === 2 ? 2 : 4);
+    const u = unshuffleFactor(net.config);
+    const input = u === 1 ? x : pixelUnshuffle(x, u);
     const feat = conv("conv_first", input);
     let body = feat;
     for (let b = 0; b < net.config.numBlock; b++) {
@@ -225,8 +225,9 @@ export function rrdbnetForwardWebGPU(net: RRDBNet, x: tf.Tensor4D): tf.Tensor4D 
       body = out;
     }
     let up = conv("conv_body", body, { residual: feat });
-    up = conv("conv_up1", up, { upsample: true, activation: "leakyrelu" });
-    up = conv("conv_up2", up, { upsample: true, activation: "leakyrelu" });
+    for (let k = 1; k <= upsamplings(net.config); k++) {
+      up = conv(`conv_up${k}`, up, { upsample: true, activation: "leakyrelu" });
+    }
     return conv("conv_last", conv("conv_hr", up, { activation: "leakyrelu" }));
   });
 }
