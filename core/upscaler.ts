@@ -367,11 +367,23 @@ export class Upscaler {
    * The tile side used when none is given: {@link DEFAULT_TILE_CPU_KERNELS} where the forward runs on
    * our CPU kernels (wasm with `cpuKernels`), {@link DEFAULT_TILE} elsewhere. On wasm it makes the
    * kernels' plan, so that a runtime where they cannot start gets tfjs's ops' tile, not theirs.
+   * x8 nets get half the side (their full-resolution maps hold 4x more per input pixel) and, on
+   * webgpu, at most what keeps a feature map at output resolution within one storage binding.
    */
   get defaultTile(): number {
-    return this.cpuKernels && tf.getBackend() === "wasm" && this.wasmPlan()
+    const base = this.cpuKernels && tf.getBackend() === "wasm" && this.wasmPlan()
       ? DEFAULT_TILE_CPU_KERNELS
       : DEFAULT_TILE;
+    if (this.scale <= 4) return base;
+    let tile = Math.round((base * 4) / this.scale);
+    if (tf.getBackend() === "webgpu") {
+      const { maxStorageBufferBindingSize } = (tf.backend() as unknown as WebGPUBackendLike).device.limits;
+      const patch = Math.floor(
+        Math.sqrt(maxStorageBufferBindingSize / (4 * this.config.numFeat)) / this.scale,
+      );
+      tile = Math.max(8, Math.min(tile, patch - 2 * DEFAULT_TILE_PAD));
+    }
+    return tile;
   }
 
   /** Runs the net tile by tile and blends the outputs: NHWC float32, clamped to [0, 1]. */

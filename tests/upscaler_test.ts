@@ -417,6 +417,8 @@ Deno.test("original-ESRGAN x8 and x1 models (3 and 0 upsamplings): the model fil
     try {
       assert.equal(up.scale, scale);
       assert.equal(up.config.numUpsample, Math.log2(scale));
+      // x8: half the default tile (its full-resolution maps hold 4x more per input pixel)
+      assert.equal(up.defaultTile, scale === 8 ? DEFAULT_TILE_CPU_KERNELS / 2 : DEFAULT_TILE_CPU_KERNELS);
       const x = tf.tensor4d(decodeFloat(input), input.shape as [number, number, number, number]);
       const y = await up.upscaleTensor(x, { tile: 0 });
       const want = decodeFloat(ref.get(`out_x${scale}`)!).map((v) => Math.min(1, Math.max(0, v)));

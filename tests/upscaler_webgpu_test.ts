@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
-import { RRDBNet } from "../core/rrdbnet_arch.ts";
-import { Upscaler } from "../core/upscaler.ts";
+import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
+import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
+import { importWeights } from "../core/import/mod.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
 import { bindGroupFault } from "./webgpu_setup.ts";
 
@@ -360,6 +361,29 @@ Deno.test({
       assert.equal(tf.memory().numTensors, before);
     } finally {
       x.dispose();
+      up.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu upscaler: an x8 net's default tile keeps a full-resolution map within one storage binding",
+  ignore,
+  fn: async () => {
+    const sd = await importWeights(new URL("fixtures/esrgan_x8.pth", import.meta.url).pathname);
+    const up = new Upscaler(new RRDBNet(inferRRDBNetConfig(sd), { weights: sd }));
+    try {
+      const { device } = tf.backend() as unknown as { device: GPUDevice };
+      const limit = device.limits.maxStorageBufferBindingSize;
+      const tile = up.defaultTile;
+      const patch = tile + 2 * DEFAULT_TILE_PAD;
+      assert.ok(tile >= 8 && tile <= DEFAULT_TILE / 2, `tile ${tile}`);
+      assert.ok((patch * 8) ** 2 * up.config.numFeat * 4 <= limit, `tile ${tile}: over ${limit} bytes`);
+      const x = tf.randomUniform([1, tile + 5, 9, 3]) as tf.Tensor4D;
+      const y = await up.upscaleTensor(x);
+      assert.deepEqual(y.shape, [1, (tile + 5) * 8, 72, 3]);
+      tf.dispose([x, y]);
+    } finally {
       up.dispose();
     }
   },
