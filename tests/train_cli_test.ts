@@ -63,6 +63,33 @@ await syntheticFolder(`${tmp}/data`, 3);
 await syntheticFolder(`${tmp}/val`, 1);
 
 Deno.test({
+  name: "--pretrain-g takes a shipped model's name",
+  sanitizeResources: false,
+  fn: async () => {
+    const r = await run("train.ts", [
+      ...["--config", "smoke", "--data", `${tmp}/data`, "--out", `${tmp}/pre`, "--total-steps", "1"],
+      ...[
+        "--pretrain-g",
+        "realesrgan-x4plus-anime",
+        "--num-block",
+        "6",
+        "--num-feat",
+        "64",
+        "--num-grow-ch",
+        "32",
+      ],
+      ...SHRINK,
+      "--no-export",
+    ]);
+    assert.equal(r.code, 0, r.out);
+    assert.match(
+      r.out,
+      /generator initialised from \S+\/weights\/realesrgan-x4plus-anime\.int8\.safetensors/,
+    );
+  },
+});
+
+Deno.test({
   name: "paired data: --data-lr and --val-lr train and validate on the given LR images",
   sanitizeResources: false,
   fn: async () => {

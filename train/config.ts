@@ -46,7 +46,10 @@ export interface TrainConfig {
   /** VGG19 weights file (.pth or .safetensors); empty: the partial VGG19 in ../shared, with a warning. */
   vggWeights: string;
   emaDecay: number;
-  /** Generator to start from (model file or checkpoint; its EMA weights): BasicSR's pretrain_network_g. */
+  /**
+   * Generator to start from (model file, a shipped model's name, or a checkpoint: its EMA weights):
+   * BasicSR's pretrain_network_g.
+   */
   pretrainG: string;
   checkpointEvery: number;
   valEvery: number;

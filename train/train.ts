@@ -30,6 +30,7 @@ import {
   type RgbImage,
   type ValPair,
 } from "./data.ts";
+import { resolveModel } from "../core/weights/shipped.ts";
 import { exportGenerator, generatorWeights } from "./export.ts";
 import { JsonlLog, type LogRecord, Progress } from "./log.ts";
 import { curvesSvg } from "./plot.ts";
@@ -262,8 +263,9 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     );
   }
   if (c.pretrainG && !options.resume) {
-    pretrainG = generatorWeights(await Deno.readFile(c.pretrainG), c.pretrainG);
-    console.error(`generator initialised from ${c.pretrainG}`);
+    const from = resolveModel(c.pretrainG);
+    pretrainG = generatorWeights(await Deno.readFile(from), from);
+    console.error(`generator initialised from ${from}`);
   } else if (c.stage === "gan" && !options.resume) {
     console.error(
       "WARNING: the gan stage starts from a random generator (no pretrainG); ESRGAN starts from the psnr stage",
