@@ -148,8 +148,8 @@ async function loadModels(
       models.push(bicubicModel());
       continue;
     }
-    const { Upscaler } = await import("../core/upscaler.ts");
-    const upscaler = await Upscaler.load(resolveModel(spec));
+    const { loadModel } = await import("./load_model.ts");
+    const upscaler = await loadModel(resolveModel(spec));
     upscaler.precision = args.precision;
     disposers.push(() => upscaler.dispose());
     models.push(upscalerModel(name, upscaler, { tile: args.tile, tta: args.tta, onProgress }));

@@ -38,6 +38,7 @@ import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
+import { loadModel } from "./load_model.ts";
 import { parseNumberFlag, THREADS, UsageError, WHOLE } from "./flags.ts";
 
 const MODEL_NAMES = Object.keys(SHIPPED_MODELS);
@@ -55,7 +56,8 @@ options:
   -n, --name NAME       a shipped model (default ${MODEL_NAMES[0]}):
                         ${MODEL_NAMES.slice(0, 2).join(", ")},
                         ${MODEL_NAMES.slice(2).join(", ")}
-  -m, --model PATH      a model file instead (safetensors from \`deno task import\` or training)
+  -m, --model PATH      a model file instead (from training or \`deno task import\`), or a
+                        published one as it comes (.pth, ncnn .param), imported on the fly
   -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
   -t, --tile N          tile side in input pixels, 0 for none (default ${DEFAULT_TILE_CPU_KERNELS} on our CPU
                         kernels (wasm), ${DEFAULT_TILE} on webgpu and cpu)
@@ -330,7 +332,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     try {
-      upscaler = await Upscaler.load(args.model);
+      upscaler = await loadModel(args.model);
     } catch (e) {
       console.error(`error: ${(e as Error).message}`);
       return 1;

@@ -307,6 +307,20 @@ Deno.test("several inputs (files and folders) into one folder; OUTPUT a file is 
   assert.match(file.err, /a\.png is a file: with several inputs, OUTPUT is a folder/);
 });
 
+Deno.test("a published model as it comes (.pth) runs without an import step; a broken one is one line", async () => {
+  const pth = new URL("fixtures/esrgan_x2.pth", import.meta.url).pathname;
+  await Deno.writeFile(`${dir}/pub.png`, await encodeImage(colour, { format: "png" }));
+  const r = await cli(`${dir}/pub.png`, "-o", `${dir}/pub_x2.png`, "-m", pth);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /model: \S+esrgan_x2\.pth \(x2, 2 blocks, fp32\)/);
+  assert.equal((await decodeImage(await Deno.readFile(`${dir}/pub_x2.png`))).width, 24);
+  await Deno.writeTextFile(`${dir}/broken.pth`, "not a checkpoint");
+  const bad = await cli(`${dir}/pub.png`, "-o", `${dir}/pub_bad.png`, "-m", `${dir}/broken.pth`);
+  assert.equal(bad.code, 1);
+  assertCleanErrors(bad.err);
+  assert.match(bad.err, /^error: \S+broken\.pth: unknown weight format/m);
+});
+
 Deno.test("never overwrites without --force", async () => {
   await Deno.writeFile(`${dir}/in.png`, await encodeImage(colour, { format: "png" }));
   await Deno.writeTextFile(`${dir}/taken.png`, "precious");
