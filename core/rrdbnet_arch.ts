@@ -133,6 +133,16 @@ export class RRDBNet {
     this.params = new Map();
     this.fused = !options.trainable;
     const shapes = rrdbnetShapes(config);
+    // strict, as PyTorch's load_state_dict: an x8 net's weights in an x4 net would otherwise lose conv_up3
+    const extra = [...(options.weights?.keys() ?? [])].filter((k) => !shapes.has(k));
+    if (extra.length) {
+      throw new Error(
+        `the weights have ${extra.slice(0, 3).join(", ")}${
+          extra.length > 3 ? ", ..." : ""
+        }, which this net ` +
+          `(x${config.scale}, ${config.numBlock} blocks, ${upsamplings(config)} upsamplings) has not`,
+      );
+    }
     let seed = options.seed ?? 0;
     for (const [name, shape] of shapes) {
       const given = options.weights?.get(name);

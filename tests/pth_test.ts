@@ -200,6 +200,12 @@ Deno.test("original ESRGAN layout at x1, x2 and x8 (0, 1, 3 upsamplings): PyTorc
     () => new RRDBNet({ ...inferRRDBNetConfig(sd), scale: 1 }),
     /scale 1 does not go with 3 upsamplings/,
   );
+  // and an x8 net's weights do not go into an x4 net, losing conv_up3 on the way (PyTorch's strict load)
+  const { numUpsample: _, ...x4 } = { ...inferRRDBNetConfig(sd), scale: 4 as const };
+  assert.throws(
+    () => new RRDBNet(x4, { weights: sd }),
+    /the weights have conv_up3\.weight, conv_up3\.bias, which this net \(x4, 2 blocks, 2 upsamplings\) has not/,
+  );
 });
 
 Deno.test({
