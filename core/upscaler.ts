@@ -101,22 +101,20 @@ export function resample(
 
 /** Per pixel of a `w` x `h` plane: its value where every pixel within `r` (clipped) has it, else -1. */
 function flatValues(plane: Float32Array, w: number, h: number, r: number): Float32Array {
-  // rows first, then columns: a pixel is flat where the row-flat values of its column window agree
-  const rows = new Float32Array(w * h), out = new Float32Array(w * h);
-  const flat = (get: (k: number) => number, lo: number, hi: number) => {
-    const v = get(lo);
-    if (v < 0) return -1;
-    for (let k = lo + 1; k <= hi; k++) if (get(k) !== v) return -1;
-    return v;
-  };
+  const out = new Float32Array(w * h);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      rows[y * w + x] = flat((k) => plane[y * w + k], Math.max(0, x - r), Math.min(w - 1, x + r));
-    }
-  }
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      out[y * w + x] = flat((k) => rows[k * w + x], Math.max(0, y - r), Math.min(h - 1, y + r));
+      const v = plane[y * w + x];
+      let same = true;
+      for (let yy = Math.max(0, y - r); yy <= Math.min(h - 1, y + r) && same; yy++) {
+        for (let xx = Math.max(0, x - r); xx <= Math.min(w - 1, x + r); xx++) {
+          if (plane[yy * w + xx] !== v) {
+            same = false;
+            break;
+          }
+        }
+      }
+      out[y * w + x] = same ? v : -1;
     }
   }
   return out;
