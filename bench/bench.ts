@@ -85,6 +85,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       before the last one's loss is read ("ahead"), planned forwards until the GPU
                       finished without the read-back ("done", as torch.cuda.synchronize waits), and
                       PyTorch on cuda with cuDNN's TF32 off ("no-tf32": strict fp32, as WGSL computes)
+                      and in cuDNN's benchmark mode ("cudnn-benchmark": algorithms timed per shape,
+                      as BasicSR trains)
   --torch-script P    (default bench/torch_bench.py)  --python P   (default python3, then /usr/bin/python3)
   --json              one JSON object on stdout instead of the table
   --chart FILE        also the results as a bar chart: FILE.png, or FILE.svg (each row's time over
@@ -307,13 +309,14 @@ export interface BenchRow {
    * train` runs them; {@link AHEAD_STEPS} per run), "done" (planned forwards on webgpu: until the GPU
    * finished, without reading the output back, as torch.cuda.synchronize waits), "no-tf32" (PyTorch
    * on CUDA with cuDNN's TF32 tensor cores off: strict fp32, as WGSL computes; PyTorch's default
-   * lets fp32 convolutions use TF32).
+   * lets fp32 convolutions use TF32), "cudnn-benchmark" (PyTorch on CUDA with
+   * torch.backends.cudnn.benchmark on, as BasicSR trains).
    */
   also_times_ms?: Record<string, number[]>;
   also_ms?: Record<string, number>;
   /** Why a row has no "also" time it should have (e.g. PyTorch could not switch TF32 off). */
   also_errors?: Record<string, string>;
-  /** Ours: "ahead" and "done" over PyTorch's median; "no-tf32": our median over PyTorch's that. */
+  /** Ours: "ahead" and "done" over PyTorch's median; "no-tf32", "cudnn-benchmark": our median over PyTorch's that. */
   vs_torch_also?: Record<string, number>;
   /** Largest |difference| of the forward output from {@link diff_vs}'s. */
   max_abs_diff?: number;
@@ -497,15 +500,7 @@ export async function runBench(
           else [row.max_abs_diff, row.diff_vs] = [maxAbsDiff(ref.out, out), ref.label];
         }
       }
-      const torch = [...rows.values()].find((r) => r.backend.startsWith("torch") && !r.error);
-      for (const row of rows.values()) {
-        if (torch && row !== torch && !row.error) row.vs_torch = row.ms / torch.ms;
-        if (torch?.host_ms && row !== torch && !row.error) row.vs_torch_host = row.ms / torch.host_ms;
-        if (!torch || row === torch || row.error) continue;
-        for (const [k, v] of Object.entries(row.also_ms ?? {})) (row.vs_torch_also ??= {})[k] = v / torch.ms;
-        const strict = torch.also_ms?.["no-tf32"];
-        if (strict) (row.vs_torch_also ??= {})["no-tf32"] = row.ms / strict;
-      }
+      addTorchRatios([...rows.values()]);
       report.rows.push(...rows.values());
       options.onCase?.(report);
     }
@@ -522,6 +517,23 @@ export async function runBench(
   const load1 = loadAverage();
   if (load0 !== undefined && load1 !== undefined) report.load = [load0, load1];
   return report;
+}
+
+/**
+ * Sets each row's ratios to the case's PyTorch row (if any, without error): vs_torch, vs_torch_host,
+ * and vs_torch_also: the row's other timings ("ahead", "done") over PyTorch's median, the row's median
+ * over each of PyTorch's other timings ("no-tf32", "cudnn-benchmark").
+ */
+export function addTorchRatios(rows: BenchRow[]): void {
+  const torch = rows.find((r) => r.backend.startsWith("torch") && !r.error);
+  if (!torch) return;
+  for (const row of rows) {
+    if (row === torch || row.error) continue;
+    row.vs_torch = row.ms / torch.ms;
+    if (torch.host_ms) row.vs_torch_host = row.ms / torch.host_ms;
+    for (const [k, v] of Object.entries(row.also_ms ?? {})) (row.vs_torch_also ??= {})[k] = v / torch.ms;
+    for (const [k, v] of Object.entries(torch.also_ms ?? {})) (row.vs_torch_also ??= {})[k] = row.ms / v;
+  }
 }
 
 /** The 1-minute load average (Linux), or undefined. */

@@ -70,7 +70,7 @@ const { values } = parseArgs({
     /** G's planned step in f32, or mixed precision: f16 / f16-f32acc (needs shader-f16). */
     precision: { type: "string", default: "f32" },
     /** G's planned step with Winograd F(4x4) (4) or F(2x2) (2) convolutions; 0: direct. */
-    winograd: { type: "string", default: "0" },
+    winograd: { type: "string", default: "auto" },
   },
 });
 if (values.stage !== "psnr" && values.stage !== "gan") {

@@ -67,8 +67,8 @@ options:
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
       --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
-                        (fewer multiply-adds, more memory; opt-in); 0: direct (default); auto:
-                        whichever of the two a timed forward of the first patch finds faster
+                        (fewer multiply-adds, more memory); 0: direct; auto (default): whichever
+                        of the two a timed forward of the first patch finds faster
       --alpha MODE      net (default): a transparent image's alpha through the model too (2x the
                         time, sharper edges); bicubic: alpha resized
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
@@ -169,7 +169,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   if (!["f32", "f16", "f16-f32acc"].includes(precision)) {
     throw new UsageError(`--precision must be f32, f16 or f16-f32acc, not "${v.precision}"`);
   }
-  const winograd = v.winograd === "auto" ? "auto" : Number(v.winograd ?? 0);
+  const winograd = (v.winograd ?? "auto") === "auto" ? "auto" : Number(v.winograd);
   if (![0, 2, 4, "auto"].includes(winograd)) {
     throw new UsageError(`--winograd must be 0, 2, 4 or auto, not "${v.winograd}"`);
   }
@@ -345,7 +345,7 @@ export async function main(argv: string[]): Promise<number> {
         `${args.precision === "f32" ? "" : `, computed in ${args.precision}`}` +
         `${
           args.winograd === "auto"
-            ? ", convolutions direct or Winograd, as timed"
+            ? backend.name === "webgpu" ? ", convolutions direct or Winograd, as timed" : ""
             : args.winograd
             ? `, Winograd F(${args.winograd}x${args.winograd}) convolutions`
             : ""

@@ -187,13 +187,18 @@ export class Upscaler {
   precision: ConvPrecision = "f32";
   /**
    * On webgpu: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4, f32 only) or F(2x2, 3x3)
-   * (2, any precision) (core/kernels/webgpu_winograd.ts; opt-in, see README's Benchmarks); 0: direct;
-   * "auto": whichever of direct and Winograd (4 in f32, 2 in half precision) runs the first patch's
-   * shape faster on this GPU, timed once before it (see {@link convChoice}; elsewhere: no effect).
+   * (2, any precision) (core/kernels/webgpu_winograd.ts); 0: direct; "auto" (default): whichever of
+   * direct and Winograd (4 in f32, 2 in half precision) runs the first patch's shape faster on this
+   * GPU, timed once before it (see {@link convChoice}; elsewhere: no effect). On an H200 F(4x4) won
+   * every shape of README's Benchmarks (as fast as direct to 2.3x faster); which wins is the GPU's call.
    */
-  winograd: 0 | 2 | 4 | "auto" = 0;
-  /** What `winograd: "auto"` chose and measured (undefined until a patch ran on webgpu). */
-  convChoice?: ConvChoice;
+  winograd: 0 | 2 | 4 | "auto" = "auto";
+  /** What `winograd: "auto"` chose and measured in this precision (undefined until a patch ran on webgpu). */
+  get convChoice(): ConvChoice | undefined {
+    return this.convChoices.get(this.precision);
+  }
+  /** What "auto" chose per number format (each timed once: switching back reuses the choice). */
+  private readonly convChoices = new Map<ConvPrecision, ConvChoice>();
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
   /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
   private planCheck?: Promise<void>;
@@ -567,7 +572,8 @@ export class Upscaler {
 
   /** The convolutions' algorithm plans use now: `winograd`, or what "auto" chose (direct until then). */
   private get convs(): 0 | 2 | 4 {
-    return this.winograd === "auto" ? this.convChoice?.winograd ?? 0 : this.winograd;
+    if (this.winograd !== "auto") return this.winograd;
+    return this.convChoice?.winograd ?? 0;
   }
 
   private planKey(shape: number[]): string {
@@ -575,18 +581,20 @@ export class Upscaler {
   }
 
   /**
-   * With `winograd: "auto"` on webgpu, once: times direct and Winograd plans for patches of `shape`
-   * (the input as the plan gets it) and keeps the faster one's plan for them.
+   * With `winograd: "auto"` on webgpu, once per number format: times direct and Winograd plans for
+   * patches of `shape` (the input as the plan gets it) and keeps the faster one's plan for them.
    */
   private async chooseConvs(shape: number[]): Promise<void> {
-    if (this.winograd !== "auto" || this.convChoice || tf.getBackend() !== "webgpu") return;
+    if (this.winograd !== "auto" || this.convChoice) return;
+    if (tf.getBackend() !== "webgpu") return;
     let made;
     try {
       made = await fastestPlan(this.net, shape, { precision: this.precision });
     } catch (e) {
       throw planFailure(e, shape);
     }
-    this.convChoice = { winograd: made.winograd, shape, timings: made.timings };
+    const { winograd, timings } = made;
+    this.convChoices.set(this.precision, { winograd, shape, precision: this.precision, timings });
     this.plans.set(this.planKey(shape), { plan: made.plan, weights: this.weightIds() });
   }
 

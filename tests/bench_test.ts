@@ -1,7 +1,7 @@
 /** Smoke tests of `deno task bench`'s code path on tiny nets (no timing assertions). */
 import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
-import { formatTable, parseBenchArgs, runBench } from "../bench/bench.ts";
+import { addTorchRatios, type BenchRow, formatTable, parseBenchArgs, runBench } from "../bench/bench.ts";
 import {
   ALL_CASES,
   backendLabel,
@@ -181,6 +181,25 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   assert.match(cuda, /30\.0 \(\+host 32\.5\)/);
   assert.match(cuda, /1\.20x \(1\.11x\) \(no-tf32 0\.80x\)/);
   assert.match(cuda, /30\.0 \(\+host 32\.5\) \(no-tf32 45\.0\)/);
+  // the ratios: ours over PyTorch's timings, our "done" over PyTorch's median
+  const rows: BenchRow[] = [
+    { case: "c", backend: "webgpu-plan", ms: 36, times_ms: [36], also_ms: { done: 24 } },
+    {
+      case: "c",
+      backend: "torch 2.11 cuda",
+      ms: 30,
+      host_ms: 32,
+      also_ms: { "no-tf32": 45, "cudnn-benchmark": 20 },
+      times_ms: [30],
+    },
+    { case: "c", backend: "webgpu", ms: NaN, times_ms: [], error: "no adapter" },
+  ];
+  addTorchRatios(rows);
+  assert.equal(rows[0].vs_torch, 1.2);
+  assert.equal(rows[0].vs_torch_host, 36 / 32);
+  assert.deepEqual(rows[0].vs_torch_also, { done: 0.8, "no-tf32": 0.8, "cudnn-benchmark": 1.8 });
+  assert.equal(rows[1].vs_torch, undefined);
+  assert.equal(rows[2].vs_torch, undefined);
 });
 
 Deno.test("bench: wasm-plan times the CPU training step; tfjs's wasm ops say why they cannot", async () => {

@@ -58,8 +58,9 @@ Deno.test("every option is a flag; flags override the preset; bad values name th
   assert.equal(validateConfig({ backend: "wasm", stage: "gan" }, "x.json").stage, "gan");
 });
 
-Deno.test("winograd: off by default; 2 or 4, f32, for the planned step on webgpu only; or auto", () => {
-  assert.equal(PRESETS.psnr.winograd, 0);
+Deno.test("winograd: auto by default; 2 or 4, f32, for the planned step on webgpu only; or 0 (off)", () => {
+  for (const preset of Object.values(PRESETS)) assert.equal(preset.winograd, "auto");
+  assert.equal(validateConfig({ winograd: 0 }, "x").winograd, 0);
   assert.equal(validateConfig({ winograd: 4 }, "x").winograd, 4);
   assert.throws(() => validateConfig({ winograd: 3 }, "x"), /winograd must be 0 \(off\), 2, 4 or auto/);
   assert.throws(() => validateConfig({ winograd: "fast" }, "x"), /"winograd" must be a number or auto/);

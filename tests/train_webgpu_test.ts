@@ -84,6 +84,11 @@ Deno.test({
     assert.equal(planned.planned, true);
     const first = await run(planned, 0, 2);
     const ckpt = decodeCheckpoint(await planned.checkpoint());
+    // winograd "auto" (the default) chose by timing: the checkpoint keeps the choice, so that the
+    // resumed run computes as this one did (a new timing could choose the other)
+    assert.equal(cfg.winograd, "auto");
+    assert.deepEqual(ckpt.convChoice, planned.convChoice);
+    assert.deepEqual(ckpt.convChoice!.shape, [cfg.batchSize, cfg.gtSize / 4, cfg.gtSize / 4, 3]);
     const rest = await run(planned, 2, 4);
     planned.dispose();
     [...first, ...rest].forEach((l, i) =>
@@ -92,6 +97,7 @@ Deno.test({
 
     const resumed = Trainer.create(cfg, { checkpoint: ckpt });
     assert.equal(resumed.step, 2);
+    assert.deepEqual(resumed.convChoice, ckpt.convChoice);
     const again = await run(resumed, 2, 4);
     const ema = await resumed.ema.stateDict();
     resumed.dispose();
@@ -348,7 +354,7 @@ Deno.test({
       );
       assert.equal(t.step, 0);
       // what WebGPU rejects while the plan is made (one bind group made invalid) fails the step too
-      const small = Trainer.create(TINY);
+      const small = Trainer.create({ ...TINY, winograd: 0 }); // one plan ("auto" would use the other)
       const createBindGroup = device.createBindGroup;
       let broken = false;
       device.createBindGroup = function (this: GPUDevice, d: GPUBindGroupDescriptor) {

@@ -107,7 +107,8 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
     () => parseUpscaleArgs(["a", "-o", "b", "--precision", "f8"]),
     /--precision must be f32, f16/,
   );
-  assert.equal(a.winograd, 0);
+  assert.equal(a.winograd, "auto");
+  assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "0"])!.winograd, 0);
   assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "4"])!.winograd, 4);
   assert.equal(parseUpscaleArgs(["a", "-o", "b", "--winograd", "auto"])!.winograd, "auto");
   assert.throws(

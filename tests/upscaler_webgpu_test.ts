@@ -38,7 +38,9 @@ function tooLarge(device: GPUDevice) {
     seed: 3,
   });
   const fits = Math.floor(Math.sqrt(device.limits.maxStorageBufferBindingSize / 1024));
-  return { up: new Upscaler(net), big: tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D, fits };
+  const up = new Upscaler(net);
+  up.winograd = 0; // one plan: "auto" would go on with the variant that can be made
+  return { up, big: tf.zeros([1, fits + 8, fits + 8, 3]) as tf.Tensor4D, fits };
 }
 
 async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
@@ -192,13 +194,17 @@ Deno.test({
     const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 4) as tf.Tensor4D;
     try {
       const ref = await up.upscaleTensor(x, { tile: 0 });
+      const f32Choice = up.convChoice; // winograd "auto" (the default) chose per precision
+      assert.equal(f32Choice?.precision, "f32");
       up.precision = "f16";
       const half = await up.upscaleTensor(x, { tile: 0 });
       const d = await maxDiff(half, ref);
       // a different plan ran (f16 rounding shows), and stayed close
       assert.ok(d > 0 && d < 5e-3, `f16 vs f32: max difference ${d}`);
+      assert.deepEqual(up.convChoice?.timings.map((t) => t.winograd), [0, 2], "f16 chose anew");
       up.precision = "f32";
       const again = await up.upscaleTensor(x, { tile: 0 });
+      assert.equal(up.convChoice, f32Choice, "back to f32: f32's choice, not a new timing");
       assert.equal(await maxDiff(again, ref), 0, "back to f32: the f32 plan");
       tf.dispose([ref, half, again]);
     } finally {

@@ -1,7 +1,7 @@
 /**
  * Training checkpoints: one safetensors file holding G, its EMA, D, both Adam states, the step,
- * the RNG state, the config and in mixed precision the loss scaling (in the metadata). G, EMA and D are stored as state dicts in
- * PyTorch layout under BasicSR names, prefixed `net_g.`, `net_g_ema.`, `net_d.`; Adam moments in
+ * the RNG state, the config, in mixed precision the loss scaling, and what `winograd: "auto"` chose (in
+ * the metadata). G, EMA and D are stored as state dicts in PyTorch layout under BasicSR names, prefixed `net_g.`, `net_g_ema.`, `net_d.`; Adam moments in
  * the variables' own (TF) layout under `optimizer_g.exp_avg.NAME` and `optimizer_g.exp_avg_sq.NAME`.
  * All float32, so a resumed run continues bit for bit.
  *
@@ -20,6 +20,7 @@ import {
 import type { StateDict } from "../core/state_dict.ts";
 import type { Adam } from "./adam.ts";
 import type { GradScalerState } from "../core/kernels/webgpu_train_plan.ts";
+import type { ConvChoice } from "../core/kernels/webgpu_plan.ts";
 
 /** Format tag in the metadata. */
 export const CHECKPOINT_FORMAT = "esrgan-ts-checkpoint";
@@ -45,6 +46,8 @@ export interface Checkpoint {
   optimizerD?: AdamState;
   /** Mixed precision: G's loss scaling (absent from f32 runs). */
   gradScalerG?: GradScalerState;
+  /** What `winograd: "auto"` chose for G's planned step (absent until it chose). */
+  convChoice?: ConvChoice;
   /** All metadata strings. */
   metadata: Record<string, string>;
 }
@@ -60,6 +63,7 @@ export interface CheckpointSource {
   optimizerG: Adam;
   optimizerD?: Adam;
   gradScalerG?: GradScalerState;
+  convChoice?: ConvChoice;
   metadata?: Record<string, string>;
 }
 
@@ -95,6 +99,7 @@ export async function encodeCheckpoint(src: CheckpointSource): Promise<Uint8Arra
     optimizer_g_step: String(src.optimizerG.t),
     ...(src.optimizerD ? { optimizer_d_step: String(src.optimizerD.t) } : {}),
     ...(src.gradScalerG ? { grad_scaler_g: JSON.stringify(src.gradScalerG) } : {}),
+    ...(src.convChoice ? { conv_choice: JSON.stringify(src.convChoice) } : {}),
   };
   return serializeSafetensors({ tensors, metadata });
 }
@@ -132,6 +137,7 @@ export function decodeCheckpoint(bytes: Uint8Array, name = "checkpoint"): Checkp
     optimizerG: adam("optimizer_g", "optimizer_g_step")!,
     optimizerD: adam("optimizer_d", "optimizer_d_step"),
     ...(metadata.grad_scaler_g ? { gradScalerG: JSON.parse(metadata.grad_scaler_g) } : {}),
+    ...(metadata.conv_choice ? { convChoice: JSON.parse(metadata.conv_choice) } : {}),
     metadata,
   };
   if (!ckpt.netG.size || !ckpt.netGEma.size || !ckpt.optimizerG) {

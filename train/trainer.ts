@@ -105,7 +105,11 @@ export class Trainer {
   private planAhead = false;
   /** The WebGPU plan while WebGPU checks it (see checkedPlan). */
   private planMaking?: Promise<RRDBNetTrainPlanWebGPU>;
-  /** What `winograd: "auto"` chose and measured (undefined until the first planned step on webgpu). */
+  /**
+   * What `winograd: "auto"` chose and measured (undefined until the first planned step on webgpu), or
+   * the checkpoint's choice on resuming: kept while the batch's shape is the one it was timed on, so
+   * a resumed run computes as the run it continues did.
+   */
   convChoice?: ConvChoice;
   /** Mixed precision's loss scaling while no plan holds it (from a checkpoint, or a disposed plan). */
   private scaler?: GradScalerState;
@@ -154,6 +158,7 @@ export class Trainer {
     const t = new Trainer(config, g, ema, optG, d, optD, options.perceptual);
     t.step = ck?.step ?? 0;
     t.scaler = ck?.gradScalerG;
+    if (config.winograd === "auto") t.convChoice = ck?.convChoice;
     return t;
   }
 
@@ -289,16 +294,19 @@ export class Trainer {
   /**
    * With `winograd: "auto"`: a step of the direct plan and of the Winograd F(4x4) one timed
    * (timeVariants: made, checked, timed and freed in turn; timing scrambles a plan's weights), then
-   * the faster made again from the net's.
+   * the faster made again from the net's; the choice already made for this shape, if any.
    */
   private async fastestPlan(options: TrainPlanOptions): Promise<RRDBNetTrainPlanWebGPU> {
-    const { winograd, timings } = await timeVariants(
-      [0, 4],
-      (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
-    );
-    const { batch, lqSize } = options;
-    this.convChoice = { winograd, shape: [batch, lqSize, lqSize, 3], timings };
-    return this.checkedPlan({ ...options, winograd: winograd || undefined });
+    const shape = [options.batch, options.lqSize, options.lqSize, 3];
+    let choice = this.convChoice;
+    if (choice?.shape.join() !== shape.join()) {
+      const { winograd, timings } = await timeVariants(
+        [0, 4],
+        (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
+      );
+      choice = this.convChoice = { winograd, shape, precision: "f32", timings };
+    }
+    return this.checkedPlan({ ...options, winograd: choice.winograd || undefined });
   }
 
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
@@ -418,6 +426,7 @@ export class Trainer {
     this.sync();
     return encodeCheckpoint({
       gradScalerG: this.gradScaler,
+      convChoice: this.config.winograd === "auto" ? this.convChoice : undefined,
       step: this.step,
       config: this.config,
       rng: { seed: this.config.seed },

@@ -324,17 +324,19 @@ export async function fastestPlan(
   return { plan: await checked(winograd), winograd, timings };
 }
 
-/** What a timed choice of convolutions picked, for inputs of which shape, and what each variant measured. */
+/**
+ * What a timed choice of convolutions picked, for inputs of which shape in which number format, and
+ * what each variant measured.
+ */
 export interface ConvChoice {
   winograd: 0 | WinogradSize;
   shape: number[];
+  precision: ConvPrecision;
   timings: PlanTiming[];
 }
 
 /** One line on what {@link fastestPlan} chose for a patch of `shape`, and the times it chose by. */
-export function describeChoice(
-  choice: ConvChoice,
-): string {
+export function describeChoice(choice: Omit<ConvChoice, "precision">): string {
   const name = (m: number) => (m ? `Winograd F(${m}x${m})` : "direct");
   const [, h, w] = choice.shape;
   const times = choice.timings.map((t) =>
