@@ -12,7 +12,7 @@
 #   bash ../shared/device/prepare.sh bench/train_gpu.ts       # deno.xz, Vulkan libs, run.sh
 #   deno bundle --quiet --minify --keep-names -o .device/app.js bench/train_gpu.ts
 #   deno bundle --quiet --minify --keep-names -o .device/bench.js bench/bench.ts
-#   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size 480
+#   deno run -A bench/train_gpu_data.ts ../shared/data/train .device/train_jpg --size 320
 #   (then prepend to both bundles, which `deno bundle --minify` leaves without a `require`:
 #    import { createRequire as __cr } from "node:module"; globalThis.require ??= __cr(import.meta.url);)
 #   The tree must stay under the 64 MiB carry with .device/: move weights/*.safetensors out of it for the
