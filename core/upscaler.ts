@@ -572,8 +572,7 @@ export class Upscaler {
 
   /** The convolutions' algorithm plans use now: `winograd`, or what "auto" chose (direct until then). */
   private get convs(): 0 | 2 | 4 {
-    if (this.winograd !== "auto") return this.winograd;
-    return this.convChoice?.winograd ?? 0;
+    return this.winograd === "auto" ? this.convChoice?.winograd ?? 0 : this.winograd;
   }
 
   private planKey(shape: number[]): string {
@@ -585,8 +584,7 @@ export class Upscaler {
    * patches of `shape` (the input as the plan gets it) and keeps the faster one's plan for them.
    */
   private async chooseConvs(shape: number[]): Promise<void> {
-    if (this.winograd !== "auto" || this.convChoice) return;
-    if (tf.getBackend() !== "webgpu") return;
+    if (this.winograd !== "auto" || this.convChoice || tf.getBackend() !== "webgpu") return;
     let made;
     try {
       made = await fastestPlan(this.net, shape, { precision: this.precision });

@@ -267,6 +267,32 @@ Deno.test({
     const fixed = Trainer.create({ ...cfg, winograd: choice.winograd });
     assert.deepEqual(got, await pixelLosses(fixed, batches, 0, 3));
     fixed.dispose();
+    // a resumed run keeps the checkpoint's choice; where that plan cannot be made (as on a GPU with
+    // less memory: here its first plan fails), it says so and times again
+    const first = Trainer.create(cfg);
+    await first.trainStep(batches[0]);
+    const ckpt = decodeCheckpoint(await first.checkpoint());
+    first.dispose();
+    const resumed = Trainer.create(cfg, { checkpoint: ckpt });
+    const seam = resumed as unknown as { checkedPlan(o: object): Promise<unknown> };
+    const make = seam.checkedPlan.bind(resumed);
+    let failed = 0;
+    seam.checkedPlan = (o) => failed++ ? make(o) : Promise.reject(new Error("out of GPU memory (simulated)"));
+    const warn = console.warn, warned: string[] = [];
+    console.warn = (m: string) => warned.push(m);
+    try {
+      assert.deepEqual(resumed.convChoice, ckpt.convChoice);
+      assert.ok(Number.isFinite((await resumed.trainStep(batches[1])).l_pix));
+      assert.match(
+        warned.join("\n"),
+        /chosen before cannot run here \(out of GPU memory \(simulated\)\); timing again/,
+      );
+      assert.notEqual(resumed.convChoice, ckpt.convChoice, "timed again");
+      assert.equal(resumed.convChoice!.timings.length, 2);
+    } finally {
+      console.warn = warn;
+      resumed.dispose();
+    }
     // in half precision there is no Winograd step to choose: direct, untimed
     if (probe.f16) {
       const half = Trainer.create({ ...cfg, precision: "f16" });

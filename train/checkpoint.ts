@@ -1,8 +1,9 @@
 /**
  * Training checkpoints: one safetensors file holding G, its EMA, D, both Adam states, the step,
- * the RNG state, the config, in mixed precision the loss scaling, and what `winograd: "auto"` chose (in
- * the metadata). G, EMA and D are stored as state dicts in PyTorch layout under BasicSR names, prefixed `net_g.`, `net_g_ema.`, `net_d.`; Adam moments in
- * the variables' own (TF) layout under `optimizer_g.exp_avg.NAME` and `optimizer_g.exp_avg_sq.NAME`.
+ * the RNG state, the config, in mixed precision the loss scaling, and what `winograd: "auto"` chose
+ * (in the metadata). G, EMA and D are stored as state dicts in PyTorch layout under BasicSR names,
+ * prefixed `net_g.`, `net_g_ema.`, `net_d.`; Adam moments in the variables' own (TF) layout under
+ * `optimizer_g.exp_avg.NAME` and `optimizer_g.exp_avg_sq.NAME`.
  * All float32, so a resumed run continues bit for bit.
  *
  * Writes go to a temp file that is fsynced and then renamed over the old checkpoint: a crash or

@@ -158,7 +158,8 @@ export class Trainer {
     const t = new Trainer(config, g, ema, optG, d, optD, options.perceptual);
     t.step = ck?.step ?? 0;
     t.scaler = ck?.gradScalerG;
-    if (config.winograd === "auto") t.convChoice = ck?.convChoice;
+    // (a choice for webgpu, where the planned step makes one)
+    if (config.winograd === "auto" && tf.getBackend() === "webgpu") t.convChoice = ck?.convChoice;
     return t;
   }
 
@@ -294,19 +295,27 @@ export class Trainer {
   /**
    * With `winograd: "auto"`: a step of the direct plan and of the Winograd F(4x4) one timed
    * (timeVariants: made, checked, timed and freed in turn; timing scrambles a plan's weights), then
-   * the faster made again from the net's; the choice already made for this shape, if any.
+   * the faster made again from the net's. A choice already made for this shape (earlier in the run,
+   * or the checkpoint's) is kept, unless its plan cannot be made here (a resumed run on a smaller GPU).
    */
   private async fastestPlan(options: TrainPlanOptions): Promise<RRDBNetTrainPlanWebGPU> {
     const shape = [options.batch, options.lqSize, options.lqSize, 3];
-    let choice = this.convChoice;
-    if (choice?.shape.join() !== shape.join()) {
-      const { winograd, timings } = await timeVariants(
-        [0, 4],
-        (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
-      );
-      choice = this.convChoice = { winograd, shape, precision: "f32", timings };
+    const kept = this.convChoice?.shape.join() === shape.join() ? this.convChoice : undefined;
+    if (kept) {
+      try {
+        return await this.checkedPlan({ ...options, winograd: kept.winograd || undefined });
+      } catch (e) {
+        console.warn(
+          `note: the convolutions chosen before cannot run here (${(e as Error).message}); timing again`,
+        );
+      }
     }
-    return this.checkedPlan({ ...options, winograd: choice.winograd || undefined });
+    const { winograd, timings } = await timeVariants(
+      [0, 4],
+      (w) => this.checkedPlan({ ...options, winograd: w || undefined }),
+    );
+    this.convChoice = { winograd, shape, precision: "f32", timings };
+    return this.checkedPlan({ ...options, winograd: winograd || undefined });
   }
 
   /** The gan stage's weighted perceptual and RaGAN terms of G's loss (D's weights fixed). */
