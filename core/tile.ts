@@ -83,40 +83,59 @@ export class TileBlender {
    */
   add(data: ArrayLike<number>, at: { y0: number; x0: number; wy: Float32Array; wx: Float32Array }): void {
     const { y0, x0, wy, wx } = at;
-    const { width: W, height: H, channels: C } = this;
+    const { width: W, height: H, channels: C, batch, sum, weight } = this;
     const th = wy.length, tw = wx.length;
-    if (data.length !== this.batch * th * tw * C) {
-      throw new Error(`TileBlender: tile holds ${data.length} values, expected ${this.batch * th * tw * C}`);
+    if (data.length !== batch * th * tw * C) {
+      throw new Error(`TileBlender: tile holds ${data.length} values, expected ${batch * th * tw * C}`);
     }
     if (y0 < 0 || x0 < 0 || y0 + th > H || x0 + tw > W) {
       throw new Error("TileBlender: tile outside the image");
     }
+    // This runs on the main thread for every output value, between a GPU's tiles: a tile's core,
+    // which it alone covers at weight 1 (featherWeights), is copied, not multiplied and added.
+    const typed = data instanceof Float32Array ? data : undefined;
     for (let i = 0; i < th; i++) {
-      for (let j = 0; j < tw; j++) {
-        const w = wy[i] * wx[j];
-        const p = (y0 + i) * W + x0 + j;
-        this.weight[p] += w;
-        for (let b = 0; b < this.batch; b++) {
-          const src = ((b * th + i) * tw + j) * C;
-          const dst = (b * H * W + p) * C;
-          for (let c = 0; c < C; c++) this.sum[dst + c] += w * data[src + c];
+      const wi = wy[i], p0 = (y0 + i) * W + x0;
+      for (let j = 0; j < tw;) {
+        let e = j;
+        while (e < tw && wi * wx[e] === 1 && weight[p0 + e] === 0) e++;
+        if (e > j) {
+          for (let b = 0; b < batch; b++) {
+            const src = ((b * th + i) * tw + j) * C, dst = (b * H * W + p0 + j) * C, n = (e - j) * C;
+            if (typed) sum.set(typed.subarray(src, src + n), dst);
+            else for (let k = 0; k < n; k++) sum[dst + k] = data[src + k];
+          }
+          weight.fill(1, p0 + j, p0 + e);
+          j = e;
+          continue;
         }
+        const w = wi * wx[j];
+        weight[p0 + j] += w;
+        for (let b = 0; b < batch; b++) {
+          const src = ((b * th + i) * tw + j) * C, dst = (b * H * W + p0 + j) * C;
+          for (let c = 0; c < C; c++) sum[dst + c] += w * data[src + c];
+        }
+        j++;
       }
     }
   }
 
-  /** The blended image (NHWC). Throws if a pixel got no weight (tiles did not cover it). */
+  /**
+   * The blended image (NHWC), normalised in place (the blender's own buffer: add nothing after).
+   * Throws if a pixel got no weight (tiles did not cover it).
+   */
   result(): Float32Array {
-    const { width: W, height: H, channels: C } = this;
-    const out = new Float32Array(this.sum.length);
+    const { width: W, height: H, channels: C, batch, sum, weight } = this;
     for (let p = 0; p < W * H; p++) {
-      const w = this.weight[p];
+      const w = weight[p];
+      if (w === 1) continue;
       if (!(w > 0)) throw new Error(`TileBlender: pixel ${p % W},${Math.floor(p / W)} not covered`);
-      for (let b = 0; b < this.batch; b++) {
+      for (let b = 0; b < batch; b++) {
         const o = (b * H * W + p) * C;
-        for (let c = 0; c < C; c++) out[o + c] = this.sum[o + c] / w;
+        for (let c = 0; c < C; c++) sum[o + c] /= w;
       }
+      weight[p] = 1;
     }
-    return out;
+    return sum;
   }
 }

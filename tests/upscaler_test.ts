@@ -85,6 +85,47 @@ Deno.test("TileBlender: weighted average, and refuses uncovered pixels", () => {
   b.add([4, 4], { y0: 0, x0: 1, wy: Float32Array.of(1), wx: Float32Array.of(0.5, 1) });
   assert.deepEqual([...b.result()], [2, 3, 4]);
   assert.throws(() => new TileBlender({ width: 2, height: 1, channels: 1 }).result(), /not covered/);
+  // tiles overlapping at full weight average there (the copy of a tile's core is for pixels no
+  // other tile has reached)
+  const flat = new TileBlender({ width: 3, height: 1, channels: 1 });
+  flat.add(Float32Array.of(2, 2), { y0: 0, x0: 0, wy: Float32Array.of(1), wx: Float32Array.of(1, 1) });
+  flat.add(Float32Array.of(4, 4), { y0: 0, x0: 1, wy: Float32Array.of(1), wx: Float32Array.of(1, 1) });
+  assert.deepEqual([...flat.result()], [2, 3, 4]);
+});
+
+Deno.test("TileBlender: feathered tiles blend to the weighted average, pixel by pixel", () => {
+  const s = 4, h = 21, w = 26, c = 3, n = 2;
+  const rows = planTiles(h, 8, 3), cols = planTiles(w, 8, 3);
+  const blender = new TileBlender({ batch: n, width: w * s, height: h * s, channels: c });
+  const want = new Float64Array(n * h * s * w * s * c), total = new Float64Array(h * s * w * s);
+  let seed = 7;
+  const random = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
+  rows.forEach((r, i) =>
+    cols.forEach((col, j) => {
+      const wy = featherWeights(rows, i, s), wx = featherWeights(cols, j, s);
+      const data = Float32Array.from({ length: n * wy.length * wx.length * c }, random);
+      const y0 = r.inStart * s, x0 = col.inStart * s;
+      blender.add(data, { y0, x0, wy, wx });
+      for (let b = 0; b < n; b++) {
+        for (let y = 0; y < wy.length; y++) {
+          for (let x = 0; x < wx.length; x++) {
+            const p = (y0 + y) * w * s + x0 + x, wt = wy[y] * wx[x];
+            if (b === 0) total[p] += wt;
+            for (let k = 0; k < c; k++) {
+              want[(b * h * s * w * s + p) * c + k] += wt *
+                data[((b * wy.length + y) * wx.length + x) * c + k];
+            }
+          }
+        }
+      }
+    })
+  );
+  const got = blender.result();
+  let worst = 0;
+  for (let q = 0; q < got.length; q++) {
+    worst = Math.max(worst, Math.abs(got[q] - want[q] / total[Math.floor(q / c) % (h * s * w * s)]));
+  }
+  assert.ok(worst < 1e-6, `off by ${worst}`);
 });
 
 Deno.test("Upscaler: model file in, sizes, outscale, no tensor leaks", async () => {
