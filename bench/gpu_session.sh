@@ -22,14 +22,15 @@
 #   TRAIN_ARGS="--stage gan --vgg .device/vgg.safetensors" (leave bench.js out to fit).
 # Device command: PRETRAIN=.device/init.safetensors bash bench/gpu_session.sh   (carry [".device"])
 # `bash bench/prepare_gpu_session.sh bench|psnr|gan` does all of this (bench: bench and sweep bundles, no
-# training; on an H200 the bench of four backends took ~125 s, start and transfer ~35 s; the default nine
-# are untimed there: give the call 8 minutes).
+# training; on an H200 the bench of five backends took 120 s, of ten with --profile 382 s, start and transfer
+# ~37 s).
 # Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep; unset: no sweep),
 # PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
 # bench, 420), BENCH_CASES (--all-shapes plus the Upscaler's tiled upscale of a 256x256 image),
-# BENCH_BACKENDS (default below: stock, our plan in f32 and f16, each tuned, the Winograd F(4x4) plan
-# untuned and tuned, F(2x2) in f32 and f16, and +auto (the faster of direct and F(4x4) by a timed first
-# run, as deno task upscale --winograd auto; forwards and upscales); the f16 rows time the
+# BENCH_BACKENDS (default below: stock, our direct plan, +auto (the faster of direct and F(4x4) by a timed
+# first run, the default of deno task upscale; forwards and upscales), the Winograd F(4x4) plan (as the
+# trainer's default chose on an H200), the direct f16 plan and F(2x2) in f16; +tune and F(2x2) in f32
+# changed nothing or lost on the H200 (README's Benchmarks) and are left to BENCH_BACKENDS); the f16 rows time the
 # forward in half precision and the training step in mixed precision; Winograd training rows run every
 # convolution of the step as Winograd, in f32 only), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
 # "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
@@ -47,9 +48,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-backends=webgpu,webgpu-plan,webgpu-plan:f16,webgpu-plan+tune,webgpu-plan:f16+tune
-backends=$backends,webgpu-plan+winograd,webgpu-plan+winograd+tune,webgpu-plan+winograd2,webgpu-plan:f16+winograd2
-backends=$backends,webgpu-plan+auto
+backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+winograd,webgpu-plan:f16,webgpu-plan:f16+winograd2
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   --chart "$res/bench.svg" > "$res/bench.json" 2> "$res/bench.log"

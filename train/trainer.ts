@@ -435,7 +435,7 @@ export class Trainer {
     this.sync();
     return encodeCheckpoint({
       gradScalerG: this.gradScaler,
-      convChoice: this.config.winograd === "auto" ? this.convChoice : undefined,
+      convChoice: this.convChoice,
       step: this.step,
       config: this.config,
       rng: { seed: this.config.seed },
