@@ -29,8 +29,8 @@
 # bench, 420), BENCH_CASES (--all-shapes plus the Upscaler's tiled upscale of a 256x256 image),
 # BENCH_BACKENDS (default below: stock, our direct plan, +auto (the faster of direct and F(4x4) by a timed
 # first run, the default of deno task upscale; forwards and upscales), the Winograd F(4x4) plan (as the
-# trainer's default chose on an H200), the direct f16 plan and F(2x2) in f16; +tune (which sped only
-# the direct plans) and F(2x2) in f32 (slower than F(4x4)) on the H200 (README's Benchmarks) and are left to BENCH_BACKENDS); the f16 rows time the
+# trainer's default chose on an H200), the direct f16 plan and F(2x2) in f16; on the H200 +tune sped only
+# the direct plans and F(2x2) in f32 lost to F(4x4), so those are left to BENCH_BACKENDS); the f16 rows time the
 # forward in half precision and the training step in mixed precision; Winograd training rows run every
 # convolution of the step as Winograd, in f32 only), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
 # "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
