@@ -15,7 +15,7 @@ import {
   type RgbaImage,
 } from "../core/image_io.ts";
 import { type AlphaUpsampler, Upscaler } from "../core/upscaler.ts";
-import type { EdgeConfig } from "./config.ts";
+import { type EdgeConfig, modelName } from "./config.ts";
 import {
   checkBearer,
   corsHeaders,
@@ -40,11 +40,15 @@ export interface HealthReport {
   status: "loading" | "ready" | "failed";
   ready: boolean;
   error?: string;
-  /** `file` is the model's file name only: a public instance need not show its directory layout. */
-  model: { file: string; dtype?: string; scale?: number; config?: unknown; loadMs?: number };
+  /**
+   * The default model (`file` is its file name only: a public instance need not show its directory
+   * layout); `models`, every model served, the default first, by the name `?model=` takes.
+   */
+  model: ModelReport;
+  models: (ModelReport & { name: string })[];
   backend?: BackendInfo;
   /** The settings of {@link EdgeConfig} a client may see: the token only as whether one is required. */
-  limits: Omit<EdgeConfig, "model" | "backend" | "token"> & {
+  limits: Omit<EdgeConfig, "model" | "moreModels" | "backend" | "token"> & {
     auth: boolean;
     inputTypes: string[];
     /** Each output format: "available", "untested" (tried on first use) or why it is unavailable. */
@@ -53,6 +57,15 @@ export interface HealthReport {
   jobs: { active: number; queued: number; served: number };
   memory: { rssBytes: number; tensors: number; tensorBytes: number };
   uptimeS: number;
+}
+
+/** One model of {@link HealthReport}. */
+export interface ModelReport {
+  file: string;
+  dtype?: string;
+  scale?: number;
+  config?: unknown;
+  loadMs?: number;
 }
 
 /** A running service instance. */
@@ -69,7 +82,7 @@ export interface EdgeApp {
 
 /** Options for {@link createApp}. */
 export interface CreateAppOptions {
-  /** Loads the model; the default reads `config.model` with `Upscaler.load`. */
+  /** Loads a model; the default reads the file with `Upscaler.load`. */
   loadModel?: (path: string) => Promise<Upscaler>;
 }
 
@@ -93,25 +106,33 @@ export function startBackend(name?: BackendName): Promise<BackendInfo> {
 export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): EdgeApp {
   const started = performance.now();
   const limiter = new JobLimiter({ maxConcurrent: config.maxConcurrent, maxQueue: config.maxQueue });
+  // every model served, by name, the default first
+  const files = new Map([config.model, ...config.moreModels].map((f) => [modelName(f), f]));
   const state: {
     status: HealthReport["status"];
     error?: string;
-    upscaler?: Upscaler;
+    upscalers: Map<string, { upscaler: Upscaler; loadMs: number }>;
     backend?: BackendInfo;
-    loadMs?: number;
     served: number;
-  } = { status: "loading", served: 0 };
+  } = { status: "loading", upscalers: new Map(), served: 0 };
 
   const ready = (async () => {
+    let file = config.model;
     try {
       state.backend = await startBackend(config.backend);
-      state.upscaler = await (options.loadModel ?? ((p) => Upscaler.load(p)))(config.model);
-      state.loadMs = Math.round(performance.now() - started);
+      // one at a time: each holds its weights (and the CPU kernels' copy) for the instance's life
+      for (const [name, f] of files) {
+        file = f;
+        const upscaler = await (options.loadModel ?? ((p) => Upscaler.load(p)))(f);
+        state.upscalers.set(name, { upscaler, loadMs: Math.round(performance.now() - started) });
+      }
       state.status = "ready";
     } catch (err) {
       state.status = "failed";
-      state.error = `cannot load model ${config.model}: ${err instanceof Error ? err.message : err}`;
+      state.error = `cannot load model ${file}: ${err instanceof Error ? err.message : err}`;
       console.error(`edge: ${state.error}`);
+      for (const { upscaler } of state.upscalers.values()) upscaler.dispose();
+      state.upscalers.clear();
       throw err;
     }
   })();
@@ -143,7 +164,17 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
     }
   }
 
-  const { model: _model, backend: _backend, token: _token, ...publicLimits } = config;
+  const { model: _model, moreModels: _more, backend: _backend, token: _token, ...publicLimits } = config;
+  const modelReport = (name: string): ModelReport => {
+    const loaded = state.upscalers.get(name);
+    return {
+      file: files.get(name)!.split(/[\\/]/).pop()!,
+      dtype: loaded?.upscaler.info.dtype,
+      scale: loaded?.upscaler.scale,
+      config: loaded?.upscaler.config,
+      loadMs: loaded?.loadMs,
+    };
+  };
   function health(): HealthReport {
     // tf.memory() throws until a backend is up (a failed start leaves none).
     const mem = state.backend ? tf.memory() : { numTensors: 0, numBytes: 0 };
@@ -151,13 +182,8 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
       status: state.status,
       ready: state.status === "ready",
       ...(state.error ? { error: state.error } : {}),
-      model: {
-        file: config.model.split(/[\\/]/).pop()!,
-        dtype: state.upscaler?.info.dtype,
-        scale: state.upscaler?.scale,
-        config: state.upscaler?.config,
-        loadMs: state.loadMs,
-      },
+      model: modelReport(modelName(config.model)),
+      models: [...files.keys()].map((name) => ({ name, ...modelReport(name) })),
       backend: state.backend,
       limits: {
         ...publicLimits,
@@ -174,7 +200,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
   async function upscale(request: Request): Promise<Response> {
     const arrived = performance.now();
     if (config.token) checkBearer(request, config.token);
-    const params = parseParams(new URL(request.url).searchParams, config.maxOutscale);
+    const params = parseParams(new URL(request.url).searchParams, config.maxOutscale, [...files.keys()]);
     const bytes = await readImageBody(request, config.maxBodyBytes);
     let header;
     try {
@@ -235,7 +261,8 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
   async function runJob(bytes: Uint8Array, params: Params, signal: AbortSignal) {
     await Promise.race([ready.catch(() => {}), new Promise((r) => signal.addEventListener("abort", r))]);
     signal.throwIfAborted();
-    if (!state.upscaler) throw new HttpError(503, `model unavailable: ${state.error}`);
+    const upscaler = state.upscalers.get(params.model)?.upscaler;
+    if (!upscaler) throw new HttpError(503, `model unavailable: ${state.error}`);
     let release;
     try {
       release = await limiter.acquire(signal);
@@ -254,7 +281,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
         throw new HttpError(400, `cannot decode image: ${err instanceof Error ? err.message : err}`);
       }
       signal.throwIfAborted();
-      const out = await state.upscaler.upscale(img, {
+      const out = await upscaler.upscale(img, {
         outscale: params.outscale,
         alpha: params.alpha,
         tile: config.tile,
@@ -312,21 +339,31 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
     async close() {
       await ready.catch(() => {});
       while (limiter.active || limiter.queued) await new Promise((r) => setTimeout(r, 20));
-      state.upscaler?.dispose();
-      state.upscaler = undefined;
+      for (const { upscaler } of state.upscalers.values()) upscaler.dispose();
+      state.upscalers.clear();
     },
   };
 }
 
 interface Params {
+  /** The model's name (the default's when the query names none). */
+  model: string;
   outscale?: number;
   alpha?: AlphaUpsampler;
   format: OutputFormat;
   quality?: number;
 }
 
-function parseParams(q: URLSearchParams, maxOutscale: number): Params {
-  const params: Params = { format: "png" };
+/** The query of `/v1/upscale`, checked; `models`: the names served, the default first. */
+function parseParams(q: URLSearchParams, maxOutscale: number, models: string[]): Params {
+  const params: Params = { model: models[0], format: "png" };
+  const model = q.get("model");
+  if (model !== null) {
+    if (!models.includes(model)) {
+      throw new HttpError(400, `model=${model}: expected one of ${models.join(", ")}`);
+    }
+    params.model = model;
+  }
   const outscale = q.get("outscale");
   if (outscale !== null) {
     const v = Number(outscale);

@@ -5,12 +5,17 @@
  */
 import type { BackendName } from "../core/backend.ts";
 import { DEFAULT_TILE, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
-import { resolveModel } from "../core/weights/shipped.ts";
+import { resolveModel, SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 
 /** Settings of one server instance. */
 export interface EdgeConfig {
-  /** Model file path (read once per instance). */
+  /** Model file path (read once per instance): what `/v1/upscale` runs unless `?model=` names another. */
   model: string;
+  /**
+   * More model files to serve, each read once per instance and chosen by `?model=NAME`, NAME as
+   * {@link modelName} gives it (a shipped model's name, else the file's name without extension).
+   */
+  moreModels: string[];
   /** Backend to force; absent: webgpu on a real GPU adapter, else wasm. */
   backend?: BackendName;
   /** Largest accepted request body, in bytes (413 above). */
@@ -37,7 +42,8 @@ export interface EdgeConfig {
 
 /** Environment variables the server reads, each with its meaning (README and `--allow-env` use this list). */
 export const ENV_VARS = {
-  EDGE_MODEL: "model file path, or a shipped model's name (default: the shipped int8 x4plus)",
+  EDGE_MODEL:
+    "model file path or shipped model's name, or several, comma-separated, the first the default (default: the shipped int8 x4plus)",
   EDGE_BACKEND: "webgpu | wasm | cpu (default: webgpu on a real GPU adapter, else wasm)",
   EDGE_MAX_BODY_BYTES: "largest request body in bytes",
   EDGE_MAX_PIXELS: "largest input width × height",
@@ -80,10 +86,17 @@ export function configFromEnv(
   if (backend && !["webgpu", "wasm", "cpu"].includes(backend)) {
     throw new Error(`EDGE_BACKEND=${backend}: expected webgpu, wasm or cpu`);
   }
+  const models = (get("EDGE_MODEL")?.trim() || options.defaultModel).split(",").map((s) => s.trim());
+  if (models.some((m) => !m)) throw new Error(`EDGE_MODEL=${get("EDGE_MODEL")}: an empty model in the list`);
+  const files = models.map(resolveModel);
+  const names = files.map(modelName);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice) throw new Error(`EDGE_MODEL=${get("EDGE_MODEL")}: two models named "${twice}"`);
   const maxOutscale = Number(get("EDGE_MAX_OUTSCALE")?.trim() || DEFAULTS.maxOutscale);
   if (!(maxOutscale > 0)) throw new Error(`EDGE_MAX_OUTSCALE=${get("EDGE_MAX_OUTSCALE")}: expected > 0`);
   return {
-    model: resolveModel(get("EDGE_MODEL")?.trim() || options.defaultModel),
+    model: files[0],
+    moreModels: files.slice(1),
     backend: backend as BackendName | undefined,
     maxBodyBytes: int("EDGE_MAX_BODY_BYTES", DEFAULTS.maxBodyBytes, 1),
     maxPixels: int("EDGE_MAX_PIXELS", DEFAULTS.maxPixels, 1),
@@ -96,4 +109,13 @@ export function configFromEnv(
     token: get("EDGE_TOKEN") || undefined,
     corsOrigins: (get("EDGE_CORS_ORIGINS") ?? "").split(",").map((s) => s.trim()).filter(Boolean),
   };
+}
+
+/**
+ * The name `?model=` takes for a model file: its shipped name, else its file name without
+ * `.safetensors` (and a dtype before it: `.int8`, `.fp16`, `.fp32`).
+ */
+export function modelName(file: string): string {
+  const shipped = Object.keys(SHIPPED_MODELS).find((name) => shippedModelPath(name) === file);
+  return shipped ?? file.split(/[\\/]/).pop()!.replace(/(\.(int8|fp16|fp32))?\.safetensors$/, "");
 }

@@ -38,6 +38,7 @@ export const PAGE_HTML = `<!doctype html>
 <div class="muted" id="info">Loading model information…</div>
 <form id="form">
   <label>Image (PNG, JPEG or WebP)<input type="file" id="file" accept="image/png,image/jpeg,image/webp" required></label>
+  <label id="modelLabel" class="hidden">Model<select id="model"></select></label>
   <label>Output scale<select id="outscale"><option>4</option><option>3</option><option>2</option>
     <option>1</option></select></label>
   <label>Format<select id="format"><option>png</option><option>jpeg</option><option>webp</option></select></label>
@@ -69,6 +70,16 @@ fetch("/healthz").then((r) => r.json()).then((h) => {
     (b.name || "?") + " · " + (h.ready ? "ready" : h.status) + " · up to " + l.maxPixels + " input pixels, " +
     Math.round(l.maxBodyBytes / 1024) + " KiB";
   if (l.auth) $("tokenLabel").classList.remove("hidden");
+  const models = h.models || [];
+  if (models.length > 1) {
+    for (const md of models) {
+      const o = document.createElement("option");
+      o.value = md.name;
+      o.textContent = md.name + (md.scale ? " (x" + md.scale + ")" : "");
+      $("model").append(o);
+    }
+    $("modelLabel").classList.remove("hidden");
+  }
 }).catch(() => { $("info").textContent = "health check failed"; });
 $("slider").addEventListener("input", (e) => {
   $("before").style.clipPath = "inset(0 " + (100 - e.target.value) + "% 0 0)";
@@ -86,6 +97,7 @@ $("form").addEventListener("submit", async (e) => {
     const body = new FormData();
     body.append("image", file);
     const q = new URLSearchParams({ outscale: $("outscale").value, format: $("format").value });
+    if ($("model").value) q.set("model", $("model").value);
     const headers = $("token").value ? { authorization: "Bearer " + $("token").value } : {};
     const res = await fetch("/v1/upscale?" + q, { method: "POST", body, headers });
     if (!res.ok) {

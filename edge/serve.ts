@@ -20,7 +20,10 @@ Deno.serve({
 app.ready.then(
   () => {
     const h = app.health();
-    console.log(`edge: model ${config.model} ready on ${h.backend?.name} in ${h.model.loadMs} ms`);
+    const more = config.moreModels.length ? ` (and ${h.models.slice(1).map((m) => m.name).join(", ")})` : "";
+    console.log(
+      `edge: model ${config.model}${more} ready on ${h.backend?.name} in ${h.models.at(-1)!.loadMs} ms`,
+    );
   },
   () => console.error("edge: the model did not load; /v1/upscale answers 503 (see /healthz)"),
 );

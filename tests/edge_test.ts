@@ -14,7 +14,7 @@ import { encodeModelFile } from "../core/weights/model_file.ts";
 import { decodeImage, encodeImage, type RgbaImage } from "../core/image_io.ts";
 import { DEFAULT_MODEL, Upscaler } from "../core/upscaler.ts";
 import { createApp, type EdgeApp, startBackend } from "../edge/app.ts";
-import { configFromEnv, type EdgeConfig } from "../edge/config.ts";
+import { configFromEnv, type EdgeConfig, modelName } from "../edge/config.ts";
 import { shippedModelPath } from "../core/weights/shipped.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -125,6 +125,71 @@ Deno.test("configFromEnv: EDGE_MODEL is a file or a shipped model's name", () =>
   assert.equal(model(), "d.safetensors");
   assert.equal(model(" my/model.safetensors "), "my/model.safetensors");
   assert.equal(model("realesrgan-x4plus-anime"), shippedModelPath("realesrgan-x4plus-anime"));
+  // several, comma-separated: the first is the default, the others are chosen by name
+  const env = (v: string) =>
+    configFromEnv((k) => (k === "EDGE_MODEL" ? v : undefined), { defaultModel: "d" });
+  const two = env("realesrgan-x4plus, realesrgan-x4plus-anime");
+  assert.equal(two.model, shippedModelPath("realesrgan-x4plus"));
+  assert.deepEqual(two.moreModels, [shippedModelPath("realesrgan-x4plus-anime")]);
+  assert.deepEqual([two.model, ...two.moreModels].map(modelName), [
+    "realesrgan-x4plus",
+    "realesrgan-x4plus-anime",
+  ]);
+  assert.deepEqual(env("a/x.safetensors,b/y.fp16.safetensors").moreModels, ["b/y.fp16.safetensors"]);
+  assert.equal(modelName("b/y.fp16.safetensors"), "y");
+  assert.deepEqual(env("m.safetensors").moreModels, []);
+  assert.throws(() => env("a.safetensors,,b.safetensors"), /EDGE_MODEL=.*an empty model in the list/);
+  assert.throws(() => env("a/m.safetensors,b/m.int8.safetensors"), /two models named "m"/);
+});
+
+Deno.test("edge: several models, one chosen per request by ?model=; /healthz lists them", opts, async () => {
+  const secondPath = await Deno.makeTempFile({ prefix: "edge_second_", suffix: ".fp32.safetensors" });
+  const secondBytes = encodeModelFile(tinyStateDict(11), { dtype: "fp32" });
+  await Deno.writeFile(secondPath, secondBytes);
+  const second = modelName(secondPath);
+  const srv = await serve({ moreModels: [secondPath] });
+  try {
+    const h = await health(srv.url);
+    assert.equal(h.ready, true);
+    assert.deepEqual(h.models.map((m: { name: string }) => m.name), [modelName(modelPath), second]);
+    assert.equal(h.models[1].file, secondPath.split("/").pop());
+    assert.deepEqual(h.models[1].config, TINY);
+    assert.equal(h.model.file, modelPath.split("/").pop(), "model: the default");
+    assert.equal(h.limits.moreModels, undefined, "files stay private");
+    const body = await png(picture(21, 17));
+    const outputs = [];
+    for (const [q, bytes] of [["", modelBytes], [`?model=${second}`, secondBytes]] as const) {
+      const res = await post(`${srv.url}/v1/upscale${q}`, body, { type: "image/png" });
+      assert.equal(res.status, 200, await res.clone().text());
+      const out = await decodeImage(new Uint8Array(await res.arrayBuffer()));
+      const ref = Upscaler.fromBytes(bytes);
+      assert.deepEqual(
+        out.data,
+        (await ref.upscale(await decodeImage(body))).data,
+        `model ${q || "default"}`,
+      );
+      ref.dispose();
+      outputs.push(out.data);
+    }
+    assert.notDeepEqual(outputs[0], outputs[1], "two different models ran");
+    await expectError(
+      await post(`${srv.url}/v1/upscale?model=nope`, body, { type: "image/png" }),
+      400,
+      new RegExp(`model=nope: expected one of ${modelName(modelPath)}, ${second}`),
+    );
+  } finally {
+    await srv.close();
+    await Deno.remove(secondPath);
+  }
+  // one that cannot load fails the instance, naming it
+  const bad = await serve({ moreModels: [`${modelPath}.missing`] });
+  try {
+    const h = await health(bad.url);
+    assert.equal(h.status, "failed");
+    assert.match(h.error, new RegExp(`cannot load model .*\\.missing`));
+  } finally {
+    await bad.close();
+  }
 });
 
 Deno.test(
