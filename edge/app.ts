@@ -1,8 +1,8 @@
 /**
  * The edge upscaling service as a plain `fetch` handler: routes, limits, the job queue and the
- * once-per-instance model. `main.ts` wires it to the environment; tests build it with their own
- * settings. It never writes to disk and never opens a path that came from a request: the only file
- * it reads is the configured model.
+ * once-per-instance models. `main.ts` wires it to the environment; tests build it with their own
+ * settings. It never writes to disk and never opens a path that came from a request (`?model=`
+ * names one of the configured models): the only files it reads are those models.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
