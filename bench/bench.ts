@@ -48,13 +48,13 @@ export const AHEAD_STEPS = 3;
 
 const HELP = `deno task bench [options]
 Times RRDBNet (forward passes; training steps with train: cases; gan-stage steps, G with VGG19's
-perceptual loss and D, with gan: cases; the Upscaler's tiled upscale, 128-pixel tiles overlapping
-by 24, with upscale: cases) per tfjs backend, warmed up,
+perceptual loss and D, with gan: cases; the Upscaler's tiled upscale, 128-pixel tiles (or /TILE)
+overlapping by 24, with upscale: cases) per tfjs backend, warmed up,
 median of --runs, with peak memory, next to PyTorch on the same machine in the same run. The
 backends and PyTorch each run in a process of their own and take turns, one run each per round.
 
-  --case SPEC         forward:NxHxW, train:NxHxW, gan:Nx32x32 or upscale:NxHxW (LR size),
-                      repeatable; default forward:1x64x64
+  --case SPEC         forward:NxHxW, train:NxHxW, gan:Nx32x32 or upscale:NxHxW[/TILE] (LR size; an
+                      upscale's tile side, default 128), repeatable; default forward:1x64x64
   --all-shapes        ${ALL_CASES.join(", ")} (and any --case)
   --backend LIST      comma list of wasm, wasm:N (N threads), wasm-plan[:N] (our CPU kernels: forward
                       and the planned training step), cpu, webgpu, webgpu-custom (our kernels),

@@ -30,37 +30,45 @@ const GAN_LQ = 32;
 
 /**
  * One measurement on a batch of N HxW LR images: a forward pass, a training step, or an upscale
- * (the Upscaler, tiled as `deno task upscale` tiles: 128-pixel tiles overlapping by 24, blended;
- * PyTorch: Real-ESRGAN's tile loop with the same tiles, each tile's core pasted).
+ * (the Upscaler, tiled as `deno task upscale` tiles: 128-pixel tiles (or `tile`) overlapping by 24,
+ * blended; PyTorch: Real-ESRGAN's tile loop with the same tiles, each tile's core pasted).
  */
 export interface BenchCase {
   kind: "forward" | "train" | "gan" | "upscale";
   n: number;
   h: number;
   w: number;
+  /** Upscale cases: the tile side in LR pixels (`upscale:1x512x512/256`); absent: {@link DEFAULT_TILE}. */
+  tile?: number;
 }
 
-/** Parses `forward:1x64x64`, `train:16x32x32`, `gan:16x32x32` or `upscale:1x256x256` (LR size). */
+/**
+ * Parses `forward:1x64x64`, `train:16x32x32`, `gan:16x32x32` or `upscale:1x256x256` (LR size; an
+ * upscale may name its tile side: `upscale:1x512x512/256`).
+ */
 export function parseCase(spec: string): BenchCase {
-  const m = /^(forward|train|gan|upscale):(\d+)x(\d+)x(\d+)$/.exec(spec);
-  if (!m) {
+  const m = /^(forward|train|gan|upscale):(\d+)x(\d+)x(\d+)(?:\/(\d+))?$/.exec(spec);
+  if (!m || (m[5] !== undefined && m[1] !== "upscale")) {
     throw new Error(
-      `bad case "${spec}": expected forward:NxHxW, train:NxHxW, gan:NxHxW or upscale:NxHxW, e.g. forward:1x64x64`,
+      `bad case "${spec}": expected forward:NxHxW, train:NxHxW, gan:NxHxW or upscale:NxHxW[/TILE], e.g. forward:1x64x64`,
     );
   }
   const [n, h, w] = [m[2], m[3], m[4]].map(Number);
   if (!(n > 0 && h > 0 && w > 0)) throw new Error(`bad case "${spec}": sizes must be positive`);
+  if (m[5] !== undefined && !(Number(m[5]) > 0)) {
+    throw new Error(`bad case "${spec}": the tile must be positive`);
+  }
   if (m[1] === "gan" && (h !== GAN_LQ || w !== GAN_LQ)) {
     throw new Error(
       `bad case "${spec}": gan steps take ${GAN_LQ}x${GAN_LQ} LR (the discriminator's 128x128 GT)`,
     );
   }
-  return { kind: m[1] as BenchCase["kind"], n, h, w };
+  return { kind: m[1] as BenchCase["kind"], n, h, w, ...(m[5] !== undefined ? { tile: Number(m[5]) } : {}) };
 }
 
 /** Writes a case back as its spec. */
 export function caseName(c: BenchCase): string {
-  return `${c.kind}:${c.n}x${c.h}x${c.w}`;
+  return `${c.kind}:${c.n}x${c.h}x${c.w}${c.tile ? `/${c.tile}` : ""}`;
 }
 
 /**
@@ -199,8 +207,8 @@ export function prepareCase(net: RRDBNet, c: BenchCase, seed = 1): PreparedCase 
 }
 
 /**
- * An upscale through the Upscaler with 128-pixel tiles ({@link DEFAULT_TILE}, as PyTorch's loop in
- * torch_bench.py, on every backend: the CPU kernels' own default is larger), read back and blended: our
+ * An upscale through the Upscaler with 128-pixel tiles ({@link DEFAULT_TILE}) or the case's, as
+ * PyTorch's loop in torch_bench.py, on every backend (the CPU kernels' own default is larger), read back and blended: our
  * kernels where the backend is a plan (in its precision and Winograd size), tfjs's ops on wasm and
  * cpu otherwise. On webgpu the Upscaler always runs planned passes: the stock `webgpu` and
  * `webgpu-custom` backends are refused rather than timed under a name that is not what ran.
@@ -218,7 +226,7 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
   const prepared: PreparedCase = {
     async step() {
-      const y = await up.upscaleTensor(x, { tile: DEFAULT_TILE, tilePad: DEFAULT_TILE_PAD });
+      const y = await up.upscaleTensor(x, { tile: c.tile ?? DEFAULT_TILE, tilePad: DEFAULT_TILE_PAD });
       if (up.convChoice) prepared.convs = describeChoice(up.convChoice);
       try {
         return (await y.data()) as Float32Array;

@@ -26,7 +26,8 @@
 # ~37 s).
 # Knobs (environment): TRAIN_MIN (4; 0: no training), SWEEP_S (time limit of the sweep; unset: no sweep),
 # PRETRAIN (default: the shipped x4plus, if it travelled; "none": random init), BENCH_S (time limit of the
-# bench, 420), BENCH_CASES (--all-shapes plus the Upscaler's tiled upscale of a 256x256 image),
+# bench, 420), BENCH_CASES (--all-shapes plus the Upscaler's tiled upscale of a 256x256 image,
+# and of a 512x512 one in tiles of 128 and of 256),
 # BENCH_BACKENDS (default below: stock, our direct plan, +auto (the faster of direct and F(4x4) by a timed
 # first run, the default of deno task upscale; forwards and upscales), the Winograd F(4x4) plan (as the
 # trainer's default chose on an H200), the direct f16 plan and F(2x2) in f16; on the H200 +tune sped only
@@ -49,7 +50,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 t0=$(date +%s)
 # shellcheck disable=SC2086
 backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+winograd,webgpu-plan:f16,webgpu-plan:f16+winograd2
-timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256} --backend "${BENCH_BACKENDS:-$backends}" \
+timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256 --case upscale:1x512x512 --case upscale:1x512x512/256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   --chart "$res/bench.svg" > "$res/bench.json" 2> "$res/bench.log"
 echo "bench: exit $? after $(($(date +%s) - t0)) s"

@@ -132,6 +132,7 @@ def prepare(net, case, dev):
     """Returns a function that runs one forward pass, one training step (L1, Adam) or one gan step of
     `case`."""
     kind, shape = case.split(":")
+    shape, _, tile = shape.partition("/")  # upscale:1x512x512/256: 256-pixel tiles
     n, h, w = (int(v) for v in shape.split("x"))
     x = torch.rand(n, 3, h, w, device=dev)
     if kind == "forward":
@@ -142,7 +143,7 @@ def prepare(net, case, dev):
         return step
     if kind == "upscale":
         net.eval()
-        return lambda: tiled(net, x)
+        return lambda: tiled(net, x, tile=int(tile or 128))
     net.train()
     target = torch.rand(n, 3, h * 4, w * 4, device=dev)
     if kind == "gan":

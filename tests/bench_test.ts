@@ -27,6 +27,10 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
     /gan steps take 32x32 LR \(the discriminator's 128x128 GT\)/,
   );
   assert.deepEqual(parseCase("upscale:1x256x256"), { kind: "upscale", n: 1, h: 256, w: 256 });
+  assert.deepEqual(parseCase("upscale:1x512x512/256"), { kind: "upscale", n: 1, h: 512, w: 512, tile: 256 });
+  assert.equal(caseName(parseCase("upscale:1x512x512/256")), "upscale:1x512x512/256");
+  assert.throws(() => parseCase("forward:1x64x64/32"), /bad case "forward:1x64x64\/32"/);
+  assert.throws(() => parseCase("upscale:1x64x64/0"), /the tile must be positive/);
   assert.deepEqual(parseBackend("wasm:3"), { name: "wasm", threads: 3 });
   assert.deepEqual(parseBackend("webgpu-custom"), { name: "webgpu", custom: true });
   assert.equal(backendLabel(parseBackend("wasm:1")), "wasm:1");
@@ -349,15 +353,20 @@ Deno.test("bench: gan cases time the trainer's gan-stage step (G, VGG19 to conv5
 
 Deno.test("bench: upscale cases run the tiled Upscaler; our CPU kernels and tfjs's ops agree", async () => {
   const plan = parseBenchArgs([
-    ...["--backend", "wasm-plan:2,wasm:2", "--case", "upscale:1x20x18", "--blocks", "1"],
-    ...["--runs", "1", "--warmup", "0", "--random", "--no-torch"],
+    ...["--backend", "wasm-plan:2,wasm:2", "--case", "upscale:1x20x18", "--case", "upscale:1x20x18/8"],
+    ...["--blocks", "1", "--runs", "1", "--warmup", "0", "--random", "--no-torch"],
   ]);
   const report = await runBench(plan);
-  const [ours, ops] = report.rows;
-  for (const r of [ours, ops]) assert.equal(r.error, undefined, r.error);
-  // 20x18 in one tile: both ran the same forward, blended and clamped
-  assert.equal(ops.diff_vs, "wasm-plan:2");
-  assert.ok(ops.max_abs_diff! < 1e-4, `max |Δ| ${ops.max_abs_diff}`);
+  assert.deepEqual(report.rows.map((r) => r.case), [
+    ...["upscale:1x20x18", "upscale:1x20x18"],
+    ...["upscale:1x20x18/8", "upscale:1x20x18/8"],
+  ]);
+  // 20x18 in one tile, then in 3x3 tiles of 8: both backends ran the same forwards, blended and clamped
+  for (const [ours, ops] of [report.rows.slice(0, 2), report.rows.slice(2)]) {
+    for (const r of [ours, ops]) assert.equal(r.error, undefined, r.error);
+    assert.equal(ops.diff_vs, "wasm-plan:2");
+    assert.ok(ops.max_abs_diff! < 1e-4, `max |Δ| ${ops.max_abs_diff}`);
+  }
 });
 
 Deno.test("bench: stopped by SIGTERM (a timeout), it still reports the cases it finished", async () => {
