@@ -67,6 +67,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       only), in training steps too (f32: forward, input and filter gradients);
                       "+auto" (forwards and upscales) whichever of direct and Winograd a timed
                       first run finds faster, as deno task upscale --winograd auto does;
+                      "+hostblend" (upscales only) each tile read back and blended on the host,
+                      as the Upscaler did before it blended on the GPU;
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -218,7 +220,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
   await serve(async () => {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
-    usePlannedPasses(!!spec.plan, { precision: spec.precision, tune: spec.tune, winograd: spec.winograd });
+    usePlannedPasses(!!spec.plan, spec);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {
@@ -439,6 +441,10 @@ export async function runBench(
         }
         if (c.kind === "train" && spec?.winograd === "auto") {
           log(`  ${name}: ${p.label} skipped (+auto chooses for forwards and upscales only)`);
+          continue;
+        }
+        if (c.kind !== "upscale" && spec?.hostBlend) {
+          log(`  ${name}: ${p.label} skipped (+hostblend is for upscales only)`);
           continue;
         }
         if (c.kind === "gan" && spec?.tune) {

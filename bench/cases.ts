@@ -92,6 +92,8 @@ export interface BackendSpec {
    * forwards and upscales: core/kernels/webgpu_plan.ts's fastestPlan).
    */
   winograd?: WinogradSize | "auto";
+  /** Upscale cases read each tile back and blend on the host (`+hostblend`), as before the GPU blended them. */
+  hostBlend?: boolean;
 }
 
 /**
@@ -99,7 +101,8 @@ export interface BackendSpec {
  * kernels), `cpu`, `webgpu`, `webgpu-custom`, `webgpu-plan`, `webgpu-plan:f16`, `webgpu-plan:f16-f32acc`;
  * a webgpu plan with `+tune` times its candidate tilings per shape before it runs, with
  * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32),
- * with `+auto` as the faster of direct and Winograd on the first run (timed).
+ * with `+auto` as the faster of direct and Winograd on the first run (timed); with `+hostblend` its
+ * upscales blend their tiles on the host (Upscaler.gpuBlend off).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
@@ -109,10 +112,13 @@ export function parseBackend(spec: string): BackendSpec {
       winograd: { winograd: 4 },
       winograd2: { winograd: 2 },
       auto: { winograd: "auto" },
+      hostblend: { hostBlend: true },
     };
     const parsed = parseBackend(base);
     if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
-      throw new Error(`bad backend "${spec}": +tune, +winograd, +winograd2 and +auto go after webgpu-plan`);
+      throw new Error(
+        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto and +hostblend go after webgpu-plan`,
+      );
     }
     if (flags.filter((f) => f.startsWith("winograd") || f === "auto").length > 1) {
       throw new Error(`bad backend "${spec}": one of +winograd, +winograd2 and +auto`);
@@ -148,7 +154,7 @@ export function backendLabel(b: BackendSpec): string {
     : b.plan
     ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${
       b.winograd === "auto" ? "+auto" : b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
-    }${b.tune ? "+tune" : ""}`
+    }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}`
     : b.name;
 }
 
@@ -222,6 +228,7 @@ function prepareUpscale(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   up.cpuKernels = withPlan;
   if (tf.getBackend() === "webgpu") {
     [up.precision, up.winograd] = [planOptions.precision, planOptions.winograd ?? 0];
+    up.gpuBlend = !planOptions.hostBlend;
   }
   const x = tf.randomUniform([c.n, c.h, c.w, net.config.numInCh], 0, 1, "float32", seed) as tf.Tensor4D;
   const prepared: PreparedCase = {
@@ -290,21 +297,28 @@ function prepareGan(net: RRDBNet, c: BenchCase, seed: number): PreparedCase {
 }
 
 let withPlan = false;
-let planOptions: { precision: ConvPrecision; tune: boolean; winograd?: WinogradSize | "auto" } = {
+let planOptions: {
+  precision: ConvPrecision;
+  tune: boolean;
+  winograd?: WinogradSize | "auto";
+  hostBlend?: boolean;
+} = {
   precision: "f32",
   tune: false,
 };
 
 /**
  * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (in `precision`;
- * forwards tuned per shape first with `tune`, Winograd with `winograd`), the CPU kernels on wasm.
+ * forwards tuned per shape first with `tune`, Winograd with `winograd`, upscales blended on the
+ * host with `hostBlend`), the CPU kernels on wasm.
  */
 export function usePlannedPasses(
   on: boolean,
-  options: { precision?: ConvPrecision; tune?: boolean; winograd?: WinogradSize | "auto" } = {},
+  options: Omit<typeof planOptions, "precision" | "tune"> & { precision?: ConvPrecision; tune?: boolean } =
+    {},
 ): void {
   withPlan = on;
-  planOptions = { precision: options.precision ?? "f32", tune: !!options.tune, winograd: options.winograd };
+  planOptions = { ...options, precision: options.precision ?? "f32", tune: !!options.tune };
 }
 
 /**

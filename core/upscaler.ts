@@ -19,9 +19,12 @@
  * took 36.8-36.9 s at tile 128, 31.1-33.0 s at 192 (2 threads, runs alternated). 256 saves more for
  * more memory: `tile: 256` where it is there.
  *
- * On webgpu the next tile is submitted while the current one is read back: Deno 2.9.6 resolves a
- * read-back only 10 ms after the GPU finishes (ext/webgpu's mapAsync polls, then sleeps), time the GPU
- * now spends on the next tile (llvmpipe, 8x8 tiles of a tiny net: 28.4 → 16.9 ms per tile).
+ * On webgpu the tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts), submitted back to
+ * back in batches of ~200 ms, and the image is read back once: Deno 2.9.6 resolves a read-back
+ * ~11 ms after the GPU finishes (ext/webgpu's mapAsync polls, then sleeps), and its waits block the
+ * thread until the queue is empty. Where tiles are blended on the host (`gpuBlend` off, tta, an output
+ * too large for one GPU buffer), the next tile is submitted while the current one is read back,
+ * filling that wait (llvmpipe, 8x8 tiles of a tiny net: 28.4 → 16.9 ms per tile).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -30,7 +33,8 @@ import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig, unshuffleFactor } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
-import { BufferLimitError, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import { BufferLimitError, type PassBackend, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
 import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
@@ -163,6 +167,13 @@ interface PendingPatch {
 /** Patch shapes whose prepared forward an {@link Upscaler} keeps (a tiled image has up to four). */
 const MAX_PLANS = 4;
 
+/**
+ * GPU work (ms) the Upscaler queues between progress reports when it blends tiles on the GPU: long
+ * enough that the GPU's idle time at each wait (the next tile's preparation) is a few percent of it,
+ * short enough for progress and aborts to feel immediate.
+ */
+const PROGRESS_MS = 200;
+
 /** An RRDBNet upscaler. Dispose it when done: it holds the weights on the backend. */
 export class Upscaler {
   readonly net: RRDBNet;
@@ -197,6 +208,12 @@ export class Upscaler {
   get convChoice(): ConvChoice | undefined {
     return this.convChoices.get(this.precision);
   }
+  /**
+   * On webgpu, tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts) and the image read
+   * back once; false: each tile is read back and blended on the host, as before (for comparison;
+   * the host also takes over where the device cannot hold the whole output in one buffer, and tta).
+   */
+  gpuBlend = true;
   /** What "auto" chose per number format (each timed once: switching back reuses the choice). */
   private readonly convChoices = new Map<ConvPrecision, ConvChoice>();
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
@@ -245,8 +262,8 @@ export class Upscaler {
   async upscaleTensor(x: tf.Tensor4D, options: TileOptions = {}): Promise<tf.Tensor4D> {
     const [n, h, w, c] = x.shape;
     const s = this.scale;
-    const data = await this.runTiles(x, options);
-    return tf.tensor4d(data, [n, h * s, w * s, c]);
+    const y = await this.runTiles(x, options, "tensor");
+    return y instanceof tf.Tensor ? y : tf.tensor4d(y, [n, h * s, w * s, c]);
   }
 
   /**
@@ -292,7 +309,7 @@ export class Upscaler {
           ...options,
           onProgress: onProgress &&
             ((done, total) => (pass === 0 || done > 0) && onProgress(pass * total + done, passes * total)),
-        });
+        }, "data");
       } finally {
         x.dispose();
       }
@@ -389,8 +406,17 @@ export class Upscaler {
     return tile;
   }
 
-  /** Runs the net tile by tile and blends the outputs: NHWC float32, clamped to [0, 1]. */
-  private async runTiles(x: tf.Tensor4D, options: TileOptions): Promise<Float32Array> {
+  /**
+   * Runs the net tile by tile and blends the outputs, clamped to [0, 1]: as NHWC floats, or (`want`
+   * "tensor") as a tensor where the tiles were blended on the GPU.
+   */
+  private runTiles(x: tf.Tensor4D, options: TileOptions, want: "data"): Promise<Float32Array>;
+  private runTiles(x: tf.Tensor4D, options: TileOptions, want: "tensor"): Promise<Float32Array | tf.Tensor4D>;
+  private async runTiles(
+    x: tf.Tensor4D,
+    options: TileOptions,
+    want: "data" | "tensor",
+  ): Promise<Float32Array | tf.Tensor4D> {
     const [n, h, w, c] = x.shape;
     const s = this.scale;
     const tile = options.tile ?? this.defaultTile;
@@ -414,7 +440,7 @@ export class Upscaler {
       onProgress?.(1, 1);
       return data;
     }
-    const blender = new TileBlender({ batch: n, width: w * s, height: h * s, channels: c });
+    const image = { batch: n, width: w * s, height: h * s, channels: c };
     const rowWeights = rows.map((_, k) => featherWeights(rows, k, s));
     const colWeights = cols.map((_, k) => featherWeights(cols, k, s));
     const tiles = rows.flatMap((r, i) => cols.map((col, j) => ({ r, col, i, j })));
@@ -422,12 +448,29 @@ export class Upscaler {
     // tile reads zeros, silently (a 4000x4000 image is 192 MB, the default limit 128 MiB). Such an
     // input is cut into tiles on the host.
     const host = exceedsBinding(x) ? (await x.data()) as Float32Array : undefined;
-    const launch = ({ r, col }: (typeof tiles)[number]): PendingPatch => {
+    const crop = ({ r, col }: (typeof tiles)[number]): tf.Tensor4D => {
       const begin: [number, number] = [r.inStart, col.inStart];
       const size: [number, number] = [r.inEnd - r.inStart, col.inEnd - col.inStart];
-      const t = host
+      return host
         ? tf.tensor4d(cropNHWC(host, x.shape, begin, size), [n, ...size, c])
         : tf.slice(x, [0, ...begin, 0], [n, ...size, c]);
+    };
+    if (this.blendsOnGPU(options, image)) {
+      const patches = tiles.map((t) => ({
+        shape: this.paddedShape([n, t.r.inEnd - t.r.inStart, t.col.inEnd - t.col.inStart, c]),
+        crop: () => crop(t),
+        at: { y0: t.r.inStart * s, x0: t.col.inStart * s, wy: rowWeights[t.i], wx: colWeights[t.j] },
+      }));
+      return await this.tilesOnGPU(patches, {
+        ...options,
+        image,
+        read: want === "data",
+        gpuCheck: () => gpuCheck(what),
+      });
+    }
+    const blender = new TileBlender(image);
+    const launch = (tile: (typeof tiles)[number]): PendingPatch => {
+      const t = crop(tile);
       if (!options.tta) return this.launch(t, signal);
       return {
         overlaps: false,
@@ -514,9 +557,108 @@ export class Upscaler {
     };
   }
 
+  /**
+   * The tiles through the net and blended on the GPU ({@link TileBlenderWebGPU}): each patch's
+   * forward and its blending in one submit, tiles submitted back to back in batches of about
+   * {@link PROGRESS_MS} of GPU work, and one read-back for the whole image (`read`), or none.
+   * Progress and aborts act between batches: in Deno 2.9.6 waiting for the GPU (onSubmittedWorkDone,
+   * mapAsync) blocks the thread until the queue is empty, so a wait after every tile would leave
+   * the GPU idle while the next one is prepared. A batch's length comes from the plan's timing
+   * (winograd "auto"), else from the first tile's.
+   */
+  private async tilesOnGPU(
+    tiles: { shape: number[]; crop: () => tf.Tensor4D; at: TilePlacement }[],
+    options: Pick<TileOptions, "signal" | "onProgress"> & {
+      image: { batch: number; width: number; height: number; channels: number };
+      read: boolean;
+      gpuCheck: () => Promise<void>;
+    },
+  ): Promise<Float32Array | tf.Tensor4D> {
+    const { signal, onProgress, image, read, gpuCheck } = options;
+    const backend = tf.backend() as unknown as PassBackend;
+    const total = tiles.length, checks: Promise<void>[] = [];
+    let msPerTile = this.timedMs(tiles.map((t) => t.shape));
+    let finished = 0, batchStart = performance.now();
+    const reportUpTo = (count: number) => {
+      for (; finished < count; finished++) {
+        if (signal?.aborted) throw abortError(signal);
+        onProgress?.(finished + 1, total);
+      }
+    };
+    const blender = new TileBlenderWebGPU(backend, image);
+    try {
+      onProgress?.(0, total);
+      for (let k = 0; k < total; k++) {
+        if (signal) await yieldToEventLoop();
+        if (signal?.aborted) throw abortError(signal);
+        const patch = tf.tidy(() => this.padToMultiple(tiles[k].crop()));
+        try {
+          const plan = this.planFor(patch.shape);
+          const planned = this.takePlanCheck();
+          if (planned) checks.push(planned);
+          plan.submit(patch, blender.prepare(plan.outputShape, tiles[k].at));
+        } finally {
+          patch.dispose();
+        }
+        const queued = k + 1 - finished;
+        if (k + 1 < total && (msPerTile === undefined || queued * msPerTile >= PROGRESS_MS)) {
+          await backend.device.queue.onSubmittedWorkDone();
+          const now = performance.now();
+          msPerTile = (now - batchStart) / queued;
+          batchStart = now;
+          reportUpTo(k + 1);
+        }
+      }
+      const y = blender.result();
+      let data: Float32Array | undefined;
+      try {
+        // reading the image back, or waiting for it, is waiting for every tile
+        if (read) data = (await y.data()) as Float32Array;
+        else await backend.device.queue.onSubmittedWorkDone();
+        await Promise.all(checks);
+        await gpuCheck();
+        reportUpTo(total);
+      } catch (e) {
+        y.dispose();
+        throw e;
+      }
+      if (!data) return y;
+      y.dispose();
+      return data;
+    } finally {
+      blender.dispose();
+    }
+  }
+
+  /**
+   * GPU ms of the largest of these patches (NHWC shapes) from what winograd "auto" timed, scaled by
+   * area; undefined where the plans were not chosen by timing.
+   */
+  private timedMs(shapes: number[][]): number | undefined {
+    const choice = this.winograd === "auto" ? this.convChoice : undefined;
+    const ms = choice?.timings.find((t) => t.winograd === choice.winograd)?.ms;
+    if (!choice || ms === undefined) return undefined;
+    const area = (s: number[]) => s[0] * s[1] * s[2];
+    return (ms * Math.max(...shapes.map(area))) / area(choice.shape);
+  }
+
+  /** Whether {@link runTiles} blends on the GPU ({@link gpuBlend}; webgpu, no tta, a sum the device holds). */
+  private blendsOnGPU(
+    options: TileOptions,
+    image: { batch: number; width: number; height: number; channels: number },
+  ) {
+    if (!this.gpuBlend || options.tta || tf.getBackend() !== "webgpu") return false;
+    return TileBlenderWebGPU.fits(tf.backend() as unknown as PassBackend, image);
+  }
+
   /** `net.apply(x)` through a cached plan for x's shape. */
   private plannedApply(x: tf.Tensor4D): tf.Tensor4D {
-    const key = this.planKey(x.shape);
+    return this.planFor(x.shape).run(x);
+  }
+
+  /** The cached plan for patches of `shape`, made if needed (and again if the net's weights changed). */
+  private planFor(shape: number[]): RRDBNetPlanWebGPU {
+    const key = this.planKey(shape);
     const weights = this.weightIds();
     let entry = this.plans.get(key);
     if (entry && !sameIds(entry.weights, weights)) {
@@ -530,12 +672,12 @@ export class Upscaler {
         old.plan.dispose();
         this.plans.delete(k);
       }
-      entry = { plan: this.makePlan(x.shape), weights };
+      entry = { plan: this.makePlan(shape), weights };
     }
     // most recently used last
     this.plans.delete(key);
     this.plans.set(key, entry);
-    return entry.plan.run(x);
+    return entry.plan;
   }
 
   /**

@@ -59,6 +59,14 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.throws(() => parseBackend("webgpu-plan+winograd+winograd2"), /one of/);
   assert.throws(() => parseBackend("webgpu-plan+auto+winograd"), /one of/);
   assert.throws(() => parseBackend("webgpu-plan+fast"), /bad backend/);
+  assert.deepEqual(parseBackend("webgpu-plan+auto+hostblend"), {
+    name: "webgpu",
+    plan: true,
+    winograd: "auto",
+    hostBlend: true,
+  });
+  assert.equal(backendLabel(parseBackend("webgpu-plan+auto+hostblend")), "webgpu-plan+auto+hostblend");
+  assert.throws(() => parseBackend("wasm-plan+hostblend"), /bad backend/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);
@@ -279,6 +287,42 @@ Deno.test({
         ].sort(),
       );
       for (const r of report.rows) assert.ok(r.us > 0 && Number.isFinite(r.tflops), JSON.stringify(r));
+    } finally {
+      await Deno.remove(json);
+    }
+  },
+});
+
+Deno.test({
+  name: "bench: readback_probe times each step of a read-back, and whether waiting for the queue blocks",
+  ignore: !adapter,
+  async fn() {
+    const json = await Deno.makeTempFile({ suffix: ".json" });
+    try {
+      const script = new URL("../bench/readback_probe.ts", import.meta.url).pathname;
+      const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, "--runs", "1", "--spin", "1000", "--json", json],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(code, 0, new TextDecoder().decode(stderr));
+      const report = JSON.parse(await Deno.readTextFile(json));
+      assert.deepEqual(
+        report.rows.map((r: { bytes: number; staging: string }) => `${r.bytes} ${r.staging}`),
+        ["786432 fresh", "786432 kept", "3145728 fresh", "3145728 kept", "12582912 fresh", "12582912 kept"],
+      );
+      for (const r of report.rows) {
+        assert.deepEqual(Object.keys(r.steps), [
+          "create",
+          "submit",
+          "mapAsync call",
+          "mapAsync await",
+          "getMappedRange",
+          "slice",
+          "unmap",
+        ]);
+      }
+      assert.equal(report.waits.length, 3);
     } finally {
       await Deno.remove(json);
     }

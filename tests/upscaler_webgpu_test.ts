@@ -11,6 +11,7 @@ import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 import { importWeights } from "../core/import/mod.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
+import { TileBlenderWebGPU } from "../core/kernels/webgpu_tile_blend.ts";
 import { bindGroupFault } from "./webgpu_setup.ts";
 
 const probe = await probeWebGPU();
@@ -58,6 +59,7 @@ Deno.test({
     // zeros (WebGPU's validation error goes to no scope). The limit is lowered here to stay small.
     const device = (tf.backend() as unknown as { device: GPUDevice }).device;
     const up = new Upscaler(tinyNet(5));
+    up.gpuBlend = false; // blended on the host both times: what differs is only how tiles are cut
     const x = tf.randomUniform([1, 20, 14, 3], 0, 1, "float32", 8) as tf.Tensor4D;
     const tiles = { tile: 8, tilePad: 3 };
     try {
@@ -180,6 +182,73 @@ Deno.test({
       assert.deepEqual(calls, [0, 1, 2, 3]);
       assert.equal(tf.memory().numTensors, before);
     } finally {
+      x.dispose();
+      up.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "webgpu upscaler: tiles blended on the GPU equal the host's blending (x2 net's padded patches, a batch of 2, images too)",
+  ignore,
+  fn: async () => {
+    const net = new RRDBNet({ numInCh: 3, numOutCh: 3, scale: 2, numFeat: 8, numBlock: 1, numGrowCh: 4 }, {
+      seed: 4,
+    });
+    const up = new Upscaler(net);
+    // odd sides: the x2 net's pixel-unshuffle pads each patch, whose output is cropped as it is blended
+    const x = tf.randomUniform([2, 13, 11, 3], 0, 1, "float32", 2) as tf.Tensor4D;
+    const prepare = TileBlenderWebGPU.prototype.prepare;
+    let onGPU = 0;
+    TileBlenderWebGPU.prototype.prepare = function (...args) {
+      onGPU++;
+      return prepare.apply(this, args);
+    };
+    try {
+      const before = tf.memory().numTensors;
+      up.gpuBlend = false;
+      const host = await up.upscaleTensor(x, { tile: 4, tilePad: 3 });
+      assert.equal(onGPU, 0);
+      up.gpuBlend = true;
+      const seen: number[] = [];
+      const gpu = await up.upscaleTensor(x, { tile: 4, tilePad: 3, onProgress: (done) => seen.push(done) });
+      assert.equal(onGPU, 12, "4 x 3 tiles blended on the GPU");
+      assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+      assert.deepEqual(gpu.shape, [2, 26, 22, 3]);
+      const d = await maxDiff(gpu, host);
+      assert.ok(d < 1e-6, `GPU vs host blending: ${d}`);
+      tf.dispose([host, gpu]);
+
+      // direct convolutions set by hand (no timing to size batches by): the first tile is waited for,
+      // then batches of about 200 ms by its time; 7 x 6 tiles take several batches here
+      up.winograd = 0;
+      up.gpuBlend = false;
+      const host2 = await up.upscaleTensor(x, { tile: 2, tilePad: 3 });
+      up.gpuBlend = true;
+      seen.length = 0;
+      const gpu2 = await up.upscaleTensor(x, { tile: 2, tilePad: 3, onProgress: (done) => seen.push(done) });
+      assert.deepEqual(seen, Array.from({ length: 43 }, (_, i) => i));
+      const d2 = await maxDiff(gpu2, host2);
+      assert.ok(d2 < 1e-6, `GPU vs host blending, 42 tiles: ${d2}`);
+      tf.dispose([host2, gpu2]);
+      up.winograd = "auto";
+      assert.equal(tf.memory().numTensors, before);
+
+      // through upscale(): RGBA bytes in and out, one read-back
+      const img = {
+        width: 11,
+        height: 13,
+        data: Uint8ClampedArray.from({ length: 11 * 13 * 4 }, (_, i) => (i % 4 === 3 ? 255 : (i * 37) % 256)),
+      };
+      const viaGpu = await up.upscale(img, { tile: 5, tilePad: 2 });
+      up.gpuBlend = false;
+      const viaHost = await up.upscale(img, { tile: 5, tilePad: 2 });
+      const off = viaGpu.data.reduce((m, v, i) => Math.max(m, Math.abs(v - viaHost.data[i])), 0);
+      assert.ok(off <= 1, `upscale(): ${off} levels apart`);
+      assert.equal(onGPU, 12 + 42 + 9);
+    } finally {
+      TileBlenderWebGPU.prototype.prepare = prepare;
       x.dispose();
       up.dispose();
     }

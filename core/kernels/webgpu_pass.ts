@@ -8,6 +8,7 @@
  * size), so parameters can live in one flat buffer that a single Adam dispatch updates.
  * @module
  */
+import * as tf from "@tensorflow/tfjs-core";
 import {
   type CustomProgram,
   getPipeline,
@@ -362,3 +363,13 @@ export function dispatch1d(count: number, size = 64): [number, number, number] {
 
 /** WGSL of a thread's flat index in a {@link dispatch1d} launch with workgroups of `size` (`gid`: the global id). */
 export const flatIndex = (size = 64): string => `i32(gid.x + gid.y * ${65535 * size}u)`;
+
+/**
+ * A float32 tensor of `shape` with a copy of the first values of `buffer` (our buffers come in
+ * 16-byte steps, and tfjs reads a tensor's buffer whole: a larger one is sliced).
+ */
+export function tensorFromBuffer<R extends tf.Rank>(buffer: GPUBuffer, shape: tf.ShapeMap[R]): tf.Tensor<R> {
+  const count = (shape as number[]).reduce((a, b) => a * b, 1), floats = buffer.size / 4;
+  if (floats === count) return tf.tensor({ buffer }, shape, "float32") as tf.Tensor<R>;
+  return tf.tidy(() => tf.reshape(tf.slice(tf.tensor({ buffer }, [floats], "float32"), 0, count), shape));
+}

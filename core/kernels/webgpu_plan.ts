@@ -18,7 +18,13 @@ import "@tensorflow/tfjs-backend-webgpu";
 import type { Conv3x3Spec, ConvPrecision, ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
-import { type PassBackend, PlannedPass, type Region, underErrorScopes } from "./webgpu_pass.ts";
+import {
+  type PassBackend,
+  PlannedPass,
+  type Region,
+  tensorFromBuffer,
+  underErrorScopes,
+} from "./webgpu_pass.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
 import { pixelUnshuffle, type RRDBNet, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 
@@ -189,6 +195,17 @@ export class RRDBNetPlanWebGPU {
 
   /** `net.apply(x)` for x of the plan's input shape. */
   run(x: tf.Tensor4D): tf.Tensor4D {
+    this.submit(x);
+    // A copy the caller owns: the plan's output buffer is overwritten by the next run.
+    return tensorFromBuffer(this.out, this.outputShape as [number, number, number, number]);
+  }
+
+  /**
+   * Submits the forward of x (of the plan's input shape); `then` records more work into the same
+   * encoder after it, reading the output where the forward left it (`output`: f32 NHWC of
+   * {@link outputShape}, overwritten by the plan's next run), as the Upscaler's GPU tile blending does.
+   */
+  submit(x: tf.Tensor4D, then?: (encoder: GPUCommandEncoder, output: GPUBuffer) => void): void {
     if (x.shape.join() !== this.inputShape.join()) {
       throw new Error(`RRDBNetPlanWebGPU: input [${x.shape}] differs from the plan's [${this.inputShape}]`);
     }
@@ -201,17 +218,9 @@ export class RRDBNetPlanWebGPU {
     this.pass.submitWithTfjs((encoder) => {
       encoder.copyBufferToBuffer(inBuf, 0, this.inputF32, 0, input.size * 4);
       this.pass.record(encoder);
+      then?.(encoder, this.out);
     });
     if (input !== x) input.dispose();
-    // A copy the caller owns: the plan's output buffer is overwritten by the next run.
-    const shape = this.outputShape as [number, number, number, number];
-    const count = shape.reduce((a, b) => a * b, 1), floats = this.out.size / 4;
-    if (floats === count) return tf.tensor({ buffer: this.out }, shape, "float32") as tf.Tensor4D;
-    // buffers are made in 16-byte steps, and tfjs reads a tensor from a buffer whole (an x1 net's
-    // output of an odd number of pixels)
-    return tf.tidy(() =>
-      tf.reshape(tf.slice(tf.tensor({ buffer: this.out }, [floats], "float32"), 0, count), shape)
-    );
   }
 
   /**
