@@ -17,6 +17,7 @@ import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { ESRGAN_X4, type RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { customKernelStats, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
+import { setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
 import {
   ALL_CASES,
   backendLabel,
@@ -68,7 +69,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       "+auto" (forwards and upscales) whichever of direct and Winograd a timed
                       first run finds faster, as deno task upscale --winograd auto does;
                       "+hostblend" (upscales only) each tile read back and blended on the host,
-                      as the Upscaler did before it blended on the GPU;
+                      as the Upscaler did before it blended on the GPU; "+onesubmit" each pass
+                      submitted whole, as before the plans submitted them in growing pieces;
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -221,6 +223,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
     const info = await initBackend(spec.name, { threads: spec.threads });
     if (spec.custom) enableCustomWebGPUKernels();
     usePlannedPasses(!!spec.plan, spec);
+    if (spec.oneSubmit) setFirstSubmit(0);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {

@@ -94,6 +94,8 @@ export interface BackendSpec {
   winograd?: WinogradSize | "auto";
   /** Upscale cases read each tile back and blend on the host (`+hostblend`), as before the GPU blended them. */
   hostBlend?: boolean;
+  /** The plans submit each pass whole (`+onesubmit`), as before they submitted it in growing pieces. */
+  oneSubmit?: boolean;
 }
 
 /**
@@ -102,7 +104,8 @@ export interface BackendSpec {
  * a webgpu plan with `+tune` times its candidate tilings per shape before it runs, with
  * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32),
  * with `+auto` as the faster of direct and Winograd on the first run (timed); with `+hostblend` its
- * upscales blend their tiles on the host (Upscaler.gpuBlend off).
+ * upscales blend their tiles on the host (Upscaler.gpuBlend off); with `+onesubmit` its passes are
+ * submitted whole (setFirstSubmit(0)).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
@@ -113,11 +116,12 @@ export function parseBackend(spec: string): BackendSpec {
       winograd2: { winograd: 2 },
       auto: { winograd: "auto" },
       hostblend: { hostBlend: true },
+      onesubmit: { oneSubmit: true },
     };
     const parsed = parseBackend(base);
     if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
       throw new Error(
-        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto and +hostblend go after webgpu-plan`,
+        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto, +hostblend and +onesubmit go after webgpu-plan`,
       );
     }
     if (flags.filter((f) => f.startsWith("winograd") || f === "auto").length > 1) {
@@ -154,7 +158,7 @@ export function backendLabel(b: BackendSpec): string {
     : b.plan
     ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${
       b.winograd === "auto" ? "+auto" : b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
-    }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}`
+    }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}${b.oneSubmit ? "+onesubmit" : ""}`
     : b.name;
 }
 

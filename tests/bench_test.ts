@@ -67,6 +67,11 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   });
   assert.equal(backendLabel(parseBackend("webgpu-plan+auto+hostblend")), "webgpu-plan+auto+hostblend");
   assert.throws(() => parseBackend("wasm-plan+hostblend"), /bad backend/);
+  assert.equal(
+    backendLabel(parseBackend("webgpu-plan+winograd+onesubmit")),
+    "webgpu-plan+winograd+onesubmit",
+  );
+  assert.equal(parseBackend("webgpu-plan+onesubmit").oneSubmit, true);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);

@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import assert from "node:assert/strict";
 import { conv3x3Program } from "../core/kernels/webgpu_conv3x3.ts";
-import { type PassBackend, PlannedPass } from "../core/kernels/webgpu_pass.ts";
+import { type PassBackend, PlannedPass, setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 
 const { opts, gpuErrors } = await setUpWebGPU("webgpu pass tests");
@@ -53,3 +53,70 @@ Deno.test(
     assert.deepEqual(gpuErrors, []);
   },
 );
+
+Deno.test("pass submit: pieces doubling from the first, every dispatch once and in order", opts, async () => {
+  const be = backend();
+  const pass = new PlannedPass(be);
+  const state = pass.buffer(64 * 4);
+  // each dispatch folds its number into every word (r = r·31 + k, wrapping): the result spells the order
+  const fold = (k: number) => ({
+    name: "FoldProgram",
+    key: "fold",
+    source: (prelude: string) =>
+      `${prelude}
+@group(0) @binding(0) var<storage, read_write> r: array<u32>;
+@group(0) @binding(1) var<uniform> u: Uniforms;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  r[g.x] = r[g.x] * 31u + u32(u.k);
+}`,
+    dispatch: [1, 1, 1] as [number, number, number],
+    uniforms: "k : i32,",
+    params: [{ type: "int32" as const, data: [k] }],
+  });
+  for (let k = 1; k <= 100; k++) pass.add(fold(k), { buffer: state }, []);
+  let want = 0;
+  for (let k = 1; k <= 100; k++) want = (Math.imul(want, 31) + k) >>> 0;
+  const queue = be.device.queue, submit = queue.submit;
+  let submits = 0;
+  queue.submit = (buffers) => (submits++, submit.call(queue, buffers));
+  const read = async () => {
+    const staging = be.device.createBuffer({
+      size: 64 * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    pass.submitWithTfjs((encoder) => encoder.copyBufferToBuffer(state, 0, staging, 0, 64 * 4));
+    await staging.mapAsync(GPUMapMode.READ);
+    const words = new Uint32Array(staging.getMappedRange().slice(0));
+    staging.destroy();
+    return words;
+  };
+  const previous = setFirstSubmit(32);
+  try {
+    let marks = 0;
+    pass.submit({ before: () => marks++, after: () => marks++ });
+    assert.equal(submits, 3, "100 dispatches in pieces of 32, 64, 4");
+    assert.equal(marks, 2);
+    assert.deepEqual([...new Set(await read())], [want]);
+    // in one piece, from 0 again; then a range in pieces
+    submits = 0;
+    setFirstSubmit(0);
+    be.device.queue.writeBuffer(state, 0, new Uint32Array(64));
+    pass.submit();
+    assert.equal(submits, 1);
+    assert.deepEqual([...new Set(await read())], [want]);
+    submits = 0;
+    setFirstSubmit(8);
+    be.device.queue.writeBuffer(state, 0, new Uint32Array(64));
+    pass.submit({ from: 10, to: 40 });
+    assert.equal(submits, 3, "30 dispatches in pieces of 8, 16, 6");
+    let part = 0;
+    for (let k = 11; k <= 40; k++) part = (Math.imul(part, 31) + k) >>> 0;
+    assert.deepEqual([...new Set(await read())], [part]);
+    assert.throws(() => setFirstSubmit(-1), /whole number/);
+  } finally {
+    setFirstSubmit(previous);
+    queue.submit = submit;
+    pass.dispose();
+  }
+  assert.deepEqual(gpuErrors, []);
+});

@@ -215,10 +215,9 @@ export class RRDBNetPlanWebGPU {
     be.uploadToGPU(input.dataId);
     const inBuf = be.tensorMap.get(input.dataId)!.resource as GPUBuffer;
     // Into tfjs's own encoder, after whatever it has recorded (the input's upload, for one).
-    this.pass.submitWithTfjs((encoder) => {
-      encoder.copyBufferToBuffer(inBuf, 0, this.inputF32, 0, input.size * 4);
-      this.pass.record(encoder);
-      then?.(encoder, this.out);
+    this.pass.submit({
+      before: (encoder) => encoder.copyBufferToBuffer(inBuf, 0, this.inputF32, 0, input.size * 4),
+      after: then && ((encoder) => then(encoder, this.out)),
     });
     if (input !== x) input.dispose();
   }

@@ -585,7 +585,7 @@ export class RRDBNetTrainPlanWebGPU {
     const { device } = this.be;
     device.queue.writeBuffer(this.half?.lqF32 ?? this.lq, 0, batch.lq as Float32Array<ArrayBuffer>);
     device.queue.writeBuffer(this.gt, 0, batch.gt as Float32Array<ArrayBuffer>);
-    this.pass.submitWithTfjs((encoder) => this.pass.record(encoder, { to: this.forwardEnd }));
+    this.pass.submit({ to: this.forwardEnd });
     this.forwarded = true;
     if (options.output === false) return undefined as unknown as tf.Tensor4D;
     const s = this.options.lqSize * 4;
@@ -644,15 +644,19 @@ export class RRDBNetTrainPlanWebGPU {
       this.be.uploadToGPU(extra.dataId);
       extraBuf = this.be.tensorMap.get(extra.dataId)!.resource as GPUBuffer;
     }
-    this.pass.submitWithTfjs((encoder) => {
-      if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
-      else encoder.clearBuffer(this.extra);
-      if (this.half) encoder.clearBuffer(this.half.overflow, slots.own * 4, 4);
-      this.pass.record(encoder, { from: this.forwardEnd });
-      encoder.copyBufferToBuffer(this.partials, 0, staging, 0, this.nPartials * 4);
-      if (this.half) {
-        encoder.copyBufferToBuffer(this.half.overflow, slots.own * 4, staging, this.nPartials * 4, 4);
-      }
+    this.pass.submit({
+      from: this.forwardEnd,
+      before: (encoder) => {
+        if (extraBuf) encoder.copyBufferToBuffer(extraBuf, 0, this.extra, 0, this.count * 4);
+        else encoder.clearBuffer(this.extra);
+        if (this.half) encoder.clearBuffer(this.half.overflow, slots.own * 4, 4);
+      },
+      after: (encoder) => {
+        encoder.copyBufferToBuffer(this.partials, 0, staging, 0, this.nPartials * 4);
+        if (this.half) {
+          encoder.copyBufferToBuffer(this.half.overflow, slots.own * 4, staging, this.nPartials * 4, 4);
+        }
+      },
     });
     const done = this.readBack(staging, this.resolving);
     this.resolving = done.catch(() => {});
