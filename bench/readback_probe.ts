@@ -4,7 +4,7 @@
  * wall and CPU milliseconds of each step of a read: copying into a MAP_READ buffer made for the read
  * (as tfjs's data() does) or kept between reads, mapAsync (the call and its promise), getMappedRange,
  * the copy out (`slice`) and unmap; then whether waiting for the queue (onSubmittedWorkDone) blocks
- * the thread while a long dispatch runs. On an H200 a planned 1x256x256 forward spent 32 ms of CPU
+ * the thread while a long dispatch runs, and whether it spins (its CPU time). On an H200 a planned 1x256x256 forward spent 32 ms of CPU
  * against 7.5 ms at 1x64x64 (the same dispatches): this says which step holds the difference.
  *
  *     deno run -A bench/readback_probe.ts [--json FILE] [--spin N]
@@ -102,7 +102,7 @@ const bindGroup = device.createBindGroup({
   layout: pipeline.getBindGroupLayout(0),
   entries: [{ binding: 0, resource: { buffer: out } }],
 });
-const waits: { call_ms: number; await_ms: number }[] = [];
+const waits: { call_ms: number; call_cpu_ms: number; await_ms: number }[] = [];
 for (let r = 0; r < 3; r++) {
   const encoder = device.createCommandEncoder();
   const pass = encoder.beginComputePass();
@@ -111,11 +111,11 @@ for (let r = 0; r < 3; r++) {
   pass.dispatchWorkgroups(1024);
   pass.end();
   device.queue.submit([encoder.finish()]);
-  const t0 = performance.now();
+  const t0 = performance.now(), c0 = cpuMs();
   const done = device.queue.onSubmittedWorkDone();
-  const t1 = performance.now();
+  const t1 = performance.now(), c1 = cpuMs();
   await done;
-  waits.push({ call_ms: t1 - t0, await_ms: performance.now() - t1 });
+  waits.push({ call_ms: t1 - t0, call_cpu_ms: c1 - c0, await_ms: performance.now() - t1 });
 }
 
 const fmt = (v: number) => v.toFixed(2);
@@ -126,9 +126,10 @@ for (const r of rows) {
 }
 for (const w of waits) {
   console.log(
-    `onSubmittedWorkDone with a dispatch in flight: the call ${fmt(w.call_ms)} ms, its promise ${
-      fmt(w.await_ms)
-    } ms more`,
+    `onSubmittedWorkDone with a dispatch in flight: the call ${fmt(w.call_ms)} ms (CPU ${
+      fmt(w.call_cpu_ms)
+    }), ` +
+      `its promise ${fmt(w.await_ms)} ms more`,
   );
 }
 if (values.json) {

@@ -232,6 +232,22 @@ Deno.test({
       const d2 = await maxDiff(gpu2, host2);
       assert.ok(d2 < 1e-6, `GPU vs host blending, 42 tiles: ${d2}`);
       tf.dispose([host2, gpu2]);
+      // aborted at the first batch's end: the rest is never submitted
+      const controller = new AbortController();
+      const calls: number[] = [];
+      const counted = onGPU;
+      await assert.rejects(
+        up.upscaleTensor(x, {
+          tile: 2,
+          tilePad: 3,
+          signal: controller.signal,
+          onProgress: (done) => (calls.push(done), done === 1 && controller.abort()),
+        }),
+        { name: "AbortError" },
+      );
+      assert.deepEqual(calls, [0, 1]);
+      assert.ok(onGPU - counted < 42, `${onGPU - counted} of 42 tiles submitted before the abort`);
+      onGPU = counted;
       up.winograd = "auto";
       assert.equal(tf.memory().numTensors, before);
 
