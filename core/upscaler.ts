@@ -33,7 +33,7 @@ import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig, unshuffleFactor } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
-import { BufferLimitError, type PassBackend, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import { BufferLimitError, PassArena, type PassBackend, underErrorScopes } from "./kernels/webgpu_pass.ts";
 import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
 import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
@@ -183,7 +183,16 @@ export class Upscaler {
    * faster than tfjs's ops for a 64x64 tile on an H200) for the last few patch shapes, with the
    * weight tensors they were made with (a net whose weights change gets new plans).
    */
-  private readonly plans = new Map<string, { plan: RRDBNetPlanWebGPU; weights: object[] }>();
+  private readonly plans = new Map<
+    string,
+    { plan: RRDBNetPlanWebGPU; weights: object[]; arena: PassArena }
+  >();
+  /**
+   * The GPU memory the plans of one number format and algorithm share (see PassArena: a tiled
+   * image's four patch shapes in Winograd F(4x4) at the default tile took 2.9 GiB as plans of their
+   * own), with the weight tensors its kept filters were made from.
+   */
+  private readonly arenas = new Map<string, { arena: PassArena; weights: object[] }>();
   /**
    * On wasm, the forward runs on our CPU kernels (core/kernels/wasm_plan.ts: relaxed-SIMD FMA,
    * Winograd, fused layers, the backend's thread count) instead of tfjs's XNNPACK ops: 0.62 s
@@ -378,6 +387,8 @@ export class Upscaler {
   dispose(options: { keepNet?: boolean } = {}): void {
     for (const { plan } of this.plans.values()) plan.dispose();
     this.plans.clear();
+    for (const { arena } of this.arenas.values()) arena.dispose();
+    this.arenas.clear();
     this.cpuPlan?.plan.dispose();
     this.cpuPlan = undefined;
     if (!options.keepNet) this.net.dispose();
@@ -427,7 +438,10 @@ export class Upscaler {
     const { signal, onProgress } = options;
     // "auto" decides on the largest patch, an inner tile's
     const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
-    await this.chooseConvs(this.paddedShape([n, side(rows), side(cols), c]));
+    const largest = this.paddedShape([n, side(rows), side(cols), c]);
+    await this.chooseConvs(largest);
+    // the largest patch's plan first: the others then fit in the buffers it shares with them
+    if (tf.getBackend() === "webgpu" && total > 1) this.planFor(largest);
     // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves tiles garbage
     const gpuCheck = watchBackendErrors();
     const what = `the upscale of a ${w}x${h} input`;
@@ -672,7 +686,8 @@ export class Upscaler {
         old.plan.dispose();
         this.plans.delete(k);
       }
-      entry = { plan: this.makePlan(shape), weights };
+      const arena = this.arenaFor(this.convs);
+      entry = { plan: this.makePlan(shape, arena), weights, arena };
     }
     // most recently used last
     this.plans.delete(key);
@@ -686,7 +701,7 @@ export class Upscaler {
    * made (out of memory, say) is checked by {@link takePlanCheck}'s promise, before any output is
    * trusted.
    */
-  private makePlan(shape: number[]): RRDBNetPlanWebGPU {
+  private makePlan(shape: number[], arena: PassArena): RRDBNetPlanWebGPU {
     const device = (tf.backend() as unknown as WebGPUBackendLike).device;
     let made;
     try {
@@ -696,9 +711,12 @@ export class Upscaler {
           new RRDBNetPlanWebGPU(this.net, shape, {
             precision: this.precision,
             winograd: this.convs || undefined,
+            arena,
           }),
       );
     } catch (e) {
+      // buffers it made in the arena before it failed (larger than the others bind, perhaps) go too
+      this.dropArena(arena);
       throw planFailure(e, shape);
     }
     const plan = made.value;
@@ -706,6 +724,8 @@ export class Upscaler {
       if (!error) return;
       for (const [k, e] of this.plans) if (e.plan === plan) this.plans.delete(k);
       plan.dispose();
+      // what it made in the arena may be what failed: the arena goes, with the plans sharing it
+      this.dropArena(arena);
       throw planFailure(error, shape);
     });
     this.planCheck.catch(() => {}); // awaited where the patch is read back
@@ -729,13 +749,46 @@ export class Upscaler {
     if (this.winograd !== "auto" || this.convChoice || tf.getBackend() !== "webgpu") return;
     let made;
     try {
-      made = await fastestPlan(this.net, shape, { precision: this.precision });
+      made = await fastestPlan(this.net, shape, {
+        precision: this.precision,
+        arena: (winograd) => this.arenaFor(winograd),
+      });
     } catch (e) {
+      // the chosen plan's arena, if that plan failed (see makePlan)
+      for (const [key, { arena }] of this.arenas) {
+        if (key.startsWith(`${this.precision} `)) this.dropArena(arena);
+      }
       throw planFailure(e, shape);
     }
     const { winograd, timings } = made;
     this.convChoices.set(this.precision, { winograd, shape, precision: this.precision, timings });
-    this.plans.set(this.planKey(shape), { plan: made.plan, weights: this.weightIds() });
+    this.plans.set(this.planKey(shape), {
+      plan: made.plan,
+      weights: this.weightIds(),
+      arena: this.arenaFor(winograd),
+    });
+  }
+
+  /** The arena of the plans running the convolutions as `convs` in this precision, for the net's weights now. */
+  private arenaFor(convs: 0 | 2 | 4): PassArena {
+    const key = `${this.precision} ${convs}`, weights = this.weightIds();
+    const have = this.arenas.get(key);
+    if (have && sameIds(have.weights, weights)) return have.arena;
+    if (have) this.dropArena(have.arena);
+    const arena = new PassArena((tf.backend() as unknown as WebGPUBackendLike).device);
+    this.arenas.set(key, { arena, weights });
+    return arena;
+  }
+
+  /** Frees `arena` and the plans made with it (work already submitted still completes). */
+  private dropArena(arena: PassArena): void {
+    for (const [k, e] of this.plans) {
+      if (e.arena !== arena) continue;
+      e.plan.dispose();
+      this.plans.delete(k);
+    }
+    for (const [k, e] of this.arenas) if (e.arena === arena) this.arenas.delete(k);
+    arena.dispose();
   }
 
   /** What {@link makePlan} left to check, once: the patch just launched must await it. */

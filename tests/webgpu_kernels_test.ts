@@ -26,6 +26,8 @@ import {
   setFilterGradVariant,
 } from "../core/kernels/mod.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import type { PlanWebGPUOptions } from "../core/kernels/webgpu_plan.ts";
+import { PassArena } from "../core/kernels/webgpu_pass.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 import { relErr as relErrOf } from "./train_plan_helpers.ts";
 
@@ -319,6 +321,44 @@ Deno.test("RRDBNet (tiny): forward with our kernels and fused forward match stoc
     net.dispose();
   }
 });
+
+Deno.test(
+  "plans sharing an arena (a smaller one first, runs interleaved) give what plans of their own give",
+  opts,
+  async () => {
+    const net = new RRDBNet({ ...TINY[0], numBlock: 2 }, { seed: 5 });
+    tf.tidy(() => {
+      for (const [name, v] of net.params) if (name.startsWith("body.")) v.assign(tf.mul(v, 5));
+    });
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    const variants: PlanWebGPUOptions[] = [{}, { winograd: 4 }];
+    if (device.features.has("shader-f16")) variants.push({ precision: "f16", winograd: 2 });
+    for (const options of variants) {
+      const shapes: [number, number, number, number][] = [[1, 6, 5, 3], [1, 10, 9, 3], [2, 7, 10, 3]];
+      const inputs = shapes.map((s, i) => tf.randomUniform(s, 0, 1, "float32", 20 + i) as tf.Tensor4D);
+      const own = shapes.map((s) => new RRDBNetPlanWebGPU(net, s, options));
+      const want = await Promise.all(inputs.map((x, i) => own[i].run(x).array()));
+      own.forEach((p) => p.dispose());
+      const arena = new PassArena(device);
+      const shared = shapes.map((s) => new RRDBNetPlanWebGPU(net, s, { ...options, arena }));
+      // each plan's output read before the next runs; then in another order
+      for (const order of [[0, 1, 2], [2, 0, 1, 0]]) {
+        for (const i of order) {
+          const y = shared[i].run(inputs[i]);
+          assert.deepEqual(await y.array(), want[i], `${JSON.stringify(options)}: plan ${i}`);
+          y.dispose();
+        }
+      }
+      const kept = arena.bytes;
+      shared.forEach((p) => p.dispose());
+      arena.dispose();
+      tf.dispose(inputs);
+      assert.ok(kept > 0);
+    }
+    net.dispose();
+    assert.deepEqual(gpuErrors, []);
+  },
+);
 
 Deno.test(
   "a tuned plan times its tilings per shape, keeps one for each, and still matches stock",

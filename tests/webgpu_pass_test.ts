@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import assert from "node:assert/strict";
 import { conv3x3Program } from "../core/kernels/webgpu_conv3x3.ts";
-import { type PassBackend, PlannedPass, setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
+import { PassArena, type PassBackend, PlannedPass, setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 
 const { opts, gpuErrors } = await setUpWebGPU("webgpu pass tests");
@@ -120,3 +120,41 @@ Deno.test("pass submit: pieces doubling from the first, every dispatch once and 
   }
   assert.deepEqual(gpuErrors, []);
 });
+
+Deno.test(
+  "pass arena: slots by number, grown where needed (the old buffer kept), made-once contents by key",
+  opts,
+  () => {
+    const device = backend().device;
+    const arena = new PassArena(device);
+    try {
+      const a = new PlannedPass(backend(), arena), b = new PlannedPass(backend(), arena);
+      const [a0, a1] = [a.buffer(1024), a.buffer(64)];
+      assert.notEqual(a0, a1);
+      // the second pass gets the same slots where they are large enough, a larger one where not
+      const [b0, b1] = [b.buffer(512), b.buffer(128)];
+      assert.equal(b0, a0);
+      assert.notEqual(b1, a1);
+      assert.ok(b1.size >= 128);
+      assert.equal(arena.bytes, 1024 + 64 + 128, "the outgrown buffer stays for the pass bound to it");
+      // a buffer with extra usage is the pass's own
+      assert.ok(![a0, a1, b1].includes(a.buffer(16, GPUBufferUsage.INDIRECT)));
+      const owner = a.buffer(16, GPUBufferUsage.INDIRECT);
+      const first = a.kept(owner, "u", 256), again = b.kept(owner, "u", 256), other = b.kept(owner, "v", 256);
+      assert.deepEqual([first.made, again.made, other.made], [true, false, true]);
+      assert.equal(again.buffer, first.buffer);
+      assert.notEqual(other.buffer, first.buffer);
+      // without an arena every buffer is the pass's own, and kept contents are made each time
+      const own = new PlannedPass(backend());
+      assert.equal(own.kept(owner, "u", 256).made, true);
+      assert.notEqual(own.buffer(1024), a0);
+      own.dispose();
+      a.dispose(), b.dispose();
+      assert.equal(arena.bytes, 1024 + 64 + 128 + 512, "disposing the passes leaves the arena's buffers");
+    } finally {
+      arena.dispose();
+    }
+    assert.equal(arena.bytes, 0);
+    assert.deepEqual(gpuErrors, []);
+  },
+);

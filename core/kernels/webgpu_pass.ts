@@ -82,6 +82,70 @@ export class BufferLimitError extends Error {
   }
 }
 
+/** A storage buffer (also a copy source and target) of at least `bytes`, in 16-byte steps. */
+function storageBuffer(device: GPUDevice, bytes: number, usage = 0): GPUBuffer {
+  const { maxBufferSize } = device.limits;
+  if (bytes > maxBufferSize) throw new BufferLimitError(bytes, maxBufferSize, "a buffer");
+  return device.createBuffer({
+    size: Math.max(16, Math.ceil(bytes / 16) * 16),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | usage,
+  });
+}
+
+/**
+ * GPU memory that passes run one after another on one queue can share, as the Upscaler's plans for
+ * the patch shapes of a tiled image do (each a full RRDBNet forward: 805 MiB for a 176x176 patch in
+ * Winograd F(4x4), 268 of them its transformed filters). Scratch goes by slot: the k-th scratch
+ * buffer each pass asks for is the arena's k-th, grown where a pass needs it larger (made for the
+ * largest patch first, the others fit). A grown slot's old buffer stays with the passes bound to
+ * it until the arena is freed, so sharing never changes a result, at worst the memory saved.
+ * Contents made once (transformed filters, half-precision weights) are kept per owner and key.
+ * Passes sharing an arena must not run at once (one queue, one submit after another, each reading
+ * its output before the next run) and must not outlive it.
+ */
+export class PassArena {
+  private readonly slots: GPUBuffer[] = [];
+  private readonly retired: GPUBuffer[] = [];
+  private readonly made = new Map<GPUBuffer, Map<string, GPUBuffer>>();
+
+  constructor(readonly device: GPUDevice) {}
+
+  /** Bytes the arena holds. */
+  get bytes(): number {
+    const kept = [...this.made.values()].flatMap((m) => [...m.values()]);
+    return [...this.slots, ...this.retired, ...kept].reduce((sum, b) => sum + b.size, 0);
+  }
+
+  /** Scratch slot `index`, at least `bytes` large. */
+  slot(index: number, bytes: number): GPUBuffer {
+    const have = this.slots[index];
+    if (have && have.size >= bytes) return have;
+    const buffer = storageBuffer(this.device, bytes);
+    if (have) this.retired.push(have);
+    this.slots[index] = buffer;
+    return buffer;
+  }
+
+  /** See {@link PlannedPass.kept}. */
+  kept(owner: GPUBuffer, key: string, bytes: number): { buffer: GPUBuffer; made: boolean } {
+    const byKey = this.made.get(owner) ?? new Map<string, GPUBuffer>();
+    this.made.set(owner, byKey);
+    const have = byKey.get(key);
+    if (have) return { buffer: have, made: false };
+    const buffer = storageBuffer(this.device, bytes);
+    byKey.set(key, buffer);
+    return { buffer, made: true };
+  }
+
+  /** Frees every buffer of the arena: the passes made with it must be disposed too. */
+  dispose(): void {
+    for (const b of [...this.slots, ...this.retired]) b.destroy();
+    for (const m of this.made.values()) for (const b of m.values()) b.destroy();
+    this.slots.length = this.retired.length = 0;
+    this.made.clear();
+  }
+}
+
 /** Dispatches in the first piece {@link PlannedPass.submit} submits (0: all in one). */
 let firstSubmit = 32;
 
@@ -103,23 +167,40 @@ export class PlannedPass {
   private readonly dispatches: Dispatch[] = [];
   private readonly owned: GPUBuffer[] = [];
 
-  constructor(readonly backend: PassBackend) {}
+  /** Scratch buffers taken from the arena so far: the next one is its slot of that number. */
+  private slotsTaken = 0;
+
+  /**
+   * `arena`: where {@link buffer} and {@link kept} take their buffers, shared with the other
+   * passes made with it (see {@link PassArena}); without one, the pass makes its own.
+   */
+  constructor(readonly backend: PassBackend, private readonly arena?: PassArena) {}
 
   /** Number of dispatches a {@link record} replays. */
   get size(): number {
     return this.dispatches.length;
   }
 
-  /** A new storage buffer of at least `bytes` (rounded up to 16), freed with the pass. */
+  /**
+   * A storage buffer of at least `bytes` (rounded up to 16) for scratch: what every run writes
+   * before it reads it (maps, Winograd's V and M). A new one, freed with the pass, or with an arena
+   * its next slot, which other passes made with the arena use too.
+   */
   buffer(bytes: number, usage = 0): GPUBuffer {
-    const { maxBufferSize } = this.backend.device.limits;
-    if (bytes > maxBufferSize) throw new BufferLimitError(bytes, maxBufferSize, "a buffer");
-    const buffer = this.backend.device.createBuffer({
-      size: Math.max(16, Math.ceil(bytes / 16) * 16),
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | usage,
-    });
+    if (this.arena && !usage) return this.arena.slot(this.slotsTaken++, bytes);
+    const buffer = storageBuffer(this.backend.device, bytes, usage);
     this.owned.push(buffer);
     return buffer;
+  }
+
+  /**
+   * A storage buffer for contents made once and read by every run (a transformed filter, a
+   * half-precision copy of a weight), one per `owner` (the buffer it is made from) and `key`:
+   * `made` says whether the caller has to fill it, false where a pass made with the same arena did.
+   */
+  kept(owner: GPUBuffer, key: string, bytes: number): { buffer: GPUBuffer; made: boolean } {
+    if (this.arena) return this.arena.kept(owner, key, bytes);
+    return { buffer: this.buffer(bytes), made: true };
   }
 
   /**
@@ -403,7 +484,7 @@ export class PlannedPass {
  * What records dispatches: a {@link PlannedPass}, or something that defers to one (the training
  * plan lays its dispatches out first, then records them).
  */
-export type PassLike = Pick<PlannedPass, "backend" | "buffer" | "add" | "addChoice">;
+export type PassLike = Pick<PlannedPass, "backend" | "buffer" | "kept" | "add" | "addChoice">;
 
 /** A launch over `count` threads in workgroups of `size`, folded into 2D past the 65535 limit. */
 export function dispatch1d(count: number, size = 64): [number, number, number] {

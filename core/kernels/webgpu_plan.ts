@@ -19,6 +19,7 @@ import type { Conv3x3Spec, ConvPrecision, ConvTile } from "./webgpu_conv3x3.ts";
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import {
+  type PassArena,
   type PassBackend,
   PlannedPass,
   type Region,
@@ -45,6 +46,12 @@ export interface PlanWebGPUOptions {
    * M of the largest convolution, about 36 x 4 bytes per 16 output pixels and channel). Default: direct.
    */
   winograd?: WinogradSize;
+  /**
+   * GPU memory shared with other plans of the same net, options and weights that run one after
+   * another (see PassArena): their maps and scratch, and the converted filters. The plan must not
+   * outlive it.
+   */
+  arena?: PassArena;
 }
 
 /**
@@ -93,7 +100,7 @@ export class RRDBNetPlanWebGPU {
           "(the adapter has none, or the backend started without useWebGPUWithF16)",
       );
     }
-    this.pass = new PlannedPass(this.backend);
+    this.pass = new PlannedPass(this.backend, options.arena);
     // whatever is made before an error (a BufferLimitError halfway, say) is freed, not leaked
     using onError = new DisposableStack();
     onError.defer(() => this.pass.dispose());
@@ -121,9 +128,9 @@ export class RRDBNetPlanWebGPU {
       this.backend.uploadToGPU(v.dataId);
       const buffer = this.backend.tensorMap.get(v.dataId)!.resource as GPUBuffer;
       if (!half) return { buffer };
-      const copy = buf(v.shape);
-      setup.add(castProgram(v.size, "f16"), whole(copy), [{ buffer }]);
-      return whole(copy);
+      const copy = this.pass.kept(buffer, "f16", size(v.shape) * 2);
+      if (copy.made) setup.add(castProgram(v.size, "f16"), whole(copy.buffer), [{ buffer }]);
+      return whole(copy.buffer);
     };
     const f = [n, h, w, nf];
     this.input = buf([n, h, w, cin]);
@@ -308,14 +315,19 @@ export async function timeVariants(
 export async function fastestPlan(
   net: RRDBNet,
   shape: number[],
-  options: Omit<PlanWebGPUOptions, "winograd"> & { runs?: number } = {},
+  options: Omit<PlanWebGPUOptions, "winograd" | "arena"> & {
+    runs?: number;
+    /** The arena the chosen plan takes its memory from, per way of running the convolutions (the timed ones have their own). */
+    arena?: (winograd: 0 | WinogradSize) => PassArena;
+  } = {},
 ): Promise<{ plan: RRDBNetPlanWebGPU; winograd: 0 | WinogradSize; timings: PlanTiming[] }> {
-  const { runs, ...planOptions } = options;
+  const { runs, arena, ...planOptions } = options;
   const device = (tf.backend() as unknown as PassBackend).device;
-  const checked = async (winograd: 0 | WinogradSize) => {
+  const checked = async (winograd: 0 | WinogradSize, shared?: PassArena) => {
     const made = underErrorScopes(
       device,
-      () => new RRDBNetPlanWebGPU(net, shape, { ...planOptions, winograd: winograd || undefined }),
+      () =>
+        new RRDBNetPlanWebGPU(net, shape, { ...planOptions, winograd: winograd || undefined, arena: shared }),
     );
     const error = await made.error;
     if (error) {
@@ -329,7 +341,7 @@ export async function fastestPlan(
     const plan = await checked(w);
     return { time: () => plan.time(runs), dispose: () => plan.dispose() };
   });
-  return { plan: await checked(winograd), winograd, timings };
+  return { plan: await checked(winograd, arena?.(winograd)), winograd, timings };
 }
 
 /**

@@ -256,6 +256,7 @@ export class RRDBNetTrainPlanWebGPU {
     const deferred: PassLike = {
       backend: this.be,
       buffer: (bytes, usage) => this.pass.buffer(bytes, usage),
+      kept: (...a) => this.pass.kept(...a),
       add: (...a) => (add(...a), () => {}),
       addChoice: (...a) => void ops.push(() => this.pass.addChoice(...a)),
     };

@@ -171,8 +171,10 @@ export class WinogradPlanner {
     let u = byPlace.get(key);
     if (!u) {
       const { m } = this.options;
-      u = { buffer: this.pass.buffer((m + 2) ** 2 * shape.cin * shape.cout * (half ? 2 : 4)) };
-      this.setup.add(winogradFilterProgram({ ...shape, half }, m), u, [weight]);
+      const bytes = (m + 2) ** 2 * shape.cin * shape.cout * (half ? 2 : 4);
+      const kept = this.pass.kept(weight.buffer, `winograd ${m} ${half ? "f16" : "f32"} ${key}`, bytes);
+      u = { buffer: kept.buffer };
+      if (kept.made) this.setup.add(winogradFilterProgram({ ...shape, half }, m), u, [weight]);
       byPlace.set(key, u);
     }
     return u;
