@@ -164,8 +164,12 @@ interface PendingPatch {
   cancel(): void;
 }
 
-/** Patch shapes whose prepared forward an {@link Upscaler} keeps (a tiled image has up to four). */
-const MAX_PLANS = 4;
+/**
+ * Patch shapes whose prepared forward an {@link Upscaler} keeps: a tiled image has up to four, eight
+ * with tta's transposes. Plans of one number format and algorithm share their large buffers
+ * (PassArena), so each holds little more than its bind groups.
+ */
+const MAX_PLANS = 8;
 
 /**
  * GPU work (ms) the Upscaler queues between progress reports when it blends tiles on the GPU: long
@@ -681,10 +685,12 @@ export class Upscaler {
       entry = undefined;
     }
     if (!entry) {
-      // a whole-image plan holds several full-resolution buffers: keep only the latest shapes
+      // keep only the latest shapes, and the arenas some plan still uses (a whole-image plan's
+      // arena holds several full-resolution maps)
       for (const [k, old] of [...this.plans].slice(0, Math.max(0, this.plans.size - MAX_PLANS + 1))) {
         old.plan.dispose();
         this.plans.delete(k);
+        if (![...this.plans.values()].some((e) => e.arena === old.arena)) this.dropArena(old.arena);
       }
       const arena = this.arenaFor(this.convs);
       entry = { plan: this.makePlan(shape, arena), weights, arena };
