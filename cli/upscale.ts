@@ -10,15 +10,14 @@
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
  * end. Outputs are written under a temporary name in the target folder and then linked or renamed
  * into place, so no partial output file is ever left, and an existing file is only replaced with
- * `--force`.
+ * `--force`; with several files, on a writer thread while the next image runs (cli/save.ts).
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename, dirname, extname, join } from "node:path";
+import { basename, extname, join } from "node:path";
 import { type BackendName, describeBackend, initBackend } from "../core/backend.ts";
 import {
   decodeImage,
-  encodeImage,
   formatFromPath,
   IMAGE_FILE,
   type ImageFormat,
@@ -38,6 +37,7 @@ import type { ConvPrecision } from "../core/kernels/webgpu_conv3x3.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
 import { SHIPPED_MODELS, shippedModelPath } from "../core/weights/shipped.ts";
 import { createProgress } from "./progress.ts";
+import { exists, ioReason, saveImage, SaveThread } from "./save.ts";
 import { loadModel } from "./load_model.ts";
 import { parseNumberFlag, THREADS, UsageError, WHOLE } from "./flags.ts";
 
@@ -203,14 +203,6 @@ interface Job {
   format: ImageFormat;
 }
 
-/** Why a file operation failed, in a few words. */
-function ioReason(e: unknown, what: string): string {
-  if (e instanceof Deno.errors.NotFound) return `no such ${what}`;
-  if (e instanceof Deno.errors.PermissionDenied) return `cannot read the ${what}: permission denied`;
-  if (e instanceof Deno.errors.IsADirectory) return "is a folder";
-  return (e as Error).message.split("\n")[0];
-}
-
 /** Lists the jobs: one per file, one per image of a folder (sorted, not recursive). */
 async function planJobs(args: UpscaleArgs): Promise<Job[]> {
   const isDir = async (path: string) => (await Deno.stat(path).catch(() => null))?.isDirectory ?? false;
@@ -259,41 +251,6 @@ async function planJobs(args: UpscaleArgs): Promise<Job[]> {
     jobs.push(...names.sort().map((name) => job(join(input, name))));
   }
   return jobs;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
-/**
- * Writes `bytes` to `path` through a temporary file in the same folder. Without `force` the final
- * step is a hard link, which fails atomically if `path` appeared meanwhile.
- */
-async function writeAtomic(path: string, bytes: Uint8Array, force: boolean): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`);
-  await Deno.writeFile(tmp, bytes, { createNew: true });
-  try {
-    if (force) {
-      await Deno.rename(tmp, path);
-      return;
-    }
-    try {
-      await Deno.link(tmp, path);
-    } catch (e) {
-      if (e instanceof Deno.errors.AlreadyExists) throw new Error("exists (use --force to overwrite)");
-      // No hard links on this filesystem: check, then rename (a small race, but no partial file).
-      if (await exists(path)) throw new Error("exists (use --force to overwrite)");
-      await Deno.rename(tmp, path);
-    }
-  } finally {
-    await Deno.remove(tmp).catch(() => {});
-  }
 }
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
@@ -405,69 +362,76 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
   const written = new Set<string>();
   let failed = 0;
   let tilesBefore = 0;
-  for (const [k, job] of jobs.entries()) {
-    const t0 = performance.now();
-    progress.startFile(k + 1, basename(job.input));
-    try {
-      if (inputs[k].error) throw new Error(inputs[k].error);
-      if (written.has(job.output)) throw new Error(`${job.output} is already an output of this run`);
-      if (!args.force && await exists(job.output)) {
-        throw new Error(`${job.output} exists (use --force to overwrite)`);
-      }
-      let bytes = inputs[k].bytes;
-      if (!bytes) {
-        try {
-          bytes = await Deno.readFile(job.input);
-        } catch (e) {
-          throw new Error(ioReason(e, "file"));
-        }
-      }
-      const img = await decodeImage(bytes, { maxPixels: args.maxPixels });
-      const before = tilesBefore;
-      const out = await upscaler.upscale(img, {
-        outscale: args.outscale,
-        tile,
-        tilePad: args.tilePad,
-        tta: args.tta,
-        alpha: args.alpha,
-        signal,
-        onProgress: (done, total) => {
-          if (total > inputs[k].tiles) progress.addTiles(total - inputs[k].tiles);
-          inputs[k].tiles = Math.max(inputs[k].tiles, total);
-          progress.update(before + done);
-        },
-      });
-      const encoded = await encodeImage(out, { format: job.format, quality: args.quality });
+  // with several files, each is encoded and written on a thread of its own while the next one runs;
+  // at most two wait there (their pixels are held until written)
+  const thread = jobs.length > 1 ? new SaveThread() : undefined;
+  const saving: Promise<void>[] = [];
+  try {
+    for (const [k, job] of jobs.entries()) {
+      const t0 = performance.now();
+      progress.startFile(k + 1, basename(job.input));
       try {
-        await writeAtomic(job.output, encoded, args.force);
-      } catch (e) {
-        const msg = (e as Error).message;
-        throw new Error(
-          msg.startsWith("exists")
-            ? `${job.output} ${msg}`
-            : `${job.output}: ${
-              e instanceof Deno.errors.NotFound ? "its folder does not exist" : ioReason(e, "file")
-            }`,
+        if (inputs[k].error) throw new Error(inputs[k].error);
+        if (written.has(job.output)) throw new Error(`${job.output} is already an output of this run`);
+        if (!args.force && await exists(job.output)) {
+          throw new Error(`${job.output} exists (use --force to overwrite)`);
+        }
+        let bytes = inputs[k].bytes;
+        if (!bytes) {
+          try {
+            bytes = await Deno.readFile(job.input);
+          } catch (e) {
+            throw new Error(ioReason(e, "file"));
+          }
+        }
+        const img = await decodeImage(bytes, { maxPixels: args.maxPixels });
+        const before = tilesBefore;
+        const out = await upscaler.upscale(img, {
+          outscale: args.outscale,
+          tile,
+          tilePad: args.tilePad,
+          tta: args.tta,
+          alpha: args.alpha,
+          signal,
+          onProgress: (done, total) => {
+            if (total > inputs[k].tiles) progress.addTiles(total - inputs[k].tiles);
+            inputs[k].tiles = Math.max(inputs[k].tiles, total);
+            progress.update(before + done);
+          },
+        });
+        const sizes = `${img.width}x${img.height} -> ${out.width}x${out.height}`;
+        const request = {
+          image: out,
+          format: job.format,
+          quality: args.quality,
+          output: job.output,
+          force: args.force,
+        };
+        written.add(job.output);
+        const saved = (thread ? thread.save(request) : saveImage(request)).then(
+          () => progress.log(`${job.input} -> ${job.output} (${sizes}, ${seconds(performance.now() - t0)})`),
+          (e) => {
+            written.delete(job.output);
+            failed++;
+            progress.log(`error: ${job.input}: ${(e as Error).message.split("\n")[0]}`);
+          },
         );
+        saving.push(saved);
+        if (saving.length > (thread ? 2 : 0)) await saving.shift();
+      } catch (e) {
+        if ((e as Error).name === "AbortError") throw e;
+        failed++;
+        progress.log(`error: ${job.input}: ${(e as Error).message.split("\n")[0]}`);
       }
-      written.add(job.output);
-      progress.log(
-        `${job.input} -> ${job.output} (${img.width}x${img.height} -> ${out.width}x${out.height}, ${
-          seconds(performance.now() - t0)
-        })`,
-      );
-    } catch (e) {
-      if ((e as Error).name === "AbortError") {
-        progress.stop();
-        throw e;
-      }
-      failed++;
-      progress.log(`error: ${job.input}: ${(e as Error).message.split("\n")[0]}`);
+      tilesBefore += inputs[k].tiles;
+      progress.update(tilesBefore);
     }
-    tilesBefore += inputs[k].tiles;
-    progress.update(tilesBefore);
+  } finally {
+    // what was upscaled gets written, even when the run is interrupted
+    await Promise.all(saving);
+    thread?.close();
+    progress.stop();
   }
-  progress.stop();
   if (jobs.length > 1) console.error(`${jobs.length - failed} of ${jobs.length} files done`);
   return failed ? 1 : 0;
 }
