@@ -326,7 +326,7 @@ export function usePlannedPasses(
 }
 
 /**
- * A case through core/kernels' prepared passes: the forward plan (output read back), or the
+ * A case through core/kernels' prepared passes: the forward plan (output read back by RRDBNetPlanWebGPU.read), or the
  * planned training step (L1, Adam; the EMA is written over the net's own weights buffer copy), on
  * WebGPU or on the CPU kernels (wasm).
  */
@@ -358,12 +358,7 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
           prepared.convs = describeChoice({ ...made, shape: x.shape });
         }
         if (planOptions.tune && !prepared.tilings) prepared.tilings = await plan.tune();
-        const out = plan.run(x);
-        try {
-          return (await out.data()) as Float32Array;
-        } finally {
-          out.dispose();
-        }
+        return await plan.read(x);
       },
       stepDone: () => timeToCompletion(() => plan!.run(x)),
       profile: () => planProfile(plan!),

@@ -33,7 +33,13 @@ import { imresizeArray } from "./imresize.ts";
 import { RRDBNet, type RRDBNetConfig, unshuffleFactor } from "./rrdbnet_arch.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
 import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
-import { BufferLimitError, PassArena, type PassBackend, underErrorScopes } from "./kernels/webgpu_pass.ts";
+import {
+  BufferLimitError,
+  PassArena,
+  type PassBackend,
+  ReadBack,
+  underErrorScopes,
+} from "./kernels/webgpu_pass.ts";
 import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
 import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
@@ -230,6 +236,8 @@ export class Upscaler {
   /** What "auto" chose per number format (each timed once: switching back reuses the choice). */
   private readonly convChoices = new Map<ConvPrecision, ConvChoice>();
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
+  /** On webgpu, where images blended on the GPU are read back (a staging buffer kept between them). */
+  private reader?: ReadBack;
   /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
   private planCheck?: Promise<void>;
 
@@ -393,6 +401,8 @@ export class Upscaler {
     this.plans.clear();
     for (const { arena } of this.arenas.values()) arena.dispose();
     this.arenas.clear();
+    this.reader?.dispose();
+    this.reader = undefined;
     this.cpuPlan?.plan.dispose();
     this.cpuPlan = undefined;
     if (!options.keepNet) this.net.dispose();
@@ -449,7 +459,8 @@ export class Upscaler {
     // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves tiles garbage
     const gpuCheck = watchBackendErrors();
     const what = `the upscale of a ${w}x${h} input`;
-    if (total === 1) {
+    const image = { batch: n, width: w * s, height: h * s, channels: c };
+    if (total === 1 && !this.blendsOnGPU(options, image)) {
       if (signal) await yieldToEventLoop();
       if (signal?.aborted) throw abortError(signal);
       onProgress?.(0, 1);
@@ -458,7 +469,6 @@ export class Upscaler {
       onProgress?.(1, 1);
       return data;
     }
-    const image = { batch: n, width: w * s, height: h * s, channels: c };
     const rowWeights = rows.map((_, k) => featherWeights(rows, k, s));
     const colWeights = cols.map((_, k) => featherWeights(cols, k, s));
     const tiles = rows.flatMap((r, i) => cols.map((col, j) => ({ r, col, i, j })));
@@ -627,12 +637,18 @@ export class Upscaler {
           reportUpTo(k + 1);
         }
       }
+      if (read) {
+        // reading the image back is waiting for every tile
+        this.reader ??= new ReadBack(backend);
+        const data = await blender.read(this.reader);
+        await Promise.all(checks);
+        await gpuCheck();
+        reportUpTo(total);
+        return data;
+      }
       const y = blender.result();
-      let data: Float32Array | undefined;
       try {
-        // reading the image back, or waiting for it, is waiting for every tile
-        if (read) data = (await y.data()) as Float32Array;
-        else await backend.device.queue.onSubmittedWorkDone();
+        await backend.device.queue.onSubmittedWorkDone();
         await Promise.all(checks);
         await gpuCheck();
         reportUpTo(total);
@@ -640,9 +656,7 @@ export class Upscaler {
         y.dispose();
         throw e;
       }
-      if (!data) return y;
-      y.dispose();
-      return data;
+      return y;
     } finally {
       blender.dispose();
     }

@@ -313,6 +313,9 @@ Deno.test("RRDBNet (tiny): forward with our kernels and fused forward match stoc
       assert.equal(tf.memory().numTensors, n0 + 1, "RRDBNetPlanWebGPU.run leaks tensors");
       const ep = await relErr(have, want);
       assert.ok(ep <= TOL, `RRDBNetPlanWebGPU x${config.scale}: relative error ${ep}`);
+      // straight into host memory: the same values, no tensor
+      assert.deepEqual(await plan.read(input), await have.data());
+      assert.equal(tf.memory().numTensors, n0 + 1, "RRDBNetPlanWebGPU.read leaves tensors");
       tf.dispose([want, have]);
       if (input !== x) input.dispose();
     }

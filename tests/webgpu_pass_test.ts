@@ -7,7 +7,13 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import assert from "node:assert/strict";
 import { conv3x3Program } from "../core/kernels/webgpu_conv3x3.ts";
-import { PassArena, type PassBackend, PlannedPass, setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
+import {
+  PassArena,
+  type PassBackend,
+  PlannedPass,
+  ReadBack,
+  setFirstSubmit,
+} from "../core/kernels/webgpu_pass.ts";
 import { setUpWebGPU } from "./webgpu_setup.ts";
 
 const { opts, gpuErrors } = await setUpWebGPU("webgpu pass tests");
@@ -155,6 +161,37 @@ Deno.test(
       arena.dispose();
     }
     assert.equal(arena.bytes, 0);
+    assert.deepEqual(gpuErrors, []);
+  },
+);
+
+Deno.test(
+  "read back: one kept staging buffer, grown when needed; a read meanwhile gets its own",
+  opts,
+  async () => {
+    const be = backend();
+    const reader = new ReadBack(be);
+    const pass = new PlannedPass(be);
+    try {
+      const values = Float32Array.from({ length: 1000 }, (_, i) => i * 0.5 - 7);
+      const source = pass.buffer(4000);
+      be.device.queue.writeBuffer(source, 0, values);
+      assert.deepEqual(await reader.read(source, 10), values.slice(0, 10));
+      assert.deepEqual(await reader.read(source, 1000), values);
+      // two at once; then one whose recorded work runs first (a copy into the buffer read)
+      const [a, b] = await Promise.all([reader.read(source, 3), reader.read(source, 999)]);
+      assert.deepEqual([a, b], [values.slice(0, 3), values.slice(0, 999)]);
+      const other = pass.buffer(16);
+      const moved = await reader.read(
+        other,
+        4,
+        (encoder) => encoder.copyBufferToBuffer(source, 400, other, 0, 16),
+      );
+      assert.deepEqual(moved, values.slice(100, 104));
+    } finally {
+      reader.dispose();
+      pass.dispose();
+    }
     assert.deepEqual(gpuErrors, []);
   },
 );

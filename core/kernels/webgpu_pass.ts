@@ -504,3 +504,65 @@ export function tensorFromBuffer<R extends tf.Rank>(buffer: GPUBuffer, shape: tf
   if (floats === count) return tf.tensor({ buffer }, shape, "float32") as tf.Tensor<R>;
   return tf.tidy(() => tf.reshape(tf.slice(tf.tensor({ buffer }, [floats], "float32"), 0, count), shape));
 }
+
+/**
+ * Reads GPU buffers back into host memory through one MAP_READ buffer kept between reads (grown
+ * when a read needs more), where tfjs's `data()` first copies the tensor's buffer and takes a
+ * staging buffer per read. A read while another is in flight gets a staging buffer of its own.
+ */
+export class ReadBack {
+  private staging?: GPUBuffer;
+  private busy = false;
+
+  constructor(readonly backend: PassBackend) {}
+
+  /**
+   * The first `count` floats of `source` once the GPU has run what was submitted before and what
+   * `record` records (into tfjs's encoder, ahead of the copy): one submit, one map.
+   */
+  async read(
+    source: GPUBuffer,
+    count: number,
+    record?: (encoder: GPUCommandEncoder) => void,
+  ): Promise<Float32Array> {
+    const bytes = count * 4;
+    const device = this.backend.device;
+    const own = !this.busy;
+    let staging = own ? this.staging : undefined;
+    if (!staging || staging.size < bytes) {
+      if (own) this.staging?.destroy();
+      staging = device.createBuffer({
+        size: Math.max(16, Math.ceil(bytes / 16) * 16),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      if (own) this.staging = staging;
+    }
+    if (own) this.busy = true;
+    try {
+      const be = this.backend;
+      be.ensureCommandEncoderReady();
+      be.endComputePassEncoder();
+      record?.(be.commandEncoder!);
+      be.commandEncoder!.copyBufferToBuffer(source, 0, staging, 0, bytes);
+      be.submitQueue();
+      await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
+      const values = new Float32Array(staging.getMappedRange(0, staging.size).slice(0, bytes));
+      staging.unmap();
+      return values;
+    } catch (e) {
+      // a staging buffer left mapped or lost is not used again
+      if (own) this.staging = undefined;
+      staging.destroy();
+      throw e;
+    } finally {
+      if (own) this.busy = false;
+      else staging.destroy();
+    }
+  }
+
+  /** Frees the kept staging buffer. */
+  dispose(): void {
+    this.staging?.destroy();
+    this.staging = undefined;
+  }
+}

@@ -22,6 +22,7 @@ import {
   type PassArena,
   type PassBackend,
   PlannedPass,
+  ReadBack,
   type Region,
   tensorFromBuffer,
   underErrorScopes,
@@ -82,6 +83,7 @@ export class RRDBNetPlanWebGPU {
   /** Where run() copies its f32 input: `input` itself, or the buffer converted into it. */
   private readonly inputF32: GPUBuffer;
   private readonly out: GPUBuffer;
+  private reader?: ReadBack;
 
   constructor(readonly net: RRDBNet, inputShape: number[], options: PlanWebGPUOptions = {}) {
     if (tf.getBackend() !== "webgpu") throw new Error("RRDBNetPlanWebGPU: the webgpu backend is not active");
@@ -208,6 +210,16 @@ export class RRDBNetPlanWebGPU {
   }
 
   /**
+   * `net.apply(x)` straight into host memory, NHWC floats of {@link outputShape}: no tensor, and a
+   * staging buffer the plan keeps (see ReadBack).
+   */
+  read(x: tf.Tensor4D): Promise<Float32Array> {
+    this.submit(x);
+    this.reader ??= new ReadBack(this.backend);
+    return this.reader.read(this.out, this.outputShape.reduce((a, b) => a * b, 1));
+  }
+
+  /**
    * Submits the forward of x (of the plan's input shape); `then` records more work into the same
    * encoder after it, reading the output where the forward left it (`output`: f32 NHWC of
    * {@link outputShape}, overwritten by the plan's next run), as the Upscaler's GPU tile blending does.
@@ -264,6 +276,7 @@ export class RRDBNetPlanWebGPU {
   /** Frees the plan's buffers (not the net's). */
   dispose(): void {
     this.pass.dispose();
+    this.reader?.dispose();
   }
 }
 

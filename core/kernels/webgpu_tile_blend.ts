@@ -11,7 +11,14 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { dispatch1d, flatIndex, type PassBackend, PlannedPass, tensorFromBuffer } from "./webgpu_pass.ts";
+import {
+  dispatch1d,
+  flatIndex,
+  type PassBackend,
+  PlannedPass,
+  type ReadBack,
+  tensorFromBuffer,
+} from "./webgpu_pass.ts";
 import type { CustomProgram, Uniform } from "./webgpu_program.ts";
 
 type Program = CustomProgram & { uniforms: string; params: Uniform[] };
@@ -167,11 +174,27 @@ export class TileBlenderWebGPU {
    * weights, then copied into a tensor of tfjs's own. Add nothing after.
    */
   result(): tf.Tensor4D {
+    const pass = this.normalized();
+    pass.submitWithTfjs((encoder) => pass.record(encoder));
+    return tensorFromBuffer(this.sum, [this.batch, this.height, this.width, this.channels]);
+  }
+
+  /** The blended images read back (NHWC floats): divided and copied out in one submit. Add nothing after. */
+  read(reader: ReadBack): Promise<Float32Array> {
+    const pass = this.normalized();
+    return reader.read(
+      this.sum,
+      this.batch * this.height * this.width * this.channels,
+      (e) => pass.record(e),
+    );
+  }
+
+  /** A pass dividing the sum by the weights. */
+  private normalized(): PlannedPass {
     const pass = new PlannedPass(this.backend);
     this.passes.push(pass);
     pass.add(normalizeProgram(this.batch, this), { buffer: this.sum }, [{ buffer: this.wsum }]);
-    pass.submitWithTfjs((encoder) => pass.record(encoder));
-    return tensorFromBuffer(this.sum, [this.batch, this.height, this.width, this.channels]);
+    return pass;
   }
 
   /** Frees the blender's buffers (work already submitted still completes). */
