@@ -545,18 +545,18 @@ export class ReadBack {
       record?.(be.commandEncoder!);
       be.commandEncoder!.copyBufferToBuffer(source, 0, staging, 0, bytes);
       be.submitQueue();
-      await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
-      const values = new Float32Array(staging.getMappedRange(0, staging.size).slice(0, bytes));
+      // map and copy only what is read (the kept buffer may be larger)
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const values = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
       staging.unmap();
       return values;
     } catch (e) {
       // a staging buffer left mapped or lost is not used again
       if (own) this.staging = undefined;
-      staging.destroy();
       throw e;
     } finally {
       if (own) this.busy = false;
-      else staging.destroy();
+      if (staging !== this.staging) staging.destroy();
     }
   }
 

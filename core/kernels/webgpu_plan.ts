@@ -1,9 +1,10 @@
 /**
  * RRDBNet inference as a prepared plan (webgpu_pass.ts): for one input shape, every buffer,
  * uniform block and bind group of the 351 fused dispatches (see webgpu_rrdb.ts) is made once; a
- * forward copies the input in and replays them into one compute pass. On an H200 this took the
- * forward of 1x64x64 from 106 ms (stock) to 43 ms with 3 ms of CPU. Weights are bound as they are
- * when the plan is made: rebuild the plan after changing the net's parameters.
+ * forward copies the input in and replays them (submitted in pieces, see PlannedPass.submit). On
+ * an H200 this took the forward of 1x64x64 from 106 ms (stock) to 43 ms with 3 ms of CPU. Weights
+ * are bound as they are when the plan is made: rebuild the plan after changing the net's
+ * parameters. Plans that run one after another can share their memory (the `arena` option).
  *
  * In half precision (`precision: "f16"` or `"f16-f32acc"`, needs `shader-f16`, see webgpu_f16.ts)
  * every map and filter of the plan is f16: the weights are converted once when the plan is made,

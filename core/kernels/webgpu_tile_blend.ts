@@ -162,9 +162,8 @@ export class TileBlenderWebGPU {
     this.backend.device.queue.writeBuffer(weights, 0, both);
     const program = accumulateProgram({ n, th, tw, srcH, srcW, y0, x0 }, this);
     return (encoder, source) => {
-      pass.add(program, { buffer: this.sum }, [{ buffer: this.wsum }, { buffer: source }, {
-        buffer: weights,
-      }]);
+      const inputs = [{ buffer: this.wsum }, { buffer: source }, { buffer: weights }];
+      pass.add(program, { buffer: this.sum }, inputs);
       pass.record(encoder);
     };
   }
