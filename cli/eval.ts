@@ -132,7 +132,8 @@ async function loadModels(
   const files = args.models.filter((m) => m !== "bicubic");
   if (files.length) {
     const { describeBackend, initBackend } = await import("../core/backend.ts");
-    const info = await initBackend(args.backend, { threads: args.threads });
+    // the models run on our CPU kernels (wasm): tfjs's own ops need no thread pool of their own
+    const info = await initBackend(args.backend, { threads: args.threads, opsThreads: 1 });
     log(`backend: ${describeBackend(info)}`);
     if (args.precision !== "f32" && !info.f16) {
       throw new Error(

@@ -273,7 +273,8 @@ export async function main(argv: string[]): Promise<number> {
   const onSigint = () => controller.abort();
   Deno.addSignalListener("SIGINT", onSigint);
   try {
-    const backend = await initBackend(args.backend, { threads: args.threads });
+    // the net runs on our CPU kernels: tfjs's ops (slicing, padding) need no thread pool of their own
+    const backend = await initBackend(args.backend, { threads: args.threads, opsThreads: 1 });
     console.error(`backend: ${describeBackend(backend)}`);
     if (args.precision !== "f32" && !backend.f16) {
       console.error(

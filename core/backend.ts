@@ -22,8 +22,10 @@ export interface BackendInfo {
   adapter?: string;
   /** Why this backend: "requested" or the reason automatic choice gave. */
   reason: string;
-  /** Threads of the wasm backend. */
+  /** Threads of the wasm backend: our CPU kernels' (see {@link backendThreads}). */
   threads?: number;
+  /** Threads of tfjs's own wasm ops (XNNPACK's pool), where fewer than `threads` ({@link BackendOptions.opsThreads}). */
+  opsThreads?: number;
   /** Whether the webgpu device compiles half-precision shaders (`shader-f16`). */
   f16?: boolean;
 }
@@ -31,10 +33,18 @@ export interface BackendInfo {
 /** Options of {@link initBackend}. */
 export interface BackendOptions {
   /**
-   * Threads for the wasm backend (XNNPACK's pool, at most 8); default: the logical cores. 1 runs
-   * tfjs's stock single-threaded SIMD module, more the threaded one through Node worker threads.
+   * Threads for the wasm backend (our CPU kernels and XNNPACK's pool, at most 8); default: the
+   * logical cores. 1 runs tfjs's stock single-threaded SIMD module, more the threaded one through
+   * Node worker threads.
    */
   threads?: number;
+  /**
+   * Threads for tfjs's own wasm ops alone (default `threads`), for work that runs on our CPU kernels
+   * with tfjs's ops only around them (the upscale tool, the endpoint): 1 starts tfjs's
+   * single-threaded module in ~8 ms, where the threaded one took ~280 ms here (Emscripten starts 8
+   * workers, each instantiating the module), while the kernels still get `threads`.
+   */
+  opsThreads?: number;
 }
 
 /** Describes the WebGPU adapter, or says why there is none. */
@@ -82,18 +92,26 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
   if (name === "wasm") {
     const dist = new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url);
     setWasmPaths(dist.href);
-    threads = Math.max(1, Math.min(8, Math.floor(options.threads ?? navigator.hardwareConcurrency ?? 1)));
-    setThreadsCount(threads);
-    useWasmThreads(threads, dist);
+    const clamp = (n: number) => Math.max(1, Math.min(8, Math.floor(n)));
+    threads = clamp(options.threads ?? navigator.hardwareConcurrency ?? 1);
+    const ops = Math.min(threads, clamp(options.opsThreads ?? threads));
+    setThreadsCount(ops);
+    useWasmThreads(ops, dist);
   }
   if (!(await tf.setBackend(name)) || tf.getBackend() !== name) {
     throw new Error(`the ${name} backend could not start${name === "webgpu" ? " (no WebGPU adapter?)" : ""}`);
   }
   await tf.ready();
   if (name === "webgpu" && !adapter) adapter = (await probeWebGPU()).adapter;
-  if (name === "wasm") threads = (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
+  let opsThreads: number | undefined;
+  if (name === "wasm") {
+    const ops = (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
+    if (ops < threads!) opsThreads = ops;
+    else threads = ops;
+    kernelThreads = threads;
+  }
   const f16 = name === "webgpu" ? hasShaderF16(tf.backend() as unknown as WebGPUBackendLike) : undefined;
-  return { name, adapter, reason, threads, f16 };
+  return { name, adapter, reason, threads, ...(opsThreads ? { opsThreads } : {}), f16 };
 }
 
 /** One line for the logs: the backend, its adapter or threads, what runs the Upscaler's net, and why. */
@@ -101,15 +119,24 @@ export function describeBackend(info: BackendInfo): string {
   const adapter = info.name === "webgpu" && info.adapter
     ? ` on ${info.adapter}, our prepared WGSL passes${info.f16 ? " (shader-f16)" : ""}`
     : "";
+  const ops = info.opsThreads ? `; tfjs's own ops on ${info.opsThreads}` : "";
   const threads = info.name === "wasm"
-    ? `, ${info.threads} thread${info.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)`
+    ? `, ${info.threads} thread${info.threads === 1 ? "" : "s"}, our CPU kernels (wasm SIMD, Winograd)${ops}`
     : "";
   return `${info.name}${adapter}${threads} (${info.reason})`;
 }
 
-/** Threads of the active backend: the wasm backend's pool, else the logical cores. */
+/** Threads our CPU kernels run on with the wasm backend as {@link initBackend} started it. */
+let kernelThreads: number | undefined;
+
+/**
+ * Threads for our CPU kernels: on the wasm backend what {@link initBackend} was given (tfjs's own
+ * pool where it was started otherwise), else the logical cores.
+ */
 export function backendThreads(): number {
-  if (tf.getBackend() === "wasm") return (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
+  if (tf.getBackend() === "wasm") {
+    return kernelThreads ?? (tf.backend() as BackendWasm).wasm.tfjs.getThreadsCount();
+  }
   return navigator.hardwareConcurrency ?? 1;
 }
 

@@ -95,7 +95,8 @@ export function startBackend(name?: BackendName): Promise<BackendInfo> {
   const key = name ?? "auto";
   let p = backends.get(key);
   if (!p) {
-    p = initBackend(name);
+    // the net runs on our CPU kernels (wasm): tfjs's own ops need no thread pool of their own
+    p = initBackend(name, { opsThreads: 1 });
     backends.set(key, p);
     p.catch(() => backends.delete(key));
   }
