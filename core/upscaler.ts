@@ -895,7 +895,12 @@ export class Upscaler {
         this.cpuPlan = { plan: new RRDBNetPlanWasm(this.net, { threads: backendThreads() }), weights };
       } catch (e) {
         // e.g. a runtime without relaxed SIMD or shared memory: tfjs's ops still work, 4x slower
-        console.warn(`CPU kernels unavailable (${(e as Error).message}): running tfjs's wasm ops instead`);
+        const ops = (tf.backend() as unknown as { wasm: { tfjs: { getThreadsCount(): number } } }).wasm.tfjs
+          .getThreadsCount();
+        console.warn(
+          `CPU kernels unavailable (${(e as Error).message}): running tfjs's wasm ops instead, on ${ops} ` +
+            `thread${ops === 1 ? "" : "s"}`,
+        );
         this.cpuKernels = false;
         return undefined;
       }
