@@ -66,7 +66,7 @@ options:
   -j, --threads N       CPU threads on wasm (default: all logical cores, at most 8)
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
-      --winograd N      on webgpu: 4 (f32 only) or 2, the convolutions as Winograd F(NxN, 3x3)
+      --winograd N      on webgpu: 4 or 2, the convolutions as Winograd F(NxN, 3x3)
                         (fewer multiply-adds, more memory); 0: direct; auto (default): whichever
                         of the two a timed forward of the first patch finds faster
       --alpha MODE      net (default): a transparent image's alpha through the model too (2x the
@@ -172,9 +172,6 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
   const winograd = (v.winograd ?? "auto") === "auto" ? "auto" : Number(v.winograd);
   if (![0, 2, 4, "auto"].includes(winograd)) {
     throw new UsageError(`--winograd must be 0, 2, 4 or auto, not "${v.winograd}"`);
-  }
-  if (winograd === 4 && precision !== "f32") {
-    throw new UsageError(`--winograd 4 runs in f32 only, not with --precision ${precision} (2 does)`);
   }
   return {
     inputs: positionals,

@@ -216,9 +216,9 @@ export class Upscaler {
    */
   precision: ConvPrecision = "f32";
   /**
-   * On webgpu: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4, f32 only) or F(2x2, 3x3)
-   * (2, any precision) (core/kernels/webgpu_winograd.ts); 0: direct; "auto" (default): whichever of
-   * direct and Winograd (4 in f32, 2 in half precision) runs the first patch's shape faster on this
+   * On webgpu: the forward's 3x3 convolutions as Winograd F(4x4, 3x3) (4) or F(2x2, 3x3) (2)
+   * (core/kernels/webgpu_winograd.ts); 0: direct; "auto" (default): whichever of direct and
+   * Winograd F(4x4) (in any precision) runs the first patch's shape faster on this
    * GPU, timed once before it (see {@link convChoice}; elsewhere: no effect). On an H200 F(4x4) won
    * every shape of README's Benchmarks (as fast as direct to 2.3x faster); which wins is the GPU's call.
    */

@@ -34,8 +34,8 @@ export interface ConvRecorderOptions {
   /** Tilings each direct convolution (and Winograd's GEMMs their own) may run besides the built-in ones. */
   candidates?: Partial<ConvTile>[];
   /**
-   * Winograd F(m x m) where it qualifies (F(4x4): f32 only; F(2x2) also in the half precisions, with
-   * f16 storage and f32 arithmetic); `setup` records the filter transforms.
+   * Winograd F(m x m) where it qualifies (in the half precisions with f16 storage and f32
+   * arithmetic); `setup` records the filter transforms.
    */
   winograd?: { m: WinogradSize; setup: PassLike };
 }
@@ -48,11 +48,6 @@ export class ConvRecorder {
 
   constructor(private readonly pass: PassLike, private readonly options: ConvRecorderOptions) {
     const w = options.winograd;
-    if (w && w.m === 4 && options.precision !== "f32") {
-      throw new Error(
-        `winograd 4 runs in f32 only, not ${options.precision}: its transforms scale values 10x`,
-      );
-    }
     this.wino = w
       ? new WinogradPlanner(pass, w.setup, {
         m: w.m,

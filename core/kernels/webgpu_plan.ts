@@ -43,9 +43,9 @@ export interface PlanWebGPUOptions {
   tune?: Partial<ConvTile>[] | true;
   /**
    * Runs the 3x3 convolutions that qualify (channels in multiples of 4) as Winograd F(m x m, 3x3)
-   * (webgpu_winograd.ts): 4 (f32 only: 4x fewer multiply-adds than direct) or 2 (2.25x fewer; in the
-   * half precisions too, with f16 storage and f32 arithmetic); more memory traffic and scratch (V and
-   * M of the largest convolution, about 36 x 4 bytes per 16 output pixels and channel). Default: direct.
+   * (webgpu_winograd.ts): 4 (4x fewer multiply-adds than direct) or 2 (2.25x fewer); in the half
+   * precisions with f16 storage and f32 arithmetic; more memory traffic and scratch (V and M of the
+   * largest convolution, about 36 x 4 bytes per 16 output pixels and channel). Default: direct.
    */
   winograd?: WinogradSize;
   /**
@@ -91,12 +91,6 @@ export class RRDBNetPlanWebGPU {
     this.backend = tf.backend() as unknown as PassBackend;
     const precision = this.precision = options.precision ?? "f32";
     const half = precision !== "f32";
-    if (options.winograd === 4 && half) {
-      throw new Error(
-        `RRDBNetPlanWebGPU: winograd 4 runs in f32 only, not ${precision} (its transforms scale values up ` +
-          "to 10x, too much for f16); winograd 2 runs in half precision too",
-      );
-    }
     if (half && !hasShaderF16(this.backend)) {
       throw new Error(
         `RRDBNetPlanWebGPU: ${precision} needs the WebGPU feature shader-f16, which this device lacks ` +
@@ -321,8 +315,8 @@ export async function timeVariants(
 }
 
 /**
- * The faster plan for inputs of `shape` on this GPU, direct or Winograd (F(4x4) in f32, F(2x2) in
- * the half precisions), by {@link timeVariants} (each checked with WebGPU's error scopes, timed by
+ * The faster plan for inputs of `shape` on this GPU, direct or Winograd F(4x4) (in any precision),
+ * by {@link timeVariants} (each checked with WebGPU's error scopes, timed by
  * {@link RRDBNetPlanWebGPU.time}), then made again: cuDNN's benchmark mode, for the forward as a
  * whole, since which wins depends on the GPU and the shape.
  */
@@ -350,8 +344,7 @@ export async function fastestPlan(
     }
     return made.value;
   };
-  const m = (planOptions.precision ?? "f32") === "f32" ? 4 : 2;
-  const { winograd, timings } = await timeVariants([0, m], async (w) => {
+  const { winograd, timings } = await timeVariants([0, 4], async (w) => {
     const plan = await checked(w);
     return { time: () => plan.time(runs), dispose: () => plan.dispose() };
   });

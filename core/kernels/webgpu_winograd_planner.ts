@@ -58,7 +58,7 @@ export class WinogradPlanner {
     private readonly options: {
       m: WinogradSize;
       gemmCandidates?: Partial<WinogradGemmTile>[];
-      /** Maps, filters, V and U in f16 (F(2x2) only: its transforms are exact in any precision). */
+      /** Maps, filters, V and U in f16, the arithmetic in f32 (see winogradCanRun). */
       half?: boolean;
     },
   ) {
@@ -69,7 +69,7 @@ export class WinogradPlanner {
   /** Whether `spec` runs as Winograd: it qualifies, and its V and M fit the device's buffers. */
   canRun(spec: Conv3x3Spec, channels = spec.c0 + (spec.c1 ?? 0)): boolean {
     const { m } = this.options;
-    return winogradCanRun(spec, m) && ((spec.precision ?? "f32") !== "f32") === !!this.options.half &&
+    return winogradCanRun(spec) && ((spec.precision ?? "f32") !== "f32") === !!this.options.half &&
       Math.ceil(winogradTiles(spec, m).tiles / 32) <= MAX_DISPATCH &&
       winogradBytes(spec, m, Math.max(channels, spec.cout)) <= this.limit;
   }

@@ -2,8 +2,9 @@
  * Winograd's minimal filtering for 3x3 convolutions, F(m x m, 3x3) (Lavin & Gray, "Fast Algorithms
  * for Convolutional Neural Networks", 2016): an m x m output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A for
  * the (m + 2)² input tile d and the 3x3 filter g, (m + 2)² multiplies instead of 9m². F(2x2): 2.25x
- * fewer, exact in any precision; F(4x4): 4x fewer, its transforms scale values by up to 10x
- * (fine in f32, not in f16). Interpolation points 0, ±1, ±2 (and ∞), as wasm/rrdb_cpu.c uses.
+ * fewer, exact in any precision; F(4x4): 4x fewer, its transforms scale values by up to 10x (with
+ * f16 storage and f32 arithmetic still as close to f32 as a direct f16 forward: see
+ * webgpu_winograd.ts's winogradCanRun). Interpolation points 0, ±1, ±2 (and ∞), as wasm/rrdb_cpu.c uses.
  * @module
  */
 
