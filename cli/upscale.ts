@@ -67,8 +67,8 @@ options:
       --precision P     f32 (default), or on webgpu with shader-f16: f16 (half-precision maps,
                         weights and products) or f16-f32acc (half-precision maps and weights)
       --winograd N      on webgpu: 4 or 2, the convolutions as Winograd F(NxN, 3x3)
-                        (fewer multiply-adds, more memory); 0: direct; auto (default): whichever
-                        of the two a timed forward of the first patch finds faster
+                        (fewer multiply-adds, more memory); 0: direct; auto (default): direct or
+                        F(4x4), whichever a timed forward of the first patch finds faster
       --alpha MODE      net (default): a transparent image's alpha through the model too (2x the
                         time, sharper edges); bicubic: alpha resized
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
