@@ -9,7 +9,7 @@
  */
 import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
-import { WINOGRAD } from "./winograd.ts";
+import type { RunRequest } from "./wasm_barrier.ts";
 
 /** Bytes of one layer record (rrdb_cpu.c's `Layer`, 19 fields of 4 bytes, padded). */
 const LAYER_BYTES = 128;
@@ -19,7 +19,7 @@ const NR = 8;
 const MR = 6;
 /** Below this the module keeps its stack (the linker's default layout); our data starts here. */
 const ARENA_BASE = 1 << 20;
-const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2;
+const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
 
 interface PackedConv {
   weight: number;
@@ -81,32 +81,47 @@ export class RRDBNetPlanWasm {
   private readonly convs = new Map<string, PackedConv>();
   private readonly weightsEnd: number;
   private layout?: Layout;
-  private queue: Promise<void> = Promise.resolve();
+  private queue: Promise<void>;
+  /** The Winograd filters' packing, which every run waits for (and fails with, if it failed). */
+  private readonly packed: Promise<void>;
 
   constructor(net: RRDBNet, options: KernelPoolOptions = {}) {
     this.config = net.config;
     this.pool = new KernelPool(options);
     try {
-      this.weightsEnd = this.pack(net);
+      const { end, winograd } = this.pack(net);
+      this.weightsEnd = end;
+      // the Winograd filters are made on the pool's threads, in the background: runs wait for them
+      this.packed = this.pool.run(winograd);
+      this.queue = this.packed.catch(() => {});
     } catch (e) {
       this.pool.dispose();
       throw e;
     }
   }
 
-  /** Packs every convolution's weights and bias from ARENA_BASE on; returns where they end. */
-  private pack(net: RRDBNet): number {
-    let bytes = 0;
-    for (const [name, v] of net.params) {
-      if (!name.endsWith(".weight")) continue;
+  /**
+   * Packs every convolution's weights and bias from ARENA_BASE on; returns where they end, and the
+   * layer records that turn the Winograd convolutions' HWIO weights, staged past that end (where
+   * the maps go later), into U = G g Gᵀ: rrdb_cpu.c's OP_PACK, the training step's, vectorised and
+   * on every thread (in JavaScript this took 330-490 ms of x4plus's start; the kernels compute U in
+   * f32, as the training step always has).
+   */
+  private pack(net: RRDBNet): { end: number; winograd: RunRequest } {
+    const weights = [...net.params].filter(([name]) => name.endsWith(".weight"));
+    let bytes = 0, staged = 0, transforms = 0;
+    for (const [, v] of weights) {
       const [, , cin, cout] = v.shape;
-      bytes += 4 * ((cin % 4 ? 9 : 36) * cin * roundUp(cout) + roundUp(cout));
+      const winograd = cin % 4 === 0;
+      bytes += 4 * ((winograd ? 36 : 9) * cin * roundUp(cout) + roundUp(cout));
+      if (winograd) [staged, transforms] = [staged + 4 * 9 * cin * cout, transforms + 1];
     }
-    this.pool.reserve(ARENA_BASE + bytes);
-    let at = ARENA_BASE;
-    const f = this.pool.floats();
-    for (const [name, v] of net.params) {
-      if (!name.endsWith(".weight")) continue;
+    const end = align(ARENA_BASE + bytes);
+    const records = align(end + staged);
+    this.pool.reserve(records + transforms * LAYER_BYTES);
+    let at = ARENA_BASE, stage = end, k = 0;
+    const f = this.pool.floats(), i32 = new Int32Array(f.buffer);
+    for (const [name, v] of weights) {
       const conv = name.slice(0, -".weight".length);
       const [kh, kw, cin, cout] = v.shape;
       if (kh !== 3 || kw !== 3) throw new Error(`${name}: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
@@ -118,12 +133,21 @@ export class RRDBNetPlanWasm {
         cout,
         winograd,
       };
-      (winograd ? packWinograd : packFilter)(v.dataSync() as Float32Array, cin, cout, f, packed.weight / 4);
+      const hwio = v.dataSync() as Float32Array;
+      if (winograd) {
+        f.set(hwio, stage / 4);
+        // rrdb_cpu.c's Layer: op, in, ics (the source's pixel stride), cin, out, cout, real_cin
+        const o = (records + k++ * LAYER_BYTES) / 4;
+        i32.fill(0, o, o + LAYER_BYTES / 4);
+        [i32[o], i32[o + 1], i32[o + 2], i32[o + 3]] = [OP_PACK, stage, cout, cin];
+        [i32[o + 8], i32[o + 10], i32[o + 29]] = [packed.weight, cout, cin];
+        stage += 4 * hwio.length;
+      } else packFilter(hwio, cin, cout, f, packed.weight / 4);
       f.set(net.params.get(`${conv}.bias`)!.dataSync() as Float32Array, packed.bias / 4);
       this.convs.set(conv, packed);
       at = packed.bias + 4 * roundUp(cout);
     }
-    return align(at);
+    return { end, winograd: { layers: records, count: transforms, stride: LAYER_BYTES } };
   }
 
   /** Threads the forward runs on. */
@@ -147,6 +171,7 @@ export class RRDBNetPlanWasm {
   }
 
   private async runNow(x: Float32Array, shape: number[], signal?: AbortSignal): Promise<Float32Array> {
+    await this.packed;
     const [n, hh, ww, c] = shape;
     const { numInCh, numOutCh } = this.config;
     const u = unshuffleFactor(this.config);
@@ -327,36 +352,6 @@ function roundUp(c: number): number {
 
 function align(bytes: number): number {
   return Math.ceil(bytes / 64) * 64;
-}
-
-/**
- * HWIO [3, 3, cin, cout] → Winograd F(4x4, 3x3)'s U = G g G' as [36][cout/8][cin][8], zero past
- * cout (rrdb_cpu.c's layout), computed in float64.
- */
-function packWinograd(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
-  const blocks = roundUp(cout) / NR;
-  // the 9 taps in locals, G flat, no intermediate array: packing x4plus (67M values of U) took
-  // 330 ms here instead of 490, of a 2.1 s quick start (the same values, bit for bit)
-  const G = Float64Array.from(WINOGRAD[4].G.flat());
-  const tapStride = cin * cout, plane = blocks * cin * NR;
-  for (let ci = 0; ci < cin; ci++) {
-    for (let co = 0; co < cout; co++) {
-      const s = ci * cout + co;
-      const w0 = w[s], w1 = w[s + tapStride], w2 = w[s + 2 * tapStride];
-      const w3 = w[s + 3 * tapStride], w4 = w[s + 4 * tapStride], w5 = w[s + 5 * tapStride];
-      const w6 = w[s + 6 * tapStride], w7 = w[s + 7 * tapStride], w8 = w[s + 8 * tapStride];
-      const d = at + (Math.floor(co / NR) * cin + ci) * NR + (co % NR);
-      for (let i = 0; i < 6; i++) {
-        // row i of G g (taps 3·row + column), then U's row i = that row times Gᵀ, written to
-        // [6i + k][co / 8][ci][co % 8]
-        const a = G[3 * i], b = G[3 * i + 1], c = G[3 * i + 2];
-        const t0 = a * w0 + b * w3 + c * w6, t1 = a * w1 + b * w4 + c * w7, t2 = a * w2 + b * w5 + c * w8;
-        for (let k = 0; k < 6; k++) {
-          dst[d + (6 * i + k) * plane] = t0 * G[3 * k] + t1 * G[3 * k + 1] + t2 * G[3 * k + 2];
-        }
-      }
-    }
-  }
 }
 
 /** HWIO [3, 3, cin, cout] → [cout/8][3][3][cin][8], zero past cout (rrdb_cpu.c's layout). */
