@@ -203,6 +203,11 @@ Deno.test("cpu kernels: bad shapes and patches beyond wasm's 4 GiB get clear err
       plan.run(new Float32Array(6000 * 6000 * 3), big),
       /more than wasm's 4 GiB: use smaller tiles/,
     );
+    // disposed while its Winograd filters are still being made (on the threads, in the background):
+    // a run fails, it does not wait forever
+    const early = new RRDBNetPlanWasm(net, { threads: 2 });
+    early.dispose();
+    await assert.rejects(early.run(new Float32Array(4 * 4 * 3), [1, 4, 4, 3]), /disposed/);
   } finally {
     plan.dispose();
     net.dispose();

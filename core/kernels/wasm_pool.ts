@@ -116,6 +116,9 @@ export class KernelPool {
     return new Float32Array(this.memory.buffer);
   }
 
+  /** Fails the run in progress (see dispose). */
+  private failRun?: (e: Error) => void;
+
   /** Runs `count` layer records from byte offset `layers`; aborting stops between layers. One run at a time. */
   async run(request: RunRequest, signal?: AbortSignal): Promise<void> {
     if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
@@ -135,6 +138,8 @@ export class KernelPool {
         // the first failure settles the run: the other threads may wait at a barrier it never reaches
         let fail: (e: Error) => void;
         const failed = new Promise<never>((_, reject) => fail = reject);
+        // disposed meanwhile (its workers stopped): the run fails rather than waiting forever
+        this.failRun = (e) => fail(e);
         const onError = (message: string) => {
           this.dispose();
           fail(new Error(`CPU kernels: ${message}`));
@@ -157,6 +162,7 @@ export class KernelPool {
         ]);
         if (replies.some((r) => r.aborted)) signal!.throwIfAborted();
       } finally {
+        this.failRun = undefined;
         signal?.removeEventListener("abort", onAbort);
         if (!this.disposed) this.stopWhenIdle();
       }
@@ -165,9 +171,10 @@ export class KernelPool {
     }
   }
 
-  /** Stops the workers. */
+  /** Stops the workers; a run in progress fails. */
   dispose(): void {
     this.disposed = true;
     this.stopWorkers();
+    this.failRun?.(new Error("CPU kernels: the pool was disposed during a run"));
   }
 }
