@@ -13,11 +13,12 @@
  * photo at tile 32 the shipped model scored 38.5 dB against untiled with pad 10, 40.9 with 16 and 44.4
  * with 24. An inner tile costs at most (176/128)² ≈ 1.9x its untiled arithmetic; `tile: 0` runs untiled.
  *
- * On our CPU kernels (wasm) the default tile is 192: their memory is theirs, not WebGPU's buffers, and
- * a larger tile redoes less overlap ((240/192)² ≈ 1.56x). Peak memory of `deno task upscale` on one
- * patch of 176², 240² and 304² pixels (tiles 128, 192, 256): 1.07, 1.43 and 1.87 GB; a 384x256 photo
- * took 36.8-36.9 s at tile 128, 31.1-33.0 s at 192 (2 threads, runs alternated). 256 saves more for
- * more memory: `tile: 256` where it is there.
+ * On our CPU kernels (wasm) the default tile is 256: their memory is theirs, not WebGPU's buffers, and
+ * a larger tile redoes less overlap ((304/256)² ≈ 1.41x, against (240/192)² ≈ 1.56x). They run the
+ * net's upsampled tail in bands of rows (wasm_plan.ts), so a patch's memory grows with its LR maps
+ * only: peak memory of `deno task upscale` on one patch of 176², 240² and 304² pixels (tiles 128,
+ * 192, 256): 0.80, 0.87 and 0.98 GB (whole-patch tails: 1.07, 1.43, 1.87 GB). A 384x256 photo took
+ * 20.6-20.9 s at tile 192 and 17.4-17.6 s at 256 (2 threads, 0.81-0.83 and 0.89-0.90 GB).
  *
  * On webgpu the tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts), submitted back to
  * back in batches of ~200 ms, and the image is read back once: Deno 2.9.6 resolves a read-back
@@ -53,7 +54,7 @@ export { DEFAULT_MODEL } from "./weights/shipped.ts";
 /** Default tile side in input pixels (see the module notes for why). */
 export const DEFAULT_TILE = 128;
 /** Default tile side where the forward runs on our CPU kernels (wasm): see the module notes. */
-export const DEFAULT_TILE_CPU_KERNELS = 192;
+export const DEFAULT_TILE_CPU_KERNELS = 256;
 /** Default overlap of tiles, in input pixels on each inner side. */
 export const DEFAULT_TILE_PAD = 24;
 

@@ -247,14 +247,14 @@ Deno.test("tta: the mean of the net on the 8 flips and transposes, so flipping t
 Deno.test("default tile: larger on the CPU kernels (wasm), the WebGPU-safe one on tfjs's ops", async () => {
   const up = Upscaler.fromBytes(await tinyModel(), { name: "tiny" });
   try {
-    // 300 pixels wide: two tiles at 192, three at 128
+    // 300 pixels wide: two tiles at 256, three at 128
     const img = solid(300, 20, (x, y) => [x % 256, y * 9, 100, 255]);
     const tilesRun = async () => {
       let total = 0;
       await up.upscale(img, { onProgress: (_, t) => total = t });
       return total;
     };
-    assert.equal(DEFAULT_TILE_CPU_KERNELS, 192);
+    assert.equal(DEFAULT_TILE_CPU_KERNELS, 256);
     assert.equal(up.defaultTile, DEFAULT_TILE_CPU_KERNELS);
     assert.equal(await tilesRun(), 2);
     up.cpuKernels = false;
@@ -371,7 +371,7 @@ Deno.test({
     const up = Upscaler.fromBytes(await tinyModel());
     try {
       const kodak = await decodeImage(await Deno.readFile(`${SHARED}/data/bench/Kodak/kodim03.png`));
-      const w = 200, h = 72;
+      const w = 300, h = 72;
       const data = new Uint8ClampedArray(w * h * 4);
       for (let y = 0; y < h; y++) {
         data.set(
@@ -382,10 +382,10 @@ Deno.test({
       const img = { width: w, height: h, data };
       let tiles = 0;
       const tiled = await up.upscale(img, { onProgress: (_, total) => tiles = total });
-      assert.equal(tiles, 2, "the default tile splits a 200-pixel side in two");
+      assert.equal(tiles, 2, "the default tile splits a 300-pixel side in two");
       const p = psnr(await up.upscale(img, { tile: 0 }), tiled);
       console.log(
-        `Kodak 200x72, default tile (${up.defaultTile}, pad ${DEFAULT_TILE_PAD}): ${
+        `Kodak 300x72, default tile (${up.defaultTile}, pad ${DEFAULT_TILE_PAD}): ${
           p.toFixed(2)
         } dB vs untiled`,
       );

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
-import { ESRGAN_X4, RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { ESRGAN_X4, RRDBNet, type RRDBNetConfig, upsamplings } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWasm } from "../core/kernels/wasm_plan.ts";
 import { IDLE_MS, KERNELS_SOURCE_SHA256 } from "../core/kernels/wasm_pool.ts";
 import { sourceDigest } from "../core/kernels/wasm/digest.ts";
@@ -112,6 +112,37 @@ for (const scale of [4, 2, 1] as const) {
     }
   });
 }
+
+Deno.test("cpu kernels: the upsampled tail in bands of rows gives the whole patch's output", async () => {
+  // tailBandBytes 1: the smallest bands (8 LR rows, 4 kept), so that a patch has first, middle and
+  // last bands (the last moved up) and a band edge inside every upsampled level
+  const cases: [Partial<RRDBNetConfig>, number, number][] = [
+    [{ scale: 4 }, 23, 6],
+    [{ scale: 2 }, 2 * 13, 2 * 3],
+    [{ scale: 1 }, 4 * 9, 4 * 2],
+    [{ scale: 8, numUpsample: 3 }, 11, 4],
+    [{ scale: 2, numUpsample: 1 }, 15, 5],
+    [{ scale: 1, numUpsample: 0 }, 10, 3],
+  ];
+  for (const [more, h, w] of cases) {
+    const config = { ...SMALL, ...more };
+    const net = await testNet(config, h);
+    const banded = new RRDBNetPlanWasm(net, { threads: 2, tailBandBytes: 1 });
+    const whole = new RRDBNetPlanWasm(net, { threads: 2 });
+    try {
+      const shape = [1, h, w, 3];
+      const x = input(shape, h * 7 + w);
+      const what = `x${config.scale} (${upsamplings(config)} upsamplings) ${h}x${w}`;
+      const b = await banded.run(x, shape);
+      assertClose(b, await whole.run(x, shape), `${what}: bands against whole`);
+      assertClose(b, reference(net, x, shape), `${what}: bands against tfjs`);
+    } finally {
+      banded.dispose();
+      whole.dispose();
+      net.dispose();
+    }
+  }
+});
 
 Deno.test("cpu kernels: one thread and three give the same bits; a batch is its images", async () => {
   const net = await testNet({ ...SMALL, numFeat: 16, numGrowCh: 8 }, 9);

@@ -3,7 +3,8 @@
  * once into the shared memory, the feature maps laid out per input shape, and every forward one
  * list of layers that the pool's threads run together. Fused as the WebGPU plan is: bias and
  * LeakyReLU in the convolution, the residual scalings (0.2, and 0.04 + 0.2 for a block's last
- * dense block) in its epilogue, the dense blocks' concatenations as channel slices of one buffer.
+ * dense block) in its epilogue, the dense blocks' concatenations as channel slices of one buffer,
+ * the upsampled tail (two maps at 4x the resolution, most of a patch's memory) in bands of rows.
  * Weights are read when the plan is made: make a new plan after changing the net's parameters.
  * @module
  */
@@ -20,6 +21,20 @@ const MR = 6;
 /** Below this the module keeps its stack (the linker's default layout); our data starts here. */
 const ARENA_BASE = 1 << 20;
 const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
+/** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
+const TAIL_HALO = 2;
+/** Default memory for the upsampled tail's band maps (see {@link WasmPlanOptions.tailBandBytes}). */
+export const TAIL_BAND_BYTES = 64 * 2 ** 20;
+
+/** Options for {@link RRDBNetPlanWasm}. */
+export interface WasmPlanOptions extends KernelPoolOptions {
+  /**
+   * Memory for the upsampled tail's maps (conv_up1 on): the tail runs in bands of rows that fit it,
+   * recomputing TAIL_HALO LR rows on each inner side of a band (default {@link TAIL_BAND_BYTES}; a
+   * patch whose tail fits runs whole).
+   */
+  tailBandBytes?: number;
+}
 
 interface PackedConv {
   weight: number;
@@ -85,8 +100,11 @@ export class RRDBNetPlanWasm {
   /** The Winograd filters' packing, which every run waits for (and fails with, if it failed). */
   private readonly packed: Promise<void>;
 
-  constructor(net: RRDBNet, options: KernelPoolOptions = {}) {
+  private readonly tailBandBytes: number;
+
+  constructor(net: RRDBNet, options: WasmPlanOptions = {}) {
     this.config = net.config;
+    this.tailBandBytes = options.tailBandBytes ?? TAIL_BAND_BYTES;
     this.pool = new KernelPool(options);
     try {
       const { end, winograd } = this.pack(net);
@@ -236,12 +254,26 @@ export class RRDBNetPlanWasm {
     this.pool.dispose();
   }
 
+  /**
+   * LR rows per band of the upsampled tail for an h x w LR map: h where the tail fits in
+   * tailBandBytes (or has no upsampling), else what fits, but at least 4 rows kept per band.
+   */
+  private tailBandRows(h: number, w: number): number {
+    const U = upsamplings(this.config), nf = this.config.numFeat;
+    // per LR row: each level's two maps, 2^k rows of (2^k·w + 2) pixels
+    let perRow = 0;
+    for (let k = 1; k <= U; k++) perRow += 2 * 2 ** k * (2 ** k * w + 2) * nf * 4;
+    const fit = Math.floor(this.tailBandBytes / Math.max(1, perRow));
+    return U === 0 || fit >= h ? h : Math.min(h, Math.max(fit, 2 * TAIL_HALO + 4));
+  }
+
   /** Buffers and layer records for an LR size (after unshuffle); the last one is kept. */
   private layoutFor(h: number, w: number): Layout {
     const key = `${h}x${w}`;
     if (this.layout?.key === key) return this.layout;
     const { numFeat: nf, numGrowCh: gc, numBlock, numOutCh } = this.config;
     const cin = this.convs.get("conv_first")!.cin;
+    const U = upsamplings(this.config), S = 2 ** U;
     let at = this.weightsEnd;
     // four spare zero rows past the border: Winograd's last tiles read them when a side is no multiple
     // of 4, and the wrap from the last row's end into the next
@@ -251,17 +283,24 @@ export class RRDBNetPlanWasm {
       return m;
     };
     const slice = (m: Map2D, c0: number): Map2D => ({ ...m, ptr: m.ptr + 4 * c0 });
+    // rows [y0, y0 + n) of a map, as a map whose border rows are its neighbours'
+    const rows = (m: Map2D, y0: number, n: number): Map2D => ({
+      ...m,
+      ptr: m.ptr + 4 * y0 * (m.w + 2) * m.cs,
+      h: n,
+    });
     const dc = nf + 4 * gc;
     const input = map(cin, h, w), feat = map(nf, h, w);
     const dense = [map(dc, h, w), map(dc, h, w), map(dc, h, w)];
     const body = map(nf, h, w);
-    // per x2 upsampling: the nearest-neighbour copy and the conv's output
-    const ups = Array.from({ length: upsamplings(this.config) }, (_, k) => {
+    const output = map(numOutCh, S * h, S * w);
+    // the upsampled tail in bands of N LR rows: per x2 upsampling the nearest-neighbour copy and the
+    // conv's output, at the band's size (the last level's two maps were most of a patch's memory)
+    const N = this.tailBandRows(h, w);
+    const levels = Array.from({ length: U }, (_, k) => {
       const m = 2 ** (k + 1);
-      return { up: map(nf, m * h, m * w), conv: map(nf, m * h, m * w) };
+      return { up: map(nf, m * N, m * w), conv: map(nf, m * N, m * w) };
     });
-    const out = 2 ** ups.length;
-    const output = map(numOutCh, out * h, out * w);
     const end = at;
     // Winograd's work space per thread: one row of tiles transformed, one register block's products, T
     let scratchFloats = 0;
@@ -284,16 +323,25 @@ export class RRDBNetPlanWasm {
       }
     }
     conv("conv_body", dense[0], body, { r1: [feat, 1] });
-    let x = body;
-    ups.forEach((u, k) => {
-      layers.push({ op: OP_UPSAMPLE, input: x, output: u.up, channels: nf });
-      conv(`conv_up${k + 1}`, u.up, u.conv, { lrelu: true });
-      x = u.conv;
-    });
-    // conv_hr writes over a map that is free by then: the last upsampling's copy (x1: conv_first's)
-    const spare = ups.length ? ups[ups.length - 1].up : feat;
-    conv("conv_hr", x, spare, { lrelu: true });
-    conv("conv_last", spare, output);
+    // Each band computes rows [a, a + N) and keeps [r0, r1): the rows next to a band edge that is no
+    // image edge saw zeros there instead of their neighbours (2^U + 1 output rows by conv_last), so
+    // kept rows stay TAIL_HALO LR rows (2^U each) away from such an edge. Every band is N rows, the
+    // last one moved up, so that the row under a band is the maps' zero border, never a stale row.
+    for (let r0 = 0, r1 = 0; r0 < h; r0 = r1) {
+      const a = Math.min(Math.max(0, r0 - TAIL_HALO), h - N);
+      r1 = a + N === h ? h : a + N - TAIL_HALO;
+      let x = rows(body, a, N);
+      levels.forEach((l, k) => {
+        layers.push({ op: OP_UPSAMPLE, input: x, output: l.up, channels: nf });
+        conv(`conv_up${k + 1}`, l.up, l.conv, { lrelu: true });
+        x = l.conv;
+      });
+      // conv_hr writes over a map that is free by then: the last upsampling's copy (x1: conv_first's)
+      const spare = U ? levels[U - 1].up : rows(feat, a, N);
+      conv("conv_hr", x, spare, { lrelu: true });
+      // conv_last reads the kept rows through a view whose border rows are the band's own neighbours
+      conv("conv_last", rows(spare, (r0 - a) * S, (r1 - r0) * S), rows(output, r0 * S, (r1 - r0) * S));
+    }
 
     for (const l of layers) {
       const p = l.op === OP_CONV ? this.convs.get(l.name) : undefined;
