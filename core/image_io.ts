@@ -105,7 +105,7 @@ export function readImageHeader(bytes: Uint8Array, options: { name?: string } = 
     return webpHeader(bytes, name);
   }
   const other = OTHER_SIGNATURES.find(([, sig]) => startsWith(bytes, sig));
-  if (other) throw fail(name, `unsupported image format ${other[0]} (PNG and JPEG are supported)`);
+  if (other) throw fail(name, `unsupported image format ${other[0]} (PNG, JPEG and WebP are supported)`);
   throw fail(name, "not an image (no PNG, JPEG or WebP signature)");
 }
 

@@ -238,7 +238,7 @@ Deno.test("bad data: each case names its reason (and the file when given)", asyn
   const cases: [Uint8Array, RegExp][] = [
     [new Uint8Array(0), /^x\.png: empty file$/],
     [text, /^x\.png: not an image/],
-    [gif, /^x\.png: unsupported image format GIF/],
+    [gif, /^x\.png: unsupported image format GIF \(PNG, JPEG and WebP are supported\)/],
     [png.subarray(0, 20), /^x\.png: truncated PNG \(the file ends inside the header\)/],
     [png.subarray(0, png.length - 30), /^x\.png: truncated PNG/],
     [jpeg.subarray(0, 10), /^x\.png: truncated JPEG \(the file ends before the frame header\)/],
