@@ -114,14 +114,14 @@ for (const scale of [4, 2, 1] as const) {
 }
 
 Deno.test("cpu kernels: the upsampled tail in bands of rows gives the whole patch's output", async () => {
-  // tailBandBytes 1: the smallest bands (8 LR rows, 4 kept), so that a patch has first, middle and
-  // last bands (the last moved up) and a band edge inside every upsampled level
+  // tailBandBytes 1: the smallest bands (20 LR rows, 16 kept), so that a patch of 45 or more LR rows
+  // has first, middle and last bands (the last moved up) and a band edge inside every upsampled level
   const cases: [Partial<RRDBNetConfig>, number, number][] = [
-    [{ scale: 4 }, 23, 6],
-    [{ scale: 2 }, 2 * 13, 2 * 3],
-    [{ scale: 1 }, 4 * 9, 4 * 2],
-    [{ scale: 8, numUpsample: 3 }, 11, 4],
-    [{ scale: 2, numUpsample: 1 }, 15, 5],
+    [{ scale: 4 }, 47, 5],
+    [{ scale: 2 }, 2 * 45, 2 * 3],
+    [{ scale: 1 }, 4 * 46, 4 * 1],
+    [{ scale: 8, numUpsample: 3 }, 45, 3],
+    [{ scale: 2, numUpsample: 1 }, 53, 5],
     [{ scale: 1, numUpsample: 0 }, 10, 3],
   ];
   for (const [more, h, w] of cases) {

@@ -23,6 +23,11 @@ const ARENA_BASE = 1 << 20;
 const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
 /** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
 const TAIL_HALO = 2;
+/**
+ * LR rows a band keeps at least, whatever the memory: the halo's recomputation stays within a
+ * quarter of the tail's arithmetic (an x8 net's tail is a quarter of its forward, an x4's 8%).
+ */
+const TAIL_MIN_KEPT = 16;
 /** Default memory for the upsampled tail's band maps (see {@link WasmPlanOptions.tailBandBytes}). */
 export const TAIL_BAND_BYTES = 64 * 2 ** 20;
 
@@ -256,7 +261,7 @@ export class RRDBNetPlanWasm {
 
   /**
    * LR rows per band of the upsampled tail for an h x w LR map: h where the tail fits in
-   * tailBandBytes (or has no upsampling), else what fits, but at least 4 rows kept per band.
+   * tailBandBytes (or has no upsampling), else what fits, but at least TAIL_MIN_KEPT rows kept.
    */
   private tailBandRows(h: number, w: number): number {
     const U = upsamplings(this.config), nf = this.config.numFeat;
@@ -264,7 +269,7 @@ export class RRDBNetPlanWasm {
     let perRow = 0;
     for (let k = 1; k <= U; k++) perRow += 2 * 2 ** k * (2 ** k * w + 2) * nf * 4;
     const fit = Math.floor(this.tailBandBytes / Math.max(1, perRow));
-    return U === 0 || fit >= h ? h : Math.min(h, Math.max(fit, 2 * TAIL_HALO + 4));
+    return U === 0 || fit >= h ? h : Math.min(h, Math.max(fit, 2 * TAIL_HALO + TAIL_MIN_KEPT));
   }
 
   /** Buffers and layer records for an LR size (after unshuffle); the last one is kept. */
