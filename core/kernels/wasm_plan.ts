@@ -341,8 +341,9 @@ export class RRDBNetPlanWasm {
         conv(`conv_up${k + 1}`, l.up, l.conv, { lrelu: true });
         x = l.conv;
       });
-      // conv_hr writes over a map that is free by then: the last upsampling's copy (x1: conv_first's)
-      const spare = U ? levels[U - 1].up : rows(feat, a, N);
+      // conv_hr writes over a map that is free by then: the last upsampling's copy (none: conv_first's,
+      // in the one band a net without upsampling has)
+      const spare = U ? levels[U - 1].up : feat;
       conv("conv_hr", x, spare, { lrelu: true });
       // conv_last reads the kept rows through a view whose border rows are the band's own neighbours
       conv("conv_last", rows(spare, (r0 - a) * S, (r1 - r0) * S), rows(output, r0 * S, (r1 - r0) * S));
