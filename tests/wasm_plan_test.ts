@@ -114,8 +114,9 @@ for (const scale of [4, 2, 1] as const) {
 }
 
 Deno.test("cpu kernels: the upsampled tail in bands of rows gives the whole patch's output", async () => {
-  // tailBandBytes 1: the smallest bands (20 LR rows, 16 kept), so that a patch of 45 or more LR rows
+  // tailBandBytes 1: the smallest bands (18 LR rows, 16 kept), so that a patch of 45 or more LR rows
   // has first, middle and last bands (the last moved up) and a band edge inside every upsampled level
+  // (a halo of none, or level 1 without its neighbours' rows, fails it)
   const cases: [Partial<RRDBNetConfig>, number, number][] = [
     [{ scale: 4 }, 47, 5],
     [{ scale: 2 }, 2 * 45, 2 * 3],

@@ -22,7 +22,7 @@ const MR = 6;
 const ARENA_BASE = 1 << 20;
 const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
 /** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
-const TAIL_HALO = 2;
+const TAIL_HALO = 1;
 /**
  * LR rows a band keeps at least, whatever the memory: the halo's recomputation stays within a
  * quarter of the tail's arithmetic (an x8 net's tail is a quarter of its forward, an x4's 8%).
@@ -269,7 +269,9 @@ export class RRDBNetPlanWasm {
     let perRow = 0;
     for (let k = 1; k <= U; k++) perRow += 2 * 2 ** k * (2 ** k * w + 2) * nf * 4;
     const fit = Math.floor(this.tailBandBytes / Math.max(1, perRow));
-    return U === 0 || fit >= h ? h : Math.min(h, Math.max(fit, 2 * TAIL_HALO + TAIL_MIN_KEPT));
+    // even, so that every level's band is a multiple of 4 rows: no Winograd tile reads past a view
+    const n = 2 * Math.floor(Math.max(fit, 2 * TAIL_HALO + TAIL_MIN_KEPT) / 2);
+    return U === 0 || n >= h ? h : n;
   }
 
   /** Buffers and layer records for an LR size (after unshuffle); the last one is kept. */
@@ -304,7 +306,10 @@ export class RRDBNetPlanWasm {
     const N = this.tailBandRows(h, w);
     const levels = Array.from({ length: U }, (_, k) => {
       const m = 2 ** (k + 1);
-      return { up: map(nf, m * N, m * w), conv: map(nf, m * N, m * w) };
+      // level 1's copy has two more rows on each side, the band's LR neighbours' (at an image edge
+      // the body's zero border), so that conv_up1 reads real border rows and needs no halo
+      const extra = k ? 0 : 2, whole = map(nf, m * N + 2 * extra, m * w);
+      return { whole, up: rows(whole, extra, m * N), conv: map(nf, m * N, m * w) };
     });
     const end = at;
     // Winograd's work space per thread: one row of tiles transformed, one register block's products, T
@@ -328,16 +333,19 @@ export class RRDBNetPlanWasm {
       }
     }
     conv("conv_body", dense[0], body, { r1: [feat, 1] });
-    // Each band computes rows [a, a + N) and keeps [r0, r1): the rows next to a band edge that is no
-    // image edge saw zeros there instead of their neighbours (2^U + 1 output rows by conv_last), so
-    // kept rows stay TAIL_HALO LR rows (2^U each) away from such an edge. Every band is N rows, the
-    // last one moved up, so that the row under a band is the maps' zero border, never a stale row.
+    // Each band computes rows [a, a + N) and keeps [r0, r1). From level 2 on, the rows next to a band
+    // edge that is no image edge see zeros there instead of their neighbours (2^(U-1) + 1 output rows
+    // by conv_last), so kept rows stay TAIL_HALO LR rows (2^U output rows) away from such an edge.
+    // Every band is N rows, the last one moved up, so that the row under a band is the maps' zero
+    // border, never a stale row of the band before.
     for (let r0 = 0, r1 = 0; r0 < h; r0 = r1) {
       const a = Math.min(Math.max(0, r0 - TAIL_HALO), h - N);
       r1 = a + N === h ? h : a + N - TAIL_HALO;
-      let x = rows(body, a, N);
+      let x = body;
       levels.forEach((l, k) => {
-        layers.push({ op: OP_UPSAMPLE, input: x, output: l.up, channels: nf });
+        // level 1 from the band's rows of the body and one more on each side, into the whole map
+        const [from, to] = k ? [x, l.up] : [rows(body, a - 1, N + 2), l.whole];
+        layers.push({ op: OP_UPSAMPLE, input: from, output: to, channels: nf });
         conv(`conv_up${k + 1}`, l.up, l.conv, { lrelu: true });
         x = l.conv;
       });
