@@ -24,8 +24,8 @@ const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
 /** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
 const TAIL_HALO = 1;
 /**
- * LR rows a band keeps at least, whatever the memory: the halo's recomputation stays within a
- * quarter of the tail's arithmetic (an x8 net's tail is a quarter of its forward, an x4's 8%).
+ * LR rows a band keeps at least, whatever the memory: the halo's recomputation stays within an
+ * eighth of the tail's arithmetic (an x8 net's tail is a quarter of its forward, an x4's 8%).
  */
 const TAIL_MIN_KEPT = 16;
 /** Default memory for the upsampled tail's band maps (see {@link WasmPlanOptions.tailBandBytes}). */
