@@ -265,13 +265,14 @@ export class RRDBNetPlanWasm {
    */
   private tailBandRows(h: number, w: number): number {
     const U = upsamplings(this.config), nf = this.config.numFeat;
+    if (U === 0) return h;
     // per LR row: each level's two maps, 2^k rows of (2^k·w + 2) pixels
     let perRow = 0;
     for (let k = 1; k <= U; k++) perRow += 2 * 2 ** k * (2 ** k * w + 2) * nf * 4;
-    const fit = Math.floor(this.tailBandBytes / Math.max(1, perRow));
+    const fit = Math.floor(this.tailBandBytes / perRow);
     // even, so that every level's band is a multiple of 4 rows: no Winograd tile reads past a view
     const n = 2 * Math.floor(Math.max(fit, 2 * TAIL_HALO + TAIL_MIN_KEPT) / 2);
-    return U === 0 || n >= h ? h : n;
+    return Math.min(h, n);
   }
 
   /** Buffers and layer records for an LR size (after unshuffle); the last one is kept. */
