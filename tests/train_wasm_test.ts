@@ -85,7 +85,7 @@ Deno.test("wasm: a gan batch beyond tfjs-wasm's 4 GiB is refused before any work
   assert.equal(await Deno.stat(outDir).then(() => true, () => false), false, "nothing written");
 });
 
-Deno.test("wasm: planned gan steps (G on the CPU kernels, D and VGG on tfjs-wasm) give the cpu backend's losses", async () => {
+Deno.test("wasm: planned gan steps (G, and the convs of D and VGG as tfjs-wasm ops, on the CPU kernels) give the cpu backend's losses", async () => {
   await tf.setBackend("cpu");
   const want = await ganLosses(false);
   await tf.setBackend("wasm");

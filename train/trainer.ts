@@ -22,6 +22,7 @@ import { scheduleOf, type TrainConfig } from "./config.ts";
 import { lrAt } from "./schedule.ts";
 import { useFastCpuConvBackprop } from "./cpu_kernels.ts";
 import { useFastWasmConvGrads } from "./wasm_conv_grads.ts";
+import { useWasmConvKernels } from "../core/kernels/wasm_conv.ts";
 import { type Checkpoint, encodeCheckpoint, restoreAdam } from "./checkpoint.ts";
 import type { Batch } from "./data.ts";
 import {
@@ -130,7 +131,11 @@ export class Trainer {
   /** Builds the nets: fresh (seeded), from pretrained G weights, or from a checkpoint. */
   static create(config: TrainConfig, options: TrainerOptions = {}): Trainer {
     if (tf.getBackend() === "cpu") useFastCpuConvBackprop();
-    if (tf.getBackend() === "wasm") useFastWasmConvGrads();
+    if (tf.getBackend() === "wasm") {
+      useFastWasmConvGrads();
+      // the gan stage's VGG and D run as tfjs ops: their 3x3 convolutions on our CPU kernels
+      useWasmConvKernels();
+    }
     // the gan stage's VGG and D run as tfjs ops: their 3x3 convolutions on our kernels too
     if (tf.getBackend() === "webgpu") {
       config.plannedStep ? enableCustomWebGPUKernels() : disableCustomWebGPUKernels();

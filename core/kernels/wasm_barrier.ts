@@ -9,6 +9,8 @@ export interface WorkerInit {
   module: WebAssembly.Module;
   memory: WebAssembly.Memory;
   ctrl: Int32Array;
+  /** Where a thread of a synchronous run writes its error (UTF-8, zero-terminated). */
+  error: Uint8Array;
   t: number;
   threads: number;
 }
@@ -18,10 +20,17 @@ export interface RunRequest {
   layers: number;
   count: number;
   stride: number;
+  /**
+   * The caller waits on the control array (its `done` count, `failed` flag) instead of messages:
+   * a synchronous run, whose caller's event loop is blocked meanwhile.
+   */
+  sync?: boolean;
 }
 
 /** Slots of the control array. */
-export const CTRL = { count: 0, generation: 1, abort: 2, stop: 3 } as const;
+export const CTRL = { count: 0, generation: 1, abort: 2, stop: 3, done: 4, failed: 5 } as const;
+/** Length of the control array. */
+export const CTRL_SLOTS = 6;
 
 /**
  * Waits until all `threads` have arrived. The last to arrive latches the abort flag into `stop`

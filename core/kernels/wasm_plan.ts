@@ -11,9 +11,10 @@
 import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 import type { RunRequest } from "./wasm_barrier.ts";
+import { RECORD_BYTES } from "./wasm_layer.ts";
 
-/** Bytes of one layer record (rrdb_cpu.c's `Layer`, 19 fields of 4 bytes, padded). */
-const LAYER_BYTES = 128;
+/** Bytes of one layer record (rrdb_cpu.c's `Layer`; this plan writes its first 19 fields). */
+const LAYER_BYTES = RECORD_BYTES;
 /** Output channels per packed weight block (rrdb_cpu.c's NR). */
 const NR = 8;
 /** Tiles per register block (rrdb_cpu.c's MR). */

@@ -9,7 +9,7 @@
  */
 import { SOURCE_SHA256, WASM_BASE64 } from "./wasm/rrdb_cpu_wasm.ts";
 import { decodeBase64 } from "./wasm/digest.ts";
-import { CTRL, type RunRequest, type WorkerInit } from "./wasm_barrier.ts";
+import { CTRL, CTRL_SLOTS, type RunRequest, type WorkerInit } from "./wasm_barrier.ts";
 
 const PAGE = 65536;
 /** wasm32's ceiling, which the module declares as its memory's maximum. */
@@ -40,7 +40,8 @@ export interface KernelPoolOptions {
 export class KernelPool {
   readonly memory: WebAssembly.Memory;
   readonly threads: number;
-  private readonly ctrl = new Int32Array(new SharedArrayBuffer(4 * 4));
+  private readonly ctrl = new Int32Array(new SharedArrayBuffer(4 * CTRL_SLOTS));
+  private readonly error = new Uint8Array(new SharedArrayBuffer(1024));
   private workers: Worker[] = [];
   private runLayer?: (layer: number, t: number, threads: number) => void;
   private busy = false;
@@ -72,7 +73,14 @@ export class KernelPool {
       const module = kernelsModule();
       for (let t = 0; t < this.threads; t++) {
         const w = new Worker(new URL("./wasm_worker.ts", import.meta.url), { type: "module" });
-        const init: WorkerInit = { module, memory: this.memory, ctrl: this.ctrl, t, threads: this.threads };
+        const init: WorkerInit = {
+          module,
+          memory: this.memory,
+          ctrl: this.ctrl,
+          error: this.error,
+          t,
+          threads: this.threads,
+        };
         w.postMessage(init);
         this.workers.push(w);
       }
@@ -168,6 +176,42 @@ export class KernelPool {
       }
     } finally {
       this.busy = false;
+    }
+  }
+
+  /**
+   * {@link run}, blocking the calling thread until the layers are done: for callers that must
+   * return synchronously (tfjs kernels). Nothing else on this thread runs meanwhile, and a worker
+   * that dies without reporting (killed) would leave it waiting: use it for short runs.
+   */
+  runSync(request: RunRequest): void {
+    if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
+    if (this.busy) throw new Error("CPU kernels: one run at a time");
+    this.busy = true;
+    try {
+      if (this.runLayer) {
+        for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
+        return;
+      }
+      const ctrl = this.ctrl;
+      Atomics.store(ctrl, CTRL.abort, 0);
+      Atomics.store(ctrl, CTRL.done, 0);
+      Atomics.store(ctrl, CTRL.failed, 0);
+      for (const w of this.start()) w.postMessage({ ...request, sync: true });
+      // a failed thread reports at once; the others may wait at a barrier it never reaches
+      for (let done; (done = Atomics.load(ctrl, CTRL.done)) < this.threads;) {
+        if (Atomics.load(ctrl, CTRL.failed)) break;
+        Atomics.wait(ctrl, CTRL.done, done);
+      }
+      if (Atomics.load(ctrl, CTRL.failed)) {
+        const end = this.error.indexOf(0);
+        const message = new TextDecoder().decode(this.error.slice(0, end < 0 ? undefined : end));
+        this.dispose();
+        throw new Error(`CPU kernels: ${message}`);
+      }
+    } finally {
+      this.busy = false;
+      if (!this.disposed) this.stopWhenIdle();
     }
   }
 

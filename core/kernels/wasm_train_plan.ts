@@ -25,62 +25,26 @@ import type { RRDBNet } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
 import type { StepResult, TrainPlanOptions } from "./webgpu_train_plan.ts";
 import type { PlanProfile } from "./wasm_plan.ts";
+import {
+  align,
+  ARENA_BASE,
+  type Field,
+  type LayerRecord,
+  NR,
+  OP,
+  PACK_INPUT_GRAD,
+  RECORD_BYTES,
+  roundUp,
+  wgradDUFloats,
+  wgradMFloats,
+  wgradVFloats,
+  winogradScratchFloats,
+  writeRecords,
+} from "./wasm_layer.ts";
 
-/** rrdb_cpu.c's ops and `Layer` record (32 fields of 4 bytes). */
-const OP = {
-  adam: 9,
-  winograd: 2,
-  upsample: 1,
-  upsampleGrad: 3,
-  add: 4,
-  wgradTransform: 5,
-  wgradGemm: 6,
-  wgradFinal: 7,
-  pack: 8,
-};
-const FIELDS = [
-  "op",
-  "in",
-  "ics",
-  "cin",
-  "h",
-  "w",
-  "weight",
-  "bias",
-  "out",
-  "ocs",
-  "cout",
-  "lrelu",
-  "s0",
-  "r1",
-  "r1cs",
-  "s1",
-  "r2",
-  "r2cs",
-  "s2",
-  "scratch",
-  "scratchFloats",
-  "rn",
-  "mask",
-  "maskCs",
-  "maskFrom",
-  "t0",
-  "gscale",
-  "vchannels",
-  "tiles",
-  "realCin",
-  "grad",
-  "biasGrad",
-] as const;
-type Field = typeof FIELDS[number];
-const FLOAT_FIELDS = new Set<Field>(["s0", "s1", "s2", "gscale"]);
-const RECORD_BYTES = 4 * FIELDS.length;
-/** rrdb_cpu.c's NR (output channels per packed block) and MR (tiles per register block). */
-const NR = 8, MR = 6;
-const ARENA_BASE = 1 << 20;
 const LRELU_FROM_ALL = 0;
 
-type Rec = Partial<{ [K in Field]: number }> & { kind: string };
+type Rec = LayerRecord;
 
 /** A batch of feature maps: padded origin (bytes) of image 0's first channel, pixel stride (floats). */
 interface Maps {
@@ -198,16 +162,10 @@ export class RRDBNetTrainPlanWasm {
       const threads = this.pool.threads;
       const tilesOf = (m: Maps) => n * (m.h / 4) * (m.w / 4);
       const tLo = tilesOf(dense[0]), tHi = tilesOf(u2);
-      let scratchFloats = Math.max(
-        2 * 144,
-        36 * ((w / 4) * C + 16) + 36 * MR * NR + 144,
-        36 * ((H / 4) * nf + 16) + 36 * MR * NR + 144,
-      );
-      // rrdb_cpu.c's v_pos, m_pos: 16 floats of padding per block and per position
-      const vPos = (c: number, T: number) => (roundUp(c, NR) / NR) * (T * NR + 16) + 16;
-      const vFloats = 36 * Math.max(vPos(C, tLo), vPos(nf, tHi));
-      const mFloats = 36 * (roundUp(nf, 4) * Math.max(tLo, tHi) + 16);
-      const duFloats = 36 * roundUp(nf, 4) * roundUp(C, NR);
+      let scratchFloats = Math.max(2 * 144, winogradScratchFloats(w, C), winogradScratchFloats(H, nf));
+      const vFloats = Math.max(wgradVFloats(C, tLo), wgradVFloats(nf, tHi));
+      const mFloats = wgradMFloats(nf, Math.max(tLo, tHi));
+      const duFloats = wgradDUFloats(C, nf);
       scratchFloats = align(4 * scratchFloats) / 4;
       const scratch = take(scratchFloats * threads);
       const vArea = take(vFloats), mArea = take(mFloats), duArea = take(duFloats);
@@ -414,7 +372,13 @@ export class RRDBNetTrainPlanWasm {
         const common = { kind: "pack", op: OP.pack, in: src, realCin: p.cin, ics: p.cout };
         records.push({ ...common, cin: roundUp(p.cin, 4), cout: p.cout, out: p.u });
         if (name !== "conv_first") {
-          records.push({ ...common, cin: roundUp(p.cout, 4), cout: p.cin, out: p.uGrad, lrelu: 1 });
+          records.push({
+            ...common,
+            cin: roundUp(p.cout, 4),
+            cout: p.cin,
+            out: p.uGrad,
+            lrelu: PACK_INPUT_GRAD,
+          });
         }
       }
       const pack1 = begin();
@@ -430,17 +394,8 @@ export class RRDBNetTrainPlanWasm {
       const f = this.pool.floats(), i32 = new Int32Array(f.buffer);
       f.fill(0, mapsStart / 4, mapsEnd / 4);
       f.fill(0, zeros / 4, zeros / 4 + maxCout);
-      records.forEach((rec, k) => {
-        const o = (recordsAt + k * RECORD_BYTES) / 4;
-        i32.fill(0, o, o + FIELDS.length);
-        FIELDS.forEach((field, j) => {
-          const v = rec[field];
-          if (v === undefined) return;
-          if (FLOAT_FIELDS.has(field)) f[o + j] = v;
-          else i32[o + j] = v;
-        });
-        this.kinds.push(rec.kind);
-      });
+      writeRecords(this.pool.memory, recordsAt, records);
+      for (const rec of records) this.kinds.push(rec.kind);
       const list = (a: number, b: number): [number, number] => [recordsAt + a * RECORD_BYTES, b - a];
       this.lists = { forward: list(fwd0, fwd1), update: list(fwd1, pack1), pack: list(bwd1, pack1) };
       // rrdb_cpu.c's `Adam` record: 7 fields of 4 bytes, then 9 floats
@@ -664,12 +619,4 @@ export class RRDBNetTrainPlanWasm {
 
 function kindOf(name: string): string {
   return name.replace(/^body\.\d+\.rdb\d\./, "dense ");
-}
-
-function roundUp(c: number, k: number): number {
-  return Math.ceil(c / k) * k;
-}
-
-function align(bytes: number): number {
-  return Math.ceil(bytes / 64) * 64;
 }

@@ -6,7 +6,7 @@
  * barrier after each layer.
  * @module
  */
-import { barrier, type RunRequest, type WorkerInit } from "./wasm_barrier.ts";
+import { barrier, CTRL, type RunRequest, type WorkerInit } from "./wasm_barrier.ts";
 
 let runLayer: ((layer: number, t: number, threads: number) => void) | undefined;
 let init: WorkerInit | undefined;
@@ -19,17 +19,24 @@ self.onmessage = (e: MessageEvent<WorkerInit | RunRequest>) => {
     runLayer = instance.exports.run_layer as typeof runLayer;
     return;
   }
-  const { t, threads, ctrl } = init!;
+  const { t, threads, ctrl, error } = init!;
+  // a synchronous run's caller cannot take messages: it counts the threads done on `ctrl`
+  const finish = (reply: { done?: boolean; aborted?: boolean; error?: string }) => {
+    if (!msg.sync) return self.postMessage(reply);
+    if (reply.error !== undefined && Atomics.compareExchange(ctrl, CTRL.failed, 0, 1) === 0) {
+      const { written } = new TextEncoder().encodeInto(reply.error, error.subarray(0, error.length - 1));
+      error[written] = 0;
+    }
+    Atomics.add(ctrl, CTRL.done, 1);
+    Atomics.notify(ctrl, CTRL.done);
+  };
   try {
     for (let i = 0; i < msg.count; i++) {
       runLayer!(msg.layers + i * msg.stride, t, threads);
-      if (barrier(ctrl, threads)) {
-        self.postMessage({ aborted: true });
-        return;
-      }
+      if (barrier(ctrl, threads)) return finish({ aborted: true });
     }
-    self.postMessage({ done: true });
+    finish({ done: true });
   } catch (err) {
-    self.postMessage({ error: (err as Error).message ?? String(err) });
+    finish({ error: (err as Error).message ?? String(err) });
   }
 };

@@ -44,7 +44,7 @@ typedef struct {
   f32* out;       // padded origin, channel offset included
   i32 ocs;
   i32 cout;
-  i32 lrelu;      // LeakyReLU 0.2 after the bias
+  i32 lrelu;      // after the bias: 1 LeakyReLU 0.2, 2 ReLU (tfjs's fused convs); OP_PACK: see pack_rows
   f32 s0;         // out = act(conv + bias) * s0 + r1 * s1 + r2 * s2
   const f32* r1;  // padded origins with the output's geometry; null: absent
   i32 r1cs;
@@ -65,6 +65,9 @@ typedef struct {
   i32 real_cin;   // the parameter's input channels (the map may hold more, zero)
   f32* grad;      // dW [3][3][real_cin][cout]
   f32* bias_grad;
+  // OP_CONV's taps: 0 the 3x3 "same" conv's; 2x2 ones, for a stride-2 4x4 conv's space-to-depth
+  // form (wasm_conv.ts): 1 at rows and columns (+0, +1) of the output pixel, 2 at (-1, 0)
+  i32 taps;
 } Layer;
 
 static inline __attribute__((always_inline)) void store_lanes(f32* p, v128_t v, i32 n) {
@@ -86,7 +89,8 @@ static inline __attribute__((always_inline)) v128_t load_upto(const f32* p, i32 
 }
 
 static inline __attribute__((always_inline)) v128_t epilogue(const Layer* L, v128_t v, i32 pix, i32 c) {
-  if (L->lrelu) v = wasm_f32x4_max(v, wasm_f32x4_mul(v, wasm_f32x4_splat(0.2f)));
+  if (L->lrelu == 1) v = wasm_f32x4_max(v, wasm_f32x4_mul(v, wasm_f32x4_splat(0.2f)));
+  else if (L->lrelu == 2) v = wasm_f32x4_max(v, wasm_f32x4_splat(0));
   v = wasm_f32x4_mul(v, wasm_f32x4_splat(L->s0));
   const i32 left = L->cout - c;
   if (!L->rn || c < L->rn) {  // rn is a multiple of 4
@@ -151,9 +155,10 @@ static inline __attribute__((always_inline)) void conv_tile(const Layer* L, i32 
   for (i32 p = 0; p < MR; p++) {
     if (p < m) acc[p][0] = b0, acc[p][1] = b1;
   }
-  const f32* wp = L->weight + b * 9 * cin * NR;
-  for (i32 ky = 0; ky < 3; ky++) {
-    for (i32 kx = 0; kx < 3; kx++, wp += cin * NR) {
+  const i32 k0 = L->taps == 1 ? 1 : 0, kt = L->taps ? 2 : 3;
+  const f32* wp = L->weight + b * kt * kt * cin * NR;
+  for (i32 ky = k0; ky < k0 + kt; ky++) {
+    for (i32 kx = k0; kx < k0 + kt; kx++, wp += cin * NR) {
       multiply_add(acc, m, L->in + ((y + ky) * pw + x + kx) * ics, ics, 1, wp, cin);
     }
   }
@@ -164,10 +169,13 @@ static inline __attribute__((always_inline)) void conv_tile(const Layer* L, i32 
   }
 }
 
+// Blocks of output channels outside rows: a block's filters (up to 256 KiB for a 2x2 conv of 2048
+// inputs) stay in cache over the thread's rows instead of the whole filter streaming through once
+// per row (a small map of wide layers ran at the memory's speed).
 static void conv_rows(const Layer* L, i32 y0, i32 y1) {
   const i32 blocks = (L->cout + NR - 1) / NR, w = L->w;
-  for (i32 y = y0; y < y1; y++) {
-    for (i32 b = 0; b < blocks; b++) {
+  for (i32 b = 0; b < blocks; b++) {
+    for (i32 y = y0; y < y1; y++) {
       i32 x = 0;
       for (; x + MR <= w; x += MR) conv_tile(L, MR, y, x, b);
       switch (w - x) {

@@ -1,0 +1,222 @@
+/**
+ * What the tfjs-wasm convolutions on our CPU kernels (wasm_conv.ts) share: the pool of threads and
+ * its memory, packed filters kept there between calls, each call's work space after them, and the
+ * feature maps' layout and copies in and out of tfjs's memory.
+ * @module
+ */
+import { KernelPool, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
+import { align, ARENA_BASE, type LayerRecord, RECORD_BYTES, roundUp, writeRecords } from "./wasm_layer.ts";
+
+/** Options for `useWasmConvKernels`. */
+export interface WasmConvOptions {
+  /** Threads of the kernels (default: the logical cores, at most 16). */
+  threads?: number;
+  /**
+   * Memory for packed filters kept between calls (default {@link FILTER_CACHE_BYTES}): VGG19's
+   * frozen filters are packed once, the discriminator's once per update.
+   */
+  filterCacheBytes?: number;
+}
+
+/** Default memory for packed filters kept between calls: VGG19 to conv5_4 takes some 640 MB. */
+export const FILTER_CACHE_BYTES = 1024 ** 3;
+
+/**
+ * Packed filters kept in the kernels' memory from ARENA_BASE on, by tensor (tfjs never changes a
+ * tensor's data: a variable's update makes a new one) and packing, least recently used first out.
+ * Evicted blocks are reused by size: a discriminator's next update packs into its last one's.
+ */
+class PackedFilters {
+  /** Where the blocks end: each call's work space starts there. */
+  top = ARENA_BASE;
+  private readonly ids = new WeakMap<object, number>();
+  private nextId = 0;
+  private readonly blocks = new Map<string, { ptr: number; floats: number }>();
+  private readonly free = new Map<number, number[]>();
+
+  constructor(readonly bytes: number) {}
+
+  /**
+   * The block of `floats` for `dataId`'s filter packed as `kind`, and whether it must be packed
+   * now; null when it would not fit the budget at all.
+   */
+  get(dataId: object, kind: string, floats: number): { ptr: number; fresh: boolean } | null {
+    if (4 * floats > this.bytes) return null;
+    let id = this.ids.get(dataId);
+    if (id === undefined) this.ids.set(dataId, id = this.nextId++);
+    const key = `${id} ${kind}`, hit = this.blocks.get(key);
+    if (hit) {
+      this.blocks.delete(key);
+      this.blocks.set(key, hit);
+      return { ptr: hit.ptr, fresh: false };
+    }
+    const ptr = this.allocate(floats);
+    this.blocks.set(key, { ptr, floats });
+    return { ptr, fresh: true };
+  }
+
+  private allocate(floats: number): number {
+    for (;;) {
+      const reused = this.free.get(floats)?.pop();
+      if (reused !== undefined) return reused;
+      if (this.top - ARENA_BASE + 4 * floats <= this.bytes) {
+        const ptr = this.top;
+        this.top = align(this.top + 4 * floats);
+        return ptr;
+      }
+      const oldest = this.blocks.keys().next();
+      if (oldest.done) break;
+      const block = this.blocks.get(oldest.value)!;
+      this.blocks.delete(oldest.value);
+      this.free.set(block.floats, [...this.free.get(block.floats) ?? [], block.ptr]);
+    }
+    // all evicted, none of this size: start again from the bottom
+    this.free.clear();
+    this.top = align(ARENA_BASE + 4 * floats);
+    return ARENA_BASE;
+  }
+}
+
+let options: WasmConvOptions = {};
+let runtime: { pool: KernelPool; filters: PackedFilters } | undefined;
+
+/** Sets the options of the runtime made next (see {@link disposeRuntime}). */
+export function configureRuntime(wanted: WasmConvOptions): void {
+  options = wanted;
+}
+
+/** Stops the threads and forgets the packed filters. */
+export function disposeRuntime(): void {
+  runtime?.pool.dispose();
+  runtime = undefined;
+}
+
+/**
+ * A batch of n maps in the kernels' memory, each with a zero border and sides rounded up to
+ * `round` (4 for Winograd's tiles; the rest zero): one after another, or side by side in one wide
+ * map 4 zero columns apart (`stacked`), so that small maps make long rows of Winograd tiles and the
+ * packed filters stream through once per row of tiles, not once per image's row.
+ */
+export class Maps {
+  readonly hp: number;
+  readonly wp: number;
+  /** Pixels per padded row. */
+  readonly pw: number;
+  /** Floats from one image's padded origin to the next's. */
+  readonly next: number;
+  readonly floats: number;
+  constructor(
+    /** Byte offset of image 0's padded origin. */
+    readonly ptr: number,
+    readonly n: number,
+    h: number,
+    w: number,
+    /** Floats per pixel. */
+    readonly cs: number,
+    readonly stacked: boolean,
+    round: number,
+  ) {
+    this.hp = roundUp(h, round), this.wp = roundUp(w, round);
+    this.pw = stacked ? n * (this.wp + 4) - 2 : this.wp + 2;
+    // 4 spare zero rows below, as the other plans give their maps
+    const image = (this.hp + 6) * this.pw * cs;
+    this.next = stacked ? (this.wp + 4) * cs : image;
+    this.floats = stacked ? image : n * image;
+  }
+  /** Float index of pixel (y, x) of image i's interior. */
+  pixel(i: number, y: number, x: number): number {
+    return this.ptr / 4 + i * this.next + ((y + 1) * this.pw + 1 + x) * this.cs;
+  }
+  /** The maps as the kernels' records see them: padded origin (bytes) and width of each. */
+  strips(): { ptr: number; w: number }[] {
+    if (this.stacked) return [{ ptr: this.ptr, w: this.pw - 2 }];
+    return Array.from({ length: this.n }, (_, i) => ({ ptr: this.ptr + 4 * i * this.next, w: this.wp }));
+  }
+  /** Calls `row` for each of the n x h rows of the images, in memory order. */
+  eachRow(h: number, row: (i: number, y: number) => void): void {
+    if (this.stacked) { for (let y = 0; y < h; y++) for (let i = 0; i < this.n; i++) row(i, y); }
+    else for (let i = 0; i < this.n; i++) for (let y = 0; y < h; y++) row(i, y);
+  }
+}
+
+/** Maps at most this wide are stacked side by side (see {@link Maps}). */
+const STACK_MAX_SIDE = 16;
+
+/** The kernels' threads, memory and packed filters (made on first use; the threads stop when idle). */
+export function kernels(): { pool: KernelPool; filters: PackedFilters } {
+  return runtime ??= {
+    pool: new KernelPool(options),
+    filters: new PackedFilters(options.filterCacheBytes ?? FILTER_CACHE_BYTES),
+  };
+}
+
+/** Hands out the kernels' memory for one call, from `at` on. */
+export class Arena {
+  constructor(public at: number) {}
+  take(floats: number): number {
+    const ptr = this.at;
+    this.at = align(this.at + 4 * floats);
+    return ptr;
+  }
+  /**
+   * n maps of h x w pixels of `c` channels (`cs` floats apart: default c rounded up to 4), for
+   * Winograd (sides rounded up to 4, narrow ones stacked) or for the direct convolution (`direct`).
+   */
+  maps(n: number, h: number, w: number, c: number, o: { cs?: number; direct?: boolean } = {}): Maps {
+    const stacked = !o.direct && n > 1 && roundUp(w, 4) <= STACK_MAX_SIDE;
+    const maps = new Maps(this.at, n, h, w, o.cs ?? roundUp(c, 4), stacked, o.direct ? 1 : 4);
+    this.take(maps.floats);
+    return maps;
+  }
+  /** Reserves what was taken, writes the records after it and runs them. */
+  run(p: KernelPool, records: LayerRecord[], fill: (f: Float32Array) => void): void {
+    const at = this.take(records.length * RECORD_BYTES / 4);
+    if (this.at > MAX_MEMORY_BYTES) {
+      throw new Error(
+        `a convolution on the CPU kernels needs ${(this.at / 1024 ** 3).toFixed(1)} GiB, more than wasm's ` +
+          `4 GiB: use a smaller batch`,
+      );
+    }
+    try {
+      p.reserve(this.at);
+      fill(p.floats());
+      writeRecords(p.memory, at, records);
+      p.runSync({ layers: at, count: records.length, stride: RECORD_BYTES });
+    } catch (e) {
+      // the filters this call was to pack are not: start again with none
+      disposeRuntime();
+      throw e;
+    }
+  }
+}
+
+/**
+ * Writes every float of `maps`: the NHWC values of `src` (shape [n, h, w, c]) in the images'
+ * interiors, zeros elsewhere (borders, gaps, padding channels, rows and columns past the sides).
+ */
+export function copyIn(src: Float32Array, shape: number[], f: Float32Array, maps: Maps): void {
+  const [, h, w, c] = shape, cs = maps.cs;
+  let zeroFrom = maps.ptr / 4;
+  maps.eachRow(h, (i, y) => {
+    const row = maps.pixel(i, y, 0), from = (i * h + y) * w * c;
+    f.fill(0, zeroFrom, row);
+    if (cs === c) f.set(src.subarray(from, from + w * c), row);
+    else {
+      for (let x = 0; x < w; x++) {
+        f.set(src.subarray(from + x * c, from + (x + 1) * c), row + x * cs);
+        f.fill(0, row + x * cs + c, row + (x + 1) * cs);
+      }
+    }
+    zeroFrom = row + w * cs;
+  });
+  f.fill(0, zeroFrom, maps.ptr / 4 + maps.floats);
+}
+
+/** The interior values of `maps` (pixels `c` floats apart) as NHWC [n, h, w, c] into `dst`. */
+export function copyOut(f: Float32Array, maps: Maps, shape: number[], dst: Float32Array): void {
+  const [, h, w, c] = shape;
+  maps.eachRow(h, (i, y) => {
+    const row = maps.pixel(i, y, 0);
+    dst.set(f.subarray(row, row + w * c), (i * h + y) * w * c);
+  });
+}

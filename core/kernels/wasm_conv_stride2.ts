@@ -1,0 +1,239 @@
+/**
+ * 4x4 stride-2 convolutions (the discriminator's downsampling convs) and their input gradients on
+ * our CPU kernels' direct convolution, as 2x2 stride-1 convolutions of four times the channels:
+ * - forward: pixel (m, q) of the output reads input rows 2m + a and columns 2q + b, a, b < 4, so
+ *   it is a 2x2 conv (taps at +0, +1) of the space-to-depth input S[m, q, (a', b', c)] =
+ *   x[2m + a', 2q + b', c] (a', b' < 2) with F[p, r, (a', b', c)] = W[2p + a', 2r + b', c];
+ * - input gradient: padded pixel (2m + a, 2q + b) of x only meets taps a + 2t, b + 2u, so its four
+ *   phases are one 2x2 conv (taps at -1, +0) of dy with 4·cin outputs, interleaved after, as
+ *   train/wasm_conv_grads.ts does on XNNPACK.
+ * The same products as the 4x4 conv, none wasted; XNNPACK ran these at 5-20 GFLOP/s here, most
+ * of it packing filters it had not seen (each call's phase filter is new). Filters are rearranged
+ * here in JavaScript, once per tensor (the packed filters' cache).
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs-core";
+import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
+import { type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
+
+type Info = tf.TensorInfo;
+/** The wasm backend's calls these use. */
+export interface WasmBackend {
+  makeOutput(shape: number[], dtype: "float32"): Info;
+  typedArrayFromHeap(info: Info): Float32Array;
+}
+/** What tfjs's computeConv2DInfo says of the conv that these read. */
+export interface Stride2Info {
+  inHeight: number;
+  inWidth: number;
+  outHeight: number;
+  outWidth: number;
+  padInfo: { top: number; left: number };
+}
+
+/** The 4x4 stride-2 conv of x [n, h, w, cin] by filter [4, 4, cin, cout], + bias, activation. */
+export function conv4x4s2(
+  backend: WasmBackend,
+  x: Info,
+  filter: Info,
+  o: { info: Stride2Info; bias?: Info; act: number },
+): Info {
+  const [n, , , ci] = x.shape, co = filter.shape[3];
+  const { outHeight: oh, outWidth: ow } = o.info;
+  const packed = 4 * 4 * ci * roundUp(co, NR);
+  return run(backend, filter, "4x4/2 forward", packed, (arena) => {
+    // one row and column more than the output: the taps at +1 read them
+    const s = arena.maps(n, oh + 1, ow + 1, 4 * ci, { direct: true });
+    const out = arena.maps(n, oh + 1, ow + 1, co, { cs: co, direct: true });
+    return {
+      input: s,
+      output: out,
+      cin: 4 * ci,
+      cout: co,
+      taps: TAPS.ahead2x2,
+      act: o.act,
+      pack: (w, dst, at) => packForward(w, ci, co, dst, at),
+      fill: (f) => spaceToDepth(backend.typedArrayFromHeap(x), x.shape, o.info, f, s),
+      bias: o.bias && backend.typedArrayFromHeap(o.bias),
+      result: (f) => {
+        const y = backend.makeOutput([n, oh, ow, co], "float32");
+        copyOut(f, out, [n, oh, ow, co], backend.typedArrayFromHeap(y));
+        return y;
+      },
+    };
+  });
+}
+
+/** The input gradient [n, h, w, cin] of the 4x4 stride-2 conv by filter from dy [n, oh, ow, cout]. */
+export function conv4x4s2InputGrad(
+  backend: WasmBackend,
+  dy: Info,
+  filter: Info,
+  o: { info: Stride2Info },
+): Info {
+  const [n, oh, ow, co] = dy.shape, ci = filter.shape[2];
+  const { inHeight: h, inWidth: w, padInfo: { top, left } } = o.info;
+  // phase pixel (m, q) holds padded pixels 2m + a, 2q + b up to the input's last row and column
+  const mh = Math.ceil((top + h) / 2), mw = Math.ceil((left + w) / 2);
+  const packed = 4 * co * roundUp(4 * ci, NR);
+  return run(backend, filter, "4x4/2 input grad", packed, (arena) => {
+    const d = arena.maps(n, mh, mw, co, { direct: true });
+    const phases = arena.maps(n, mh, mw, 4 * ci, { direct: true });
+    return {
+      input: d,
+      output: phases,
+      cin: co,
+      cout: 4 * ci,
+      taps: TAPS.behind2x2,
+      act: 0,
+      pack: (wt, dst, at) => packPhases(wt, ci, co, dst, at),
+      fill: (f) => copyIn(backend.typedArrayFromHeap(dy), [n, oh, ow, co], f, d),
+      result: (f) => {
+        const dx = backend.makeOutput([n, h, w, ci], "float32");
+        interleave(f, phases, [n, h, w, ci], [top, left], backend.typedArrayFromHeap(dx));
+        return dx;
+      },
+    };
+  });
+}
+
+interface Job {
+  input: Maps;
+  output: Maps;
+  cin: number;
+  cout: number;
+  taps: number;
+  act: number;
+  /** Writes the packed filter [cout/8][2][2][cin][8] from the HWIO one at dst[at]. */
+  pack(w: Float32Array, dst: Float32Array, at: number): void;
+  /** Writes the input maps. */
+  fill(f: Float32Array): void;
+  bias?: Float32Array;
+  /** Makes the output from the kernels' memory. */
+  result(f: Float32Array): Info;
+}
+
+/** Lays out a job's maps after its packed filter (kept as `kind`), runs the direct conv on them. */
+function run(
+  backend: WasmBackend,
+  filter: Info,
+  kind: string,
+  packedFloats: number,
+  make: (arena: Arena) => Job,
+): Info {
+  const { pool, filters } = kernels();
+  const cached = filters.get(filter.dataId, kind, packedFloats);
+  const arena = new Arena(filters.top);
+  const weight = cached?.ptr ?? arena.take(packedFloats), pack = !cached || cached.fresh;
+  const job = make(arena);
+  const bias = arena.take(roundUp(job.cout, NR));
+  const outputs = job.output.strips();
+  const records: LayerRecord[] = job.input.strips().map((strip, i) => ({
+    kind: "conv",
+    op: OP.conv,
+    in: strip.ptr,
+    ics: job.input.cs,
+    cin: job.cin,
+    h: job.input.hp,
+    w: strip.w,
+    weight,
+    bias,
+    out: outputs[i].ptr,
+    ocs: job.output.cs,
+    cout: job.cout,
+    lrelu: job.act,
+    s0: 1,
+    taps: job.taps,
+  }));
+  arena.run(pool, records, (f) => {
+    if (pack) job.pack(backend.typedArrayFromHeap(filter), f, weight / 4);
+    job.fill(f);
+    f.fill(0, bias / 4, bias / 4 + roundUp(job.cout, NR));
+    if (job.bias) f.set(job.bias, bias / 4);
+  });
+  return job.result(pool.floats());
+}
+
+/** F[p, r, (a, b, c), o] = W[2p + a, 2r + b, c, o] as [cout/8][2][2][4·cin][8]. */
+function packForward(w: Float32Array, ci: number, co: number, dst: Float32Array, at: number): void {
+  const blocks = roundUp(co, NR) / NR, k4 = 4 * ci;
+  dst.fill(0, at, at + blocks * 4 * k4 * NR);
+  for (let kh = 0; kh < 4; kh++) {
+    for (let kw = 0; kw < 4; kw++) {
+      const tap = (kh >> 1) * 2 + (kw >> 1), k0 = ((kh & 1) * 2 + (kw & 1)) * ci;
+      for (let c = 0; c < ci; c++) {
+        const src = ((kh * 4 + kw) * ci + c) * co;
+        for (let o = 0; o < co; o++) {
+          dst[at + (((o >> 3) * 4 + tap) * k4 + k0 + c) * NR + (o & 7)] = w[src + o];
+        }
+      }
+    }
+  }
+}
+
+/**
+ * The phases' filter P[p, r, o, (a, b, c)] = W[a + 2(1 - p), b + 2(1 - r), c, o] (taps at -1, +0
+ * of the phase pixel) as [4·cin/8][2][2][cout][8].
+ */
+function packPhases(w: Float32Array, ci: number, co: number, dst: Float32Array, at: number): void {
+  const k4 = 4 * ci;
+  for (let kh = 0; kh < 4; kh++) {
+    for (let kw = 0; kw < 4; kw++) {
+      const tap = (1 - (kh >> 1)) * 2 + (1 - (kw >> 1)), j0 = ((kh & 1) * 2 + (kw & 1)) * ci;
+      for (let c = 0; c < ci; c++) {
+        const src = ((kh * 4 + kw) * ci + c) * co, j = j0 + c;
+        const base = at + ((j >> 3) * 4 + tap) * co * NR + (j & 7);
+        for (let o = 0; o < co; o++) dst[base + o * NR] = w[src + o];
+      }
+    }
+  }
+  // output channels past 4·cin in the last block (none when cin is even)
+  for (let j = k4; j < roundUp(k4, NR); j++) {
+    for (let tap = 0; tap < 4; tap++) {
+      const base = at + ((j >> 3) * 4 + tap) * co * NR + (j & 7);
+      for (let o = 0; o < co; o++) dst[base + o * NR] = 0;
+    }
+  }
+}
+
+/** Writes every float of `s`: S[m, q, (a, b, c)] = x[2m + a - top, 2q + b - left, c], zero outside x. */
+function spaceToDepth(x: Float32Array, shape: number[], info: Stride2Info, f: Float32Array, s: Maps): void {
+  const [n, h, w, c] = shape, { top, left } = info.padInfo;
+  f.fill(0, s.ptr / 4, s.ptr / 4 + s.floats);
+  const rows = s.hp, cols = s.wp;
+  for (let i = 0; i < n; i++) {
+    for (let m = 0; m < rows; m++) {
+      for (let a = 0; a < 2; a++) {
+        const y = 2 * m + a - top;
+        if (y < 0 || y >= h) continue;
+        for (let q = 0; q < cols; q++) {
+          const x0 = 2 * q - left, dst = s.pixel(i, m, q) + 2 * a * c;
+          const from = Math.max(x0, 0), to = Math.min(x0 + 2, w);
+          if (from >= to) continue;
+          const src = ((i * h + y) * w + from) * c;
+          f.set(x.subarray(src, src + (to - from) * c), dst + (from - x0) * c);
+        }
+      }
+    }
+  }
+}
+
+/** dx [n, h, w, c] from the phases: padded pixel (2m + a, 2q + b) is phase (a, b) of pixel (m, q). */
+function interleave(
+  f: Float32Array,
+  phases: Maps,
+  shape: number[],
+  offset: number[],
+  dx: Float32Array,
+): void {
+  const [n, h, w, c] = shape;
+  for (let i = 0; i < n; i++) {
+    for (let y = 0; y < h; y++) {
+      const py = y + offset[0], m = py >> 1, a = py & 1;
+      for (let x = 0; x < w; x++) {
+        const px = x + offset[1], from = phases.pixel(i, m, px >> 1) + ((a * 2 + (px & 1)) * c);
+        dx.set(f.subarray(from, from + c), ((i * h + y) * w + x) * c);
+      }
+    }
+  }
+}
