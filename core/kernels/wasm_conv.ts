@@ -1,43 +1,25 @@
 /**
- * tfjs-wasm's 3x3 stride-1 "same" convolutions on our CPU kernels (wasm/rrdb_cpu.c's Winograd
- * F(4x4, 3x3)): `Conv2D`, `FusedConv2D` (bias; linear, ReLU or LeakyReLU 0.2), and both gradients,
- * `Conv2DBackpropInput` (the convolution with the flipped, transposed filters) and
- * `Conv2DBackpropFilter` (in the Winograd domain, as the training step computes G's).
+ * tfjs-wasm's convolutions on our CPU kernels (wasm/rrdb_cpu.c): `Conv2D`, `FusedConv2D` (bias;
+ * linear, ReLU or LeakyReLU 0.2), `Conv2DBackpropInput` and `Conv2DBackpropFilter` for
+ * - 3x3 stride-1 "same" convs, in Winograd F(4x4, 3x3) (wasm_conv_winograd.ts): VGG19's, and the
+ *   discriminator's at full resolution;
+ * - 4x4 stride-2 convs, as 2x2 convs of four times the channels (wasm_conv_stride2.ts): the
+ *   discriminator's downsampling.
  *
- * The gan stage on the CPU runs VGG19's and the discriminator's convolutions as tfjs ops: on
- * XNNPACK they took most of its step (forwards at some 50 GFLOP/s, input gradients below 40,
- * repacking each filter on every call). Every call copies its operands into the kernels' own
- * memory (maps with a zero border, sides rounded up to 4 with zeros), packs the filters there and
+ * The gan stage on the CPU runs VGG19 and the discriminator as tfjs ops, whose convolutions on
+ * XNNPACK took most of its step (forwards at some 50 GFLOP/s, gradients at 5-40, each call
+ * repacking its filter). Every call here copies its operands into the kernels' own memory (maps
+ * with a zero border), packs the filter there unless it has it already (wasm_conv_runtime.ts) and
  * runs on the pool's threads while the calling thread waits (tfjs kernels are synchronous).
  * Anything else (other filters, strides, paddings, dilations, activations, NCHW) goes to the kernel
  * registered before.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import {
-  ACT,
-  align,
-  type LayerRecord,
-  NR,
-  OP,
-  PACK_INPUT_GRAD,
-  roundUp,
-  wgradDUFloats,
-  wgradMFloats,
-  wgradVFloats,
-  winogradScratchFloats,
-} from "./wasm_layer.ts";
-import {
-  Arena,
-  configureRuntime,
-  copyIn,
-  copyOut,
-  disposeRuntime,
-  kernels,
-  type WasmConvOptions,
-} from "./wasm_conv_runtime.ts";
-
-import { conv4x4s2, conv4x4s2InputGrad, type WasmBackend } from "./wasm_conv_stride2.ts";
+import { ACT } from "./wasm_layer.ts";
+import { configureRuntime, disposeRuntime, type WasmConvOptions } from "./wasm_conv_runtime.ts";
+import { convolve3x3, filterGrad3x3, type WasmBackend } from "./wasm_conv_winograd.ts";
+import { conv4x4s2, conv4x4s2FilterGrad, conv4x4s2InputGrad } from "./wasm_conv_stride2.ts";
 
 export { FILTER_CACHE_BYTES, type WasmConvOptions } from "./wasm_conv_runtime.ts";
 
@@ -158,7 +140,7 @@ function conv2d(args: KernelArgs): Info | null {
   if (bias && bias.shape.reduce((a, b) => a * b, 1) !== filter!.shape[3]) return null;
   const backend = args.backend as WasmBackend;
   if (conv.kind === "4x4/2") return conv4x4s2(backend, x!, filter!, { info: conv.info, bias, act });
-  return convolve(backend, x!, filter!, { bias, act, inputGrad: false });
+  return convolve3x3(backend, x!, filter!, { bias, act, inputGrad: false });
 }
 
 function backpropInput(args: KernelArgs): Info | null {
@@ -168,131 +150,21 @@ function backpropInput(args: KernelArgs): Info | null {
   if (!conv) return null;
   const backend = args.backend as WasmBackend;
   if (conv.kind === "4x4/2") return conv4x4s2InputGrad(backend, dy, filter, { info: conv.info });
-  return convolve(backend, dy, filter, { act: ACT.none, inputGrad: true });
-}
-
-/**
- * The conv of x [n, h, w, cin] by filter [3, 3, cin, cout] (+ bias, activation), or with
- * `inputGrad` the input gradient from dy [n, h, w, cout] (x's role): the conv by the flipped filter
- * with its channels swapped.
- */
-function convolve(
-  backend: WasmBackend,
-  x: Info,
-  filter: Info,
-  o: { bias?: Info; act: number; inputGrad: boolean },
-): Info {
-  const [n, h, w, c] = x.shape;
-  const [, , fin, fout] = filter.shape;
-  const cout = o.inputGrad ? fin : fout;
-  const { pool: p, filters } = kernels();
-  const uFloats = 36 * roundUp(c, 4) * roundUp(cout, NR);
-  const cached = filters.get(filter.dataId, o.inputGrad ? "input grad" : "forward", uFloats);
-  const arena = new Arena(filters.top);
-  // the output's pixels are cout floats apart, so that it is copied out row by row
-  const input = arena.maps(n, h, w, c), output = arena.maps(n, h, w, cout, { cs: cout });
-  const u = cached?.ptr ?? arena.take(uFloats), pack = !cached || cached.fresh;
-  const weights = pack ? arena.take(9 * fin * fout) : 0;
-  const bias = arena.take(roundUp(cout, NR));
-  const scratchFloats = align(4 * winogradScratchFloats(input.pw, input.cs)) / 4;
-  const scratch = arena.take(scratchFloats * p.threads);
-  const records: LayerRecord[] = [];
-  if (pack) {
-    records.push({
-      kind: "pack",
-      op: OP.pack,
-      in: weights,
-      realCin: fin,
-      ics: fout,
-      cin: input.cs,
-      cout,
-      out: u,
-      ...(o.inputGrad ? { lrelu: PACK_INPUT_GRAD } : {}),
-    });
-  }
-  const outputs = output.strips();
-  input.strips().forEach((strip, i) => {
-    records.push({
-      kind: "conv",
-      op: OP.winograd,
-      in: strip.ptr,
-      ics: input.cs,
-      cin: input.cs,
-      h: input.hp,
-      w: strip.w,
-      weight: u,
-      bias,
-      out: outputs[i].ptr,
-      ocs: cout,
-      cout,
-      lrelu: o.act,
-      s0: 1,
-      scratch,
-      scratchFloats,
-    });
-  });
-  const out = backend.makeOutput([n, h, w, cout], "float32");
-  arena.run(p, records, (f) => {
-    copyIn(backend.typedArrayFromHeap(x), [n, h, w, c], f, input);
-    if (pack) f.set(backend.typedArrayFromHeap(filter), weights / 4);
-    f.fill(0, bias / 4, bias / 4 + roundUp(cout, NR));
-    if (o.bias) f.set(backend.typedArrayFromHeap(o.bias), bias / 4);
-  });
-  copyOut(p.floats(), output, [n, h, w, cout], backend.typedArrayFromHeap(out));
-  return out;
+  return convolve3x3(backend, dy, filter, { act: ACT.none, inputGrad: true });
 }
 
 function backpropFilter(args: KernelArgs): Info | null {
   const { x, dy } = args.inputs as { x: Info; dy: Info };
   const attrs = args.attrs as unknown as ConvAttrs & { filterShape: number[] };
-  if (kindOf(x.shape, attrs.filterShape, attrs, x.dtype)?.kind !== "3x3") return null;
+  const conv = kindOf(x.shape, attrs.filterShape, attrs, x.dtype);
+  if (!conv) return null;
   const backend = args.backend as WasmBackend;
-  const [n, h, w, cin] = x.shape, cout = dy.shape[3];
-  const { pool: p, filters } = kernels(), arena = new Arena(filters.top);
-  const xm = arena.maps(n, h, w, cin), dym = arena.maps(n, h, w, cout);
-  const strips = xm.strips(), dys = dym.strips();
-  const perStrip = (xm.hp / 4) * (strips[0].w / 4), tiles = strips.length * perStrip;
-  const v = arena.take(wgradVFloats(xm.cs, tiles)), m = arena.take(wgradMFloats(cout, tiles));
-  const du = arena.take(wgradDUFloats(xm.cs, cout));
-  const grad = arena.take(9 * cin * cout), biasGrad = arena.take(roundUp(cout, 4));
-  const scratchFloats = 2 * 144;
-  const scratch = arena.take(scratchFloats * p.threads);
-  const common = { cin: xm.cs, vchannels: xm.cs, cout, weight: v, bias: m, tiles };
-  const records: LayerRecord[] = [];
-  strips.forEach((strip, i) => {
-    records.push({
-      ...common,
-      kind: "filter grad: transforms",
-      op: OP.wgradTransform,
-      in: strip.ptr,
-      ics: xm.cs,
-      h: xm.hp,
-      w: strip.w,
-      out: dys[i].ptr,
-      ocs: dym.cs,
-      t0: i * perStrip,
-      gscale: 1,
-      scratch,
-      scratchFloats,
-    });
-  });
-  records.push({ ...common, kind: "filter grad: products", op: OP.wgradGemm, out: du });
-  records.push({
-    ...common,
-    kind: "filter grad: G'dUG",
-    op: OP.wgradFinal,
-    in: du,
-    realCin: cin,
-    grad,
-    biasGrad,
-    scratch,
-    scratchFloats,
-  });
-  arena.run(p, records, (f) => {
-    copyIn(backend.typedArrayFromHeap(x), x.shape, f, xm);
-    copyIn(backend.typedArrayFromHeap(dy), dy.shape, f, dym);
-  });
-  const out = backend.makeOutput([3, 3, cin, cout], "float32");
-  backend.typedArrayFromHeap(out).set(p.floats().subarray(grad / 4, grad / 4 + 9 * cin * cout));
-  return out;
+  if (conv.kind === "4x4/2") {
+    // in the Winograd domain a small map's rounding and nine taps cost more than XNNPACK's four
+    // (an 8x8 output of 512 channels: 61 against 33 ms here; a 16x16 one of 256: 19 against 32)
+    const { outHeight, outWidth } = conv.info;
+    if (outHeight < 16 || outWidth < 16) return null;
+    return conv4x4s2FilterGrad(backend, x, dy, { info: conv.info });
+  }
+  return filterGrad3x3(backend, x, dy);
 }

@@ -22,29 +22,38 @@ export interface WasmConvOptions {
 export const FILTER_CACHE_BYTES = 1024 ** 3;
 
 /**
- * Packed filters kept in the kernels' memory from ARENA_BASE on, by tensor (tfjs never changes a
- * tensor's data: a variable's update makes a new one) and packing, least recently used first out.
- * Evicted blocks are reused by size: a discriminator's next update packs into its last one's.
+ * Packed filters kept in the kernels' memory from ARENA_BASE on, by content and packing, least
+ * recently used first out. By content, because tfjs hands a conv's gradient a copy of its filter
+ * (the tape keeps copies of a kernel's inputs), a new tensor each time: the discriminator's three
+ * input gradients of a step share one packing. A tensor's content key is computed once (tfjs never
+ * changes a tensor's data: a variable's update makes a new one). Evicted blocks are reused by size:
+ * a discriminator's next update packs into its last one's.
  */
 class PackedFilters {
   /** Where the blocks end: each call's work space starts there. */
   top = ARENA_BASE;
-  private readonly ids = new WeakMap<object, number>();
-  private nextId = 0;
+  private readonly keys = new WeakMap<object, string>();
   private readonly blocks = new Map<string, { ptr: number; floats: number }>();
   private readonly free = new Map<number, number[]>();
 
   constructor(readonly bytes: number) {}
 
   /**
-   * The block of `floats` for `dataId`'s filter packed as `kind`, and whether it must be packed
+   * The block of `floats` for `filter`'s values packed as `kind`, and whether it must be packed
    * now; null when it would not fit the budget at all.
    */
-  get(dataId: object, kind: string, floats: number): { ptr: number; fresh: boolean } | null {
+  get(
+    filter: { dataId: object; shape: number[] },
+    values: () => Float32Array,
+    kind: string,
+    floats: number,
+  ): { ptr: number; fresh: boolean } | null {
     if (4 * floats > this.bytes) return null;
-    let id = this.ids.get(dataId);
-    if (id === undefined) this.ids.set(dataId, id = this.nextId++);
-    const key = `${id} ${kind}`, hit = this.blocks.get(key);
+    let content = this.keys.get(filter.dataId);
+    if (content === undefined) {
+      this.keys.set(filter.dataId, content = `${filter.shape} ${fingerprint(values())}`);
+    }
+    const key = `${content} ${kind}`, hit = this.blocks.get(key);
     if (hit) {
       this.blocks.delete(key);
       this.blocks.set(key, hit);
@@ -79,6 +88,22 @@ class PackedFilters {
 
 let options: WasmConvOptions = {};
 let runtime: { pool: KernelPool; filters: PackedFilters } | undefined;
+
+/**
+ * 64 bits of two multiplicative hashes of the values' bits (some 2 ms for a 512x512 3x3 filter):
+ * two different filters of one shape share a key with a chance of 2^-64.
+ */
+function fingerprint(values: Float32Array): string {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  let a = 0x811c9dc5 ^ bits.length, b = 0x27d4eb2f;
+  for (let i = 0; i < bits.length; i++) {
+    const v = bits[i];
+    a = Math.imul(a ^ v, 0x01000193);
+    b = Math.imul(b ^ v, 0x5bd1e995);
+    b ^= b >>> 15;
+  }
+  return `${(a >>> 0).toString(16)}${(b >>> 0).toString(16).padStart(8, "0")}`;
+}
 
 /** Sets the options of the runtime made next (see {@link disposeRuntime}). */
 export function configureRuntime(wanted: WasmConvOptions): void {

@@ -6,7 +6,10 @@
  *   x[2m + a', 2q + b', c] (a', b' < 2) with F[p, r, (a', b', c)] = W[2p + a', 2r + b', c];
  * - input gradient: padded pixel (2m + a, 2q + b) of x only meets taps a + 2t, b + 2u, so its four
  *   phases are one 2x2 conv (taps at -1, +0) of dy with 4·cin outputs, interleaved after, as
- *   train/wasm_conv_grads.ts does on XNNPACK.
+ *   train/wasm_conv_grads.ts does on XNNPACK;
+ * - filter gradient: dF[p, r] = Σ S[m + p, q + r] dy[m, q] is taps (1 + p, 1 + r) of the 3x3
+ *   "same" conv's filter gradient of S and dy, which the Winograd domain computes for all nine taps
+ *   in fewer products (36 per 4x4 tile and channel pair) than direct products take for four (64).
  * The same products as the 4x4 conv, none wasted; XNNPACK ran these at 5-20 GFLOP/s here, most
  * of it packing filters it had not seen (each call's phase filter is new). Filters are rearranged
  * here in JavaScript, once per tensor (the packed filters' cache).
@@ -15,13 +18,9 @@
 import type * as tf from "@tensorflow/tfjs-core";
 import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
 import { type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
+import { type WasmBackend, winogradFilterGrad } from "./wasm_conv_winograd.ts";
 
 type Info = tf.TensorInfo;
-/** The wasm backend's calls these use. */
-export interface WasmBackend {
-  makeOutput(shape: number[], dtype: "float32"): Info;
-  typedArrayFromHeap(info: Info): Float32Array;
-}
 /** What tfjs's computeConv2DInfo says of the conv that these read. */
 export interface Stride2Info {
   inHeight: number;
@@ -97,6 +96,31 @@ export function conv4x4s2InputGrad(
   });
 }
 
+/** dW [4, 4, cin, cout] of the 4x4 stride-2 conv of x whose output's gradient is dy. */
+export function conv4x4s2FilterGrad(backend: WasmBackend, x: Info, dy: Info, o: { info: Stride2Info }): Info {
+  const [n, , , ci] = x.shape, co = dy.shape[3];
+  const { outHeight: oh, outWidth: ow } = o.info;
+  const { pool, filters } = kernels(), arena = new Arena(filters.top);
+  // S's and dy's maps alike: the same conv's geometry
+  const s = arena.maps(n, oh + 1, ow + 1, 4 * ci), d = arena.maps(n, oh + 1, ow + 1, co);
+  const k = 4 * ci;
+  const grad = winogradFilterGrad(pool, arena, { x: s, dy: d, cin: k, cout: co }, (f) => {
+    spaceToDepth(backend.typedArrayFromHeap(x), x.shape, o.info, f, s);
+    copyIn(backend.typedArrayFromHeap(dy), dy.shape, f, d);
+  });
+  const out = backend.makeOutput([4, 4, ci, co], "float32");
+  const dw = backend.typedArrayFromHeap(out), f = pool.floats();
+  // dW[2p + a, 2r + b, c] = dK[1 + p, 1 + r, (a, b, c)]: runs of cout values
+  for (let kh = 0; kh < 4; kh++) {
+    for (let kw = 0; kw < 4; kw++) {
+      const tap = (1 + (kh >> 1)) * 3 + 1 + (kw >> 1), k0 = ((kh & 1) * 2 + (kw & 1)) * ci;
+      const from = grad + (tap * k + k0) * co;
+      dw.set(f.subarray(from, from + ci * co), (kh * 4 + kw) * ci * co);
+    }
+  }
+  return out;
+}
+
 interface Job {
   input: Maps;
   output: Maps;
@@ -122,7 +146,7 @@ function run(
   make: (arena: Arena) => Job,
 ): Info {
   const { pool, filters } = kernels();
-  const cached = filters.get(filter.dataId, kind, packedFloats);
+  const cached = filters.get(filter, () => backend.typedArrayFromHeap(filter), kind, packedFloats);
   const arena = new Arena(filters.top);
   const weight = cached?.ptr ?? arena.take(packedFloats), pack = !cached || cached.fresh;
   const job = make(arena);

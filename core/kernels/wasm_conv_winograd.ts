@@ -1,0 +1,168 @@
+/**
+ * tfjs-wasm convolutions in rrdb_cpu.c's Winograd F(4x4, 3x3) (wasm_conv.ts): a 3x3 "same" conv
+ * or its input gradient (the conv with the flipped, transposed filter), and the filter gradient in
+ * the Winograd domain, as the training step computes G's.
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs-core";
+import {
+  align,
+  type LayerRecord,
+  NR,
+  OP,
+  PACK_INPUT_GRAD,
+  roundUp,
+  wgradDUFloats,
+  wgradMFloats,
+  wgradVFloats,
+  winogradScratchFloats,
+} from "./wasm_layer.ts";
+import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
+import type { KernelPool } from "./wasm_pool.ts";
+
+type Info = tf.TensorInfo;
+/** The wasm backend's calls the convolutions use. */
+export interface WasmBackend {
+  makeOutput(shape: number[], dtype: "float32"): Info;
+  typedArrayFromHeap(info: Info): Float32Array;
+}
+
+/**
+ * The conv of x [n, h, w, cin] by filter [3, 3, cin, cout] (+ bias, activation), or with
+ * `inputGrad` the input gradient from dy [n, h, w, cout] (x's role): the conv by the flipped filter
+ * with its channels swapped.
+ */
+export function convolve3x3(
+  backend: WasmBackend,
+  x: Info,
+  filter: Info,
+  o: { bias?: Info; act: number; inputGrad: boolean },
+): Info {
+  const [n, h, w, c] = x.shape;
+  const [, , fin, fout] = filter.shape;
+  const cout = o.inputGrad ? fin : fout;
+  const { pool: p, filters } = kernels();
+  const uFloats = 36 * roundUp(c, 4) * roundUp(cout, NR);
+  const kind = o.inputGrad ? "input grad" : "forward";
+  const cached = filters.get(filter, () => backend.typedArrayFromHeap(filter), kind, uFloats);
+  const arena = new Arena(filters.top);
+  // the output's pixels are cout floats apart, so that it is copied out row by row
+  const input = arena.maps(n, h, w, c), output = arena.maps(n, h, w, cout, { cs: cout });
+  const u = cached?.ptr ?? arena.take(uFloats), pack = !cached || cached.fresh;
+  const weights = pack ? arena.take(9 * fin * fout) : 0;
+  const bias = arena.take(roundUp(cout, NR));
+  const scratchFloats = align(4 * winogradScratchFloats(input.pw, input.cs)) / 4;
+  const scratch = arena.take(scratchFloats * p.threads);
+  const records: LayerRecord[] = [];
+  if (pack) {
+    records.push({
+      kind: "pack",
+      op: OP.pack,
+      in: weights,
+      realCin: fin,
+      ics: fout,
+      cin: input.cs,
+      cout,
+      out: u,
+      ...(o.inputGrad ? { lrelu: PACK_INPUT_GRAD } : {}),
+    });
+  }
+  const outputs = output.strips();
+  input.strips().forEach((strip, i) => {
+    records.push({
+      kind: "conv",
+      op: OP.winograd,
+      in: strip.ptr,
+      ics: input.cs,
+      cin: input.cs,
+      h: input.hp,
+      w: strip.w,
+      weight: u,
+      bias,
+      out: outputs[i].ptr,
+      ocs: cout,
+      cout,
+      lrelu: o.act,
+      s0: 1,
+      scratch,
+      scratchFloats,
+    });
+  });
+  const out = backend.makeOutput([n, h, w, cout], "float32");
+  arena.run(p, records, (f) => {
+    copyIn(backend.typedArrayFromHeap(x), [n, h, w, c], f, input);
+    if (pack) f.set(backend.typedArrayFromHeap(filter), weights / 4);
+    f.fill(0, bias / 4, bias / 4 + roundUp(cout, NR));
+    if (o.bias) f.set(backend.typedArrayFromHeap(o.bias), bias / 4);
+  });
+  copyOut(p.floats(), output, [n, h, w, cout], backend.typedArrayFromHeap(out));
+  return out;
+}
+
+/** dW [3, 3, cin, cout] of the 3x3 "same" conv of x [n, h, w, cin] whose output's gradient is dy. */
+export function filterGrad3x3(backend: WasmBackend, x: Info, dy: Info): Info {
+  const [n, h, w, cin] = x.shape, cout = dy.shape[3];
+  const { pool, filters } = kernels(), arena = new Arena(filters.top);
+  const xm = arena.maps(n, h, w, cin), dym = arena.maps(n, h, w, cout);
+  const grad = winogradFilterGrad(pool, arena, { x: xm, dy: dym, cin, cout }, (f) => {
+    copyIn(backend.typedArrayFromHeap(x), x.shape, f, xm);
+    copyIn(backend.typedArrayFromHeap(dy), dy.shape, f, dym);
+  });
+  const out = backend.makeOutput([3, 3, cin, cout], "float32");
+  backend.typedArrayFromHeap(out).set(pool.floats().subarray(grad, grad + 9 * cin * cout));
+  return out;
+}
+
+/**
+ * Runs the filter gradient dW [3][3][cin][cout] of the 3x3 "same" conv whose input maps are `x`
+ * and output-gradient maps `dy` (both laid out by `arena`, written by `fill`); returns dW's float
+ * index in the kernels' memory.
+ */
+export function winogradFilterGrad(
+  pool: KernelPool,
+  arena: Arena,
+  maps: { x: Maps; dy: Maps; cin: number; cout: number },
+  fill: (f: Float32Array) => void,
+): number {
+  const { x: xm, dy: dym, cin, cout } = maps;
+  const strips = xm.strips(), dys = dym.strips();
+  const perStrip = (xm.hp / 4) * (strips[0].w / 4), tiles = strips.length * perStrip;
+  const v = arena.take(wgradVFloats(xm.cs, tiles)), m = arena.take(wgradMFloats(cout, tiles));
+  const du = arena.take(wgradDUFloats(xm.cs, cout));
+  const grad = arena.take(9 * cin * cout), biasGrad = arena.take(roundUp(cout, 4));
+  const scratchFloats = 2 * 144;
+  const scratch = arena.take(scratchFloats * pool.threads);
+  const common = { cin: xm.cs, vchannels: xm.cs, cout, weight: v, bias: m, tiles };
+  const records: LayerRecord[] = [];
+  strips.forEach((strip, i) => {
+    records.push({
+      ...common,
+      kind: "filter grad: transforms",
+      op: OP.wgradTransform,
+      in: strip.ptr,
+      ics: xm.cs,
+      h: xm.hp,
+      w: strip.w,
+      out: dys[i].ptr,
+      ocs: dym.cs,
+      t0: i * perStrip,
+      gscale: 1,
+      scratch,
+      scratchFloats,
+    });
+  });
+  records.push({ ...common, kind: "filter grad: products", op: OP.wgradGemm, out: du });
+  records.push({
+    ...common,
+    kind: "filter grad: G'dUG",
+    op: OP.wgradFinal,
+    in: du,
+    realCin: cin,
+    grad,
+    biasGrad,
+    scratch,
+    scratchFloats,
+  });
+  arena.run(pool, records, fill);
+  return grad / 4;
+}
