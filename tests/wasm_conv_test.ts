@@ -38,8 +38,9 @@ const CASES: Case[] = [
   { x: [1, 11, 9, 3], cout: 5, pad: "valid", down: true, act: "leakyrelu" },
   { x: [2, 8, 12, 6], cout: 4, pad: 1, down: true, act: "relu" },
   { x: [1, 7, 6, 4], cout: 8, pad: "same", down: true },
-  // an output of 16x16 or more: the filter gradient in the Winograd domain too
+  // an output of 16x16 or more: the filter gradient in the Winograd domain too; 32x32 or more: all
   { x: [2, 34, 35, 4], cout: 4, pad: "valid", down: true, act: "relu" },
+  { x: [1, 66, 69, 8], cout: 4, pad: "valid", down: true, act: "leakyrelu" },
 ];
 
 function random(shape: number[], seed: number): Float32Array {

@@ -18,7 +18,7 @@
 import type * as tf from "@tensorflow/tfjs-core";
 import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
 import { type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
-import { type WasmBackend, winogradFilterGrad } from "./wasm_conv_winograd.ts";
+import { type WasmBackend, winogradConv, winogradFilterGrad } from "./wasm_conv_winograd.ts";
 
 type Info = tf.TensorInfo;
 /** What tfjs's computeConv2DInfo says of the conv that these read. */
@@ -39,6 +39,26 @@ export function conv4x4s2(
 ): Info {
   const [n, , , ci] = x.shape, co = filter.shape[3];
   const { outHeight: oh, outWidth: ow } = o.info;
+  const result = (f: Float32Array, out: Maps) => {
+    const y = backend.makeOutput([n, oh, ow, co], "float32");
+    copyOut(f, out, [n, oh, ow, co], backend.typedArrayFromHeap(y));
+    return y;
+  };
+  if (winograd(oh, ow)) {
+    return winogradConv(backend, {
+      n,
+      h: oh + 1,
+      w: ow + 1,
+      cin: 4 * ci,
+      cout: co,
+      filter: asThreeByThree(backend, filter),
+      inputGrad: false,
+      act: o.act,
+      bias: o.bias,
+      fill: (f, s) => spaceToDepth(backend.typedArrayFromHeap(x), x.shape, o.info, f, s),
+      result,
+    });
+  }
   const packed = 4 * 4 * ci * roundUp(co, NR);
   return run(backend, filter, "4x4/2 forward", packed, (arena) => {
     // one row and column more than the output: the taps at +1 read them
@@ -54,11 +74,7 @@ export function conv4x4s2(
       pack: (w, dst, at) => packForward(w, ci, co, dst, at),
       fill: (f) => spaceToDepth(backend.typedArrayFromHeap(x), x.shape, o.info, f, s),
       bias: o.bias && backend.typedArrayFromHeap(o.bias),
-      result: (f) => {
-        const y = backend.makeOutput([n, oh, ow, co], "float32");
-        copyOut(f, out, [n, oh, ow, co], backend.typedArrayFromHeap(y));
-        return y;
-      },
+      result: (f) => result(f, out),
     };
   });
 }
@@ -74,6 +90,25 @@ export function conv4x4s2InputGrad(
   const { inHeight: h, inWidth: w, padInfo: { top, left } } = o.info;
   // phase pixel (m, q) holds padded pixels 2m + a, 2q + b up to the input's last row and column
   const mh = Math.ceil((top + h) / 2), mw = Math.ceil((left + w) / 2);
+  const result = (f: Float32Array, phases: Maps) => {
+    const dx = backend.makeOutput([n, h, w, ci], "float32");
+    interleave(f, phases, [n, h, w, ci], [top, left], backend.typedArrayFromHeap(dx));
+    return dx;
+  };
+  if (winograd(mh, mw)) {
+    return winogradConv(backend, {
+      n,
+      h: mh,
+      w: mw,
+      cin: co,
+      cout: 4 * ci,
+      filter: asThreeByThree(backend, filter),
+      inputGrad: true,
+      act: 0,
+      fill: (f, d) => copyIn(backend.typedArrayFromHeap(dy), dy.shape, f, d),
+      result,
+    });
+  }
   const packed = 4 * co * roundUp(4 * ci, NR);
   return run(backend, filter, "4x4/2 input grad", packed, (arena) => {
     const d = arena.maps(n, mh, mw, co, { direct: true });
@@ -87,11 +122,7 @@ export function conv4x4s2InputGrad(
       act: 0,
       pack: (wt, dst, at) => packPhases(wt, ci, co, dst, at),
       fill: (f) => copyIn(backend.typedArrayFromHeap(dy), [n, oh, ow, co], f, d),
-      result: (f) => {
-        const dx = backend.makeOutput([n, h, w, ci], "float32");
-        interleave(f, phases, [n, h, w, ci], [top, left], backend.typedArrayFromHeap(dx));
-        return dx;
-      },
+      result: (f) => result(f, phases),
     };
   });
 }
@@ -119,6 +150,44 @@ export function conv4x4s2FilterGrad(backend: WasmBackend, x: Info, dy: Info, o: 
     }
   }
   return out;
+}
+
+/**
+ * Whether a 2x2 conv producing an h x w map runs in Winograd F(4x4, 3x3) as a 3x3 one with zero taps:
+ * 36 products per 4x4 tile and channel pair against the direct kernel's 64, for large maps; small
+ * ones lose it to the rounding of their sides to 4 and to streaming 9x the filter's size.
+ */
+function winograd(h: number, w: number): boolean {
+  return h >= WINOGRAD_MIN_SIDE && w >= WINOGRAD_MIN_SIDE;
+}
+const WINOGRAD_MIN_SIDE = 32;
+
+/**
+ * The 4x4 filter as the 3x3 one of the space-to-depth forward: E[1 + p, 1 + r, (a, b, c)] =
+ * W[2p + a, 2r + b, c], zero at row and column 0. Its input-gradient packing (flipped, channels
+ * swapped) is the phases' filter: E[2 - p, 2 - r] = W[2(1 - p) + a, 2(1 - r) + b].
+ */
+function asThreeByThree(backend: WasmBackend, filter: Info) {
+  const [, , ci, co] = filter.shape, k4 = 4 * ci;
+  return {
+    tensor: filter,
+    kind: "4x4/2 as 3x3",
+    fin: k4,
+    fout: co,
+    write(dst: Float32Array, at: number) {
+      const w = backend.typedArrayFromHeap(filter);
+      dst.fill(0, at, at + 9 * k4 * co);
+      for (let kh = 0; kh < 4; kh++) {
+        for (let kw = 0; kw < 4; kw++) {
+          const tap = (1 + (kh >> 1)) * 3 + 1 + (kw >> 1), k0 = ((kh & 1) * 2 + (kw & 1)) * ci;
+          for (let c = 0; c < ci; c++) {
+            const src = ((kh * 4 + kw) * ci + c) * co;
+            dst.set(w.subarray(src, src + co), at + (tap * k4 + k0 + c) * co);
+          }
+        }
+      }
+    },
+  };
 }
 
 interface Job {

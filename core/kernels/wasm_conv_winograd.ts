@@ -41,15 +41,71 @@ export function convolve3x3(
   const [n, h, w, c] = x.shape;
   const [, , fin, fout] = filter.shape;
   const cout = o.inputGrad ? fin : fout;
+  return winogradConv(backend, {
+    n,
+    h,
+    w,
+    cin: c,
+    cout,
+    filter: {
+      tensor: filter,
+      kind: "3x3",
+      fin,
+      fout,
+      write: (dst, at) => dst.set(backend.typedArrayFromHeap(filter), at),
+    },
+    inputGrad: o.inputGrad,
+    act: o.act,
+    bias: o.bias,
+    fill: (f, input) => copyIn(backend.typedArrayFromHeap(x), x.shape, f, input),
+    result: (f, output) => {
+      const out = backend.makeOutput([n, h, w, cout], "float32");
+      copyOut(f, output, [n, h, w, cout], backend.typedArrayFromHeap(out));
+      return out;
+    },
+  });
+}
+
+/** A Winograd F(4x4, 3x3) conv of n maps of h x w pixels (see {@link winogradConv}). */
+export interface WinogradJob {
+  n: number;
+  h: number;
+  w: number;
+  /** Channels of the input maps and of the output. */
+  cin: number;
+  cout: number;
+  /**
+   * The filter, HWIO [3][3][fin][fout] as `write` puts it at dst[at], packed once per content of
+   * `tensor` and `kind` (with `inputGrad`, flipped with its channels swapped: fin is cout).
+   */
+  filter: {
+    tensor: Info;
+    kind: string;
+    fin: number;
+    fout: number;
+    write(dst: Float32Array, at: number): void;
+  };
+  inputGrad: boolean;
+  act: number;
+  bias?: Info;
+  /** Writes every float of the input maps. */
+  fill(f: Float32Array, input: Maps): void;
+  /** Makes the result from the output maps (their pixels `cout` floats apart). */
+  result(f: Float32Array, output: Maps): Info;
+}
+
+/** Runs a {@link WinogradJob} on the kernels' threads. */
+export function winogradConv(backend: WasmBackend, job: WinogradJob): Info {
+  const { n, h, w, cin, cout, filter } = job;
   const { pool: p, filters } = kernels();
-  const uFloats = 36 * roundUp(c, 4) * roundUp(cout, NR);
-  const kind = o.inputGrad ? "input grad" : "forward";
-  const cached = filters.get(filter, () => backend.typedArrayFromHeap(filter), kind, uFloats);
+  const uFloats = 36 * roundUp(cin, 4) * roundUp(cout, NR);
+  const kind = `${filter.kind} ${job.inputGrad ? "input grad" : "forward"}`;
+  const cached = filters.get(filter.tensor, () => backend.typedArrayFromHeap(filter.tensor), kind, uFloats);
   const arena = new Arena(filters.top);
   // the output's pixels are cout floats apart, so that it is copied out row by row
-  const input = arena.maps(n, h, w, c), output = arena.maps(n, h, w, cout, { cs: cout });
+  const input = arena.maps(n, h, w, cin), output = arena.maps(n, h, w, cout, { cs: cout });
   const u = cached?.ptr ?? arena.take(uFloats), pack = !cached || cached.fresh;
-  const weights = pack ? arena.take(9 * fin * fout) : 0;
+  const weights = pack ? arena.take(9 * filter.fin * filter.fout) : 0;
   const bias = arena.take(roundUp(cout, NR));
   const scratchFloats = align(4 * winogradScratchFloats(input.pw, input.cs)) / 4;
   const scratch = arena.take(scratchFloats * p.threads);
@@ -59,12 +115,12 @@ export function convolve3x3(
       kind: "pack",
       op: OP.pack,
       in: weights,
-      realCin: fin,
-      ics: fout,
+      realCin: filter.fin,
+      ics: filter.fout,
       cin: input.cs,
       cout,
       out: u,
-      ...(o.inputGrad ? { lrelu: PACK_INPUT_GRAD } : {}),
+      ...(job.inputGrad ? { lrelu: PACK_INPUT_GRAD } : {}),
     });
   }
   const outputs = output.strips();
@@ -82,21 +138,19 @@ export function convolve3x3(
       out: outputs[i].ptr,
       ocs: cout,
       cout,
-      lrelu: o.act,
+      lrelu: job.act,
       s0: 1,
       scratch,
       scratchFloats,
     });
   });
-  const out = backend.makeOutput([n, h, w, cout], "float32");
   arena.run(p, records, (f) => {
-    copyIn(backend.typedArrayFromHeap(x), [n, h, w, c], f, input);
-    if (pack) f.set(backend.typedArrayFromHeap(filter), weights / 4);
+    job.fill(f, input);
+    if (pack) filter.write(f, weights / 4);
     f.fill(0, bias / 4, bias / 4 + roundUp(cout, NR));
-    if (o.bias) f.set(backend.typedArrayFromHeap(o.bias), bias / 4);
+    if (job.bias) f.set(backend.typedArrayFromHeap(job.bias), bias / 4);
   });
-  copyOut(p.floats(), output, [n, h, w, cout], backend.typedArrayFromHeap(out));
-  return out;
+  return job.result(p.floats(), output);
 }
 
 /** dW [3, 3, cin, cout] of the 3x3 "same" conv of x [n, h, w, cin] whose output's gradient is dy. */
