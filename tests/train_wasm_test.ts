@@ -1,16 +1,26 @@
 /**
  * The psnr stage on the CPU kernels (the Trainer on tfjs's wasm backend runs
  * core/kernels/wasm_train_plan.ts): the same losses as tfjs's autodiff on the cpu backend, an exact
- * resume from a checkpoint, and a clear refusal of what wasm cannot train.
+ * resume from a checkpoint, a clear refusal of what wasm cannot train, and validation on the CPU
+ * kernels.
  */
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../core/backend.ts";
 import { decodeCheckpoint } from "../train/checkpoint.ts";
 import { PRESETS, validateConfig } from "../train/config.ts";
-import { runTraining, wasmGanHeapMiB } from "../train/train.ts";
+import { runTraining, validate, wasmGanHeapMiB } from "../train/train.ts";
+import { makeValPairs } from "../train/data.ts";
+import { ESRGAN_X4, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { cpuPlannable, Trainer } from "../train/trainer.ts";
-import { assertSameGanLosses, ganLosses, pixelLosses, testBatches, TINY } from "./train_helpers.ts";
+import {
+  assertSameGanLosses,
+  ganLosses,
+  pixelLosses,
+  testBatches,
+  testImage,
+  TINY,
+} from "./train_helpers.ts";
 
 await initBackend("cpu");
 await initBackend("wasm", { threads: 2 });
@@ -92,6 +102,29 @@ Deno.test("wasm: planned gan steps (G, and the convs of D and VGG as tfjs-wasm o
   try {
     assertSameGanLosses(await ganLosses(true), want);
   } finally {
+    await tf.setBackend("cpu");
+  }
+});
+
+Deno.test("wasm: validation runs the net on the CPU kernels, each image as one patch: the cpu backend's scores", async () => {
+  const net = new RRDBNet({ ...ESRGAN_X4, numFeat: 16, numBlock: 2, numGrowCh: 8 }, { seed: 5 });
+  // LR of 12x10: sides that are no multiple of 4
+  const pairs = makeValPairs([testImage(2), testImage(3)], { scale: 4, crop: 0 });
+  try {
+    await tf.setBackend("cpu");
+    const want = await validate(net, pairs, {});
+    await tf.setBackend("wasm");
+    const before = tf.memory().numTensors;
+    const apply = net.apply;
+    net.apply = () => {
+      throw new Error("validation ran the net through tfjs's ops on wasm");
+    };
+    const got = await validate(net, pairs, {}).finally(() => net.apply = apply);
+    assert.ok(Math.abs(got.psnr - want.psnr) < 0.01, `PSNR ${got.psnr} against ${want.psnr}`);
+    assert.ok(Math.abs(got.ssim - want.ssim) < 1e-4, `SSIM ${got.ssim} against ${want.ssim}`);
+    assert.equal(tf.memory().numTensors, before, "tensors leaked");
+  } finally {
+    net.dispose();
     await tf.setBackend("cpu");
   }
 });

@@ -14,6 +14,7 @@ import { psnrSsim } from "../core/metrics.ts";
 import { imresizeArray } from "../core/imresize.ts";
 import type { RgbaImage } from "../core/image_io.ts";
 import { PerceptualLoss } from "../core/losses/perceptual_loss.ts";
+import { Upscaler } from "../core/upscaler.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { MAX_MEMORY_BYTES } from "../core/kernels/wasm_pool.ts";
 import { describeChoice } from "../core/kernels/webgpu_plan.ts";
@@ -115,20 +116,33 @@ export async function validate(
   let sumP = 0, sumS = 0;
   // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves results garbage
   const gpuCheck = watchBackendErrors();
-  for (const [i, p] of pairs.entries()) {
-    const out = tf.tidy(() => {
+  // on wasm the net runs on our CPU kernels, each image as one patch (the net's own forward, to
+  // float rounding): tfjs's ops kept every intermediate of a 360x225 LR in tfjs-wasm's heap (3.6 GB,
+  // 54 s here), which next to the gan stage's D and VGG ran past its 4 GiB
+  const upscaler = tf.getBackend() === "wasm" ? new Upscaler(net) : undefined;
+  try {
+    for (const [i, p] of pairs.entries()) {
       const x = tf.tensor4d(p.lq, [1, p.lqHeight, p.lqWidth, 3]);
-      return tf.round(tf.mul(tf.clipByValue(net.apply(x), 0, 1), 255));
-    });
-    const v = await out.data();
-    out.dispose();
-    await gpuCheck(`validation on ${p.name}`);
-    const [, h, w] = out.shape;
-    const sr = toRgba({ width: w, height: h, rgb: Uint8Array.from(v) });
-    const m = psnrSsim(sr, toRgba(p.gt), { cropBorder: net.config.scale, yChannel: true });
-    sumP += m.psnr;
-    sumS += m.ssim;
-    if (options.onSample && i < (options.samples ?? 0)) await options.onSample(p.name, sr);
+      let out: tf.Tensor;
+      try {
+        const y = upscaler && await upscaler.upscaleTensor(x, { tile: 0 });
+        out = tf.tidy(() => tf.round(tf.mul(tf.clipByValue(y ?? net.apply(x), 0, 1), 255)));
+        y?.dispose();
+      } finally {
+        x.dispose();
+      }
+      const v = await out.data();
+      out.dispose();
+      await gpuCheck(`validation on ${p.name}`);
+      const [, h, w] = out.shape;
+      const sr = toRgba({ width: w, height: h, rgb: Uint8Array.from(v) });
+      const m = psnrSsim(sr, toRgba(p.gt), { cropBorder: net.config.scale, yChannel: true });
+      sumP += m.psnr;
+      sumS += m.ssim;
+      if (options.onSample && i < (options.samples ?? 0)) await options.onSample(p.name, sr);
+    }
+  } finally {
+    upscaler?.dispose({ keepNet: true });
   }
   return { psnr: sumP / pairs.length, ssim: sumS / pairs.length };
 }
