@@ -1,6 +1,6 @@
 /**
- * 4x4 stride-2 convolutions (the discriminator's downsampling convs) and their input gradients on
- * our CPU kernels' direct convolution, as 2x2 stride-1 convolutions of four times the channels:
+ * 4x4 stride-2 convolutions (the discriminator's downsampling convs) and their gradients on our CPU
+ * kernels, as 2x2 stride-1 convolutions of four times the channels:
  * - forward: pixel (m, q) of the output reads input rows 2m + a and columns 2q + b, a, b < 4, so
  *   it is a 2x2 conv (taps at +0, +1) of the space-to-depth input S[m, q, (a', b', c)] =
  *   x[2m + a', 2q + b', c] (a', b' < 2) with F[p, r, (a', b', c)] = W[2p + a', 2r + b', c];
@@ -10,14 +10,15 @@
  * - filter gradient: dF[p, r] = Σ S[m + p, q + r] dy[m, q] is taps (1 + p, 1 + r) of the 3x3
  *   "same" conv's filter gradient of S and dy, which the Winograd domain computes for all nine taps
  *   in fewer products (36 per 4x4 tile and channel pair) than direct products take for four (64).
- * The same products as the 4x4 conv, none wasted; XNNPACK ran these at 5-20 GFLOP/s here, most
- * of it packing filters it had not seen (each call's phase filter is new). Filters are rearranged
- * here in JavaScript, once per tensor (the packed filters' cache).
+ * The 2x2 convs run on the direct kernel (the 4x4 conv's products, none wasted: XNNPACK ran these
+ * at 5-20 GFLOP/s here, most of it packing filters it had not seen), or on maps of 32x32 and more
+ * in Winograd F(4x4, 3x3) as 3x3 convs with zero taps. Filters are rearranged here in JavaScript,
+ * once per content (the packed filters' cache).
  * @module
  */
 import type * as tf from "@tensorflow/tfjs-core";
 import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
-import { type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
+import { ACT, type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
 import { type WasmBackend, winogradConv, winogradFilterGrad } from "./wasm_conv_winograd.ts";
 
 type Info = tf.TensorInfo;
@@ -104,7 +105,7 @@ export function conv4x4s2InputGrad(
       cout: 4 * ci,
       filter: asThreeByThree(backend, filter),
       inputGrad: true,
-      act: 0,
+      act: ACT.none,
       fill: (f, d) => copyIn(backend.typedArrayFromHeap(dy), dy.shape, f, d),
       result,
     });
@@ -119,7 +120,7 @@ export function conv4x4s2InputGrad(
       cin: co,
       cout: 4 * ci,
       taps: TAPS.behind2x2,
-      act: 0,
+      act: ACT.none,
       pack: (wt, dst, at) => packPhases(wt, ci, co, dst, at),
       fill: (f) => copyIn(backend.typedArrayFromHeap(dy), [n, oh, ow, co], f, d),
       result: (f) => result(f, phases),
@@ -141,11 +142,10 @@ export function conv4x4s2FilterGrad(backend: WasmBackend, x: Info, dy: Info, o: 
   });
   const out = backend.makeOutput([4, 4, ci, co], "float32");
   const dw = backend.typedArrayFromHeap(out), f = pool.floats();
-  // dW[2p + a, 2r + b, c] = dK[1 + p, 1 + r, (a, b, c)]: runs of cout values
+  // dW[2p + a, 2r + b, c] = dK[1 + p, 1 + r, (a, b, c)]: a block of cin x cout values per tap
   for (let kh = 0; kh < 4; kh++) {
     for (let kw = 0; kw < 4; kw++) {
-      const tap = (1 + (kh >> 1)) * 3 + 1 + (kw >> 1), k0 = ((kh & 1) * 2 + (kw & 1)) * ci;
-      const from = grad + (tap * k + k0) * co;
+      const from = grad + embeddedRow(kh, kw, ci) * co;
       dw.set(f.subarray(from, from + ci * co), (kh * 4 + kw) * ci * co);
     }
   }
@@ -179,15 +179,20 @@ function asThreeByThree(backend: WasmBackend, filter: Info) {
       dst.fill(0, at, at + 9 * k4 * co);
       for (let kh = 0; kh < 4; kh++) {
         for (let kw = 0; kw < 4; kw++) {
-          const tap = (1 + (kh >> 1)) * 3 + 1 + (kw >> 1), k0 = ((kh & 1) * 2 + (kw & 1)) * ci;
-          for (let c = 0; c < ci; c++) {
-            const src = ((kh * 4 + kw) * ci + c) * co;
-            dst.set(w.subarray(src, src + co), at + (tap * k4 + k0 + c) * co);
-          }
+          const row = embeddedRow(kh, kw, ci), src = (kh * 4 + kw) * ci * co;
+          dst.set(w.subarray(src, src + ci * co), at + row * co);
         }
       }
     },
   };
+}
+
+/**
+ * Where tap (kh, kw) of the 4x4 filter's input channel 0 sits in the 3x3 one of the space-to-depth
+ * input ([3][3][4·cin] rows of cout values): tap (1 + kh/2, 1 + kw/2), channel ((kh%2)·2 + kw%2)·cin.
+ */
+function embeddedRow(kh: number, kw: number, ci: number): number {
+  return ((1 + (kh >> 1)) * 3 + 1 + (kw >> 1)) * 4 * ci + ((kh & 1) * 2 + (kw & 1)) * ci;
 }
 
 interface Job {
