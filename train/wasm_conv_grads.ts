@@ -18,6 +18,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { type WasmKernel, WasmKernelSwap } from "../core/kernels/wasm_kernel_swap.ts";
 
 type Info = tf.TensorInfo;
 interface WasmBackend {
@@ -26,7 +27,7 @@ interface WasmBackend {
   typedArrayFromHeap(info: Info): Float32Array;
   disposeData(dataId: tf.DataId): boolean;
 }
-type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
+type KernelArgs = Parameters<WasmKernel>[0];
 type ConvAttrs = {
   strides: [number, number] | number;
   pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
@@ -94,8 +95,7 @@ function convInfo(xShape: number[], filterShape: number[], attrs: ConvAttrs) {
   );
 }
 
-/** The kernels replaced, by name (undefined: the backend had none). */
-const stock = new Map<string, tf.KernelConfig | undefined>();
+const swap = new WasmKernelSwap();
 
 function backpropFilter(args: KernelArgs): Info {
   const { x, dy } = args.inputs as { x: Info; dy: Info };
@@ -127,7 +127,7 @@ function backpropFilter(args: KernelArgs): Info {
   ]);
 }
 
-function backpropInput(args: KernelArgs): Info {
+function backpropInput(args: KernelArgs): Info | null {
   const { dy, filter } = args.inputs as { dy: Info; filter: Info };
   const attrs = args.attrs as unknown as ConvAttrs & { inputShape: number[] };
   const backend = args.backend as WasmBackend;
@@ -135,7 +135,7 @@ function backpropInput(args: KernelArgs): Info {
   const info = convInfo(attrs.inputShape, filter.shape, attrs);
   const { strideHeight: s, strideWidth: sw } = info;
   if ((attrs.dataFormat ?? "NHWC") !== "NHWC" || s !== sw || kh % s || kw % s) {
-    return stock.get("Conv2DBackpropInput")!.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as Info;
+    return null; // the stock kernel's
   }
   const { top, left } = info.padInfo;
   const th = kh / s, tw = kw / s;
@@ -209,24 +209,10 @@ function interleavePhases(backend: WasmBackend, t: Info, s: number, shape: numbe
  * the CPU needs them: without, the discriminator cannot train there at all.
  */
 export function useFastWasmConvGrads(): void {
-  const kernels: [string, (args: KernelArgs) => Info][] = [
-    ["Conv2DBackpropFilter", backpropFilter],
-    ["Conv2DBackpropInput", backpropInput],
-  ];
-  for (const [name, kernelFunc] of kernels) {
-    if (stock.has(name)) continue;
-    const old = tf.getKernel(name, "wasm");
-    stock.set(name, old);
-    if (old) tf.unregisterKernel(name, "wasm");
-    tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc: kernelFunc as tf.KernelFunc });
-  }
+  swap.install({ Conv2DBackpropFilter: backpropFilter, Conv2DBackpropInput: backpropInput });
 }
 
 /** Puts the stock kernels back (tests compare with them). */
 export function useStockWasmConvGrads(): void {
-  for (const [name, config] of stock) {
-    tf.unregisterKernel(name, "wasm");
-    if (config) tf.registerKernel(config);
-  }
-  stock.clear();
+  swap.restore();
 }

@@ -17,6 +17,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { ACT } from "./wasm_layer.ts";
+import { type WasmKernel, WasmKernelSwap } from "./wasm_kernel_swap.ts";
 import { configureRuntime, disposeRuntime, type WasmConvOptions } from "./wasm_conv_runtime.ts";
 import { convolve3x3, filterGrad3x3, type WasmBackend } from "./wasm_conv_winograd.ts";
 import { conv4x4s2, conv4x4s2FilterGrad, conv4x4s2InputGrad } from "./wasm_conv_stride2.ts";
@@ -24,7 +25,7 @@ import { conv4x4s2, conv4x4s2FilterGrad, conv4x4s2InputGrad } from "./wasm_conv_
 export { FILTER_CACHE_BYTES, type WasmConvOptions } from "./wasm_conv_runtime.ts";
 
 type Info = tf.TensorInfo;
-type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
+type KernelArgs = Parameters<WasmKernel>[0];
 interface ConvAttrs {
   strides: [number, number] | number;
   pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
@@ -35,8 +36,7 @@ interface ConvAttrs {
   leakyreluAlpha?: number;
 }
 
-/** The kernels replaced, by name (undefined: the backend had none). */
-const replaced = new Map<string, tf.KernelConfig | undefined>();
+const swap = new WasmKernelSwap();
 let handled = 0;
 
 /** Convolutions these kernels have run since the process started, not passed on (for tests). */
@@ -45,44 +45,25 @@ export function wasmConvCalls(): number {
 }
 
 /**
- * Runs tfjs-wasm's 3x3 stride-1 "same" convolutions and their gradients on our CPU kernels; other
- * convolutions keep the kernels registered before this call. A second call changes nothing until
- * {@link useStockWasmConvKernels}.
+ * Runs tfjs-wasm's 3x3 stride-1 "same" and 4x4 stride-2 convolutions and their gradients on our
+ * CPU kernels; other convolutions keep the kernels registered before this call. A second call
+ * changes nothing until {@link useStockWasmConvKernels}.
  */
 export function useWasmConvKernels(wanted: WasmConvOptions = {}): void {
-  if (replaced.size) return;
+  if (swap.active) return;
   configureRuntime(wanted);
-  const kernels: [string, (args: KernelArgs) => Info | null][] = [
-    ["Conv2D", conv2d],
-    ["FusedConv2D", conv2d],
-    ["Conv2DBackpropInput", backpropInput],
-    ["Conv2DBackpropFilter", backpropFilter],
-  ];
-  for (const [name, ours] of kernels) {
-    if (replaced.has(name)) continue;
-    const old = tf.getKernel(name, "wasm");
-    replaced.set(name, old);
-    if (old) tf.unregisterKernel(name, "wasm");
-    const kernelFunc = (args: KernelArgs) => {
-      const out = ours(args);
-      if (out) {
-        handled++;
-        return out;
-      }
-      if (!old) throw new Error(`the wasm backend has no ${name} kernel for this convolution`);
-      return old.kernelFunc(args as Parameters<tf.KernelFunc>[0]);
-    };
-    tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc: kernelFunc as tf.KernelFunc });
-  }
+  const kernels = {
+    Conv2D: conv2d,
+    FusedConv2D: conv2d,
+    Conv2DBackpropInput: backpropInput,
+    Conv2DBackpropFilter: backpropFilter,
+  };
+  swap.install(kernels, () => handled++);
 }
 
 /** Puts back the kernels {@link useWasmConvKernels} replaced and stops its threads. */
 export function useStockWasmConvKernels(): void {
-  for (const [name, config] of replaced) {
-    tf.unregisterKernel(name, "wasm");
-    if (config) tf.registerKernel(config);
-  }
-  replaced.clear();
+  swap.restore();
   disposeRuntime();
 }
 
