@@ -15,6 +15,9 @@
  *   many.
  * Kernels are called directly on the backend (no tfjs ops inside a kernel) and every intermediate
  * is freed. NHWC, float32, no dilation; anything else goes to the stock kernel, or fails as it would.
+ * The trainer installs core/kernels/wasm_conv.ts over these: our CPU kernels take VGG's and the
+ * discriminator's convolutions, and leave these the rest (D's 4x4 filter gradients of outputs
+ * under 16x16, any other shape).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
