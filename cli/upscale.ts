@@ -4,7 +4,7 @@
  *
  *     deno task upscale INPUT... -o OUTPUT [--format png|jpeg|webp|auto] [--quality Q] [--name NAME|--model PATH]
  *       [--outscale F] [--tile N] [--tile-pad P] [--backend webgpu|wasm|cpu] [--threads N]
- *       [--precision f32|f16] [--tta] [--alpha net|bicubic] [--max-pixels N] [--force]
+ *       [--precision f32|f16] [--tta] [--alpha net|bicubic] [--low-memory] [--max-pixels N] [--force]
  *
  * Bad input (missing, unreadable, truncated, not an image, too many pixels) gives one line
  * `error: FILE: REASON`; the other files of a folder still get done, and the exit code is 1 at the
@@ -73,6 +73,8 @@ options:
                         time, sharper edges); bicubic: alpha resized
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
                         (realesrgan-ncnn-vulkan's -x; 8x the time)
+      --low-memory      on our CPU kernels (wasm): each conv's Winograd filters made before it on
+                        every tile instead of kept (x4plus: 200 MB less, a few percent slower)
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -99,6 +101,8 @@ export interface UpscaleArgs {
   force: boolean;
   /** Test-time augmentation (the Upscaler's `tta`). */
   tta: boolean;
+  /** The CPU kernels make each conv's filters per tile (the Upscaler's `cpuPackEachRun`). */
+  lowMemory: boolean;
   /** How a transparent image's alpha is upscaled (the Upscaler's `alpha`). */
   alpha: AlphaUpsampler;
 }
@@ -131,6 +135,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
         "max-pixels": { type: "string" },
         force: { type: "boolean", default: false },
         tta: { type: "boolean", short: "x", default: false },
+        "low-memory": { type: "boolean", default: false },
         alpha: { type: "string", default: "net" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -189,6 +194,7 @@ export function parseUpscaleArgs(argv: string[]): UpscaleArgs | null {
     maxPixels: parseNumber("--max-pixels", v["max-pixels"], (n) => n >= 1, "a pixel count ≥ 1") ?? 16e6,
     force: v.force!,
     tta: v.tta!,
+    lowMemory: v["low-memory"]!,
     alpha: v.alpha as AlphaUpsampler,
   };
 }
@@ -294,6 +300,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     upscaler.precision = args.precision;
     upscaler.winograd = args.winograd;
+    upscaler.cpuPackEachRun = args.lowMemory;
     const c = upscaler.config;
     console.error(
       `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"}` +

@@ -211,6 +211,12 @@ export class Upscaler {
    */
   cpuKernels = true;
   /**
+   * With the CPU kernels: keep the weights as they are and make each conv's Winograd filters just
+   * before it, every patch, instead of once (see WasmPlanOptions.packEachRun): x4plus takes 200 MB
+   * less, for some time per patch (a changed value makes the plan again).
+   */
+  cpuPackEachRun = false;
+  /**
    * Number format of the forward on webgpu: "f32", or "f16" / "f16-f32acc" (half-precision maps and
    * weights, see ConvPrecision; needs the adapter's shader-f16 and a backend started by initBackend).
    * The other backends compute in f32 only and refuse anything else.
@@ -236,7 +242,7 @@ export class Upscaler {
   gpuBlend = true;
   /** What "auto" chose per number format (each timed once: switching back reuses the choice). */
   private readonly convChoices = new Map<ConvPrecision, ConvChoice>();
-  private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[] };
+  private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[]; packEachRun: boolean };
   /** On webgpu, where images blended on the GPU are read back (a staging buffer kept between them). */
   private reader?: ReadBack;
   /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
@@ -884,16 +890,19 @@ export class Upscaler {
     return [...this.net.params.values()].map((v) => v.dataId);
   }
 
-  /** The CPU kernels' plan, made again when the net's weight tensors change. */
+  /** The CPU kernels' plan, made again when the net's weight tensors or cpuPackEachRun change. */
   private wasmPlan(): RRDBNetPlanWasm | undefined {
     const weights = this.weightIds();
-    if (this.cpuPlan && !sameIds(this.cpuPlan.weights, weights)) {
-      this.cpuPlan.plan.dispose();
+    const kept = this.cpuPlan;
+    if (kept && (!sameIds(kept.weights, weights) || kept.packEachRun !== this.cpuPackEachRun)) {
+      kept.plan.dispose();
       this.cpuPlan = undefined;
     }
     if (!this.cpuPlan) {
       try {
-        this.cpuPlan = { plan: new RRDBNetPlanWasm(this.net, { threads: backendThreads() }), weights };
+        const packEachRun = this.cpuPackEachRun;
+        const plan = new RRDBNetPlanWasm(this.net, { threads: backendThreads(), packEachRun });
+        this.cpuPlan = { plan, weights, packEachRun };
       } catch (e) {
         // e.g. a runtime without relaxed SIMD or shared memory: tfjs's ops still work, 4x slower
         const ops = (tf.backend() as unknown as { wasm: { tfjs: { getThreadsCount(): number } } }).wasm.tfjs

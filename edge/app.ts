@@ -125,6 +125,7 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
       for (const [name, f] of files) {
         file = f;
         const upscaler = await (options.loadModel ?? ((p) => Upscaler.load(p)))(f);
+        upscaler.cpuPackEachRun = config.lowMemory;
         state.upscalers.set(name, { upscaler, loadMs: Math.round(performance.now() - started) });
       }
       state.status = "ready";

@@ -142,6 +142,15 @@ Deno.test("configFromEnv: EDGE_MODEL is a file or a shipped model's name", () =>
   assert.throws(() => env("a/m.safetensors,b/m.int8.safetensors"), /two models named "m"/);
 });
 
+Deno.test("configFromEnv: EDGE_LOW_MEMORY packs the CPU kernels' filters per tile unless 0", () => {
+  const low = (v?: string) =>
+    configFromEnv((k) => (k === "EDGE_LOW_MEMORY" ? v : undefined), { defaultModel: "d" }).lowMemory;
+  assert.equal(low(), true);
+  assert.equal(low("0"), false);
+  assert.equal(low(" 1 "), true);
+  assert.throws(() => low("yes"), /EDGE_LOW_MEMORY=yes: expected 0 or 1/);
+});
+
 Deno.test("edge: several models, one chosen per request by ?model=; /healthz lists them", opts, async () => {
   const secondPath = await Deno.makeTempFile({ prefix: "edge_second_", suffix: ".fp32.safetensors" });
   const secondBytes = encodeModelFile(tinyStateDict(11), { dtype: "fp32" });

@@ -68,6 +68,8 @@ Deno.test("parseUpscaleArgs: defaults, checks, --help", () => {
   assert.equal(a.force, false);
   assert.equal(a.tta, false);
   assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "-x"])!.tta, true);
+  assert.equal(a.lowMemory, false);
+  assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "--low-memory"])!.lowMemory, true);
   assert.equal(a.alpha, "net");
   assert.equal(a.threads, undefined);
   assert.equal(parseUpscaleArgs(["in.png", "-o", "out.png", "-j", "1"])!.threads, 1);

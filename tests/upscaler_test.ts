@@ -553,6 +553,23 @@ Deno.test("on wasm the CPU kernels give tfjs's result (tiled, odd sizes, x4/x2/x
   }
 });
 
+Deno.test("cpuPackEachRun: the same bits as kept filters; switching it makes the plan again", async () => {
+  const up = Upscaler.fromBytes(await tinyModel({ numBlock: 2 }));
+  const x = tf.randomUniform([1, 13, 9, 3], 0, 1, "float32", 7) as tf.Tensor4D;
+  try {
+    const kept = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+    up.cpuPackEachRun = true;
+    const each = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+    assert.deepEqual(each.dataSync(), kept.dataSync());
+    const plan = (up as unknown as { cpuPlan?: { packEachRun: boolean } }).cpuPlan;
+    assert.equal(plan?.packEachRun, true, "the plan was made again");
+    tf.dispose([kept, each]);
+  } finally {
+    x.dispose();
+    up.dispose();
+  }
+});
+
 Deno.test("dispose({ keepNet: true }) frees the upscaler's plans and leaves its net usable", async () => {
   const up = Upscaler.fromBytes(await tinyModel());
   const x = tf.randomUniform([1, 8, 8, 3], 0, 1, "float32", 2) as tf.Tensor4D;

@@ -113,6 +113,32 @@ for (const scale of [4, 2, 1] as const) {
   });
 }
 
+Deno.test("cpu kernels: packing each conv's filters on every run gives the kept filters' bits", async () => {
+  // conv_first with 3 channels is direct (its filters kept either way); every other conv Winograd
+  const net = await testNet({ ...SMALL, numFeat: 16, numGrowCh: 8 }, 9);
+  const kept = new RRDBNetPlanWasm(net, { threads: 2 });
+  const each = new RRDBNetPlanWasm(net, { threads: 2, packEachRun: true, tailBandBytes: 1 });
+  const banded = new RRDBNetPlanWasm(net, { threads: 2, tailBandBytes: 1 });
+  try {
+    for (const [h, w] of [[9, 7], [40, 12]]) {
+      const shape = [1, h, w, 3], x = input(shape, h + w);
+      const want = await kept.run(x, shape);
+      assert.deepEqual(await each.run(x, shape), await banded.run(x, shape), `${h}x${w}: banded tail`);
+      assertClose(await each.run(x, shape), want, `${h}x${w}`);
+    }
+    assertClose(
+      await each.run(input([1, 9, 7, 3], 1), [1, 9, 7, 3]),
+      reference(net, input([1, 9, 7, 3], 1), [1, 9, 7, 3]),
+      "vs tfjs",
+    );
+  } finally {
+    kept.dispose();
+    each.dispose();
+    banded.dispose();
+    net.dispose();
+  }
+});
+
 Deno.test("cpu kernels: the upsampled tail in bands of rows gives the whole patch's output", async () => {
   // tailBandBytes 1: the smallest bands (18 LR rows, 16 kept), so that a patch of 45 or more LR rows
   // has first, middle and last bands (the last moved up) and a band edge inside every upsampled level

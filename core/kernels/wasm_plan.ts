@@ -11,9 +11,9 @@
 import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 import type { RunRequest } from "./wasm_barrier.ts";
-import { RECORD_BYTES } from "./wasm_layer.ts";
+import { type LayerRecord, OP, RECORD_BYTES, writeRecords } from "./wasm_layer.ts";
 
-/** Bytes of one layer record (rrdb_cpu.c's `Layer`; this plan writes its first 19 fields). */
+/** Bytes of one layer record (rrdb_cpu.c's `Layer`). */
 const LAYER_BYTES = RECORD_BYTES;
 /** Output channels per packed weight block (rrdb_cpu.c's NR). */
 const NR = 8;
@@ -21,7 +21,7 @@ const NR = 8;
 const MR = 6;
 /** Below this the module keeps its stack (the linker's default layout); our data starts here. */
 const ARENA_BASE = 1 << 20;
-const OP_CONV = 0, OP_UPSAMPLE = 1, OP_WINOGRAD = 2, OP_PACK = 8;
+const OP_CONV = OP.conv, OP_UPSAMPLE = OP.upsample;
 /** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
 const TAIL_HALO = 1;
 /**
@@ -40,6 +40,12 @@ export interface WasmPlanOptions extends KernelPoolOptions {
    * patch whose tail fits runs whole).
    */
   tailBandBytes?: number;
+  /**
+   * Keep the convolutions' weights as they are (HWIO) and make each one's Winograd filters just
+   * before it, on every run, instead of once: 4x less memory for them (x4plus: 67 instead of 268
+   * MB) for some time per patch (see the README). For hosts short of memory (Deno Deploy).
+   */
+  packEachRun?: boolean;
 }
 
 interface PackedConv {
@@ -49,6 +55,8 @@ interface PackedConv {
   cout: number;
   /** Packed for rrdb_cpu.c's Winograd F(4x4, 3x3) (inputs in multiples of 4 channels), else direct. */
   winograd: boolean;
+  /** With packEachRun, a Winograd conv's HWIO weights (`weight` is then the shared filter scratch). */
+  hwio?: number;
 }
 
 /** A feature map: padded origin (byte offset) of its first channel, pixel stride in floats. */
@@ -107,16 +115,18 @@ export class RRDBNetPlanWasm {
   private readonly packed: Promise<void>;
 
   private readonly tailBandBytes: number;
+  private readonly packEachRun: boolean;
 
   constructor(net: RRDBNet, options: WasmPlanOptions = {}) {
     this.config = net.config;
     this.tailBandBytes = options.tailBandBytes ?? TAIL_BAND_BYTES;
+    this.packEachRun = options.packEachRun ?? false;
     this.pool = new KernelPool(options);
     try {
       const { end, winograd } = this.pack(net);
       this.weightsEnd = end;
       // the Winograd filters are made on the pool's threads, in the background: runs wait for them
-      this.packed = this.pool.run(winograd);
+      this.packed = winograd.count ? this.pool.run(winograd) : Promise.resolve();
       this.queue = this.packed.catch(() => {});
     } catch (e) {
       this.pool.dispose();
@@ -129,30 +139,36 @@ export class RRDBNetPlanWasm {
    * layer records that turn the Winograd convolutions' HWIO weights, staged past that end (where
    * the maps go later), into U = G g Gᵀ: rrdb_cpu.c's OP_PACK, the training step's, vectorised and
    * on every thread (in JavaScript this took 330-490 ms of x4plus's start; the kernels compute U in
-   * f32, as the training step always has).
+   * f32, as the training step always has). With packEachRun the HWIO weights stay, after a scratch
+   * for the largest conv's U, and no records: each run's list packs before each conv.
    */
   private pack(net: RRDBNet): { end: number; winograd: RunRequest } {
     const weights = [...net.params].filter(([name]) => name.endsWith(".weight"));
-    let bytes = 0, staged = 0, transforms = 0;
+    const packEachRun = this.packEachRun;
+    let bytes = 0, staged = 0, scratch = 0;
     for (const [, v] of weights) {
       const [, , cin, cout] = v.shape;
-      const winograd = cin % 4 === 0;
-      bytes += 4 * ((winograd ? 36 : 9) * cin * roundUp(cout) + roundUp(cout));
-      if (winograd) [staged, transforms] = [staged + 4 * 9 * cin * cout, transforms + 1];
+      const winograd = cin % 4 === 0, u = 4 * 36 * cin * roundUp(cout);
+      bytes += 4 * roundUp(cout) + (!winograd ? 4 * 9 * cin * roundUp(cout) : packEachRun ? 0 : u);
+      if (winograd) staged += 4 * 9 * cin * cout;
+      if (winograd) scratch = Math.max(scratch, u);
     }
-    const end = align(ARENA_BASE + bytes);
-    const records = align(end + staged);
-    this.pool.reserve(records + transforms * LAYER_BYTES);
-    let at = ARENA_BASE, stage = end, k = 0;
-    const f = this.pool.floats(), i32 = new Int32Array(f.buffer);
+    // packing each run, the HWIO weights stay and one scratch takes each conv's filters in turn
+    const filters = packEachRun ? align(ARENA_BASE + bytes) : 0, hwioAt = align(filters + scratch);
+    const end = packEachRun ? align(hwioAt + staged) : align(ARENA_BASE + bytes);
+    let at = ARENA_BASE, stage = packEachRun ? hwioAt : end;
+    const records: LayerRecord[] = [];
+    this.pool.reserve(end + staged);
+    const f = this.pool.floats();
     for (const [name, v] of weights) {
       const conv = name.slice(0, -".weight".length);
       const [kh, kw, cin, cout] = v.shape;
       if (kh !== 3 || kw !== 3) throw new Error(`${name}: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
       const winograd = cin % 4 === 0;
-      const packed = {
-        weight: at,
-        bias: at + 4 * (winograd ? 36 : 9) * cin * roundUp(cout),
+      const size = !winograd ? 9 * cin * roundUp(cout) : packEachRun ? 0 : 36 * cin * roundUp(cout);
+      const packed: PackedConv = {
+        weight: winograd && packEachRun ? filters : at,
+        bias: at + 4 * size,
         cin,
         cout,
         winograd,
@@ -160,18 +176,19 @@ export class RRDBNetPlanWasm {
       const hwio = v.dataSync() as Float32Array;
       if (winograd) {
         f.set(hwio, stage / 4);
-        // rrdb_cpu.c's Layer: op, in, ics (the source's pixel stride), cin, out, cout, real_cin
-        const o = (records + k++ * LAYER_BYTES) / 4;
-        i32.fill(0, o, o + LAYER_BYTES / 4);
-        [i32[o], i32[o + 1], i32[o + 2], i32[o + 3]] = [OP_PACK, stage, cout, cin];
-        [i32[o + 8], i32[o + 10], i32[o + 29]] = [packed.weight, cout, cin];
+        if (packEachRun) packed.hwio = stage;
+        else records.push(packRecord(packed, stage));
         stage += 4 * hwio.length;
       } else packFilter(hwio, cin, cout, f, packed.weight / 4);
       f.set(net.params.get(`${conv}.bias`)!.dataSync() as Float32Array, packed.bias / 4);
       this.convs.set(conv, packed);
       at = packed.bias + 4 * roundUp(cout);
     }
-    return { end, winograd: { layers: records, count: transforms, stride: LAYER_BYTES } };
+    // the maps go where the weights were staged, unless they stay
+    const recordsAt = align(packEachRun ? end : end + staged);
+    this.pool.reserve(recordsAt + records.length * LAYER_BYTES);
+    writeRecords(this.pool.memory, recordsAt, records);
+    return { end, winograd: { layers: recordsAt, count: records.length, stride: LAYER_BYTES } };
   }
 
   /** Threads the forward runs on. */
@@ -371,41 +388,44 @@ export class RRDBNetPlanWasm {
     scratchFloats = align(4 * scratchFloats) / 4;
     const scratch = end;
     const records = align(scratch + 4 * scratchFloats * this.pool.threads);
-    this.pool.reserve(records + layers.length * LAYER_BYTES);
-    const f = this.pool.floats();
-    // the zero borders ("same" padding) of every map
-    f.fill(0, this.weightsEnd / 4, end / 4);
-    const i32 = new Int32Array(f.buffer), f32 = f;
-    layers.forEach((layer, i) => {
-      const o = (records + i * LAYER_BYTES) / 4;
-      i32.fill(0, o, o + LAYER_BYTES / 4);
-      i32[o] = layer.op;
-      i32[o + 1] = layer.input.ptr;
-      i32[o + 2] = layer.input.cs;
-      i32[o + 4] = layer.input.h;
-      i32[o + 5] = layer.input.w;
-      i32[o + 8] = layer.output.ptr;
-      i32[o + 9] = layer.output.cs;
+    const list: LayerRecord[] = [];
+    for (const layer of layers) {
+      const common = {
+        in: layer.input.ptr,
+        ics: layer.input.cs,
+        h: layer.input.h,
+        w: layer.input.w,
+        out: layer.output.ptr,
+        ocs: layer.output.cs,
+      };
       if (layer.op === OP_UPSAMPLE) {
-        i32[o + 3] = layer.channels;
-        return;
+        list.push({ kind: "upsample x2", op: OP.upsample, cin: layer.channels, ...common });
+        continue;
       }
       const p = this.convs.get(layer.name);
       if (!p) throw new Error(`RRDBNetPlanWasm: the net has no ${layer.name}`);
-      if (p.winograd) [i32[o], i32[o + 19], i32[o + 20]] = [OP_WINOGRAD, scratch, scratchFloats];
-      i32[o + 3] = p.cin;
-      i32[o + 6] = p.weight;
-      i32[o + 7] = p.bias;
-      i32[o + 10] = p.cout;
-      i32[o + 11] = layer.lrelu ? 1 : 0;
-      f32[o + 12] = layer.s0 ?? 1;
-      if (layer.r1) [i32[o + 13], i32[o + 14], f32[o + 15]] = [layer.r1[0].ptr, layer.r1[0].cs, layer.r1[1]];
-      if (layer.r2) [i32[o + 16], i32[o + 17], f32[o + 18]] = [layer.r2[0].ptr, layer.r2[0].cs, layer.r2[1]];
-    });
-    const kinds = layers.map((l) =>
-      l.op === OP_UPSAMPLE ? "upsample x2" : `conv3x3 ${l.name.replace(/^body\.\d+\.rdb\d\./, "dense ")}`
-    );
-    this.layout = { key, h, w, input, output, layers: records, count: layers.length, kinds };
+      if (p.hwio !== undefined) list.push(packRecord(p, p.hwio));
+      list.push({
+        kind: `conv3x3 ${layer.name.replace(/^body\.\d+\.rdb\d\./, "dense ")}`,
+        op: p.winograd ? OP.winograd : OP.conv,
+        ...common,
+        cin: p.cin,
+        weight: p.weight,
+        bias: p.bias,
+        cout: p.cout,
+        lrelu: layer.lrelu ? 1 : 0,
+        s0: layer.s0 ?? 1,
+        ...(layer.r1 ? { r1: layer.r1[0].ptr, r1cs: layer.r1[0].cs, s1: layer.r1[1] } : {}),
+        ...(layer.r2 ? { r2: layer.r2[0].ptr, r2cs: layer.r2[0].cs, s2: layer.r2[1] } : {}),
+        ...(p.winograd ? { scratch, scratchFloats } : {}),
+      });
+    }
+    this.pool.reserve(records + list.length * LAYER_BYTES);
+    // the zero borders ("same" padding) of every map
+    this.pool.floats().fill(0, this.weightsEnd / 4, end / 4);
+    writeRecords(this.pool.memory, records, list);
+    const kinds = list.map((r) => r.kind);
+    this.layout = { key, h, w, input, output, layers: records, count: list.length, kinds };
     return this.layout;
   }
 }
@@ -416,6 +436,20 @@ function roundUp(c: number): number {
 
 function align(bytes: number): number {
   return Math.ceil(bytes / 64) * 64;
+}
+
+/** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */
+function packRecord(p: PackedConv, hwio: number): LayerRecord {
+  return {
+    kind: "pack",
+    op: OP.pack,
+    in: hwio,
+    ics: p.cout,
+    cin: p.cin,
+    out: p.weight,
+    cout: p.cout,
+    realCin: p.cin,
+  };
 }
 
 /** HWIO [3, 3, cin, cout] → [cout/8][3][3][cin][8], zero past cout (rrdb_cpu.c's layout). */
