@@ -21,7 +21,12 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { type WasmKernel, WasmKernelSwap } from "../core/kernels/wasm_kernel_swap.ts";
+import {
+  type ConvAttrs,
+  convInfo,
+  type WasmKernel,
+  WasmKernelSwap,
+} from "../core/kernels/wasm_kernel_swap.ts";
 
 type Info = tf.TensorInfo;
 interface WasmBackend {
@@ -31,12 +36,6 @@ interface WasmBackend {
   disposeData(dataId: tf.DataId): boolean;
 }
 type KernelArgs = Parameters<WasmKernel>[0];
-type ConvAttrs = {
-  strides: [number, number] | number;
-  pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
-  dataFormat?: "NHWC" | "NCHW";
-  dimRoundingMode?: "floor" | "round" | "ceil";
-};
 
 /** Runs the wasm backend's own kernel `name`. */
 function run(backend: WasmBackend, name: string, inputs: tf.NamedTensorInfoMap, attrs: object): Info {
@@ -83,19 +82,6 @@ function padOrCrop(
   });
   if (padded !== x) backend.disposeData(padded.dataId);
   return out;
-}
-
-function convInfo(xShape: number[], filterShape: number[], attrs: ConvAttrs) {
-  return tf.backend_util.computeConv2DInfo(
-    xShape as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    attrs.strides,
-    1,
-    attrs.pad,
-    attrs.dimRoundingMode,
-    false,
-    "channelsLast",
-  );
 }
 
 const swap = new WasmKernelSwap();

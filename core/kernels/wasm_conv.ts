@@ -17,7 +17,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { ACT } from "./wasm_layer.ts";
-import { type WasmKernel, WasmKernelSwap } from "./wasm_kernel_swap.ts";
+import { type ConvAttrs, convInfo, type WasmKernel, WasmKernelSwap } from "./wasm_kernel_swap.ts";
 import { configureRuntime, disposeRuntime, type WasmConvOptions } from "./wasm_conv_runtime.ts";
 import { convolve3x3, filterGrad3x3, type WasmBackend } from "./wasm_conv_winograd.ts";
 import { conv4x4s2, conv4x4s2FilterGrad, conv4x4s2InputGrad } from "./wasm_conv_stride2.ts";
@@ -26,15 +26,6 @@ export { FILTER_CACHE_BYTES, type WasmConvOptions } from "./wasm_conv_runtime.ts
 
 type Info = tf.TensorInfo;
 type KernelArgs = Parameters<WasmKernel>[0];
-interface ConvAttrs {
-  strides: [number, number] | number;
-  pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
-  dataFormat?: "NHWC" | "NCHW";
-  dilations?: [number, number] | number;
-  dimRoundingMode?: "floor" | "round" | "ceil";
-  activation?: string;
-  leakyreluAlpha?: number;
-}
 
 const swap = new WasmKernelSwap();
 let handled = 0;
@@ -82,16 +73,7 @@ function kindOf(
   if ([dilations].flat().some((d) => d !== 1)) return null;
   const [kh, kw] = filterShape;
   if (!(kh === 3 && kw === 3) && !(kh === 4 && kw === 4)) return null;
-  const info = tf.backend_util.computeConv2DInfo(
-    xShape as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    attrs.strides,
-    1,
-    attrs.pad,
-    attrs.dimRoundingMode,
-    false,
-    "channelsLast",
-  );
+  const info = convInfo(xShape, filterShape, attrs);
   const { strideHeight: sh, strideWidth: sw, padInfo: { top, bottom, left, right } } = info;
   if (kh === 4) return sh === 2 && sw === 2 ? { kind: "4x4/2", info } : null;
   const same = top === 1 && bottom === 1 && left === 1 && right === 1;

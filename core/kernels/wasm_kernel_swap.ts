@@ -1,6 +1,7 @@
 /**
  * Kernels of our own registered on tfjs's wasm backend in place of its own: each may hand a call
- * back to the kernel it replaced, and all can be put back (tests compare with the originals).
+ * back to the kernel it replaced, and all can be put back (tests compare with the originals). And
+ * what tfjs's convolution kernels are told (their attributes, the geometry they mean).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -51,4 +52,34 @@ export class WasmKernelSwap {
     }
     this.replaced.clear();
   }
+}
+
+/** The attributes tfjs passes its convolution kernels (and their gradients). */
+export interface ConvAttrs {
+  strides: [number, number] | number;
+  pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
+  dataFormat?: "NHWC" | "NCHW";
+  dilations?: [number, number] | number;
+  dimRoundingMode?: "floor" | "round" | "ceil";
+  /** FusedConv2D's. */
+  activation?: string;
+  leakyreluAlpha?: number;
+}
+
+/** The geometry of an NHWC conv of `filterShape` on `xShape` (sizes, strides, padding), dilation aside. */
+export function convInfo(
+  xShape: number[],
+  filterShape: number[],
+  attrs: ConvAttrs,
+): tf.backend_util.Conv2DInfo {
+  return tf.backend_util.computeConv2DInfo(
+    xShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    attrs.strides,
+    1,
+    attrs.pad,
+    attrs.dimRoundingMode,
+    false,
+    "channelsLast",
+  );
 }
