@@ -11,16 +11,20 @@
 import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 import type { RunRequest } from "./wasm_barrier.ts";
-import { type LayerRecord, OP, RECORD_BYTES, writeRecords } from "./wasm_layer.ts";
+import {
+  align,
+  ARENA_BASE,
+  type LayerRecord,
+  NR,
+  OP,
+  RECORD_BYTES,
+  roundUp,
+  winogradScratchFloats,
+  writeRecords,
+} from "./wasm_layer.ts";
 
 /** Bytes of one layer record (rrdb_cpu.c's `Layer`). */
 const LAYER_BYTES = RECORD_BYTES;
-/** Output channels per packed weight block (rrdb_cpu.c's NR). */
-const NR = 8;
-/** Tiles per register block (rrdb_cpu.c's MR). */
-const MR = 6;
-/** Below this the module keeps its stack (the linker's default layout); our data starts here. */
-const ARENA_BASE = 1 << 20;
 const OP_CONV = OP.conv, OP_UPSAMPLE = OP.upsample;
 /** LR rows a tail band computes beyond those it keeps, on each side that is no image edge. */
 const TAIL_HALO = 1;
@@ -148,8 +152,8 @@ export class RRDBNetPlanWasm {
     let bytes = 0, staged = 0, scratch = 0;
     for (const [, v] of weights) {
       const [, , cin, cout] = v.shape;
-      const winograd = cin % 4 === 0, u = 4 * 36 * cin * roundUp(cout);
-      bytes += 4 * roundUp(cout) + (!winograd ? 4 * 9 * cin * roundUp(cout) : packEachRun ? 0 : u);
+      const winograd = cin % 4 === 0, u = 4 * 36 * cin * roundUp(cout, NR);
+      bytes += 4 * roundUp(cout, NR) + (!winograd ? 4 * 9 * cin * roundUp(cout, NR) : packEachRun ? 0 : u);
       if (winograd) staged += 4 * 9 * cin * cout;
       if (winograd) scratch = Math.max(scratch, u);
     }
@@ -158,14 +162,14 @@ export class RRDBNetPlanWasm {
     const end = packEachRun ? align(hwioAt + staged) : align(ARENA_BASE + bytes);
     let at = ARENA_BASE, stage = packEachRun ? hwioAt : end;
     const records: LayerRecord[] = [];
-    this.pool.reserve(end + staged);
+    this.pool.reserve(packEachRun ? end : end + staged);
     const f = this.pool.floats();
     for (const [name, v] of weights) {
       const conv = name.slice(0, -".weight".length);
       const [kh, kw, cin, cout] = v.shape;
       if (kh !== 3 || kw !== 3) throw new Error(`${name}: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
       const winograd = cin % 4 === 0;
-      const size = !winograd ? 9 * cin * roundUp(cout) : packEachRun ? 0 : 36 * cin * roundUp(cout);
+      const size = !winograd ? 9 * cin * roundUp(cout, NR) : packEachRun ? 0 : 36 * cin * roundUp(cout, NR);
       const packed: PackedConv = {
         weight: winograd && packEachRun ? filters : at,
         bias: at + 4 * size,
@@ -182,7 +186,7 @@ export class RRDBNetPlanWasm {
       } else packFilter(hwio, cin, cout, f, packed.weight / 4);
       f.set(net.params.get(`${conv}.bias`)!.dataSync() as Float32Array, packed.bias / 4);
       this.convs.set(conv, packed);
-      at = packed.bias + 4 * roundUp(cout);
+      at = packed.bias + 4 * roundUp(cout, NR);
     }
     // the maps go where the weights were staged, unless they stay
     const recordsAt = align(packEachRun ? end : end + staged);
@@ -379,10 +383,7 @@ export class RRDBNetPlanWasm {
     for (const l of layers) {
       const p = l.op === OP_CONV ? this.convs.get(l.name) : undefined;
       if (p?.winograd) {
-        scratchFloats = Math.max(
-          scratchFloats,
-          36 * (Math.ceil(l.input.w / 4) * p.cin + 16) + 36 * MR * NR + 36 * 4,
-        );
+        scratchFloats = Math.max(scratchFloats, winogradScratchFloats(l.input.w, p.cin));
       }
     }
     scratchFloats = align(4 * scratchFloats) / 4;
@@ -430,14 +431,6 @@ export class RRDBNetPlanWasm {
   }
 }
 
-function roundUp(c: number): number {
-  return Math.ceil(c / NR) * NR;
-}
-
-function align(bytes: number): number {
-  return Math.ceil(bytes / 64) * 64;
-}
-
 /** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */
 function packRecord(p: PackedConv, hwio: number): LayerRecord {
   return {
@@ -454,7 +447,7 @@ function packRecord(p: PackedConv, hwio: number): LayerRecord {
 
 /** HWIO [3, 3, cin, cout] → [cout/8][3][3][cin][8], zero past cout (rrdb_cpu.c's layout). */
 function packFilter(w: Float32Array, cin: number, cout: number, dst: Float32Array, at: number): void {
-  const blocks = roundUp(cout) / NR;
+  const blocks = roundUp(cout, NR) / NR;
   for (let b = 0; b < blocks; b++) {
     for (let tap = 0; tap < 9; tap++) {
       for (let ci = 0; ci < cin; ci++) {
