@@ -196,19 +196,19 @@ export class Arena {
   /** Reserves what was taken, writes the records after it and runs them. */
   run(p: KernelPool, records: LayerRecord[], fill: (f: Float32Array) => void): void {
     const at = this.take(records.length * RECORD_BYTES / 4);
-    if (this.at > MAX_MEMORY_BYTES) {
-      throw new Error(
-        `a convolution on the CPU kernels needs ${(this.at / 1024 ** 3).toFixed(1)} GiB, more than wasm's ` +
-          `4 GiB: use a smaller batch`,
-      );
-    }
     try {
+      if (this.at > MAX_MEMORY_BYTES) {
+        throw new Error(
+          `a convolution on the CPU kernels needs ${(this.at / 1024 ** 3).toFixed(1)} GiB, more than ` +
+            `wasm's 4 GiB: use a smaller batch`,
+        );
+      }
       p.reserve(this.at);
       fill(p.floats());
       writeRecords(p.memory, at, records);
       p.runSync({ layers: at, count: records.length, stride: RECORD_BYTES });
     } catch (e) {
-      // the filters this call was to pack are not: start again with none
+      // a filter this call was to pack is in the cache unpacked: start again with none
       disposeRuntime();
       throw e;
     }
