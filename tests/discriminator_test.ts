@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { initBackend } from "../core/backend.ts";
 import { DISCRIMINATOR_128, discriminatorShapes, VGGStyleDiscriminator } from "../core/discriminator_arch.ts";
 import { raganDiscriminatorLoss } from "../core/losses/gan_loss.ts";
+import { useWasmConvKernels } from "../core/kernels/wasm_conv.ts";
+import { useFastWasmConvGrads } from "../train/wasm_conv_grads.ts";
 import type { StateDict } from "../core/state_dict.ts";
 import { decodeFloat, parseSafetensors } from "../core/weights/safetensors.ts";
 
@@ -22,8 +24,10 @@ const CONFIG = { numInCh: 3, numFeat: 4, inputSize: 32 };
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 const HAS_WEBGPU = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
 if (!HAS_WEBGPU) console.warn("skipping the webgpu discriminator tests: no WebGPU adapter");
+// wasm as the trainer runs it: its convs on our CPU kernels (core/kernels/wasm_conv.ts)
 const BACKENDS = [
   { name: "cpu" as const, ignore: false },
+  { name: "wasm" as const, ignore: false },
   { name: "webgpu" as const, ignore: !HAS_WEBGPU },
 ];
 
@@ -68,6 +72,8 @@ for (const backend of BACKENDS) {
     sanitizeResources: false,
     async fn() {
       await initBackend(backend.name);
+      // tfjs-wasm cannot take filter gradients without them (the trainer installs the same)
+      if (backend.name === "wasm") useFastWasmConvGrads(), useWasmConvKernels();
       const d = new VGGStyleDiscriminator(CONFIG, { weights: ref.weights });
       // the state dict round-trips in PyTorch layout and order
       const sd = await d.stateDict();
@@ -125,6 +131,7 @@ for (const backend of BACKENDS) {
     sanitizeResources: false,
     async fn() {
       await initBackend(backend.name);
+      if (backend.name === "wasm") useFastWasmConvGrads(), useWasmConvKernels();
       const d = new VGGStyleDiscriminator({ numFeat: 4, inputSize: 32 }, { seed: 3 });
       const real = tf.randomUniform([3, 32, 32, 3], 0, 1, "float32", 1) as tf.Tensor4D;
       const fake = tf.randomUniform([3, 32, 32, 3], 0, 1, "float32", 2) as tf.Tensor4D;
