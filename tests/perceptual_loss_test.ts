@@ -3,6 +3,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initBackend } from "../core/backend.ts";
+import { useWasmConvKernels } from "../core/kernels/wasm_conv.ts";
+import { useFastWasmConvGrads } from "../train/wasm_conv_grads.ts";
 import {
   CAFFE_INPUT_SCALE,
   DEFAULT_VGG19_PATHS,
@@ -31,10 +33,17 @@ import { needsShared, SHARED } from "./shared.ts";
 Deno.env.set("XDG_RUNTIME_DIR", Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp");
 const HAS_WEBGPU = !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter());
 if (!HAS_WEBGPU) console.warn("skipping the webgpu perceptual tests: no WebGPU adapter");
+// wasm as the trainer runs it: VGG's convs on our CPU kernels (core/kernels/wasm_conv.ts)
 const BACKENDS = [
   { name: "cpu" as const, ignore: false },
+  { name: "wasm" as const, ignore: false },
   { name: "webgpu" as const, ignore: !HAS_WEBGPU },
 ];
+
+async function startBackend(name: (typeof BACKENDS)[number]["name"]): Promise<void> {
+  await initBackend(name);
+  if (name === "wasm") useFastWasmConvGrads(), useWasmConvKernels();
+}
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 const PARTIAL = SHARED ? `${SHARED}/models/vgg19-partial/vgg19_conv1_1-conv3_4.safetensors` : "";
@@ -80,7 +89,7 @@ for (const backend of BACKENDS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      await initBackend(backend.name);
+      await startBackend(backend.name);
       const w = await loadVgg19Weights(fixture("vgg19_conv1_1.pth"));
       assert.equal(w.convention, "torchvision");
       assert.deepEqual([...w.convs.keys()], ["conv1_1"]);
@@ -122,7 +131,7 @@ for (const backend of BACKENDS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      await initBackend(backend.name);
+      await startBackend(backend.name);
       const w = await loadVgg19Weights(PARTIAL);
       assert.equal(w.convention, "caffe");
       assert.equal(deepestVggConv(w), "conv3_4");
@@ -296,7 +305,7 @@ for (const backend of BACKENDS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      await initBackend(backend.name);
+      await startBackend(backend.name);
       const { result: loss } = await captureWarnings(() =>
         SHARED
           ? PerceptualLoss.load({ weights: PARTIAL })
