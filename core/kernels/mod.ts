@@ -8,7 +8,8 @@
  * (a device with shader-f16, for the plan's half-precision forward), webgpu_winograd.ts (the plan's
  * 3x3 convolutions as Winograd F(2x2) / F(4x4), opt-in). CPU:
  * wasm_plan.ts (inference on wasm/rrdb_cpu.c: WebAssembly SIMD, Winograd, worker threads),
- * wasm_train_plan.ts (the psnr training step on the same kernels).
+ * wasm_train_plan.ts (the psnr training step on the same kernels), wasm_conv.ts (tfjs-wasm's 3x3
+ * and 4x4 stride-2 convolutions and their gradients on them: VGG19's and the discriminator's).
  * @module
  */
 export {
@@ -47,6 +48,12 @@ export {
   type TrainPlanOptions,
 } from "./webgpu_train_plan.ts";
 export { UncapturedGPUError, watchUncapturedErrors } from "./webgpu_errors.ts";
-export { type PlanProfile, RRDBNetPlanWasm } from "./wasm_plan.ts";
+export { type PlanProfile, RRDBNetPlanWasm, type WasmPlanOptions } from "./wasm_plan.ts";
+export {
+  FILTER_CACHE_BYTES,
+  useStockWasmConvKernels,
+  useWasmConvKernels,
+  type WasmConvOptions,
+} from "./wasm_conv.ts";
 export { RRDBNetTrainPlanWasm } from "./wasm_train_plan.ts";
 export { type KernelPoolOptions, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
