@@ -5,7 +5,15 @@
  * @module
  */
 import { KernelPool, MAX_MEMORY_BYTES } from "./wasm_pool.ts";
-import { align, ARENA_BASE, type LayerRecord, RECORD_BYTES, roundUp, writeRecords } from "./wasm_layer.ts";
+import {
+  align,
+  ARENA_BASE,
+  type LayerRecord,
+  NR,
+  RECORD_BYTES,
+  roundUp,
+  writeRecords,
+} from "./wasm_layer.ts";
 
 /** Options for `useWasmConvKernels`. */
 export interface WasmConvOptions {
@@ -173,6 +181,30 @@ export function kernels(): { pool: KernelPool; filters: PackedFilters } {
     pool: new KernelPool(options),
     filters: new PackedFilters(options.filterCacheBytes ?? FILTER_CACHE_BYTES),
   };
+}
+
+/**
+ * Starts a call that runs with a packed filter: the kernels, the call's work space (after the kept
+ * filters), where `filter`'s values packed as `kind` (`floats` of them) live, in the cache or in the
+ * work space when they cannot be kept, and whether the call must pack them.
+ */
+export function withPackedFilter(
+  filter: { dataId: object; shape: number[] },
+  values: () => Float32Array,
+  kind: string,
+  floats: number,
+): { pool: KernelPool; arena: Arena; weight: number; pack: boolean } {
+  const { pool, filters } = kernels();
+  const cached = filters.get(filter, values, kind, floats);
+  const arena = new Arena(filters.top);
+  const weight = cached?.ptr ?? arena.take(floats);
+  return { pool, arena, weight, pack: !cached || cached.fresh };
+}
+
+/** A conv's bias as the kernels read it at byte offset `at`: cout values, zeros up to a block of NR. */
+export function writeBias(f: Float32Array, at: number, cout: number, values?: Float32Array): void {
+  f.fill(0, at / 4, at / 4 + roundUp(cout, NR));
+  if (values) f.set(values, at / 4);
 }
 
 /** Hands out the kernels' memory for one call, from `at` on. */

@@ -17,7 +17,15 @@
  * @module
  */
 import type * as tf from "@tensorflow/tfjs-core";
-import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
+import {
+  Arena,
+  copyIn,
+  copyOut,
+  kernels,
+  type Maps,
+  withPackedFilter,
+  writeBias,
+} from "./wasm_conv_runtime.ts";
 import { ACT, type LayerRecord, NR, OP, roundUp, TAPS } from "./wasm_layer.ts";
 import { type WasmBackend, winogradConv, winogradFilterGrad } from "./wasm_conv_winograd.ts";
 
@@ -219,10 +227,8 @@ function run(
   packedFloats: number,
   make: (arena: Arena) => Job,
 ): Info {
-  const { pool, filters } = kernels();
-  const cached = filters.get(filter, () => backend.typedArrayFromHeap(filter), kind, packedFloats);
-  const arena = new Arena(filters.top);
-  const weight = cached?.ptr ?? arena.take(packedFloats), pack = !cached || cached.fresh;
+  const values = () => backend.typedArrayFromHeap(filter);
+  const { pool, arena, weight, pack } = withPackedFilter(filter, values, kind, packedFloats);
   const job = make(arena);
   const bias = arena.take(roundUp(job.cout, NR));
   const outputs = job.output.strips();
@@ -244,10 +250,9 @@ function run(
     taps: job.taps,
   }));
   arena.run(pool, records, (f) => {
-    if (pack) job.pack(backend.typedArrayFromHeap(filter), f, weight / 4);
+    if (pack) job.pack(values(), f, weight / 4);
     job.fill(f);
-    f.fill(0, bias / 4, bias / 4 + roundUp(job.cout, NR));
-    if (job.bias) f.set(job.bias, bias / 4);
+    writeBias(f, bias, job.cout, job.bias);
   });
   return job.result(pool.floats());
 }

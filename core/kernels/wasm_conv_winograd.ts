@@ -12,12 +12,21 @@ import {
   OP,
   PACK_INPUT_GRAD,
   roundUp,
+  WGRAD_SCRATCH_FLOATS,
   wgradDUFloats,
   wgradMFloats,
   wgradVFloats,
   winogradScratchFloats,
 } from "./wasm_layer.ts";
-import { Arena, copyIn, copyOut, kernels, type Maps } from "./wasm_conv_runtime.ts";
+import {
+  Arena,
+  copyIn,
+  copyOut,
+  kernels,
+  type Maps,
+  withPackedFilter,
+  writeBias,
+} from "./wasm_conv_runtime.ts";
 import type { KernelPool } from "./wasm_pool.ts";
 
 type Info = tf.TensorInfo;
@@ -97,14 +106,12 @@ export interface WinogradJob {
 /** Runs a {@link WinogradJob} on the kernels' threads. */
 export function winogradConv(backend: WasmBackend, job: WinogradJob): Info {
   const { n, h, w, cin, cout, filter } = job;
-  const { pool: p, filters } = kernels();
-  const uFloats = 36 * roundUp(cin, 4) * roundUp(cout, NR);
   const kind = `${filter.kind} ${job.inputGrad ? "input grad" : "forward"}`;
-  const cached = filters.get(filter.tensor, () => backend.typedArrayFromHeap(filter.tensor), kind, uFloats);
-  const arena = new Arena(filters.top);
+  const values = () => backend.typedArrayFromHeap(filter.tensor);
+  const uFloats = 36 * roundUp(cin, 4) * roundUp(cout, NR);
+  const { pool: p, arena, weight: u, pack } = withPackedFilter(filter.tensor, values, kind, uFloats);
   // the output's pixels are cout floats apart, so that it is copied out row by row
   const input = arena.maps(n, h, w, cin), output = arena.maps(n, h, w, cout, { cs: cout });
-  const u = cached?.ptr ?? arena.take(uFloats), pack = !cached || cached.fresh;
   const weights = pack ? arena.take(9 * filter.fin * filter.fout) : 0;
   const bias = arena.take(roundUp(cout, NR));
   const scratchFloats = align(4 * winogradScratchFloats(input.pw, input.cs)) / 4;
@@ -147,8 +154,7 @@ export function winogradConv(backend: WasmBackend, job: WinogradJob): Info {
   arena.run(p, records, (f) => {
     job.fill(f, input);
     if (pack) filter.write(f, weights / 4);
-    f.fill(0, bias / 4, bias / 4 + roundUp(cout, NR));
-    if (job.bias) f.set(backend.typedArrayFromHeap(job.bias), bias / 4);
+    writeBias(f, bias, cout, job.bias && backend.typedArrayFromHeap(job.bias));
   });
   return job.result(p.floats(), output);
 }
@@ -184,7 +190,7 @@ export function winogradFilterGrad(
   const v = arena.take(wgradVFloats(xm.cs, tiles)), m = arena.take(wgradMFloats(cout, tiles));
   const du = arena.take(wgradDUFloats(xm.cs, cout));
   const grad = arena.take(9 * cin * cout), biasGrad = arena.take(roundUp(cout, 4));
-  const scratchFloats = 2 * 144;
+  const scratchFloats = WGRAD_SCRATCH_FLOATS;
   const scratch = arena.take(scratchFloats * pool.threads);
   const common = { cin: xm.cs, vchannels: xm.cs, cout, weight: v, bias: m, tiles };
   const records: LayerRecord[] = [];

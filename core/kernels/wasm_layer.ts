@@ -94,6 +94,9 @@ export function winogradScratchFloats(w: number, cin: number): number {
   return 36 * ((Math.ceil(w / 4)) * cin + 16) + 36 * MR * NR + 144;
 }
 
+/** Floats of the filter gradient's per-thread scratch (OP_WGRAD_TRANSFORM's two 6x6x4 tiles). */
+export const WGRAD_SCRATCH_FLOATS = 2 * 144;
+
 /** Floats of the filter gradient's V' area (rrdb_cpu.c's v_pos): `vchannels` inputs, `tiles` tiles. */
 export function wgradVFloats(vchannels: number, tiles: number): number {
   return 36 * ((roundUp(vchannels, NR) / NR) * (tiles * NR + 16) + 16);

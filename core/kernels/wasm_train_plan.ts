@@ -35,6 +35,7 @@ import {
   PACK_INPUT_GRAD,
   RECORD_BYTES,
   roundUp,
+  WGRAD_SCRATCH_FLOATS,
   wgradDUFloats,
   wgradMFloats,
   wgradVFloats,
@@ -43,8 +44,6 @@ import {
 } from "./wasm_layer.ts";
 
 const LRELU_FROM_ALL = 0;
-
-type Rec = LayerRecord;
 
 /** A batch of feature maps: padded origin (bytes) of image 0's first channel, pixel stride (floats). */
 interface Maps {
@@ -162,7 +161,11 @@ export class RRDBNetTrainPlanWasm {
       const threads = this.pool.threads;
       const tilesOf = (m: Maps) => n * (m.h / 4) * (m.w / 4);
       const tLo = tilesOf(dense[0]), tHi = tilesOf(u2);
-      let scratchFloats = Math.max(2 * 144, winogradScratchFloats(w, C), winogradScratchFloats(H, nf));
+      let scratchFloats = Math.max(
+        WGRAD_SCRATCH_FLOATS,
+        winogradScratchFloats(w, C),
+        winogradScratchFloats(H, nf),
+      );
       const vFloats = Math.max(wgradVFloats(C, tLo), wgradVFloats(nf, tHi));
       const mFloats = wgradMFloats(nf, Math.max(tLo, tHi));
       const duFloats = wgradDUFloats(C, nf);
@@ -171,11 +174,11 @@ export class RRDBNetTrainPlanWasm {
       const vArea = take(vFloats), mArea = take(mFloats), duArea = take(duFloats);
 
       // ---- the record lists ----
-      const records: Rec[] = [];
+      const records: LayerRecord[] = [];
       const begin = () => records.length;
-      const each = (rec: Rec, maps: { in?: Maps; out?: Maps; r1?: Maps; r2?: Maps; mask?: Maps }) => {
+      const each = (rec: LayerRecord, maps: { in?: Maps; out?: Maps; r1?: Maps; r2?: Maps; mask?: Maps }) => {
         for (let i = 0; i < n; i++) {
-          const r: Rec = { ...rec };
+          const r: LayerRecord = { ...rec };
           for (const [f, m] of Object.entries(maps) as [Field, Maps | undefined][]) {
             if (m) r[f] = m.ptr + i * m.img;
           }
@@ -186,7 +189,7 @@ export class RRDBNetTrainPlanWasm {
         name: string,
         x: Maps,
         y: Maps,
-        more: Omit<Rec, "kind"> & { r1m?: Maps; r2m?: Maps; maskm?: Maps; kind?: string } = {},
+        more: Omit<LayerRecord, "kind"> & { r1m?: Maps; r2m?: Maps; maskm?: Maps; kind?: string } = {},
       ) => {
         const p = this.convs.get(name);
         if (!p) throw new Error(`RRDBNetTrainPlanWasm: the net has no ${name}`);
@@ -216,7 +219,7 @@ export class RRDBNetTrainPlanWasm {
         name: string,
         dy: Maps,
         dx: Maps,
-        more: Omit<Rec, "kind"> & { r1m?: Maps; r2m?: Maps; maskm?: Maps } = {},
+        more: Omit<LayerRecord, "kind"> & { r1m?: Maps; r2m?: Maps; maskm?: Maps } = {},
       ) => {
         const p = this.convs.get(name)!;
         conv(name, dy, dx, {
