@@ -5,7 +5,7 @@
  * @module
  */
 import { importWeights } from "../core/import/mod.ts";
-import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
+import { checkRRDBNetWeights, inferRRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { Upscaler } from "../core/upscaler.ts";
 
 /** Files that are imported rather than loaded. */
@@ -15,7 +15,9 @@ const IMPORTED = /\.(pth|pt|param|bin)$/i;
 export async function loadModel(path: string): Promise<Upscaler> {
   if (!IMPORTED.test(path)) return await Upscaler.load(path);
   const sd = await importWeights(path);
-  return new Upscaler(new RRDBNet(inferRRDBNetConfig(sd), { weights: sd }), {
+  const config = inferRRDBNetConfig(sd);
+  checkRRDBNetWeights(config, sd);
+  return new Upscaler({ config, weights: () => sd }, {
     name: path,
     dtype: "fp32",
     metadata: { source: path },

@@ -111,6 +111,35 @@ export function inferRRDBNetConfig(sd: StateDict): RRDBNetConfig {
   };
 }
 
+/**
+ * Throws unless `weights` are exactly `config`'s: every tensor present at its shape, none extra
+ * (strict, as PyTorch's load_state_dict: an x8 net's weights in an x4 net would otherwise lose
+ * conv_up3).
+ */
+export function checkRRDBNetWeights(config: RRDBNetConfig, weights: StateDict): void {
+  const shapes = rrdbnetShapes(config);
+  const extra = [...weights.keys()].filter((k) => !shapes.has(k));
+  if (extra.length) {
+    throw new Error(
+      `the weights have ${extra.slice(0, 3).join(", ")}${extra.length > 3 ? ", ..." : ""}, which this net ` +
+        `(x${config.scale}, ${config.numBlock} blocks, ${upsamplings(config)} upsamplings) has not`,
+    );
+  }
+  for (const [name, shape] of shapes) {
+    const given = weights.get(name);
+    if (!given) throw new Error(`weights lack ${name}`);
+    if (given.shape.join(",") !== shape.join(",")) {
+      throw new Error(`${name}: weights have shape [${given.shape}], the net wants [${shape}]`);
+    }
+  }
+}
+
+/** An RRDBNet's architecture and weights (PyTorch layout), for consumers that need no tfjs net. */
+export interface RRDBNetWeights {
+  config: RRDBNetConfig;
+  weights: StateDict;
+}
+
 /** Options for {@link RRDBNet}. */
 export interface RRDBNetOptions {
   /** Weights in PyTorch layout; absent: BasicSR's initialisation, drawn with `seed`. */
@@ -133,23 +162,10 @@ export class RRDBNet {
     this.params = new Map();
     this.fused = !options.trainable;
     const shapes = rrdbnetShapes(config);
-    // strict, as PyTorch's load_state_dict: an x8 net's weights in an x4 net would otherwise lose conv_up3
-    const extra = [...(options.weights?.keys() ?? [])].filter((k) => !shapes.has(k));
-    if (extra.length) {
-      throw new Error(
-        `the weights have ${extra.slice(0, 3).join(", ")}${
-          extra.length > 3 ? ", ..." : ""
-        }, which this net ` +
-          `(x${config.scale}, ${config.numBlock} blocks, ${upsamplings(config)} upsamplings) has not`,
-      );
-    }
+    if (options.weights) checkRRDBNetWeights(config, options.weights);
     let seed = options.seed ?? 0;
     for (const [name, shape] of shapes) {
       const given = options.weights?.get(name);
-      if (options.weights && !given) throw new Error(`weights lack ${name}`);
-      if (given && given.shape.join(",") !== shape.join(",")) {
-        throw new Error(`${name}: weights have shape [${given.shape}], the net wants [${shape}]`);
-      }
       const value = tf.tidy(() =>
         torchToTf(given ? tf.tensor(given.data, shape) : initParam(name, shape, seed++))
       );

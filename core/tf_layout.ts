@@ -20,6 +20,21 @@ export function tfToTorch(t: tf.Tensor): tf.Tensor {
   return t.clone();
 }
 
+/**
+ * A PyTorch conv weight (OIHW) in TF layout (HWIO), on the host: for consumers that never need a
+ * tfjs tensor of it (the CPU kernels, VGG's weights before they are uploaded).
+ */
+export function oihwToHwio(data: Float32Array, shape: readonly number[]): Float32Array {
+  const [cout, cin, kh, kw] = shape, taps = kh * kw;
+  const out = new Float32Array(data.length);
+  for (let o = 0; o < cout; o++) {
+    for (let i = 0; i < cin; i++) {
+      for (let t = 0; t < taps; t++) out[(t * cin + i) * cout + o] = data[(o * cin + i) * taps + t];
+    }
+  }
+  return out;
+}
+
 /** Reads TF-layout tensors, in the given order, into a PyTorch-layout state dict. */
 export async function readStateDict(entries: Iterable<[string, tf.Tensor]>): Promise<StateDict> {
   const sd: StateDict = new Map();

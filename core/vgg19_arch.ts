@@ -14,6 +14,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { readPth } from "./import/pth.ts";
 import { numel, type StateDict } from "./state_dict.ts";
+import { oihwToHwio } from "./tf_layout.ts";
 import { decodeFloat, parseSafetensors } from "./weights/safetensors.ts";
 
 /** How a set of weights wants its input. */
@@ -91,16 +92,6 @@ function expectShape(name: string, conv: string, shape: number[], cin: number, c
   }
 }
 
-function oihwToHwio(data: Float32Array, cout: number, cin: number): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let o = 0; o < cout; o++) {
-    for (let i = 0; i < cin; i++) {
-      for (let hw = 0; hw < 9; hw++) out[(hw * cin + i) * cout + o] = data[(o * cin + i) * 9 + hw];
-    }
-  }
-  return out;
-}
-
 /** Keeps the convs that form an unbroken prefix from conv1_1 (deeper ones are useless without it). */
 function prefix(convs: Map<string, VggConv>): Map<string, VggConv> {
   const out = new Map<string, VggConv>();
@@ -126,7 +117,7 @@ export function vgg19FromTorchvision(sd: StateDict, source = "torchvision weight
         `${source}: features.${i} has shape [${w.shape}], VGG19's ${conv} is [${cout},${cin},3,3]`,
       );
     }
-    convs.set(conv, { kernel: oihwToHwio(w.data, cout, cin), shape: [3, 3, cin, cout], bias: b.data });
+    convs.set(conv, { kernel: oihwToHwio(w.data, w.shape), shape: [3, 3, cin, cout], bias: b.data });
     cin = cout;
   }
   if (!convs.size) throw new Error(`${source}: no VGG19 weights (no features.0.weight)`);

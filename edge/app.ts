@@ -121,7 +121,8 @@ export function createApp(config: EdgeConfig, options: CreateAppOptions = {}): E
     let file = config.model;
     try {
       state.backend = await startBackend(config.backend);
-      // one at a time: each holds its weights (and the CPU kernels' copy) for the instance's life
+      // one at a time: each holds its file for the instance's life, and from its first request on its
+      // weights where it runs (the CPU kernels' memory, or tfjs's)
       for (const [name, f] of files) {
         file = f;
         const upscaler = await (options.loadModel ?? ((p) => Upscaler.load(p)))(f);

@@ -94,6 +94,35 @@ Deno.test("int8 fp16Layers keeps the named layers in fp16 and nothing else", () 
   }
 });
 
+Deno.test("lazy decoding: each read decodes the tensor anew, to the eager values, at every precision", () => {
+  for (const dtype of ["fp32", "fp16", "int8"] as const) {
+    const bytes = encodeModelFile(SD, { dtype });
+    const eager = decodeModelFile(bytes);
+    const lazy = decodeModelFile(bytes, "lazy", { lazy: true });
+    assert.deepEqual(lazy.config, eager.config);
+    assert.deepEqual([...lazy.stateDict.keys()], [...eager.stateDict.keys()]);
+    for (const [k, t] of eager.stateDict) {
+      const l = lazy.stateDict.get(k)!;
+      assert.deepEqual(l.shape, t.shape);
+      const first = l.data;
+      assert.deepEqual(first, t.data, `${dtype} ${k}`);
+      assert.notEqual(l.data, first, "a new array per read: nothing is kept");
+    }
+  }
+  // what a lazy read could trip on is refused when the file is read
+  const { tensors, metadata } = parseSafetensors(encodeModelFile(SD, { dtype: "int8" }));
+  const scale = tensors.get("body.0.rdb1.conv1.weight.scale")!;
+  tensors.set("body.0.rdb1.conv1.weight.scale", {
+    ...scale,
+    shape: [scale.shape[0] - 1],
+    bytes: scale.bytes.subarray(4),
+  });
+  assert.throws(
+    () => decodeModelFile(serializeSafetensors({ tensors, metadata }), "bad", { lazy: true }),
+    /bad: body\.0\.rdb1\.conv1\.weight\.scale must be 4 floats, one per output channel/,
+  );
+});
+
 Deno.test("importWeights reads model files and plain BasicSR safetensors", async () => {
   const dir = await Deno.makeTempDir();
   try {

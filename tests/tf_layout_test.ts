@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
-import { countElements, readStateDict, tfToTorch, torchToTf } from "../core/tf_layout.ts";
+import { countElements, oihwToHwio, readStateDict, tfToTorch, torchToTf } from "../core/tf_layout.ts";
 
 await tf.setBackend("cpu");
 
@@ -16,6 +16,16 @@ Deno.test("torchToTf/tfToTorch: conv OIHW ↔ HWIO, linear transposed, vectors k
   assert.deepEqual(torchToTf(tf.tensor([1, 2])).shape, [2]);
   assert.deepEqual(await tfToTorch(hwio).data(), await conv.data());
   tf.dispose([conv, hwio, lin]);
+});
+
+Deno.test("oihwToHwio: the host transpose is torchToTf's, for 3x3, 4x4 and 1x1 filters", async () => {
+  for (const shape of [[5, 3, 3, 3], [2, 7, 4, 4], [4, 6, 1, 1]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = Float32Array.from({ length: n }, (_, i) => i * 0.5 - 3);
+    const want = torchToTf(tf.tensor(data, shape));
+    assert.deepEqual(oihwToHwio(data, shape), await want.data(), `[${shape}]`);
+    want.dispose();
+  }
 });
 
 Deno.test("readStateDict keeps order and PyTorch layout; countElements sums sizes; nothing leaks", async () => {

@@ -319,15 +319,16 @@ Deno.test("upscaleTensor untiled equals the net clamped; batches work", async ()
     const x = tf.randomUniform([2, 12, 10, 3], 0, 1, "float32", 3) as tf.Tensor4D;
     const before = tf.memory().numTensors;
     const y = await up.upscaleTensor(x, { tile: 0 });
+    const t = await up.upscaleTensor(x, { tile: 6, tilePad: 4 });
+    // on wasm the upscaler has made no tfjs net yet (the CPU kernels read the model's weights)
+    assert.equal(tf.memory().numTensors, before + 2);
     const ref = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
     assert.deepEqual(y.shape, [2, 48, 40, 3]);
     assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(y, ref))).dataSync()[0]) < 1e-6);
     // Tiled, each batch item matches its own untiled result closely.
-    const t = await up.upscaleTensor(x, { tile: 6, tilePad: 4 });
     const err = tf.tidy(() => tf.max(tf.abs(tf.sub(t, ref))).dataSync()[0]);
     assert.ok(err < 0.1, `tiled max error ${err}`);
     tf.dispose([y, ref, t]);
-    assert.equal(tf.memory().numTensors, before);
     x.dispose();
   } finally {
     up.dispose();
@@ -564,6 +565,31 @@ Deno.test("cpuPackEachRun: the same bits as kept filters; switching it makes the
     const plan = (up as unknown as { cpuPlan?: { packEachRun: boolean } }).cpuPlan;
     assert.equal(plan?.packEachRun, true, "the plan was made again");
     tf.dispose([kept, each]);
+  } finally {
+    x.dispose();
+    up.dispose();
+  }
+});
+
+Deno.test("from a model file on wasm: no tfjs net is made; `net` makes one, with the same result", async () => {
+  const up = Upscaler.fromBytes(await tinyModel());
+  const x = tf.randomUniform([1, 11, 9, 3], 0, 1, "float32", 5) as tf.Tensor4D;
+  try {
+    const before = tf.memory();
+    const lazy = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+    assert.equal(tf.memory().numTensors, before.numTensors + 1, "only the output");
+    const weights = up.net.params.size; // makes the net
+    assert.ok(weights > 0 && tf.memory().numTensors === before.numTensors + 1 + weights);
+    const planOf = () => (up as unknown as { cpuPlan?: { plan: object } }).cpuPlan?.plan;
+    const first = planOf();
+    const made = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+    assert.notEqual(planOf(), first, "the plan is made again from the net, which may change");
+    assert.deepEqual(await made.data(), await lazy.data());
+    up.cpuKernels = false; // tfjs's ops on the net
+    const ops = await up.upscaleTensor(x, { tile: 6, tilePad: 2 });
+    const err = tf.tidy(() => tf.max(tf.abs(tf.sub(ops, lazy))).dataSync()[0]);
+    assert.ok(err < 1e-5, `tfjs's ops ${err} from the kernels`);
+    tf.dispose([lazy, made, ops]);
   } finally {
     x.dispose();
     up.dispose();

@@ -171,6 +171,37 @@ Deno.test("cpu kernels: the upsampled tail in bands of rows gives the whole patc
   }
 });
 
+Deno.test("cpu kernels: a plan made from a state dict gives the tfjs net's plan's bits; bad weights are refused", async () => {
+  const config = { ...SMALL, numFeat: 16, numGrowCh: 8 };
+  const net = await testNet(config, 5);
+  const weights = await net.stateDict();
+  const fromNet = new RRDBNetPlanWasm(net, { threads: 2 });
+  const fromWeights = new RRDBNetPlanWasm({ config, weights }, { threads: 2 });
+  const each = new RRDBNetPlanWasm({ config, weights }, { threads: 2, packEachRun: true });
+  try {
+    const shape = [1, 11, 9, 3], x = input(shape, 4);
+    const want = await fromNet.run(x, shape);
+    assert.deepEqual(await fromWeights.run(x, shape), want);
+    assert.deepEqual(await each.run(x, shape), want);
+    const missing = new Map(weights);
+    missing.delete("body.1.rdb2.conv3.bias");
+    assert.throws(
+      () => new RRDBNetPlanWasm({ config, weights: missing }),
+      /weights lack body\.1\.rdb2\.conv3\.bias/,
+    );
+    const wrong = new Map(weights).set("conv_body.weight", weights.get("conv_first.weight")!);
+    assert.throws(
+      () => new RRDBNetPlanWasm({ config, weights: wrong }),
+      /conv_body\.weight: weights have shape \[16,3,3,3\]/,
+    );
+  } finally {
+    fromNet.dispose();
+    fromWeights.dispose();
+    each.dispose();
+    net.dispose();
+  }
+});
+
 Deno.test("cpu kernels: one thread and three give the same bits; a batch is its images", async () => {
   const net = await testNet({ ...SMALL, numFeat: 16, numGrowCh: 8 }, 9);
   const one = new RRDBNetPlanWasm(net, { inline: true });

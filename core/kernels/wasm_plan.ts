@@ -5,10 +5,19 @@
  * LeakyReLU in the convolution, the residual scalings (0.2, and 0.04 + 0.2 for a block's last
  * dense block) in its epilogue, the dense blocks' concatenations as channel slices of one buffer,
  * the upsampled tail (two maps at 4x the resolution, most of a patch's memory) in bands of rows.
- * Weights are read when the plan is made: make a new plan after changing the net's parameters.
+ * Weights are read when the plan is made, from a tfjs net or straight from a state dict (then tfjs
+ * never holds a copy: 67 MB for x4plus): make a new plan after changing the net's parameters.
  * @module
  */
-import { type RRDBNet, type RRDBNetConfig, unshuffleFactor, upsamplings } from "../rrdbnet_arch.ts";
+import {
+  checkRRDBNetWeights,
+  RRDBNet,
+  type RRDBNetConfig,
+  type RRDBNetWeights,
+  unshuffleFactor,
+  upsamplings,
+} from "../rrdbnet_arch.ts";
+import { oihwToHwio } from "../tf_layout.ts";
 import { KernelPool, type KernelPoolOptions } from "./wasm_pool.ts";
 import type { RunRequest } from "./wasm_barrier.ts";
 import {
@@ -121,7 +130,8 @@ export class RRDBNetPlanWasm {
   private readonly tailBandBytes: number;
   private readonly packEachRun: boolean;
 
-  constructor(net: RRDBNet, options: WasmPlanOptions = {}) {
+  constructor(net: RRDBNet | RRDBNetWeights, options: WasmPlanOptions = {}) {
+    if (!(net instanceof RRDBNet)) checkRRDBNetWeights(net.config, net.weights);
     this.config = net.config;
     this.tailBandBytes = options.tailBandBytes ?? TAIL_BAND_BYTES;
     this.packEachRun = options.packEachRun ?? false;
@@ -146,12 +156,12 @@ export class RRDBNetPlanWasm {
    * f32, as the training step always has). With packEachRun the HWIO weights stay, after a scratch
    * for the largest conv's U, and no records: each run's list packs before each conv.
    */
-  private pack(net: RRDBNet): { end: number; winograd: RunRequest } {
-    const weights = [...net.params].filter(([name]) => name.endsWith(".weight"));
+  private pack(net: RRDBNet | RRDBNetWeights): { end: number; winograd: RunRequest } {
+    const weights = hwioConvs(net);
     const packEachRun = this.packEachRun;
     let bytes = 0, staged = 0, scratch = 0;
-    for (const [, v] of weights) {
-      const [, , cin, cout] = v.shape;
+    for (const { shape } of weights) {
+      const [, , cin, cout] = shape;
       const winograd = cin % 4 === 0, u = 4 * 36 * cin * roundUp(cout, NR);
       bytes += 4 * roundUp(cout, NR) + (!winograd ? 4 * 9 * cin * roundUp(cout, NR) : packEachRun ? 0 : u);
       if (winograd) staged += 4 * 9 * cin * cout;
@@ -164,10 +174,11 @@ export class RRDBNetPlanWasm {
     const records: LayerRecord[] = [];
     this.pool.reserve(packEachRun ? end : end + staged);
     const f = this.pool.floats();
-    for (const [name, v] of weights) {
-      const conv = name.slice(0, -".weight".length);
-      const [kh, kw, cin, cout] = v.shape;
-      if (kh !== 3 || kw !== 3) throw new Error(`${name}: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
+    for (const { conv, shape, weight, bias } of weights) {
+      const [kh, kw, cin, cout] = shape;
+      if (kh !== 3 || kw !== 3) {
+        throw new Error(`${conv}.weight: a ${kh}x${kw} filter, the CPU kernels want 3x3`);
+      }
       const winograd = cin % 4 === 0;
       const size = !winograd ? 9 * cin * roundUp(cout, NR) : packEachRun ? 0 : 36 * cin * roundUp(cout, NR);
       const packed: PackedConv = {
@@ -177,14 +188,14 @@ export class RRDBNetPlanWasm {
         cout,
         winograd,
       };
-      const hwio = v.dataSync() as Float32Array;
+      const hwio = weight();
       if (winograd) {
         f.set(hwio, stage / 4);
         if (packEachRun) packed.hwio = stage;
         else records.push(packRecord(packed, stage));
         stage += 4 * hwio.length;
       } else packFilter(hwio, cin, cout, f, packed.weight / 4);
-      f.set(net.params.get(`${conv}.bias`)!.dataSync() as Float32Array, packed.bias / 4);
+      f.set(bias(), packed.bias / 4);
       this.convs.set(conv, packed);
       at = packed.bias + 4 * roundUp(cout, NR);
     }
@@ -432,6 +443,40 @@ export class RRDBNetPlanWasm {
 }
 
 /** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */
+/**
+ * Each conv's weight in HWIO and its bias, read when asked: a state dict's are transposed one conv
+ * at a time, so that no second copy of the whole net is made.
+ */
+function hwioConvs(net: RRDBNet | RRDBNetWeights): {
+  conv: string;
+  shape: number[];
+  weight(): Float32Array;
+  bias(): Float32Array;
+}[] {
+  const names = [...(net instanceof RRDBNet ? net.params : net.weights).keys()]
+    .filter((name) => name.endsWith(".weight"))
+    .map((name) => name.slice(0, -".weight".length));
+  if (net instanceof RRDBNet) {
+    const read = (name: string) => net.params.get(name)!.dataSync() as Float32Array;
+    return names.map((conv) => ({
+      conv,
+      shape: net.params.get(`${conv}.weight`)!.shape,
+      weight: () => read(`${conv}.weight`),
+      bias: () => read(`${conv}.bias`),
+    }));
+  }
+  return names.map((conv) => {
+    const w = net.weights.get(`${conv}.weight`)!;
+    const [cout, cin, kh, kw] = w.shape;
+    return {
+      conv,
+      shape: [kh, kw, cin, cout],
+      weight: () => oihwToHwio(w.data, w.shape),
+      bias: () => net.weights.get(`${conv}.bias`)!.data,
+    };
+  });
+}
+
 function packRecord(p: PackedConv, hwio: number): LayerRecord {
   return {
     kind: "pack",
