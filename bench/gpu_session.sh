@@ -1,6 +1,8 @@
 #!/bin/bash
 # One borrowed-GPU session's work, self-contained (see ../shared/device/README.md):
-#   0. bench/readback_probe.ts: where a read-back's time goes (plain WebGPU);
+#   0. bench/readback_probe.ts: where a read-back's time goes (plain WebGPU); bench/ncnn_peer.ts:
+#      realesrgan-ncnn-vulkan's upscales of a 256x256 and a 512x512 image (where stage bench carried it;
+#      PEER_S, its time limit, 100; PEER_ARGS, e.g. "--tile 128");
 #   1. `deno task bench` on the GPU: every issue-6 shape, tfjs stock webgpu vs our planned passes,
 #      PyTorch (CUDA) in the same run;
 #   2. bench/kernel_sweep.ts (single kernels per tiling and number format), when .device/sweep.js exists
@@ -54,6 +56,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 # where a read-back's time goes on this GPU (plain WebGPU, a few seconds)
 timeout 60 /tmp/deno run -A bench/readback_probe.ts --json "$res/readback.json" 2>&1 | tee "$res/readback.log"
 cp "$res/readback.json" "$res/readback.log" "$out"/ 2>/dev/null
+
+# realesrgan-ncnn-vulkan on this GPU (x4plus's graph, random weights), where it travelled (stage bench)
+if [ -f "$d/peer/realesrgan-ncnn-vulkan.xz" ]; then
+  xz -dc "$d/peer/realesrgan-ncnn-vulkan.xz" > /tmp/realesrgan-ncnn-vulkan && chmod +x /tmp/realesrgan-ncnn-vulkan
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  timeout "${PEER_S:-100}" /tmp/deno run -A bench/ncnn_peer.ts --peer /tmp/realesrgan-ncnn-vulkan \
+    --param "$d/peer/realesrgan-x4plus.param" --image "$d/peer/kodim01_256.png" --image "$d/peer/kodim01_512.png" \
+    --json "$res/ncnn.json" ${PEER_ARGS:-} 2>&1 | tee "$res/ncnn.log"
+  echo "ncnn peer: exit ${PIPESTATUS[0]} after $(($(date +%s) - t0)) s"
+  cp "$res/ncnn.json" "$out"/ 2>/dev/null
+fi
 
 t0=$(date +%s)
 # shellcheck disable=SC2086

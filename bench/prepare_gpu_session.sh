@@ -1,7 +1,8 @@
 #!/bin/bash
 # Prepares .device/ for one borrowed-GPU call of bench/gpu_session.sh and checks the 64 MiB carry.
 # Usage, from the project root (needs ../shared and Deno):
-#   bash bench/prepare_gpu_session.sh bench          bench and kernel-sweep bundles only (random weights)
+#   bash bench/prepare_gpu_session.sh bench          bench and kernel-sweep bundles only (random weights),
+#                                                    and realesrgan-ncnn-vulkan to time beside them
 #   bash bench/prepare_gpu_session.sh psnr [MODEL]   bench bundle + psnr training from MODEL
 #   bash bench/prepare_gpu_session.sh gan [MODEL]    gan training from MODEL with the partial VGG19 (fp16);
 #                                                    no bench bundle (it would not fit)
@@ -33,11 +34,18 @@ bundle() {
 }
 bundle bench/train_gpu.ts .device/app.js
 rm -f .device/bench.js .device/sweep.js .device/vgg.safetensors .device/init.safetensors
-rm -rf .device/train_jpg
+rm -rf .device/train_jpg .device/peer
 if [ "$stage" = bench ]; then
   bundle bench/bench.ts .device/bench.js
   bundle bench/kernel_sweep.ts .device/sweep.js
   rm -f .device/app.js
+  # realesrgan-ncnn-vulkan, x4plus's graph (bench/ncnn_peer.ts writes random weights there) and two crops
+  mkdir -p .device/peer
+  xz -T2 -9 -c ../shared/peers/realesrgan-ncnn-vulkan > .device/peer/realesrgan-ncnn-vulkan.xz
+  cp ../shared/models/realesrgan-x4plus.param .device/peer/
+  for side in 256 512; do
+    deno run -A bench/crop_png.ts ../shared/data/bench/Kodak/kodim01.png "$side" ".device/peer/kodim01_$side.png"
+  done
 elif [ "$stage" = psnr ]; then
   bundle bench/bench.ts .device/bench.js
 else

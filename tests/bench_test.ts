@@ -11,8 +11,11 @@ import {
   parseCase,
   timeCase,
 } from "../bench/cases.ts";
+import { randomNcnnBin } from "../bench/ncnn_peer.ts";
 import { initBackend } from "../core/backend.ts";
+import { readNcnn } from "../core/import/ncnn.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
+import { needsShared, SHARED } from "./shared.ts";
 
 const TINY: RRDBNetConfig = { numInCh: 3, numOutCh: 3, scale: 4, numFeat: 8, numBlock: 1, numGrowCh: 4 };
 
@@ -452,4 +455,22 @@ Deno.test("bench: stopped by SIGTERM (a timeout), it still reports the cases it 
   assert.equal(report.interrupted, true);
   assert.deepEqual(report.rows.map((r: { case: string }) => r.case), ["forward:1x8x8"]);
   assert.ok(report.rows[0].ms > 0);
+});
+
+Deno.test({
+  name: "bench/ncnn_peer.ts: its random weights are a .bin that x4plus's .param reads to the end",
+  ignore: needsShared("ncnn_peer's random .bin"),
+  fn: async () => {
+    const param = await Deno.readTextFile(`${SHARED}/models/realesrgan-x4plus.param`);
+    const bin = randomNcnnBin(param);
+    const real = await Deno.stat(`${SHARED}/models/realesrgan-x4plus.bin`);
+    assert.equal(bin.byteLength, real.size, "the size of the release's fp16 .bin");
+    const sd = readNcnn(param, bin, "random x4plus"); // every tag, count and bias where ncnn reads them
+    assert.equal(sd.size, 2 * 351);
+    for (const [name, t] of sd) {
+      const fanIn = t.data.length / t.shape[0];
+      const bound = name.endsWith(".bias") ? 0 : 0.5 / Math.sqrt(fanIn) + 1e-3;
+      assert.ok(t.data.every((v) => Math.abs(v) <= bound), `${name} within ±${bound}`);
+    }
+  },
 });
