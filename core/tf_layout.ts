@@ -21,12 +21,15 @@ export function tfToTorch(t: tf.Tensor): tf.Tensor {
 }
 
 /**
- * A PyTorch conv weight (OIHW) in TF layout (HWIO), on the host: for consumers that never need a
- * tfjs tensor of it (the CPU kernels, VGG's weights before they are uploaded).
+ * A PyTorch conv weight (OIHW) in TF layout (HWIO), on the host, into `out` if given: for consumers
+ * that never need a tfjs tensor of it (the CPU kernels, VGG's weights before they are uploaded).
  */
-export function oihwToHwio(data: Float32Array, shape: readonly number[]): Float32Array {
+export function oihwToHwio(
+  data: Float32Array,
+  shape: readonly number[],
+  out = new Float32Array(data.length),
+): Float32Array {
   const [cout, cin, kh, kw] = shape, taps = kh * kw;
-  const out = new Float32Array(data.length);
   for (let o = 0; o < cout; o++) {
     for (let i = 0; i < cin; i++) {
       for (let t = 0; t < taps; t++) out[(t * cin + i) * cout + o] = data[(o * cin + i) * taps + t];

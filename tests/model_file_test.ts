@@ -6,8 +6,19 @@ import assert from "node:assert/strict";
 import { importWeights } from "../core/import/mod.ts";
 import { ESRGAN_X4, type RRDBNetConfig, rrdbnetShapes } from "../core/rrdbnet_arch.ts";
 import type { StateDict } from "../core/state_dict.ts";
-import { decodeModelFile, DEFAULT_FP16_LAYERS, encodeModelFile } from "../core/weights/model_file.ts";
-import { encodeFloat, parseSafetensors, serializeSafetensors } from "../core/weights/safetensors.ts";
+import {
+  decodeModelFile,
+  DEFAULT_FP16_LAYERS,
+  encodeModelFile,
+  type LazyTensorData,
+} from "../core/weights/model_file.ts";
+import {
+  decodeFloat,
+  decodeFloatInto,
+  encodeFloat,
+  parseSafetensors,
+  serializeSafetensors,
+} from "../core/weights/safetensors.ts";
 
 const CONFIG: RRDBNetConfig = { numInCh: 3, numOutCh: 3, scale: 2, numFeat: 8, numBlock: 2, numGrowCh: 4 };
 
@@ -107,6 +118,9 @@ Deno.test("lazy decoding: each read decodes the tensor anew, to the eager values
       const first = l.data;
       assert.deepEqual(first, t.data, `${dtype} ${k}`);
       assert.notEqual(l.data, first, "a new array per read: nothing is kept");
+      const into = new Float32Array(first.length).fill(NaN);
+      (l as LazyTensorData).decodeInto(into);
+      assert.deepEqual(into, t.data, `${dtype} ${k} decoded into an array`);
     }
   }
   // what a lazy read could trip on is refused when the file is read
@@ -120,6 +134,28 @@ Deno.test("lazy decoding: each read decodes the tensor anew, to the eager values
   assert.throws(
     () => decodeModelFile(serializeSafetensors({ tensors, metadata }), "bad", { lazy: true }),
     /bad: body\.0\.rdb1\.conv1\.weight\.scale must be 4 floats, one per output channel/,
+  );
+});
+
+Deno.test("decodeFloatInto: F32 and F16 (aligned or not) into a given array; other types refused", () => {
+  const values = Float32Array.from([0.5, -2, 1e-3, 65504, 3.25]);
+  for (const dtype of ["F32", "F16"] as const) {
+    const bytes = encodeFloat(values, dtype);
+    for (const shift of [0, 1]) {
+      // a tensor at an odd offset of its file, as a writer without padding may leave it
+      const file = new Uint8Array(bytes.length + shift);
+      file.set(bytes, shift);
+      const t = { dtype, shape: [5], bytes: file.subarray(shift) };
+      const out = new Float32Array(5);
+      decodeFloatInto(t, out);
+      assert.deepEqual(out, decodeFloat({ dtype, shape: [5], bytes }), `${dtype} at offset ${shift}`);
+      assert.ok(Math.abs(out[2] - 1e-3) < (dtype === "F16" ? 1e-6 : 1e-10));
+    }
+    assert.throws(() => decodeFloatInto({ dtype, shape: [5], bytes }, new Float32Array(4)), /4 floats for 5/);
+  }
+  assert.throws(
+    () => decodeFloat({ dtype: "I8", shape: [2], bytes: new Uint8Array(2) }),
+    /cannot decode I8 as float/,
   );
 });
 

@@ -6,9 +6,10 @@
  * @module
  */
 import { inferRRDBNetConfig, type RRDBNetConfig } from "../rrdbnet_arch.ts";
-import { numel, type StateDict } from "../state_dict.ts";
+import { numel, type StateDict, type TensorData } from "../state_dict.ts";
 import {
   decodeFloat,
+  decodeFloatInto,
   encodeFloat,
   parseSafetensors,
   type RawTensor,
@@ -70,6 +71,15 @@ export function encodeModelFile(sd: StateDict, options: EncodeOptions): Uint8Arr
   return serializeSafetensors({ tensors, metadata });
 }
 
+/**
+ * A tensor of a lazily decoded model file: each read of `data` decodes it anew; `decodeInto`
+ * writes its values into `out` instead, allocating nothing (the CPU kernels' plan decodes every
+ * conv into one scratch: 130 MB of short-lived arrays for x4plus stayed resident otherwise).
+ */
+export interface LazyTensorData extends TensorData {
+  decodeInto(out: Float32Array): void;
+}
+
 /** Options for {@link decodeModelFile}. */
 export interface ModelDecodeOptions {
   /**
@@ -91,7 +101,7 @@ export function decodeModelFile(
   const stateDict: StateDict = new Map();
   for (const [key, t] of tensors) {
     if (key.endsWith(".scale") && tensors.get(key.slice(0, -6))?.dtype === "I8") continue;
-    let decode = () => decodeFloat(t);
+    let decodeInto = (out: Float32Array) => decodeFloatInto(t, out);
     if (t.dtype === "I8") {
       const scale = tensors.get(`${key}.scale`);
       if (!scale) throw new Error(`${name}: int8 tensor ${key} has no ${key}.scale`);
@@ -99,19 +109,21 @@ export function decodeModelFile(
       if (scale.dtype === "I8" || numel(scale.shape) !== t.shape[0]) {
         throw new Error(`${name}: ${key}.scale must be ${t.shape[0]} floats, one per output channel`);
       }
-      decode = () => dequantizeInt8(t, decodeFloat(scale));
+      decodeInto = (out) => dequantizeInt8(t, decodeFloat(scale), out);
     }
-    stateDict.set(
-      key,
-      options.lazy
-        ? {
-          shape: t.shape,
-          get data() {
-            return decode();
-          },
-        }
-        : { shape: t.shape, data: decode() },
-    );
+    const decode = () => {
+      const out = new Float32Array(numel(t.shape));
+      decodeInto(out);
+      return out;
+    };
+    const lazy: LazyTensorData = {
+      shape: t.shape,
+      get data() {
+        return decode();
+      },
+      decodeInto,
+    };
+    stateDict.set(key, options.lazy ? lazy : { shape: t.shape, data: decode() });
   }
   if (metadata.arch && metadata.arch !== "RRDBNet") {
     throw new Error(`${name}: architecture ${metadata.arch} is not supported`);
@@ -139,9 +151,8 @@ export function quantizeInt8(
   return { q, scales };
 }
 
-function dequantizeInt8(t: RawTensor, scales: Float32Array): Float32Array {
+function dequantizeInt8(t: RawTensor, scales: Float32Array, out: Float32Array): void {
   const q = new Int8Array(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);
-  const out = new Float32Array(q.length);
   const per = numel(t.shape) / t.shape[0];
   // channel by channel: a division per value made this 2-3x slower (the CLI and endpoint load x4plus's
   // 16.7M at every start)
@@ -149,5 +160,4 @@ function dequantizeInt8(t: RawTensor, scales: Float32Array): Float32Array {
     const s = scales[c];
     for (let i = c * per, end = i + per; i < end; i++) out[i] = q[i] * s;
   }
-  return out;
 }

@@ -85,10 +85,21 @@ export function serializeSafetensors(st: Safetensors): Uint8Array {
 
 /** Decodes a raw F32 or F16 tensor to float32 (I8 needs its scales: see model_file.ts). */
 export function decodeFloat(t: RawTensor): Float32Array {
-  const copy = t.bytes.slice(); // aligned copy
-  if (t.dtype === "F32") return new Float32Array(copy.buffer);
-  if (t.dtype === "F16") return Float32Array.from(new Float16Array(copy.buffer));
-  throw new Error(`cannot decode ${t.dtype} as float`);
+  const out = new Float32Array(t.bytes.byteLength / BYTES[t.dtype]);
+  decodeFloatInto(t, out);
+  return out;
+}
+
+/** {@link decodeFloat} into `out` (as many values as the tensor holds), allocating nothing for F32. */
+export function decodeFloatInto(t: RawTensor, out: Float32Array): void {
+  const n = t.bytes.byteLength / BYTES[t.dtype];
+  if (out.length !== n) throw new Error(`decodeFloatInto: ${out.length} floats for ${n} values`);
+  if (t.dtype === "F32") new Uint8Array(out.buffer, out.byteOffset, 4 * n).set(t.bytes);
+  else if (t.dtype === "F16") {
+    // a view where the file aligns the values (the reference writer pads its header to 8 bytes)
+    const b = t.bytes.byteOffset % 2 ? t.bytes.slice() : t.bytes;
+    out.set(new Float16Array(b.buffer, b.byteOffset, n));
+  } else throw new Error(`cannot decode ${t.dtype} as float`);
 }
 
 /** Encodes float32 values as F32 or F16 bytes. */
