@@ -338,7 +338,10 @@ export class RRDBNetPlanWasm {
     });
     const dc = nf + 4 * gc;
     const input = map(cin, h, w), feat = map(nf, h, w);
-    const dense = [map(dc, h, w), map(dc, h, w), map(dc, h, w)];
+    // a block's three dense blocks in two maps: the first holds the block's input x (kept for the
+    // block's residual) and past it rdb1's growth, later rdb3's input and growth; rdb2 has its own
+    const first = map(nf + dc, h, w);
+    const dense = [first, map(dc, h, w), slice(first, nf)];
     const body = map(nf, h, w);
     const output = map(numOutCh, S * h, S * w);
     // the upsampled tail in bands of N LR rows: per x2 upsampling the nearest-neighbour copy and the
