@@ -17,7 +17,7 @@
  * a larger tile redoes less overlap ((304/256)² ≈ 1.41x, against (240/192)² ≈ 1.56x). They run the
  * net's upsampled tail in bands of rows (wasm_plan.ts), so a patch's memory grows with its LR maps
  * only: peak memory of `deno task upscale` on one patch of 176², 240² and 304² pixels (tiles 128,
- * 192, 256): 0.62, 0.72 and 0.85 GB (whole-patch tails and tfjs's copy of the net: 1.07, 1.43,
+ * 192, 256): 0.61, 0.71 and 0.82 GB (whole-patch tails and tfjs's copy of the net: 1.07, 1.43,
  * 1.87 GB). A 384x256 photo took 20.6-20.9 s at tile 192 and 17.4-17.6 s at 256 (2 threads).
  *
  * On webgpu the tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts), submitted back to

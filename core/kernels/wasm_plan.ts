@@ -342,7 +342,8 @@ export class RRDBNetPlanWasm {
     // block's residual) and past it rdb1's growth, later rdb3's input and growth; rdb2 has its own
     const first = map(nf + dc, h, w);
     const dense = [first, map(dc, h, w), slice(first, nf)];
-    const body = map(nf, h, w);
+    // the trunk's output, feat + conv_body(...), in place over feat
+    const body = feat;
     const output = map(numOutCh, S * h, S * w);
     // the upsampled tail in bands of N LR rows: per x2 upsampling the nearest-neighbour copy and the
     // conv's output, at the band's size (the last level's two maps were most of a patch's memory)
@@ -392,9 +393,9 @@ export class RRDBNetPlanWasm {
         conv(`conv_up${k + 1}`, l.up, l.conv, { lrelu: true });
         x = l.conv;
       });
-      // conv_hr writes over a map that is free by then: the last upsampling's copy (none: conv_first's,
-      // in the one band a net without upsampling has)
-      const spare = U ? levels[U - 1].up : feat;
+      // conv_hr writes over a map that is free by then: the last upsampling's copy (none: rdb2's, in
+      // the one band a net without upsampling has)
+      const spare = U ? levels[U - 1].up : dense[1];
       conv("conv_hr", x, spare, { lrelu: true });
       // conv_last reads the kept rows through a view whose border rows are the band's own neighbours
       conv("conv_last", rows(spare, (r0 - a) * S, (r1 - r0) * S), rows(output, r0 * S, (r1 - r0) * S));
