@@ -916,7 +916,10 @@ export class Upscaler {
     return sum;
   }
 
-  /** The net's weight tensors, whose change makes a plan stale (a plan reads the weights once). */
+  /**
+   * The net's weight tensors, whose change makes a plan stale (a plan reads the weights once); makes
+   * the net first if need be, so that a plan is not keyed to the source and then made again.
+   */
   private weightIds(): object[] {
     return [...this.net.params.values()].map((v) => v.dataId);
   }

@@ -10,6 +10,7 @@ import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { inferRRDBNetConfig, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 import { importWeights } from "../core/import/mod.ts";
+import { encodeModelFile } from "../core/weights/model_file.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
 import { TileBlenderWebGPU } from "../core/kernels/webgpu_tile_blend.ts";
 import { bindGroupFault } from "./webgpu_setup.ts";
@@ -476,6 +477,32 @@ Deno.test({
       tf.dispose([x, y]);
     } finally {
       up.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu upscaler from a model file: its net is made on first use and its plan once, as a net's",
+  ignore,
+  fn: async () => {
+    const net = tinyNet(11);
+    const bytes = encodeModelFile(await net.stateDict(), { dtype: "fp32" });
+    const eager = new Upscaler(net), lazy = Upscaler.fromBytes(bytes);
+    eager.winograd = lazy.winograd = 0;
+    const x = tf.randomUniform([1, 12, 10, 3], 0, 1, "float32", 4) as tf.Tensor4D;
+    try {
+      const want = await eager.upscaleTensor(x, { tile: 0 });
+      const got = await lazy.upscaleTensor(x, { tile: 0 });
+      assert.equal(await maxDiff(got, want), 0);
+      const plans = (lazy as unknown as { plans: Map<string, { plan: object }> }).plans;
+      const made = [...plans.values()].map((e) => e.plan);
+      const again = await lazy.upscaleTensor(x, { tile: 0 });
+      assert.deepEqual([...plans.values()].map((e) => e.plan), made, "the same plan, not one made again");
+      tf.dispose([want, got, again]);
+    } finally {
+      x.dispose();
+      eager.dispose();
+      lazy.dispose();
     }
   },
 });

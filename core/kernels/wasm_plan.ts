@@ -452,7 +452,6 @@ export class RRDBNetPlanWasm {
   }
 }
 
-/** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */
 /**
  * Each conv's weight in HWIO and its bias, read when asked. A state dict's weights are decoded
  * (where a lazy model file allows: see LazyTensorData) and transposed into two scratch arrays that
@@ -495,6 +494,7 @@ function hwioConvs(net: RRDBNet | RRDBNetWeights): {
   });
 }
 
+/** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */
 function packRecord(p: PackedConv, hwio: number): LayerRecord {
   return {
     kind: "pack",
