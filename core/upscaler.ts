@@ -280,16 +280,12 @@ export class Upscaler {
     return this.made;
   }
 
-  /** Loads a model file's bytes (fp32, fp16 or int8 safetensors in the project's format). */
+  /**
+   * Loads a model file's bytes (fp32, fp16 or int8 safetensors in the project's format). The
+   * upscaler keeps a copy, which it decodes where it first needs the weights.
+   */
   static fromBytes(bytes: Uint8Array, options: { name?: string } = {}): Upscaler {
-    // each tensor decoded where it is put (the CPU kernels' memory, a tfjs net), never all at once
-    const model = decodeModelFile(bytes, options.name, { lazy: true });
-    checkRRDBNetWeights(model.config, model.stateDict);
-    const weights = () => model.stateDict;
-    return new Upscaler(
-      { config: model.config, weights },
-      { name: options.name, dtype: model.dtype, metadata: model.metadata },
-    );
+    return fromModelFile(bytes.slice(), options.name);
   }
 
   /** Reads and loads a model file. */
@@ -301,7 +297,7 @@ export class Upscaler {
       const why = e instanceof Deno.errors.NotFound ? "model file not found" : (e as Error).message;
       throw new Error(`${path}: ${why}`);
     }
-    return Upscaler.fromBytes(bytes, { name: path });
+    return fromModelFile(bytes, path);
   }
 
   /** The net's architecture. */
@@ -998,6 +994,19 @@ export class Upscaler {
     if (ph || pw) y = tf.slice(y, [0, 0, 0, 0], [-1, h * s, w * s, -1]);
     return y;
   }
+}
+
+/**
+ * An upscaler over a model file's bytes, which it keeps: each tensor is decoded where it is put (the
+ * CPU kernels' memory, a tfjs net), never all at once.
+ */
+function fromModelFile(bytes: Uint8Array, name?: string): Upscaler {
+  const model = decodeModelFile(bytes, name, { lazy: true });
+  checkRRDBNetWeights(model.config, model.stateDict);
+  return new Upscaler(
+    { config: model.config, weights: () => model.stateDict },
+    { name, dtype: model.dtype, metadata: model.metadata },
+  );
 }
 
 /**

@@ -596,6 +596,22 @@ Deno.test("from a model file on wasm: no tfjs net is made; `net` makes one, with
   }
 });
 
+Deno.test("fromBytes keeps its own copy: the caller's buffer changed afterwards changes nothing", async () => {
+  const bytes = await tinyModel();
+  const want = Upscaler.fromBytes(bytes.slice()), up = Upscaler.fromBytes(bytes);
+  bytes.fill(0); // the weights are decoded only now, where the plan is made
+  const x = tf.randomUniform([1, 8, 8, 3], 0, 1, "float32", 6) as tf.Tensor4D;
+  try {
+    const a = await up.upscaleTensor(x, { tile: 0 }), b = await want.upscaleTensor(x, { tile: 0 });
+    assert.deepEqual(await a.data(), await b.data());
+    tf.dispose([a, b]);
+  } finally {
+    x.dispose();
+    up.dispose();
+    want.dispose();
+  }
+});
+
 Deno.test("dispose({ keepNet: true }) frees the upscaler's plans and leaves its net usable", async () => {
   const up = Upscaler.fromBytes(await tinyModel());
   const x = tf.randomUniform([1, 8, 8, 3], 0, 1, "float32", 2) as tf.Tensor4D;
