@@ -86,7 +86,7 @@ export interface ModelDecodeOptions {
    * Decode each tensor when its `data` is read, anew on every read, instead of all at once: a
    * consumer that reads each tensor once (a net being made, the CPU kernels' plan) then never
    * holds the whole net in float32 beside where it puts it (x4plus: 67 MB). The state dict keeps
-   * `bytes` alive.
+   * `bytes` and reads them on every read: they must not change meanwhile.
    */
   lazy?: boolean;
 }
