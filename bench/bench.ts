@@ -33,6 +33,7 @@ import {
   peakRssMb,
   prepareCase,
   type PreparedCase,
+  UNCHECKED_V8_FLAGS,
   usePlannedPasses,
 } from "./cases.ts";
 import { Peer, type Reply, serve } from "./peer.ts";
@@ -71,6 +72,9 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       "+hostblend" (upscales only) each tile read back and blended on the host,
                       as the Upscaler did before it blended on the GPU; "+onesubmit" each pass
                       submitted whole, as before the plans submitted them in growing pieces;
+                      "+unchecked" after wasm or wasm-plan[:N] runs that backend's process with
+                      V8's wasm bounds checks off (unsafe, for measuring only: what the checks
+                      cost, which Deno leaves in, having no trap handler for wasm);
                       default: webgpu,webgpu-custom,webgpu-plan (+ webgpu-plan:f16 with shader-f16)
                       on a real GPU adapter, else wasm:1,wasm:<cores>,wasm-plan:1,wasm-plan:<cores>
   --cpu               add the (slow) cpu backend to the default list
@@ -213,6 +217,13 @@ export async function defaultBackends(plan: BenchPlan): Promise<{ backends: Back
   }
   if (plan.cpu) backends.push({ name: "cpu" });
   return { backends, note };
+}
+
+/** `deno` arguments for the process that serves `spec` (this program with `--child`). */
+export function backendProcessArgs(spec: BackendSpec, childArgs: string[]): string[] {
+  // V8's flags go before the script; import.meta.url is this file, or the bundle when bundled
+  const v8 = spec.unchecked ? [UNCHECKED_V8_FLAGS] : [];
+  return ["run", "-A", ...v8, import.meta.url, "--child", backendLabel(spec), ...childArgs];
 }
 
 /** Serves one backend to the parent (`--child`): see bench/peer.ts for the requests. */
@@ -400,9 +411,7 @@ export async function runBench(
   if (plan.blocks) childArgs.push("--blocks", String(plan.blocks));
   for (const spec of backends) {
     const label = backendLabel(spec);
-    // import.meta.url is this file, or the bundle when bundled
-    const args = ["run", "-A", import.meta.url, "--child", label, ...childArgs];
-    const peer = new Peer(label, Deno.execPath(), args);
+    const peer = new Peer(label, Deno.execPath(), backendProcessArgs(spec, childArgs));
     peers.push({ label, peer, hello: await peer.ready() });
   }
   if (plan.torch !== "off") {

@@ -96,7 +96,16 @@ export interface BackendSpec {
   hostBlend?: boolean;
   /** The plans submit each pass whole (`+onesubmit`), as before they submitted it in growing pieces. */
   oneSubmit?: boolean;
+  /**
+   * The backend's process runs with V8's WebAssembly bounds checks off (`+unchecked`, wasm backends):
+   * unsafe, for measuring only. Deno does not enable V8's trap handler (denoland/deno#35658), so V8
+   * checks every wasm load and store in the code; this row shows what those checks cost.
+   */
+  unchecked?: boolean;
 }
+
+/** The V8 flag a `+unchecked` backend's process runs with. */
+export const UNCHECKED_V8_FLAGS = "--v8-flags=--no-wasm-bounds-checks";
 
 /**
  * Parses a backend spec: `wasm` (all cores), `wasm:N`, `wasm-plan`, `wasm-plan:N` (our CPU
@@ -105,10 +114,18 @@ export interface BackendSpec {
  * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32),
  * with `+auto` as the faster of direct and Winograd on the first run (timed); with `+hostblend` its
  * upscales blend their tiles on the host (Upscaler.gpuBlend off); with `+onesubmit` its passes are
- * submitted whole (setFirstSubmit(0)).
+ * submitted whole (setFirstSubmit(0)). A wasm backend with `+unchecked` runs without V8's bounds
+ * checks ({@link BackendSpec.unchecked}).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
+  if (flags.length === 1 && flags[0] === "unchecked") {
+    const parsed = parseBackend(base);
+    if (parsed.name !== "wasm") {
+      throw new Error(`bad backend "${spec}": +unchecked goes after wasm or wasm-plan`);
+    }
+    return { ...parsed, unchecked: true };
+  }
   if (flags.length) {
     const known: Record<string, Partial<BackendSpec>> = {
       tune: { tune: true },
@@ -152,7 +169,7 @@ export function parseBackend(spec: string): BackendSpec {
 /** The spec's label, as tables print it. */
 export function backendLabel(b: BackendSpec): string {
   return b.name === "wasm"
-    ? `${b.plan ? "wasm-plan" : "wasm"}:${b.threads}`
+    ? `${b.plan ? "wasm-plan" : "wasm"}:${b.threads}${b.unchecked ? "+unchecked" : ""}`
     : b.custom
     ? "webgpu-custom"
     : b.plan

@@ -1,7 +1,14 @@
 /** Smoke tests of `deno task bench`'s code path on tiny nets (no timing assertions). */
 import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
-import { addTorchRatios, type BenchRow, formatTable, parseBenchArgs, runBench } from "../bench/bench.ts";
+import {
+  addTorchRatios,
+  backendProcessArgs,
+  type BenchRow,
+  formatTable,
+  parseBenchArgs,
+  runBench,
+} from "../bench/bench.ts";
 import {
   ALL_CASES,
   backendLabel,
@@ -48,6 +55,20 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
     tune: true,
   });
   assert.equal(backendLabel(parseBackend("webgpu-plan+tune")), "webgpu-plan+tune");
+  assert.deepEqual(parseBackend("wasm-plan:2+unchecked"), {
+    name: "wasm",
+    threads: 2,
+    plan: true,
+    unchecked: true,
+  });
+  assert.equal(backendLabel(parseBackend("wasm:1+unchecked")), "wasm:1+unchecked");
+  assert.throws(() => parseBackend("webgpu-plan+unchecked"), /\+unchecked goes after wasm or wasm-plan/);
+  assert.throws(() => parseBackend("wasm-plan+unchecked+tune"), /bad backend/);
+  // V8's flag goes to the backend's process, before the script (after it, it would be the script's)
+  const args = backendProcessArgs(parseBackend("wasm-plan:1+unchecked"), ["--runs", "1"]);
+  assert.deepEqual(args.slice(0, 3), ["run", "-A", "--v8-flags=--no-wasm-bounds-checks"]);
+  assert.deepEqual(args.slice(4), ["--child", "wasm-plan:1+unchecked", "--runs", "1"]);
+  assert.ok(!backendProcessArgs(parseBackend("wasm-plan:1"), []).some((a) => a.startsWith("--v8-flags")));
   assert.throws(() => parseBackend("wasm+tune"), /bad backend/);
   assert.deepEqual(parseBackend("webgpu-plan+winograd2+tune"), {
     name: "webgpu",
@@ -148,7 +169,7 @@ Deno.test("bench: timeCase runs a forward pass and a training step and leaks no 
 Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thread output bit for bit", async () => {
   const plan = parseBenchArgs([
     "--backend",
-    "wasm:1,wasm:2",
+    "wasm:1,wasm:2,wasm:1+unchecked",
     "--case",
     "forward:1x12x12",
     "--blocks",
@@ -159,9 +180,9 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
     "0",
   ]);
   const report = await runBench(plan);
-  const [one, two, torch] = report.rows;
-  assert.deepEqual([one.backend, two.backend], ["wasm:1", "wasm:2"]);
-  for (const r of [one, two]) {
+  const [one, two, unchecked, torch] = report.rows;
+  assert.deepEqual([one.backend, two.backend, unchecked.backend], ["wasm:1", "wasm:2", "wasm:1+unchecked"]);
+  for (const r of [one, two, unchecked]) {
     assert.equal(r.error, undefined, r.error);
     assert.equal(r.times_ms.length, 2);
     assert.ok(r.peak_mb! > 0);
@@ -170,6 +191,7 @@ Deno.test("bench: the processes take turns; wasm with 2 threads gives the 1-thre
   assert.equal(two.threads, 2, "XNNPACK's pool has 2 threads");
   assert.equal(two.diff_vs, "wasm:1");
   assert.equal(two.max_abs_diff, 0);
+  assert.equal(unchecked.max_abs_diff, 0, "V8's bounds checks change no result");
   if (torch) { // PyTorch present: its row and the ratios
     assert.match(torch.backend, /^torch /);
     assert.ok(torch.ms > 0 && one.vs_torch! > 0);

@@ -14,7 +14,10 @@ typedef int i32;
 
 // Register blocking: MR output pixels of a row x 8 output channels, 2*MR accumulators. 6 leaves
 // V8 (16 xmm registers on x64) room for the two weight vectors and the broadcast input; measured
-// on a Zen 4 core: 4 px 42, 5 px 51, 6 px 54, 7 px 31 GFLOP/s (spills).
+// on a Zen 4 core: 4 px 42, 5 px 51, 6 px 54, 7 px 31 GFLOP/s (spills). Under Deno every load
+// also costs V8's bounds check (no trap handler: denoland/deno#35658), so loads per FMA decide
+// as much as FMAs: 6 x 8 needs 8 loads for 12; splatting lanes of wider loads by shuffles was
+// slower (README, "Where the CPU time goes").
 #define MR 6
 #define NR 8
 
