@@ -129,15 +129,10 @@ export class KernelPool {
 
   /** Runs `count` layer records from byte offset `layers`; aborting stops between layers. One run at a time. */
   async run(request: RunRequest, signal?: AbortSignal): Promise<void> {
-    if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
-    if (this.busy) throw new Error("CPU kernels: one run at a time");
     signal?.throwIfAborted();
-    this.busy = true;
+    this.claim();
     try {
-      if (this.runLayer) {
-        for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
-        return;
-      }
+      if (this.runInline(request)) return;
       Atomics.store(this.ctrl, CTRL.abort, 0);
       const onAbort = () => Atomics.store(this.ctrl, CTRL.abort, 1);
       signal?.addEventListener("abort", onAbort);
@@ -185,14 +180,9 @@ export class KernelPool {
    * that dies without reporting (killed) would leave it waiting: use it for short runs.
    */
   runSync(request: RunRequest): void {
-    if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
-    if (this.busy) throw new Error("CPU kernels: one run at a time");
-    this.busy = true;
+    this.claim();
     try {
-      if (this.runLayer) {
-        for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
-        return;
-      }
+      if (this.runInline(request)) return;
       const ctrl = this.ctrl;
       Atomics.store(ctrl, CTRL.abort, 0);
       Atomics.store(ctrl, CTRL.done, 0);
@@ -213,6 +203,20 @@ export class KernelPool {
       this.busy = false;
       if (!this.disposed) this.stopWhenIdle();
     }
+  }
+
+  /** Marks the pool busy for a run, if it may start one. */
+  private claim(): void {
+    if (this.disposed) throw new Error("CPU kernels: the pool was disposed (or a worker failed)");
+    if (this.busy) throw new Error("CPU kernels: one run at a time");
+    this.busy = true;
+  }
+
+  /** Runs the request on this thread where the pool has no workers; false where it has. */
+  private runInline(request: RunRequest): boolean {
+    if (!this.runLayer) return false;
+    for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
+    return true;
   }
 
   /** Stops the workers; a run in progress fails. */
