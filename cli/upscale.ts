@@ -74,7 +74,8 @@ options:
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
                         (realesrgan-ncnn-vulkan's -x; 8x the time)
       --low-memory      on our CPU kernels (wasm): each conv's Winograd filters made before it on
-                        every tile instead of kept (x4plus: 200 MB less, a few percent slower)
+                        every tile instead of kept (x4plus: 200 MB less, a few percent slower); on
+                        by itself, with a line saying so, where under 1.5 GB of memory is free
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
   -h, --help            this text`;
@@ -108,6 +109,26 @@ export interface UpscaleArgs {
 }
 
 export { UsageError };
+
+/**
+ * Free memory (bytes) under which the CPU kernels make their filters per tile as with --low-memory,
+ * unasked: kept, x4plus's take 210 MB more, and a 256-pixel tile already peaks at 0.82 GB.
+ */
+export const AUTO_LOW_MEMORY_BYTES = 1.5e9;
+
+/** Why the CPU kernels should run as with --low-memory, unasked; undefined: no need, or unknown. */
+export function autoLowMemory(available: number | undefined): string | undefined {
+  if (available === undefined || !(available < AUTO_LOW_MEMORY_BYTES)) return undefined;
+  return `${(available / 1e9).toFixed(2)} GB free: the CPU kernels make each conv's filters per tile ` +
+    `(as --low-memory: the same output, 200 MB less, a few percent slower)`;
+}
+
+/** The system's available memory in bytes, where the sys permission allows reading it (never prompting). */
+function availableMemory(): number | undefined {
+  const query = { name: "sys", kind: "systemMemoryInfo" } as const;
+  if (Deno.permissions.querySync(query).state !== "granted") return undefined;
+  return Deno.systemMemoryInfo().available;
+}
 
 const parseNumber = (flag: string, value: string | undefined, check: (n: number) => boolean, want: string) =>
   parseNumberFlag(flag, value, { check, want, suffixes: true });
@@ -300,7 +321,9 @@ export async function main(argv: string[]): Promise<number> {
     }
     upscaler.precision = args.precision;
     upscaler.winograd = args.winograd;
-    upscaler.cpuPackEachRun = args.lowMemory;
+    const tight = backend.name === "wasm" && !args.lowMemory ? autoLowMemory(availableMemory()) : undefined;
+    if (tight) console.error(`memory: ${tight}`);
+    upscaler.cpuPackEachRun = args.lowMemory || !!tight;
     const c = upscaler.config;
     console.error(
       `model: ${args.model} (x${c.scale}, ${c.numBlock} blocks, ${upscaler.info.dtype ?? "fp32"}` +

@@ -8,7 +8,7 @@ import { decodeImage, encodeImage, readImageHeader, type RgbaImage, to8Bits } fr
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
 import { DEFAULT_MODEL, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
-import { parseUpscaleArgs } from "../cli/upscale.ts";
+import { AUTO_LOW_MEMORY_BYTES, autoLowMemory, parseUpscaleArgs } from "../cli/upscale.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const TASK: string = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks.upscale;
@@ -193,6 +193,34 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in
   r = await cli(`${dir}/gray_webp`, "-o", `${dir}/gray_webp_x4.png`, "--model", model, "--tta");
   assert.equal(r.code, 0, r.err);
   assert.equal((await decodeImage(await Deno.readFile(`${dir}/gray_webp_x4.png`))).width, 160);
+});
+
+Deno.test("under 1.5 GB of free memory the CPU kernels run as with --low-memory, and say so", async () => {
+  assert.equal(autoLowMemory(undefined), undefined, "unknown: kept");
+  assert.equal(autoLowMemory(AUTO_LOW_MEMORY_BYTES), undefined);
+  assert.match(autoLowMemory(0.9e9)!, /^0\.90 GB free: .*as --low-memory/);
+  // the CLI with the system's memory made to read 0.9 GB free (a script preloaded before it)
+  const stub = `${dir}/low_memory_stub.ts`;
+  await Deno.writeTextFile(
+    stub,
+    `const real = Deno.systemMemoryInfo;
+Object.defineProperty(Deno, "systemMemoryInfo", { value: () => ({ ...real(), available: 0.9e9 }) });`,
+  );
+  await Deno.writeFile(`${dir}/mem.png`, await encodeImage(colour, { format: "png" }));
+  const args = [`${dir}/mem.png`, "--model", model, "--backend", "wasm", "--force", "-o"];
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...FLAGS, `--preload=${stub}`, `${ROOT}/cli/upscale.ts`, ...args, `${dir}/mem_low.png`],
+    env: { NO_COLOR: "1" },
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(stderr);
+  assert.equal(code, 0, err);
+  assert.match(err, /^memory: 0\.90 GB free: the CPU kernels make each conv's filters per tile/m);
+  // as this machine's memory is: with GBs free nothing is said; the same output either way
+  const kept = await cli(...args, `${dir}/mem_kept.png`);
+  assert.equal(kept.code, 0, kept.err);
+  if (Deno.systemMemoryInfo().available >= AUTO_LOW_MEMORY_BYTES) assert.doesNotMatch(kept.err, /^memory:/m);
+  assert.deepEqual(await Deno.readFile(`${dir}/mem_low.png`), await Deno.readFile(`${dir}/mem_kept.png`));
 });
 
 Deno.test("16-bit PNG in, 16-bit PNG out (8-bit for JPEG)", async () => {
