@@ -74,7 +74,7 @@ options:
   -x, --tta             test-time augmentation: each tile in its 8 flips and transposes, averaged
                         (realesrgan-ncnn-vulkan's -x; 8x the time)
       --low-memory      on our CPU kernels (wasm): each conv's Winograd filters made before it on
-                        every tile instead of kept (x4plus: 200 MB less, a few percent slower); on
+                        every tile instead of kept (x4plus: 210 MB less, a few percent slower); on
                         by itself, with a line saying so, where under 1.5 GB of memory is free
       --max-pixels N    refuse inputs larger than N pixels, e.g. 16e6 or 16M (default 16M)
       --force           overwrite existing output files
@@ -120,7 +120,7 @@ export const AUTO_LOW_MEMORY_BYTES = 1.5e9;
 export function autoLowMemory(available: number | undefined): string | undefined {
   if (available === undefined || !(available < AUTO_LOW_MEMORY_BYTES)) return undefined;
   return `${(available / 1e9).toFixed(2)} GB free: the CPU kernels make each conv's filters per tile ` +
-    `(as --low-memory: the same output, 200 MB less, a few percent slower)`;
+    `(as --low-memory: the same output, 210 MB less for x4plus, a few percent slower)`;
 }
 
 /** The system's available memory in bytes, where the sys permission allows reading it (never prompting). */
