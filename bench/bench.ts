@@ -18,6 +18,7 @@ import { ESRGAN_X4, type RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arc
 import { decodeModelFile } from "../core/weights/model_file.ts";
 import { customKernelStats, enableCustomWebGPUKernels } from "../core/kernels/register.ts";
 import { setFirstSubmit } from "../core/kernels/webgpu_pass.ts";
+import { setEarlyMap } from "../core/kernels/webgpu_map.ts";
 import {
   ALL_CASES,
   backendLabel,
@@ -72,6 +73,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       "+hostblend" (upscales only) each tile read back and blended on the host,
                       as the Upscaler did before it blended on the GPU; "+onesubmit" each pass
                       submitted whole, as before the plans submitted them in growing pieces;
+                      "+latemap" every read-back awaiting mapAsync's promise, as before the plans
+                      read early past Deno 2.9.6's 10 ms (core/kernels/webgpu_map.ts);
                       "+unchecked" after wasm or wasm-plan[:N] runs that backend's process with
                       V8's wasm bounds checks off (unsafe, for measuring only: what the checks
                       cost, which Deno leaves in, having no trap handler for wasm);
@@ -235,6 +238,7 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
     if (spec.custom) enableCustomWebGPUKernels();
     usePlannedPasses(!!spec.plan, spec);
     if (spec.oneSubmit) setFirstSubmit(0);
+    if (spec.lateMap) setEarlyMap(false);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {

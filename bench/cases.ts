@@ -97,6 +97,11 @@ export interface BackendSpec {
   /** The plans submit each pass whole (`+onesubmit`), as before they submitted it in growing pieces. */
   oneSubmit?: boolean;
   /**
+   * Every read-back and wait for the GPU awaits mapAsync's promise (`+latemap`: setEarlyMap(false)),
+   * as before the plans read early past Deno 2.9.6's 10 ms (core/kernels/webgpu_map.ts).
+   */
+  lateMap?: boolean;
+  /**
    * The backend's process runs with V8's WebAssembly bounds checks off (`+unchecked`, wasm backends):
    * unsafe, for measuring only. Deno does not enable V8's trap handler (denoland/deno#35658), so V8
    * checks every wasm load and store in the code; this row shows what those checks cost.
@@ -114,8 +119,9 @@ export const UNCHECKED_V8_FLAGS = "--v8-flags=--no-wasm-bounds-checks";
  * `+winograd` / `+winograd2` runs the forward's convolutions as Winograd F(4x4) / F(2x2) (f32),
  * with `+auto` as the faster of direct and Winograd on the first run (timed); with `+hostblend` its
  * upscales blend their tiles on the host (Upscaler.gpuBlend off); with `+onesubmit` its passes are
- * submitted whole (setFirstSubmit(0)). A wasm backend with `+unchecked` runs without V8's bounds
- * checks ({@link BackendSpec.unchecked}).
+ * submitted whole (setFirstSubmit(0)); with `+latemap` every read-back awaits mapAsync's promise
+ * (setEarlyMap(false)). A wasm backend with `+unchecked` runs without V8's bounds checks
+ * ({@link BackendSpec.unchecked}).
  */
 export function parseBackend(spec: string): BackendSpec {
   const [base, ...flags] = spec.split("+");
@@ -134,11 +140,12 @@ export function parseBackend(spec: string): BackendSpec {
       auto: { winograd: "auto" },
       hostblend: { hostBlend: true },
       onesubmit: { oneSubmit: true },
+      latemap: { lateMap: true },
     };
     const parsed = parseBackend(base);
     if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
       throw new Error(
-        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto, +hostblend and +onesubmit go after webgpu-plan`,
+        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto, +hostblend, +onesubmit and +latemap go after webgpu-plan`,
       );
     }
     if (flags.filter((f) => f.startsWith("winograd") || f === "auto").length > 1) {
@@ -175,7 +182,9 @@ export function backendLabel(b: BackendSpec): string {
     : b.plan
     ? `webgpu-plan${b.precision && b.precision !== "f32" ? `:${b.precision}` : ""}${
       b.winograd === "auto" ? "+auto" : b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
-    }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}${b.oneSubmit ? "+onesubmit" : ""}`
+    }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}${b.oneSubmit ? "+onesubmit" : ""}${
+      b.lateMap ? "+latemap" : ""
+    }`
     : b.name;
 }
 

@@ -34,10 +34,12 @@
 # BENCH_BACKENDS (default below: stock, our direct plan, +auto (the faster of direct and F(4x4) by a timed
 # first run, the default of deno task upscale; forwards and upscales; with +hostblend its upscales read each
 # tile back and blend on the host, as before the GPU blended them; with +onesubmit each pass is submitted
-# whole, as before the plans submitted them in growing pieces), the Winograd F(4x4) plan (as the
-# trainer's default chose on an H200; with +onesubmit too), F(4x4) in f16 (new: the candidate for the f16
-# goal) and F(2x2) in f16 (the f16 row before); on the H200 +tune sped only the direct plans and F(2x2) in f32
-# lost to F(4x4), so those are left to BENCH_BACKENDS); the f16 rows time the forward in half precision;
+# whole, as before the plans submitted them in growing pieces; with +latemap every read-back waits for
+# mapAsync's promise, as before core/kernels/webgpu_map.ts read early past Deno's 10 ms), the Winograd
+# F(4x4) plan (as the trainer's default chose on an H200), F(4x4) in f16 (new: the candidate for the f16
+# goal); on the H200 +tune sped only the direct plans, F(2x2) in f32 lost to F(4x4) and F(2x2) in f16 took
+# 0.94x / 1.17x / 1.53x of PyTorch, so those are left to BENCH_BACKENDS); the f16 rows time the forward in
+# half precision;
 # Winograd training rows run every convolution of the step as Winograd, in f32 only (f16 Winograd rows skip
 # training; webgpu-plan:f16 times mixed-precision training)), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
 # "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
@@ -71,7 +73,7 @@ fi
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+auto+hostblend,webgpu-plan+auto+onesubmit,webgpu-plan+winograd,webgpu-plan+winograd+onesubmit,webgpu-plan:f16+winograd,webgpu-plan:f16+winograd2
+backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+auto+latemap,webgpu-plan+auto+hostblend,webgpu-plan+auto+onesubmit,webgpu-plan+winograd,webgpu-plan:f16+winograd
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256 --case upscale:1x512x512 --case upscale:1x512x512/256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   --chart "$res/bench.svg" > "$res/bench.json" 2> "$res/bench.log"

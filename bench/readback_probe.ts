@@ -3,15 +3,18 @@
  * the bench's forward shapes (1x64x64, 16x32x32, 1x256x256 LR: 0.8, 3.1, 12.6 MB of f32 RGB at 4x),
  * wall and CPU milliseconds of each step of a read: copying into a MAP_READ buffer made for the read
  * (as tfjs's data() does) or kept between reads, mapAsync (the call and its promise), getMappedRange,
- * the copy out (`slice`) and unmap; then whether waiting for the queue (onSubmittedWorkDone) blocks
- * the thread while a long dispatch runs, and whether it spins (its CPU time). On an H200 a planned 1x256x256 forward spent 32 ms of CPU
- * against 7.5 ms at 1x64x64 (the same dispatches): this says which step holds the difference.
+ * the copy out (`slice`) and unmap, and the whole read through core/kernels/webgpu_map.ts's mapRead
+ * (the range taken when mapAsync returns, on Deno 2.9.6); then whether waiting for the queue
+ * (onSubmittedWorkDone) blocks the thread while a long dispatch runs, and whether it spins (its CPU
+ * time). On an H200 a planned 1x256x256 forward spent 32 ms of CPU against 7.5 ms at 1x64x64 (the
+ * same dispatches): this says which step holds the difference.
  *
  *     deno run -A bench/readback_probe.ts [--json FILE] [--spin N]
  * @module
  */
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { mapRead, mapStats } from "../core/kernels/webgpu_map.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -41,6 +44,11 @@ async function step<T>(times: Record<string, { wall: number[]; cpu: number[] }>,
   return value;
 }
 
+/**
+ * Staging buffers: made per read (as tfjs's data() does), kept between reads, and kept and read by
+ * core/kernels/webgpu_map.ts's mapRead (early where this Deno allows: `mapStats` in the JSON says).
+ */
+const STAGINGS = ["fresh", "kept", "early"] as const;
 const rows: { bytes: number; staging: string; steps: Record<string, { wall_ms: number; cpu_ms: number }> }[] =
   [];
 const runs = Number(values.runs);
@@ -51,9 +59,17 @@ for (const bytes of [64 * 64 * 16 * 12, 16 * 32 * 32 * 16 * 12, 256 * 256 * 16 *
   });
   device.queue.writeBuffer(src, 0, new Uint8Array(bytes).fill(7));
   const kept = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const times: Record<string, Record<string, { wall: number[]; cpu: number[] }>> = { fresh: {}, kept: {} };
+  const keptEarly = device.createBuffer({
+    size: bytes,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const times: Record<string, Record<string, { wall: number[]; cpu: number[] }>> = {
+    fresh: {},
+    kept: {},
+    early: {},
+  };
   for (let r = 0; r < runs + 1; r++) {
-    for (const staging of ["fresh", "kept"] as const) {
+    for (const staging of STAGINGS) {
       const t = r === 0 ? {} : times[staging]; // the first round warms up
       const dst = await step(
         t,
@@ -61,6 +77,8 @@ for (const bytes of [64 * 64 * 16 * 12, 16 * 32 * 32 * 16 * 12, 256 * 256 * 16 *
         () =>
           staging === "kept"
             ? kept
+            : staging === "early"
+            ? keptEarly
             : device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
       );
       await step(t, "submit", () => {
@@ -68,6 +86,12 @@ for (const bytes of [64 * 64 * 16 * 12, 16 * 32 * 32 * 16 * 12, 256 * 256 * 16 *
         encoder.copyBufferToBuffer(src, 0, dst, 0, bytes);
         device.queue.submit([encoder.finish()]);
       });
+      if (staging === "early") {
+        // the whole read as the plans read: mapped range taken when mapAsync returns, copied, unmapped
+        const copy = await step(t, "mapRead", () => mapRead(dst, (range) => range.slice(0)));
+        if (copy.byteLength !== bytes || new Uint8Array(copy)[bytes - 1] !== 7) throw new Error("bad read");
+        continue;
+      }
       let mapped!: Promise<undefined>;
       await step(t, "mapAsync call", () => void (mapped = dst.mapAsync(GPUMapMode.READ)));
       await step(t, "mapAsync await", () => mapped);
@@ -77,7 +101,7 @@ for (const bytes of [64 * 64 * 16 * 12, 16 * 32 * 32 * 16 * 12, 256 * 256 * 16 *
       if (copy.byteLength !== bytes || new Uint8Array(copy)[bytes - 1] !== 7) throw new Error("bad read");
     }
   }
-  for (const staging of ["fresh", "kept"] as const) {
+  for (const staging of STAGINGS) {
     const steps = Object.fromEntries(
       Object.entries(times[staging]).map(([k, v]) => [k, { wall_ms: median(v.wall), cpu_ms: median(v.cpu) }]),
     );
@@ -85,6 +109,7 @@ for (const bytes of [64 * 64 * 16 * 12, 16 * 32 * 32 * 16 * 12, 256 * 256 * 16 *
   }
   src.destroy();
   kept.destroy();
+  keptEarly.destroy();
 }
 
 // a dispatch of N dependent multiply-adds per thread, then: does onSubmittedWorkDone() return at once?
@@ -133,5 +158,8 @@ for (const w of waits) {
   );
 }
 if (values.json) {
-  await Deno.writeTextFile(values.json, JSON.stringify({ adapter: adapter.info, rows, waits }, null, 1));
+  await Deno.writeTextFile(
+    values.json,
+    JSON.stringify({ adapter: adapter.info, rows, waits, mapStats }, null, 1),
+  );
 }

@@ -21,10 +21,11 @@
  * 1.87 GB). A 384x256 photo took 20.6-20.9 s at tile 192 and 17.4-17.6 s at 256 (2 threads).
  *
  * On webgpu the tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts), submitted back to
- * back in batches of ~200 ms, and the image is read back once: Deno 2.9.6 resolves a read-back
- * ~11 ms after the GPU finishes (ext/webgpu's mapAsync polls, then sleeps), and its waits block the
- * thread until the queue is empty. Where tiles are blended on the host (`gpuBlend` off, tta, an output
- * too large for one GPU buffer), the next tile is submitted while the current one is read back,
+ * back in batches of ~200 ms, and the image is read back once: Deno 2.9.6's waits for the GPU block
+ * the thread until the queue is empty, and resolve ~11 ms after the GPU finishes (ext/webgpu's
+ * mapAsync polls, then sleeps), which our own reads skip (core/kernels/webgpu_map.ts). Where tiles
+ * are blended on the host (`gpuBlend` off, tta, an output too large for one GPU buffer), each is
+ * read by tfjs, which waits, so the next tile is submitted while the current one is read back,
  * filling that wait (llvmpipe, 8x8 tiles of a tiny net: 28.4 → 16.9 ms per tile).
  * @module
  */
@@ -44,6 +45,7 @@ import {
 } from "./kernels/webgpu_pass.ts";
 import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
 import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
+import { queueDone } from "./kernels/webgpu_map.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
 import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
@@ -484,6 +486,9 @@ export class Upscaler {
     const cols = planTiles(w, tile, pad);
     const total = rows.length * cols.length;
     const { signal, onProgress } = options;
+    // WebGPU's errors come a turn of the event loop after the work: those of an upscale that failed
+    // before this one (our reads do not wait for them) must arrive before this one starts to count
+    if (tf.getBackend() === "webgpu") await yieldToEventLoop();
     // "auto" decides on the largest patch, an inner tile's
     const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
     const largest = this.paddedShape([n, side(rows), side(cols), c]);
@@ -664,7 +669,7 @@ export class Upscaler {
         }
         const queued = k + 1 - finished;
         if (k + 1 < total && (msPerTile === undefined || queued * msPerTile >= PROGRESS_MS)) {
-          await backend.device.queue.onSubmittedWorkDone();
+          await queueDone(backend.device);
           const now = performance.now();
           msPerTile = (now - batchStart) / queued;
           batchStart = now;
@@ -682,7 +687,7 @@ export class Upscaler {
       }
       const y = blender.result();
       try {
-        await backend.device.queue.onSubmittedWorkDone();
+        await queueDone(backend.device);
         await Promise.all(checks);
         await gpuCheck();
         reportUpTo(total);
@@ -774,7 +779,9 @@ export class Upscaler {
       throw planFailure(e, shape);
     }
     const plan = made.value;
-    this.planCheck = made.error.then((error) => {
+    // a check not taken yet (the largest patch's plan, made first) stays: a later plan's joins it
+    const earlier = this.planCheck;
+    const check = made.error.then((error) => {
       if (!error) return;
       for (const [k, e] of this.plans) if (e.plan === plan) this.plans.delete(k);
       plan.dispose();
@@ -782,6 +789,7 @@ export class Upscaler {
       this.dropArena(arena);
       throw planFailure(error, shape);
     });
+    this.planCheck = earlier ? Promise.all([earlier, check]).then(() => {}) : check;
     this.planCheck.catch(() => {}); // awaited where the patch is read back
     return plan;
   }

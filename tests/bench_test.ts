@@ -21,6 +21,7 @@ import {
 import { randomNcnnBin } from "../bench/ncnn_peer.ts";
 import { initBackend } from "../core/backend.ts";
 import { readNcnn } from "../core/import/ncnn.ts";
+import { EARLY_MAP_DENO } from "../core/kernels/webgpu_map.ts";
 import { RRDBNet, type RRDBNetConfig } from "../core/rrdbnet_arch.ts";
 import { needsShared, SHARED } from "./shared.ts";
 
@@ -96,6 +97,9 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
     "webgpu-plan+winograd+onesubmit",
   );
   assert.equal(parseBackend("webgpu-plan+onesubmit").oneSubmit, true);
+  assert.equal(parseBackend("webgpu-plan+auto+latemap").lateMap, true);
+  assert.equal(backendLabel(parseBackend("webgpu-plan+auto+latemap")), "webgpu-plan+auto+latemap");
+  assert.throws(() => parseBackend("wasm-plan+latemap"), /bad backend/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);
@@ -339,9 +343,17 @@ Deno.test({
       const report = JSON.parse(await Deno.readTextFile(json));
       assert.deepEqual(
         report.rows.map((r: { bytes: number; staging: string }) => `${r.bytes} ${r.staging}`),
-        ["786432 fresh", "786432 kept", "3145728 fresh", "3145728 kept", "12582912 fresh", "12582912 kept"],
+        [786432, 3145728, 12582912].flatMap((b) => [`${b} fresh`, `${b} kept`, `${b} early`]),
       );
+      // the early rows' reads went through mapRead: each size's first one waited, the others early
+      // where this Deno allows it (core/kernels/webgpu_map.ts)
+      const early = EARLY_MAP_DENO.includes(Deno.version.deno);
+      assert.deepEqual(report.mapStats, early ? { early: 3, awaited: 3 } : { early: 0, awaited: 6 });
       for (const r of report.rows) {
+        if (r.staging === "early") {
+          assert.deepEqual(Object.keys(r.steps), ["create", "submit", "mapRead"]);
+          continue;
+        }
         assert.deepEqual(Object.keys(r.steps), [
           "create",
           "submit",
@@ -356,6 +368,25 @@ Deno.test({
     } finally {
       await Deno.remove(json);
     }
+  },
+});
+
+Deno.test({
+  name: "bench/early_map_ab.ts: times a forward and an upscale with early and awaited reads",
+  ignore: !adapter,
+  async fn() {
+    const script = new URL("../bench/early_map_ab.ts", import.meta.url).pathname;
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, ...["--runs", "1", "--size", "4", "--upscale", "8", "--tile", "4"]],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(code, 0, new TextDecoder().decode(stderr));
+    const out = new TextDecoder().decode(stdout);
+    assert.match(out, /^forward 1x4x4 .*: early [\d.]+ ms, awaited [\d.]+ ms$/m);
+    assert.match(out, /^upscale 8x8 in 4x4 tiles: early [\d.]+ ms, awaited [\d.]+ ms$/m);
+    const [, early] = /reads taken early (\d+), awaited \d+/.exec(out)!;
+    assert.equal(Number(early) > 0, EARLY_MAP_DENO.includes(Deno.version.deno), out);
   },
 });
 

@@ -328,6 +328,14 @@ Deno.test({
         up.upscaleTensor(x, { tile: 3, tilePad: 1 }),
         /WebGPU rejected the work preparing the forward of a 4x4 patch/,
       );
+      // the largest patch's plan (made first, 5x5) rejected, then the first tile's (4x4) made fine:
+      // the first's verdict is not lost when the second is made
+      const x7 = tf.randomUniform([1, 7, 7, 3], 0, 1, "float32", 9) as tf.Tensor4D;
+      fault.arm();
+      await assert.rejects(
+        up.upscaleTensor(x7, { tile: 3, tilePad: 1 }),
+        /WebGPU rejected the work preparing the forward of a 5x5 patch/,
+      ).finally(() => x7.dispose());
       fault.restore();
       const ref = tf.tidy(() => tf.clipByValue(up.net.apply(x), 0, 1));
       const y = await up.upscaleTensor(x, { tile: 0 });

@@ -177,8 +177,8 @@ export class Trainer {
   /**
    * Whether {@link trainStep} submits a whole step before it returns (planned psnr steps on webgpu,
    * in f32 or mixed precision), so that the next one can start before its losses resolve: the GPU
-   * then works through the 10 ms that Deno takes to resolve a read-back after the GPU finishes. One
-   * step ahead at most.
+   * then works through the 10 ms that Deno 2.9.6 takes to resolve a read-back after the GPU finishes,
+   * where core/kernels/webgpu_map.ts cannot read it early. One step ahead at most.
    */
   get overlapsSteps(): boolean {
     const c = this.config;

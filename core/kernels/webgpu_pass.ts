@@ -16,6 +16,7 @@ import {
   type Uniform,
   type WebGPUBackendLike,
 } from "./webgpu_program.ts";
+import { mapRead, queueDone } from "./webgpu_map.ts";
 
 /** The parts of tfjs-backend-webgpu 4.22's backend a pass records into (not public API). */
 export interface PassBackend extends WebGPUBackendLike {
@@ -381,8 +382,8 @@ export class PlannedPass {
   /**
    * GPU time by dispatch label: the dispatches of each label replayed alone, and all of them
    * (`all_ms`), median of `runs`. `clock` "gpu": timestamp queries at the ends of the compute pass;
-   * "wall": submit to the queue's completion where the device has no `timestamp-query` (in Deno
-   * 2.9.6 a completion resolves ~10 ms late, which then adds to every figure). Values are garbage
+   * "wall": submit to the queue's completion where the device has no `timestamp-query` (seen by
+   * webgpu_map.ts's queueDone, without Deno 2.9.6's 10 ms wait where it can). Values are garbage
    * afterwards (a dispatch reads what others should have written first): for benchmarks only.
    */
   async profile(
@@ -439,11 +440,11 @@ export class PlannedPass {
     // what tfjs recorded and has not submitted yet (a new net's initialisation, uploads) runs first,
     // untimed: it once made a training step's first timing 8.2 s instead of ~0.2 s on llvmpipe
     this.submitWithTfjs(() => {});
-    await device.queue.onSubmittedWorkDone();
+    await queueDone(device);
     if (!gpu) {
       const t0 = performance.now();
       this.submitWithTfjs((encoder) => this.record(encoder, options));
-      await device.queue.onSubmittedWorkDone();
+      await queueDone(device);
       return performance.now() - t0;
     }
     const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
@@ -546,10 +547,7 @@ export class ReadBack {
       be.commandEncoder!.copyBufferToBuffer(source, 0, staging, 0, bytes);
       be.submitQueue();
       // map and copy only what is read (the kept buffer may be larger)
-      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-      const values = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
-      staging.unmap();
-      return values;
+      return await mapRead(staging, (range) => new Float32Array(range.slice(0)), { size: bytes });
     } catch (e) {
       // a staging buffer left mapped or lost is not used again
       if (own) this.staging = undefined;

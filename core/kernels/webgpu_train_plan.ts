@@ -39,6 +39,7 @@ import { filterGradPrograms, type FilterGradSpec } from "./webgpu_filter_grad.ts
 import { castProgram, hasShaderF16 } from "./webgpu_f16.ts";
 import { ConvRecorder } from "./webgpu_conv_recorder.ts";
 import { type PassBackend, type PassLike, PlannedPass, type Region } from "./webgpu_pass.ts";
+import { mapRead } from "./webgpu_map.ts";
 import type { WinogradSize } from "./webgpu_winograd.ts";
 import type { WinogradMaps } from "./webgpu_winograd_planner.ts";
 import {
@@ -599,9 +600,9 @@ export class RRDBNetTrainPlanWebGPU {
    * output, shape of G's output; null: none), the backward pass, Adam and the EMA at learning rate
    * `lr`. Resolves to the weighted L1 loss. All its work is submitted when it returns: the next step
    * may start before the loss resolves (one step at most), and its GPU work then fills the time Deno
-   * takes to resolve a read-back (10 ms after the GPU finishes). In mixed precision that step does
-   * not yet know whether this one overflowed: it submits its loss scale and step count both ways,
-   * and the GPU picks by this step's overflow flag.
+   * takes to resolve a read-back (10 ms after the GPU finishes, where webgpu_map.ts cannot read it
+   * early). In mixed precision that step does not yet know whether this one overflowed: it submits
+   * its loss scale and step count both ways, and the GPU picks by this step's overflow flag.
    */
   async backward(extra: tf.Tensor | null, lr: number): Promise<StepResult> {
     if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
@@ -667,13 +668,12 @@ export class RRDBNetTrainPlanWebGPU {
   /** A step's loss, once read back; in mixed precision, applies its outcome after the last step's. */
   private async readBack(staging: GPUBuffer, previous: Promise<unknown>): Promise<StepResult> {
     try {
-      await staging.mapAsync(GPUMapMode.READ);
-      const mapped = staging.getMappedRange();
-      const sums = new Float32Array(mapped.slice(0, this.nPartials * 4));
-      const overflow = this.half
-        ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
-        : 0;
-      staging.unmap();
+      const { sums, overflow } = await mapRead(staging, (mapped) => ({
+        sums: new Float32Array(mapped.slice(0, this.nPartials * 4)),
+        overflow: this.half
+          ? new Uint32Array(mapped.slice(this.nPartials * 4, this.nPartials * 4 + 4))[0]
+          : 0,
+      }));
       await previous;
       let sum = 0;
       for (const v of sums) sum += v;
