@@ -238,7 +238,8 @@ async function serveBackend(spec: BackendSpec, plan: BenchPlan): Promise<void> {
     if (spec.custom) enableCustomWebGPUKernels();
     usePlannedPasses(!!spec.plan, spec);
     if (spec.oneSubmit) setFirstSubmit(0);
-    if (spec.lateMap) setEarlyMap(false);
+    // tfjs's stock backend reads as tfjs does: awaiting mapAsync's promise
+    if (spec.lateMap || (spec.name === "webgpu" && !spec.plan && !spec.custom)) setEarlyMap(false);
     return { ready: true, threads: info.threads, adapter: info.adapter };
   }, async (msg) => {
     switch (msg.cmd) {

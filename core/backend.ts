@@ -8,6 +8,7 @@ import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-webgpu";
 import { BackendWasm, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { hasShaderF16, useWebGPUWithF16 } from "./kernels/webgpu_f16.ts";
+import { readTfjsTensorsEarly } from "./kernels/webgpu_map.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import threadedSimdFactory from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.js";
 import { wasmWorkerContents } from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.worker.js";
@@ -87,8 +88,10 @@ export async function initBackend(name?: BackendName, options: BackendOptions = 
     }
   }
   let threads: number | undefined;
-  // before webgpu first starts: its device must ask for shader-f16
-  if (name === "webgpu") useWebGPUWithF16();
+  if (name === "webgpu") {
+    useWebGPUWithF16(); // before webgpu first starts: its device must ask for shader-f16
+    readTfjsTensorsEarly();
+  }
   if (name === "wasm") {
     const dist = new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url);
     setWasmPaths(dist.href);

@@ -44,7 +44,7 @@ import {
   underErrorScopes,
 } from "./kernels/webgpu_pass.ts";
 import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
-import { watchBackendErrors } from "./kernels/webgpu_errors.ts";
+import { uncapturedErrorsArrived, watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import { queueDone } from "./kernels/webgpu_map.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
@@ -488,7 +488,7 @@ export class Upscaler {
     const { signal, onProgress } = options;
     // WebGPU's errors come a turn of the event loop after the work: those of an upscale that failed
     // before this one (our reads do not wait for them) must arrive before this one starts to count
-    if (tf.getBackend() === "webgpu") await yieldToEventLoop();
+    if (tf.getBackend() === "webgpu") await uncapturedErrorsArrived();
     // "auto" decides on the largest patch, an inner tile's
     const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
     const largest = this.paddedShape([n, side(rows), side(cols), c]);

@@ -53,6 +53,21 @@ Deno.test({
 
 Deno.test({
   ...opts,
+  name: "watchUncapturedErrors: a check sees an error made by a timer callback after the check began",
+  fn: async () => {
+    // the check's own timer and the callback run in the same turn, the callback after it (as in a
+    // training run, the code after one step's losses while the check of the step ahead waits)
+    for (let i = 0; i < 10; i++) {
+      const check = watchUncapturedErrors(device());
+      const verdict = check(`try ${i}`).then(() => undefined, (e) => e);
+      setTimeout(invalidCall, 0);
+      assert.ok((await verdict) instanceof UncapturedGPUError, `try ${i}: no error seen`);
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
   name: "webgpu upscaler: an error WebGPU reports on one of tfjs's ops fails the upscale, naming it",
   fn: async () => {
     const up = new Upscaler(

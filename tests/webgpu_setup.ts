@@ -6,6 +6,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import { useWebGPUWithF16 } from "../core/kernels/webgpu_f16.ts";
+import { readTfjsTensorsEarly } from "../core/kernels/webgpu_map.ts";
 
 /** Sets up webgpu; `what` names the skipped tests when there is no adapter. */
 export async function setUpWebGPU(what: string): Promise<{
@@ -13,6 +14,7 @@ export async function setUpWebGPU(what: string): Promise<{
   gpuErrors: string[];
 }> {
   useWebGPUWithF16(); // the device initBackend makes: with shader-f16 where the adapter has it
+  readTfjsTensorsEarly(); // and tfjs's reads as initBackend makes them
   const hasWebGPU = await (async () => {
     try {
       return !!(await (navigator as { gpu?: GPU }).gpu?.requestAdapter()) && await tf.setBackend("webgpu");

@@ -168,8 +168,10 @@ Deno.test("planned step: the loss of a fixed batch falls; losses are read early"
   const { losses } = await fixedBatchLosses("f32");
   console.log(`losses ${losses[0]} → ${losses[29]}`);
   // two staging buffers in turns: each one's first read waits, the other 28 are early where this
-  // Deno allows it (core/kernels/webgpu_map.ts)
-  assert.equal(mapStats.early - before, EARLY_MAP_DENO.includes(Deno.version.deno) ? 28 : 0);
+  // Deno allows it (core/kernels/webgpu_map.ts); tfjs's reads (the batch's) may add to the count
+  const early = mapStats.early - before;
+  if (EARLY_MAP_DENO.includes(Deno.version.deno)) assert.ok(early >= 28, `${early} reads early`);
+  else assert.equal(early, 0);
   assert.ok(losses.every(Number.isFinite), `losses ${losses}`);
   assert.ok(losses[29] < 0.7 * losses[0], `loss ${losses[0]} → ${losses[29]}`);
   assert.deepEqual(gpuErrors, []);

@@ -353,9 +353,20 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   let savedAt = startStep;
   const loopStart = performance.now();
   let loopDone = false;
+  // what tells the user where to go on from after a step failed
+  const withLastGoodState = (e: unknown) => {
+    if (e instanceof UncapturedGPUError) {
+      throw new Error(`${e.message}; the last good state is ${ckptPath} (step ${savedAt})`, { cause: e });
+    }
+    throw e;
+  };
   const start = (batch: Batch) => {
     const step = trainer.step + 1;
-    const losses = trainer.trainStep(batch).catch((e) => {
+    // WebGPU's errors from the step's start until the loop takes its losses fail it: with reads
+    // that no longer wait, a step started ahead can resolve before the code after the one before it
+    // (onStep, say) has run, whose errors its own check would miss
+    const gpuCheck = watchBackendErrors();
+    const losses = trainer.trainStep(batch, { checkGPU: false }).catch((e) => {
       // what a wasm module's failed allocation looks like from here
       if (backend === "wasm" && e instanceof WebAssembly.RuntimeError) {
         throw new Error(
@@ -364,13 +375,10 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
             `(step ${savedAt})`,
         );
       }
-      if (e instanceof UncapturedGPUError) {
-        throw new Error(`${e.message}; the last good state is ${ckptPath} (step ${savedAt})`, { cause: e });
-      }
-      throw e;
+      return withLastGoodState(e);
     });
     losses.catch(() => {}); // awaited later: not an unhandled rejection meanwhile
-    return { step, losses };
+    return { step, losses, gpuCheck };
   };
   // Steps after which the nets must be as that step left them: no step may start ahead of them.
   const holds = (step: number) =>
@@ -382,13 +390,14 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   let ts = performance.now();
   try {
     while (ahead || (trainer.step < c.totalSteps && !options.signal?.aborted)) {
-      const { step, losses: current } = ahead ?? start(await queue.next());
+      const { step, losses: current, gpuCheck } = ahead ?? start(await queue.next());
       ahead = undefined;
       if (trainer.overlapsSteps && !holds(step) && !options.signal?.aborted) {
         ahead = start(await queue.next());
         overlapped++;
       }
       const losses = await current;
+      await gpuCheck(`training step ${step}`).catch(withLastGoodState);
       const now = performance.now();
       const secs = (now - ts) / 1000;
       ts = now;

@@ -204,13 +204,17 @@ export class Trainer {
     this.planAhead = false;
   }
 
-  /** One optimisation step on `batch`; returns the losses (read back once per step). */
-  async trainStep(batch: Batch): Promise<StepLosses> {
+  /**
+   * One optimisation step on `batch`; returns the losses (read back once per step). It fails if
+   * WebGPU reports an error meanwhile, unless `checkGPU` is false: for a caller that checks a wider
+   * window itself (runTraining, up to where it takes the losses).
+   */
+  async trainStep(batch: Batch, options: { checkGPU?: boolean } = {}): Promise<StepLosses> {
     // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves the step garbage
-    const gpuCheck = watchBackendErrors();
+    const gpuCheck = options.checkGPU === false ? undefined : watchBackendErrors();
     const step = this.step + 1;
     const losses = await (this.planned ? this.plannedStep(batch) : this.autodiffStep(batch));
-    await gpuCheck(`training step ${step}`);
+    await gpuCheck?.(`training step ${step}`);
     return losses;
   }
 
