@@ -8,7 +8,7 @@ import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-webgpu";
 import { BackendWasm, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { hasShaderF16, useWebGPUWithF16 } from "./kernels/webgpu_f16.ts";
-import { readTfjsTensorsEarly } from "./kernels/webgpu_map.ts";
+import { readTfjsTensorsEarly } from "./kernels/webgpu_tfjs_reads.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import threadedSimdFactory from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.js";
 import { wasmWorkerContents } from "@tensorflow/tfjs-backend-wasm/wasm-out/tfjs-backend-wasm-threaded-simd.worker.js";

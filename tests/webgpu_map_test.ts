@@ -3,17 +3,8 @@
  * mapping is ready when the call returns, mapRead takes it then; the values must be the GPU's latest,
  * never a buffer's older contents, and a buffer never mapped before must take the awaited path.
  */
-import * as tf from "@tensorflow/tfjs-core";
-import "@tensorflow/tfjs-backend-webgpu";
 import assert from "node:assert/strict";
-import {
-  EARLY_MAP_DENO,
-  mapRead,
-  mapStats,
-  queueDone,
-  readTfjsTensorsEarly,
-  setEarlyMap,
-} from "../core/kernels/webgpu_map.ts";
+import { EARLY_MAP_DENO, mapRead, mapStats, queueDone, setEarlyMap } from "../core/kernels/webgpu_map.ts";
 
 const adapter = await (navigator as { gpu?: GPU }).gpu?.requestAdapter().catch(() => null);
 const device = await adapter?.requestDevice();
@@ -126,35 +117,3 @@ Deno.test("queueDone: resolves after the submitted work, early from the second c
     dispose();
   }
 });
-
-Deno.test("readTfjsTensorsEarly: tfjs's data() reads through mapRead, early from a size's second read", {
-  ...opts,
-  ignore: opts.ignore || !(await tfOnWebGPU()),
-}, async () => {
-  readTfjsTensorsEarly();
-  readTfjsTensorsEarly(); // idempotent
-  const values = Float32Array.from({ length: 1000 }, (_, i) => i / 7);
-  for (let k = 0; k < 3; k++) {
-    const before = { ...mapStats };
-    // a kernel's output (on the GPU, not the upload's copy on the host)
-    const t = tf.tidy(() => tf.add(tf.tensor1d(values), k));
-    const read = (await t.data()) as Float32Array;
-    t.dispose();
-    assert.deepEqual(read, values.map((v) => Math.fround(v + k)));
-    const [early, awaited] = [mapStats.early - before.early, mapStats.awaited - before.awaited];
-    // tfjs's pool hands the same staging buffer back: its first read waits
-    assert.deepEqual(
-      { early, awaited },
-      k > 0 && earlyHere ? { early: 1, awaited: 0 } : { early: 0, awaited: 1 },
-    );
-  }
-});
-
-/** Whether tfjs runs on webgpu (started here if not). */
-async function tfOnWebGPU(): Promise<boolean> {
-  try {
-    return tf.getBackend() === "webgpu" || await tf.setBackend("webgpu");
-  } catch {
-    return false;
-  }
-}

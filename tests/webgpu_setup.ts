@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-webgpu";
 import { useWebGPUWithF16 } from "../core/kernels/webgpu_f16.ts";
-import { readTfjsTensorsEarly } from "../core/kernels/webgpu_map.ts";
+import { readTfjsTensorsEarly } from "../core/kernels/webgpu_tfjs_reads.ts";
 
 /** Sets up webgpu; `what` names the skipped tests when there is no adapter. */
 export async function setUpWebGPU(what: string): Promise<{
