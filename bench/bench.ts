@@ -75,6 +75,8 @@ backends and PyTorch each run in a process of their own and take turns, one run 
                       submitted whole, as before the plans submitted them in growing pieces;
                       "+latemap" every read-back awaiting mapAsync's promise, as before the plans
                       read early past Deno 2.9.6's 10 ms (core/kernels/webgpu_map.ts);
+                      "+halfmath" (webgpu-plan:f16 with +winograd or +winograd2, forwards only) the
+                      Winograd GEMMs' products in f16 too (experimental);
                       "+unchecked" after wasm or wasm-plan[:N] runs that backend's process with
                       V8's wasm bounds checks off (unsafe, for measuring only: what the checks
                       cost, which Deno leaves in, having no trap handler for wasm);
@@ -458,6 +460,10 @@ export async function runBench(
         }
         if (c.kind === "train" && spec?.winograd === "auto") {
           log(`  ${name}: ${p.label} skipped (+auto chooses for forwards and upscales only)`);
+          continue;
+        }
+        if (c.kind !== "forward" && spec?.winogradHalfMath) {
+          log(`  ${name}: ${p.label} skipped (+halfmath is for forwards only)`);
           continue;
         }
         if (c.kind !== "upscale" && spec?.hostBlend) {

@@ -97,6 +97,11 @@ export interface BackendSpec {
   /** The plans submit each pass whole (`+onesubmit`), as before they submitted it in growing pieces. */
   oneSubmit?: boolean;
   /**
+   * Winograd's GEMMs multiply in f16 too (`+halfmath`, with `:f16` and `+winograd`/`+winograd2`;
+   * forwards only): RRDBNetPlanWebGPU's experimental `winogradHalfMath`.
+   */
+  winogradHalfMath?: boolean;
+  /**
    * Every read-back and wait for the GPU awaits mapAsync's promise (`+latemap`: setEarlyMap(false)),
    * as before the plans read early past Deno 2.9.6's 10 ms (core/kernels/webgpu_map.ts).
    */
@@ -141,15 +146,22 @@ export function parseBackend(spec: string): BackendSpec {
       hostblend: { hostBlend: true },
       onesubmit: { oneSubmit: true },
       latemap: { lateMap: true },
+      halfmath: { winogradHalfMath: true },
     };
     const parsed = parseBackend(base);
     if (!parsed.plan || parsed.name !== "webgpu" || flags.some((f) => !known[f])) {
       throw new Error(
-        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto, +hostblend, +onesubmit and +latemap go after webgpu-plan`,
+        `bad backend "${spec}": +tune, +winograd, +winograd2, +auto, +hostblend, +onesubmit, +latemap and +halfmath go after webgpu-plan`,
       );
     }
     if (flags.filter((f) => f.startsWith("winograd") || f === "auto").length > 1) {
       throw new Error(`bad backend "${spec}": one of +winograd, +winograd2 and +auto`);
+    }
+    if (
+      flags.includes("halfmath") &&
+      (parsed.precision !== "f16" || !flags.some((f) => f === "winograd" || f === "winograd2"))
+    ) {
+      throw new Error(`bad backend "${spec}": +halfmath needs webgpu-plan:f16 and +winograd or +winograd2`);
     }
     return Object.assign(parsed, ...flags.map((f) => known[f]));
   }
@@ -184,7 +196,7 @@ export function backendLabel(b: BackendSpec): string {
       b.winograd === "auto" ? "+auto" : b.winograd ? `+winograd${b.winograd === 2 ? "2" : ""}` : ""
     }${b.tune ? "+tune" : ""}${b.hostBlend ? "+hostblend" : ""}${b.oneSubmit ? "+onesubmit" : ""}${
       b.lateMap ? "+latemap" : ""
-    }`
+    }${b.winogradHalfMath ? "+halfmath" : ""}`
     : b.name;
 }
 
@@ -332,6 +344,7 @@ let planOptions: {
   tune: boolean;
   winograd?: WinogradSize | "auto";
   hostBlend?: boolean;
+  winogradHalfMath?: boolean;
 } = {
   precision: "f32",
   tune: false,
@@ -339,8 +352,8 @@ let planOptions: {
 
 /**
  * Makes {@link prepareCase} use core/kernels' plans: prepared passes on webgpu (in `precision`;
- * forwards tuned per shape first with `tune`, Winograd with `winograd`, upscales blended on the
- * host with `hostBlend`), the CPU kernels on wasm.
+ * forwards tuned per shape first with `tune`, Winograd with `winograd` (its GEMMs in f16 with
+ * `winogradHalfMath`), upscales blended on the host with `hostBlend`), the CPU kernels on wasm.
  */
 export function usePlannedPasses(
   on: boolean,
@@ -372,9 +385,11 @@ function preparePlanned(net: RRDBNet, c: BenchCase, seed: number): PreparedCase 
   const { winograd } = planOptions;
   if (c.kind === "forward") {
     const options = { precision: planOptions.precision, tune: planOptions.tune || undefined };
-    let plan = winograd === "auto"
-      ? undefined
-      : new RRDBNetPlanWebGPU(net, x.shape, { ...options, winograd });
+    let plan = winograd === "auto" ? undefined : new RRDBNetPlanWebGPU(net, x.shape, {
+      ...options,
+      winograd,
+      winogradHalfMath: planOptions.winogradHalfMath,
+    });
     const prepared: PreparedCase = {
       async step() {
         // in the warm-up: the convolutions' algorithm (+auto), then their tilings (+tune)

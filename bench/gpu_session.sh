@@ -37,11 +37,11 @@
 # whole, as before the plans submitted them in growing pieces; with +latemap every read-back waits for
 # mapAsync's promise, as before core/kernels/webgpu_map.ts read early past Deno's 10 ms), the Winograd
 # F(4x4) plan (as the trainer's default chose on an H200), F(4x4) in f16 (new: the candidate for the f16
-# goal); on the H200 +tune sped only the direct plans, F(2x2) in f32 lost to F(4x4) and F(2x2) in f16 took
-# 0.94x / 1.17x / 1.53x of PyTorch, so those are left to BENCH_BACKENDS); the f16 rows time the forward in
-# half precision;
-# Winograd training rows run every convolution of the step as Winograd, in f32 only (f16 Winograd rows skip
-# training; webgpu-plan:f16 times mixed-precision training)), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
+# goal; with +halfmath its GEMMs multiply in f16 too, forwards only); on the H200 +tune sped only the
+# direct plans, F(2x2) in f32 lost to F(4x4) and F(2x2) in f16 took 0.94x / 1.17x / 1.53x of PyTorch, so
+# those are left to BENCH_BACKENDS); the f16 rows time the forward in half precision; Winograd training
+# rows run every convolution of the step as Winograd, in f32 only (f16 Winograd rows skip training;
+# webgpu-plan:f16 times mixed-precision training)), BENCH_ARGS / TRAIN_ARGS (extra arguments, e.g.
 # "--precision f16" to train in mixed precision, "--winograd 4", or to try the script on llvmpipe with
 # --tiny).
 set -uo pipefail
@@ -73,7 +73,7 @@ fi
 
 t0=$(date +%s)
 # shellcheck disable=SC2086
-backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+auto+latemap,webgpu-plan+auto+hostblend,webgpu-plan+auto+onesubmit,webgpu-plan+winograd,webgpu-plan:f16+winograd
+backends=webgpu,webgpu-plan,webgpu-plan+auto,webgpu-plan+auto+latemap,webgpu-plan+auto+hostblend,webgpu-plan+auto+onesubmit,webgpu-plan+winograd,webgpu-plan:f16+winograd,webgpu-plan:f16+winograd+halfmath
 timeout "${BENCH_S:-420}" /tmp/deno run -A "$d/bench.js" ${BENCH_CASES:---all-shapes --case upscale:1x256x256 --case upscale:1x512x512 --case upscale:1x512x512/256} --backend "${BENCH_BACKENDS:-$backends}" \
   --torch --torch-device cuda --torch-script bench/torch_bench.py --runs 5 ${BENCH_ARGS:-} --json \
   --chart "$res/bench.svg" > "$res/bench.json" 2> "$res/bench.log"

@@ -100,6 +100,13 @@ Deno.test("bench: cases, backends and the command line parse, bad ones say why",
   assert.equal(parseBackend("webgpu-plan+auto+latemap").lateMap, true);
   assert.equal(backendLabel(parseBackend("webgpu-plan+auto+latemap")), "webgpu-plan+auto+latemap");
   assert.throws(() => parseBackend("wasm-plan+latemap"), /bad backend/);
+  assert.equal(parseBackend("webgpu-plan:f16+winograd+halfmath").winogradHalfMath, true);
+  assert.equal(
+    backendLabel(parseBackend("webgpu-plan:f16+winograd+halfmath")),
+    "webgpu-plan:f16+winograd+halfmath",
+  );
+  assert.throws(() => parseBackend("webgpu-plan+winograd+halfmath"), /needs webgpu-plan:f16/);
+  assert.throws(() => parseBackend("webgpu-plan:f16+halfmath"), /needs webgpu-plan:f16 and \+winograd/);
   assert.throws(() => parseBackend("wasm:f16"), /bad backend "wasm:f16"/);
   assert.throws(() => parseBackend("webgpu-plan:2"), /bad backend/);
   assert.throws(() => parseBackend("webgl"), /bad backend/);

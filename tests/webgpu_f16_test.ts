@@ -223,8 +223,8 @@ Deno.test(
       }
     }
     const x = tf.tensor4d(px, [1, side, side, 3]);
-    const run = async (precision: ConvPrecision, winograd?: 4) => {
-      const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision, winograd });
+    const run = async (precision: ConvPrecision, winograd?: 4, winogradHalfMath?: boolean) => {
+      const plan = new RRDBNetPlanWebGPU(net, x.shape, { precision, winograd, winogradHalfMath });
       const y = plan.run(x);
       const data = (await y.data()) as Float32Array;
       y.dispose();
@@ -232,15 +232,29 @@ Deno.test(
       return data.map((v) => Math.min(1, Math.max(0, v)));
     };
     const ref = await run("f32");
-    // f16 measured 63.3-63.5 dB, f16-f32acc 71.4 dB, f16 with Winograd F(4x4) 64.0 dB here: a dropped
-    // tap or residual falls far below
-    const cases = [["f16", undefined, 55], ["f16-f32acc", undefined, 60], ["f16", 4, 55]] as const;
-    for (const [precision, winograd, floor] of cases) {
-      const got = await run(precision, winograd);
+    // f16 measured 63.3-63.5 dB, f16-f32acc 71.4 dB, f16 with Winograd F(4x4) 64.0 dB (f16-f32acc
+    // 63.9), and with its GEMMs' products in f16 too (winogradHalfMath) 57.4 dB here: a dropped tap or
+    // residual falls far below
+    const cases = [
+      ["f16", undefined, 55],
+      ["f16-f32acc", undefined, 60],
+      ["f16", 4, 55],
+      ["f16-f32acc", 4, 55],
+      ["f16", 4, 52, true],
+    ] as const;
+    let storageOnly: Float32Array | undefined;
+    for (const [precision, winograd, floor, halfMath] of cases) {
+      const got = await run(precision, winograd, halfMath);
+      if (precision === "f16" && winograd && !halfMath) storageOnly = got;
+      // f16 products round differently from f32 ones: the same output would mean they did not run
+      if (halfMath) assert.notDeepEqual(got, storageOnly, "winogradHalfMath gave f32 products' output");
       let se = 0;
       for (let i = 0; i < ref.length; i++) se += (got[i] - ref[i]) ** 2;
       const psnr = 10 * Math.log10(ref.length / se);
-      const what = `x4plus ${precision}${winograd ? ` winograd ${winograd}` : ""}`;
+      const what = `x4plus ${precision}${winograd ? ` winograd ${winograd}` : ""}${
+        halfMath ? " f16 products" : ""
+      }`;
+      console.log(`${what}: ${psnr.toFixed(2)} dB against f32`);
       assert.ok(psnr >= floor, `${what}: ${psnr.toFixed(2)} dB against f32, want >= ${floor}`);
     }
     x.dispose();

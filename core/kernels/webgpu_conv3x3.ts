@@ -521,8 +521,9 @@ export function epilogueUniforms(spec: Conv3x3Spec): { decl: string; params: Uni
  * WGSL of one chunk's multiply-adds on register tiles: thread (ty, tx) adds to `acc<i>_<j>` (output
  * row ty * tm + i, column vec4 tx + j * (bn / tn)) the products of the A tile at `Sh[aBase..]` (bm
  * rows of bk / 4 vec4s, AST apart) and the B tile at `Sh[bBase..]` (bk rows of bn / 4 vec4s).
+ * `acc`: another name for the accumulators (`<acc><i>_<j>`).
  */
-export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number }): string {
+export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number }, acc = "acc"): string {
   const { bk, bn, tm, tn } = t;
   const cx = bn / tn, nj = tn / 4;
   return Array.from({ length: bk / 4 }, (_, k4) =>
@@ -539,7 +540,7 @@ export function tileProduct(t: { bk: number; bn: number; tm: number; tn: number 
           Array.from(
             { length: nj },
             (_, j) =>
-              `acc${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`,
+              `${acc}${i}_${j} += a.x * b${j}0 + a.y * b${j}1 + a.z * b${j}2 + a.w * b${j}3;`,
           ).join(" ")
         } }`).join("\n        ")
     }

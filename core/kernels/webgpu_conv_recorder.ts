@@ -35,9 +35,9 @@ export interface ConvRecorderOptions {
   candidates?: Partial<ConvTile>[];
   /**
    * Winograd F(m x m) where it qualifies (in the half precisions with f16 storage and f32
-   * arithmetic); `setup` records the filter transforms.
+   * arithmetic, or f16 products with `halfMath`); `setup` records the filter transforms.
    */
-  winograd?: { m: WinogradSize; setup: PassLike };
+  winograd?: { m: WinogradSize; setup: PassLike; halfMath?: boolean };
 }
 
 /** Records convolutions of the forward kernel into a pass. */
@@ -52,6 +52,7 @@ export class ConvRecorder {
       ? new WinogradPlanner(pass, w.setup, {
         m: w.m,
         half: options.precision !== "f32",
+        halfMath: w.halfMath,
         gemmCandidates: options.candidates?.length ? WINOGRAD_GEMM_CANDIDATES : [],
       })
       : null;

@@ -49,6 +49,13 @@ export interface PlanWebGPUOptions {
    */
   winograd?: WinogradSize;
   /**
+   * Experimental, for timing (precision "f16" with `winograd`): the GEMMs' products in f16 too
+   * (WinogradGemmSpec.halfMath). Less exact: the shipped x4plus on a 16x16 patch of the sample came
+   * within 57.4 dB of its f32 plan, against 64.0 dB with f32 products (tests/webgpu_f16_test.ts).
+   * Not yet timed on a GPU.
+   */
+  winogradHalfMath?: boolean;
+  /**
    * GPU memory shared with other plans of the same net, options and weights that run one after
    * another (see PassArena): their maps and scratch, and the converted filters. The plan must not
    * outlive it.
@@ -97,6 +104,9 @@ export class RRDBNetPlanWebGPU {
           "(the adapter has none, or the backend started without useWebGPUWithF16)",
       );
     }
+    if (options.winogradHalfMath && (precision !== "f16" || !options.winograd)) {
+      throw new Error("RRDBNetPlanWebGPU: winogradHalfMath needs precision f16 and winograd");
+    }
     this.pass = new PlannedPass(this.backend, options.arena);
     // whatever is made before an error (a BufferLimitError halfway, say) is freed, not leaked
     using onError = new DisposableStack();
@@ -142,7 +152,9 @@ export class RRDBNetPlanWebGPU {
       precision,
       param,
       candidates: options.tune === true ? TUNING_CANDIDATES : options.tune ?? [],
-      winograd: options.winograd ? { m: options.winograd, setup } : undefined,
+      winograd: options.winograd
+        ? { m: options.winograd, setup, halfMath: options.winogradHalfMath }
+        : undefined,
     });
     const conv = fwd.conv.bind(fwd);
     const base = { n, h, w };

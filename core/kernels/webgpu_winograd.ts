@@ -218,6 +218,13 @@ export interface WinogradGemmSpec {
   tile?: Partial<WinogradGemmTile>;
   /** V and U are f16 (converted to f32 as they enter workgroup memory; M and the sums stay f32). */
   half?: boolean;
+  /**
+   * With `half`: workgroup memory and the products in f16 too, each reduction step's (bk channels')
+   * sum taken in f16 and added to f32 accumulators, so that rounding grows with bk, not with the
+   * channel count. Half the workgroup memory traffic, and f16 arithmetic, which GPUs run at twice
+   * f32's rate or more.
+   */
+  halfMath?: boolean;
 }
 
 /** Threads a launch should have to keep a large GPU busy (as webgpu_conv3x3.ts aims). */
@@ -263,23 +270,32 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
   const aUnits = (bm * bk) / 4, bUnits = bSize;
   const rowTiles = Math.ceil(spec.tiles / bm);
   if (rowTiles > MAX_DISPATCH) throw new Error(`winograd: ${spec.tiles} tiles are too many for one launch`);
+  if (spec.halfMath && !spec.half) throw new Error("winograd: halfMath needs half (f16 V and U)");
   const accs = tileAccumulators({ tm, tn });
+  // what workgroup memory holds: f32, or f16 where the products are f16
+  const S = spec.halfMath ? "vec4<f16>" : "vec4<f32>";
   const loadA = unitLoads(
     aUnits,
     nt,
     `let r = l / ${bk / 4}; let q = l % ${bk / 4};
-        var v = vec4<f32>(0.0);
-        if (m0 + r < u.P && cb + 4 * q < u.C) { v = vec4<f32>(V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]); }
+        var v = ${S}(0.0);
+        if (m0 + r < u.P && cb + 4 * q < u.C) { v = ${S}(V[(vRow + m0 + r) * u.vStride4 + cb / 4 + q]); }
         Sh[aBase + r * AST + q] = v;`,
   );
   const loadB = unitLoads(
     bUnits,
     nt,
     `let r = l / ${bn / 4}; let q = l % ${bn / 4};
-        var v = vec4<f32>(0.0);
-        if (cb + r < u.C && n0 / 4 + q < u.K4) { v = vec4<f32>(U[(uRow + cb + r) * u.K4 + n0 / 4 + q]); }
+        var v = ${S}(0.0);
+        if (cb + r < u.C && n0 / 4 + q < u.K4) { v = ${S}(U[(uRow + cb + r) * u.K4 + n0 / 4 + q]); }
         Sh[bBase + l] = v;`,
   );
+  // f16 products: each step's sums in f16 accumulators, then added to the f32 ones
+  const product = spec.halfMath
+    ? `${accs.map((a) => `var h${a} = vec4<f16>(0.0);`).join(" ")}
+    ${tileProduct(tile, "hacc")}
+    ${accs.map((a) => `${a} += vec4<f32>(h${a});`).join(" ")}`
+    : tileProduct(tile);
   const stores = accs.map((a, q) => {
     const i = Math.floor(q / nj), j = q % nj;
     return `{ let row = m0 + ty * ${tm} + ${i}; let col = n0 / 4 + tx + ${j * cx};
@@ -293,7 +309,7 @@ export function winogradGemmProgram(spec: WinogradGemmSpec): Program {
 @group(0) @binding(2) var<storage, read> U: array<${T}>;
 @group(0) @binding(3) var<uniform> u: Uniforms;
 const AST = ${ast};
-var<workgroup> Sh: array<vec4<f32>, ${aSize + bSize}>;
+var<workgroup> Sh: array<${S}, ${aSize + bSize}>;
 
 @compute @workgroup_size(${nt})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -310,14 +326,14 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     ${loadA.join("\n    ")}
     ${loadB.join("\n    ")}
     workgroupBarrier();
-    ${tileProduct(tile)}
+    ${product}
     workgroupBarrier();
   }
   ${stores.join("\n  ")}
 }`;
   return {
     name: "WinogradGemmProgram",
-    key: `winograd-gemm:${JSON.stringify(tile)}:${!!spec.half}`,
+    key: `winograd-gemm:${JSON.stringify(tile)}:${spec.halfMath ? "f16 math" : !!spec.half}`,
     source,
     dispatch: [Math.ceil(spec.cout / bn), rowTiles, alpha * alpha],
     uniforms: "P : i32, C : i32, vStride4 : i32, K4 : i32,",

@@ -60,6 +60,8 @@ export class WinogradPlanner {
       gemmCandidates?: Partial<WinogradGemmTile>[];
       /** Maps, filters, V and U in f16, the arithmetic in f32 (see winogradCanRun). */
       half?: boolean;
+      /** With `half`, the GEMMs' products in f16 too (WinogradGemmSpec.halfMath). */
+      halfMath?: boolean;
     },
   ) {
     const { limits } = pass.backend.device;
@@ -135,7 +137,8 @@ export class WinogradPlanner {
     if (io.v.filled !== c) throw new Error(`winograd: V holds ${io.v.filled} channels, the conv reads ${c}`);
     const { tiles } = winogradTiles(spec, m);
     const products = this.scratchBuffer("M", winogradBytes(spec, m, spec.cout));
-    const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m, half: this.options.half };
+    const { half, halfMath } = this.options;
+    const gemm = { tiles, c, vStride: io.v.stride, cout: spec.cout, m, half, halfMath };
     const flip = !!spec.flipTransposed, kind = flip ? "winograd input grad" : "winograd";
     const inputs = [
       { buffer: io.v.buffer },
