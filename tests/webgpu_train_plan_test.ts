@@ -177,6 +177,30 @@ Deno.test("planned step: the loss of a fixed batch falls; losses are read early"
   assert.deepEqual(gpuErrors, []);
 });
 
+Deno.test("planned step: readAfter holds the loss's read back until it settles", opts, async () => {
+  const s = trainState(5);
+  const plan = planOf(s);
+  try {
+    const b = await batch(31);
+    const first = await plan.step(b, 1e-3);
+    const gate = Promise.withResolvers<void>();
+    const reads = mapStats.early + mapStats.awaited;
+    let resolved = false;
+    const second = plan.step(b, 1e-3, { readAfter: gate.promise }).then((r) => (resolved = true, r));
+    // timers run, the step's GPU work with them (it was submitted): its loss is not read
+    for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(resolved, false, "the loss resolved before readAfter settled");
+    assert.equal(mapStats.early + mapStats.awaited, reads, "the loss was read before readAfter settled");
+    gate.resolve();
+    const { loss } = await second;
+    assert.ok(Number.isFinite(loss) && Number.isFinite(first.loss), `loss ${first.loss} → ${loss}`);
+  } finally {
+    plan.dispose();
+    disposeState(s);
+  }
+  assert.deepEqual(gpuErrors, []);
+});
+
 /** 30 planned steps of a fresh net on one batch at lr 2e-3: their losses, and the steps skipped. */
 async function fixedBatchLosses(precision: ConvPrecision): Promise<{ losses: number[]; skipped: number }> {
   const net = new RRDBNet(PLAN_CONFIG, { seed: 7, trainable: true }), ema = cloneNet(net);

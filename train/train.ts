@@ -360,13 +360,13 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
     }
     throw e;
   };
-  const start = (batch: Batch) => {
+  const start = (batch: Batch, readAfter?: Promise<unknown>) => {
     const step = trainer.step + 1;
     // WebGPU's errors from the step's start until the loop takes its losses fail it: with reads
     // that no longer wait, a step started ahead can resolve before the code after the one before it
     // (onStep, say) has run, whose errors its own check would miss
     const gpuCheck = watchBackendErrors();
-    const losses = trainer.trainStep(batch, { checkGPU: false }).catch((e) => {
+    const losses = trainer.trainStep(batch, { checkGPU: false, readAfter }).catch((e) => {
       // what a wasm module's failed allocation looks like from here
       if (backend === "wasm" && e instanceof WebAssembly.RuntimeError) {
         throw new Error(
@@ -383,8 +383,13 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
   // Steps after which the nets must be as that step left them: no step may start ahead of them.
   const holds = (step: number) =>
     step === c.totalSteps || step % c.checkpointEvery === 0 || (c.valEvery > 0 && step % c.valEvery === 0);
-  /** The step after the current one, started before the current one's losses are read. */
+  /**
+   * The step after the current one, started before the current one's losses are taken; it reads its
+   * own once `release` is called, after the current one's bookkeeping (Deno's read blocks the
+   * thread until the GPU is done: the bookkeeping and the next batch run while the GPU runs it).
+   */
   let ahead: ReturnType<typeof start> | undefined;
+  let release: (() => void) | undefined;
   let overlapped = 0;
   let convs: string | undefined;
   let ts = performance.now();
@@ -393,39 +398,45 @@ export async function runTraining(options: RunOptions): Promise<RunSummary> {
       const { step, losses: current, gpuCheck } = ahead ?? start(await queue.next());
       ahead = undefined;
       if (trainer.overlapsSteps && !holds(step) && !options.signal?.aborted) {
-        ahead = start(await queue.next());
+        const gate = Promise.withResolvers<void>();
+        ahead = start(await queue.next(), gate.promise);
+        release = gate.resolve;
         overlapped++;
       }
-      const losses = await current;
-      await gpuCheck(`training step ${step}`).catch(withLastGoodState);
-      const now = performance.now();
-      const secs = (now - ts) / 1000;
-      ts = now;
-      const bad = Object.entries(losses).find(([, v]) => !Number.isFinite(v));
-      if (bad) {
-        throw new Error(
-          `${bad[0]} became ${bad[1]} at step ${step}; the last good state is ${ckptPath} (step ${savedAt})`,
-        );
+      try {
+        const losses = await current;
+        await gpuCheck(`training step ${step}`).catch(withLastGoodState);
+        const now = performance.now();
+        const secs = (now - ts) / 1000;
+        ts = now;
+        const bad = Object.entries(losses).find(([, v]) => !Number.isFinite(v));
+        if (bad) {
+          const what = `${bad[0]} became ${bad[1]} at step ${step}`;
+          throw new Error(`${what}; the last good state is ${ckptPath} (step ${savedAt})`);
+        }
+        if (trainer.convChoice && !convs) {
+          convs = describeChoice(trainer.convChoice);
+          progress.log(`convolutions: ${convs}`);
+        }
+        options.onStep?.(step, losses, secs);
+        if (firstRows.length < c.logEvery) firstRows.push(losses);
+        window.push(losses);
+        progress.update(step, losses);
+        if (step % c.logEvery === 0 || step === c.totalSteps) {
+          await log.write({ type: "train", step, ...mean(window), time: Date.now() / 1000 });
+          lastWindow = window;
+          window = [];
+        }
+        if (step % c.checkpointEvery === 0) {
+          await save();
+          savedAt = step;
+        }
+        if (c.valEvery && step % c.valEvery === 0) await runVal();
+        if (!ahead) ts = performance.now();
+      } finally {
+        release?.();
+        release = undefined;
       }
-      if (trainer.convChoice && !convs) {
-        convs = describeChoice(trainer.convChoice);
-        progress.log(`convolutions: ${convs}`);
-      }
-      options.onStep?.(step, losses, secs);
-      if (firstRows.length < c.logEvery) firstRows.push(losses);
-      window.push(losses);
-      progress.update(step, losses);
-      if (step % c.logEvery === 0 || step === c.totalSteps) {
-        await log.write({ type: "train", step, ...mean(window), time: Date.now() / 1000 });
-        lastWindow = window;
-        window = [];
-      }
-      if (step % c.checkpointEvery === 0) {
-        await save();
-        savedAt = step;
-      }
-      if (c.valEvery && step % c.valEvery === 0) await runVal();
-      if (!ahead) ts = performance.now();
     }
     loopDone = true;
   } finally {

@@ -176,9 +176,10 @@ export class Trainer {
 
   /**
    * Whether {@link trainStep} submits a whole step before it returns (planned psnr steps on webgpu,
-   * in f32 or mixed precision), so that the next one can start before its losses resolve: the GPU
-   * then works through the 10 ms that Deno 2.9.6 takes to resolve a read-back after the GPU finishes,
-   * where core/kernels/webgpu_map.ts cannot read it early. One step ahead at most.
+   * in f32 or mixed precision), so that the next one can start before its losses resolve, one step
+   * ahead at most. Deno 2.9.6's read-back blocks the thread until the GPU is done: with the next
+   * step's read held back (`readAfter`), the GPU runs it while the caller does this step's
+   * bookkeeping and makes the next batch.
    */
   get overlapsSteps(): boolean {
     const c = this.config;
@@ -207,13 +208,19 @@ export class Trainer {
   /**
    * One optimisation step on `batch`; returns the losses (read back once per step). It fails if
    * WebGPU reports an error meanwhile, unless `checkGPU` is false: for a caller that checks a wider
-   * window itself (runTraining, up to where it takes the losses).
+   * window itself (runTraining, up to where it takes the losses). `readAfter`: a step that
+   * {@link overlapsSteps} reads its losses only once this settles (the GPU runs the step meanwhile:
+   * RRDBNetTrainPlanWebGPU.backward).
    */
-  async trainStep(batch: Batch, options: { checkGPU?: boolean } = {}): Promise<StepLosses> {
+  async trainStep(
+    batch: Batch,
+    options: { checkGPU?: boolean; readAfter?: Promise<unknown> } = {},
+  ): Promise<StepLosses> {
     // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves the step garbage
     const gpuCheck = options.checkGPU === false ? undefined : watchBackendErrors();
     const step = this.step + 1;
-    const losses = await (this.planned ? this.plannedStep(batch) : this.autodiffStep(batch));
+    const losses =
+      await (this.planned ? this.plannedStep(batch, options.readAfter) : this.autodiffStep(batch));
     await gpuCheck?.(`training step ${step}`);
     return losses;
   }
@@ -361,7 +368,7 @@ export class Trainer {
    * The gan stage's other G terms (perceptual, RaGAN with D fixed) and D's step run as tfjs ops on
    * G's output; their gradient w.r.t. that output joins the L1 gradient in the planned backward.
    */
-  private async plannedStep(batch: Batch): Promise<StepLosses> {
+  private async plannedStep(batch: Batch, readAfter?: Promise<unknown>): Promise<StepLosses> {
     const c = this.config;
     if (this.plan && (this.plan.options.batch !== batch.n || this.plan.options.lqSize !== batch.lqSize)) {
       this.sync();
@@ -400,7 +407,7 @@ export class Trainer {
     this.planAhead = true;
     if (c.stage === "psnr") {
       this.step++;
-      const r = await this.plan.step(batch, lr.g);
+      const r = await this.plan.step(batch, lr.g, { readAfter });
       return scaled({ lr: lr.g, l_pix: r.loss }, r);
     }
     const sr = (await this.plan.forward(batch))!;

@@ -565,11 +565,15 @@ export class RRDBNetTrainPlanWebGPU {
   /**
    * One training step on a batch (NHWC float32 in [0, 1]: lq [batch, s, s, 3], gt [batch, 4s, 4s, 3])
    * at learning rate `lr`; resolves to the weighted L1 loss of the batch before the update (and in
-   * mixed precision the step's loss scale).
+   * mixed precision the step's loss scale). `readAfter`: see {@link backward}.
    */
-  step(batch: { lq: Float32Array; gt: Float32Array }, lr: number): Promise<StepResult> {
+  step(
+    batch: { lq: Float32Array; gt: Float32Array },
+    lr: number,
+    options: { readAfter?: Promise<unknown> } = {},
+  ): Promise<StepResult> {
     this.forward(batch, { output: false });
-    return this.backward(null, lr);
+    return this.backward(null, lr, options);
   }
 
   /**
@@ -603,8 +607,16 @@ export class RRDBNetTrainPlanWebGPU {
    * takes to resolve a read-back (10 ms after the GPU finishes, where webgpu_map.ts cannot read it
    * early). In mixed precision that step does not yet know whether this one overflowed: it submits
    * its loss scale and step count both ways, and the GPU picks by this step's overflow flag.
+   *
+   * `readAfter`: the loss is read only once it settles. Deno 2.9.6's read blocks the thread until the
+   * GPU is done, so work the caller does before settling it (the last step's bookkeeping, the next
+   * batch) runs while the GPU runs this step.
    */
-  async backward(extra: tf.Tensor | null, lr: number): Promise<StepResult> {
+  async backward(
+    extra: tf.Tensor | null,
+    lr: number,
+    options: { readAfter?: Promise<unknown> } = {},
+  ): Promise<StepResult> {
     if (!this.forwarded) throw new Error("RRDBNetTrainPlanWebGPU: backward() without forward()");
     if (this.readings - this.resolvedSteps >= 2) {
       throw new Error("RRDBNetTrainPlanWebGPU: a step started before the loss of the two before it resolved");
@@ -660,14 +672,19 @@ export class RRDBNetTrainPlanWebGPU {
         }
       },
     });
-    const done = this.readBack(staging, this.resolving);
+    const done = this.readBack(staging, this.resolving, options.readAfter);
     this.resolving = done.catch(() => {});
     return await done;
   }
 
   /** A step's loss, once read back; in mixed precision, applies its outcome after the last step's. */
-  private async readBack(staging: GPUBuffer, previous: Promise<unknown>): Promise<StepResult> {
+  private async readBack(
+    staging: GPUBuffer,
+    previous: Promise<unknown>,
+    readAfter?: Promise<unknown>,
+  ): Promise<StepResult> {
     try {
+      await readAfter?.catch(() => {});
       const { sums, overflow } = await mapRead(staging, (mapped) => ({
         sums: new Float32Array(mapped.slice(0, this.nPartials * 4)),
         overflow: this.half
