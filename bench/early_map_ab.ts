@@ -1,7 +1,7 @@
 /**
- * What reading back early (core/kernels/webgpu_map.ts) saves, in one process: a planned forward and
- * a tiled GPU upscale of a small random RRDBNet, with early and awaited reads alternated run by
- * run (medians). A software adapter's time varies with the load: alternating shares it out, where
+ * What reading back early (core/kernels/webgpu_map.ts) saves, in one process: a planned forward, a
+ * tiled GPU upscale and a planned training step (batch 2 at the forward's size) of a small random
+ * RRDBNet, with early and awaited reads alternated run by run (medians). A software adapter's time varies with the load: alternating shares it out, where
  * the bench's processes (`+latemap`) would each see a different load.
  *
  *     deno run -A bench/early_map_ab.ts [--size 8] [--runs 21] [--upscale 24] [--tile 8] [--blocks 1]
@@ -14,6 +14,8 @@ import { ESRGAN_X4, RRDBNet } from "../core/rrdbnet_arch.ts";
 import { RRDBNetPlanWebGPU } from "../core/kernels/webgpu_plan.ts";
 import { mapStats, setEarlyMap } from "../core/kernels/webgpu_map.ts";
 import { Upscaler } from "../core/upscaler.ts";
+import { RRDBNetTrainPlanWebGPU } from "../core/kernels/webgpu_train_plan.ts";
+import { Adam } from "../train/adam.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -64,4 +66,23 @@ up.winograd = 4;
 const image = tf.randomUniform([1, upSize, upSize, 3], 0, 1, "float32", 2) as tf.Tensor4D;
 const upscale = async () => (await up.upscaleTensor(image, { tile, tilePad: 4 })).dispose();
 console.log(`upscale ${upSize}x${upSize} in ${tile}x${tile} tiles: ${fmt(await ab(upscale))}`);
+up.dispose();
+
+const trainNet = new RRDBNet({ ...ESRGAN_X4, numBlock: blocks, numFeat: 16, numGrowCh: 8 }, {
+  trainable: true,
+});
+const adam = new Adam(trainNet.params, { betas: [0.9, 0.99] });
+const train = new RRDBNetTrainPlanWebGPU(trainNet, {
+  batch: 2,
+  lqSize: size,
+  ema: trainNet.params,
+  adam,
+  emaDecay: 0.999,
+  winograd: 4,
+});
+const batch = {
+  lq: Float32Array.from({ length: 2 * size * size * 3 }, (_, i) => (i % 97) / 97),
+  gt: Float32Array.from({ length: 2 * 16 * size * size * 3 }, (_, i) => (i % 89) / 89),
+};
+console.log(`train step 2x${size}x${size}: ${fmt(await ab(() => train.step(batch, 1e-4)))}`);
 console.log(`medians of ${runs}; reads taken early ${mapStats.early}, awaited ${mapStats.awaited}`);

@@ -392,6 +392,7 @@ Deno.test({
     const out = new TextDecoder().decode(stdout);
     assert.match(out, /^forward 1x4x4 .*: early [\d.]+ ms, awaited [\d.]+ ms$/m);
     assert.match(out, /^upscale 8x8 in 4x4 tiles: early [\d.]+ ms, awaited [\d.]+ ms$/m);
+    assert.match(out, /^train step 2x4x4: early [\d.]+ ms, awaited [\d.]+ ms$/m);
     const [, early] = /reads taken early (\d+), awaited \d+/.exec(out)!;
     assert.equal(Number(early) > 0, EARLY_MAP_DENO.includes(Deno.version.deno), out);
   },
