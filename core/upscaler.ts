@@ -23,10 +23,11 @@
  * On webgpu the tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts), submitted back to
  * back in batches of ~200 ms, and the image is read back once: Deno 2.9.6's waits for the GPU block
  * the thread until the queue is empty, and resolve ~11 ms after the GPU finishes (ext/webgpu's
- * mapAsync polls, then sleeps), which our own reads skip (core/kernels/webgpu_map.ts). Where tiles
- * are blended on the host (`gpuBlend` off, tta, an output too large for one GPU buffer), each is
- * read by tfjs, which waits, so the next tile is submitted while the current one is read back,
- * filling that wait (llvmpipe, 8x8 tiles of a tiny net: 28.4 → 16.9 ms per tile).
+ * mapAsync polls, then sleeps), which our reads and tfjs's skip where this Deno allows it
+ * (core/kernels/webgpu_map.ts). Where tiles are blended on the host (`gpuBlend` off, tta, an output
+ * too large for one GPU buffer), the next tile is submitted while the current one is read back, so
+ * that its GPU work fills that wait where there is one, and the host's blending (llvmpipe, 8x8 tiles
+ * of a tiny net, reads that waited: 28.4 → 16.9 ms per tile).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -554,8 +555,8 @@ export class Upscaler {
         const current = next ?? launch(tiles[k]);
         next = undefined;
         const data = current.read();
-        // Queued behind this tile's read-back, the next tile's GPU work fills the ~10 ms Deno waits
-        // after the GPU finishes before resolving it (and the blending below).
+        // Queued behind this tile's read-back, the next tile's GPU work fills the blending below (and
+        // the ~10 ms Deno waits after the GPU finishes, where a read cannot be taken early).
         try {
           if (current.overlaps && k + 1 < total) next = launch(tiles[k + 1]);
         } catch (e) {

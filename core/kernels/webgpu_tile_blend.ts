@@ -4,10 +4,10 @@
  * the same submit), and the sum is divided by the weights once at the end, so that a tiled upscale
  * on webgpu reads nothing back until the image is whole.
  *
- * Why: under Deno 2.9.6 tfjs's read-back resolves ~11 ms after the GPU finishes (ext/webgpu polls,
- * then sleeps) and copies its bytes twice on the host; with the host blender every tile paid that, and
- * its blending ran on the main thread between tiles. On an H200 a 256x256 upscale in four tiles was
- * CPU-bound (18 ms of GPU per tile, 164 ms of CPU per image).
+ * Why: under Deno 2.9.6 a read-back resolved ~11 ms after the GPU finished (ext/webgpu polls, then
+ * sleeps; webgpu_map.ts now reads early) and copied its bytes twice on the host; with the host blender
+ * every tile paid that, and its blending ran on the main thread between tiles. On an H200 a 256x256
+ * upscale in four tiles was CPU-bound (18 ms of GPU per tile, 164 ms of CPU per image).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
