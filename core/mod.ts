@@ -14,6 +14,7 @@ export * from "./losses/mod.ts";
 export * from "./image_io.ts";
 export * from "./tile.ts";
 export * from "./upscaler.ts";
+export * from "./upscale_image.ts";
 export * from "./metrics.ts";
 export * from "./imresize.ts";
 export * from "./eval.ts";

@@ -1,9 +1,10 @@
 /**
  * The upscaler library: a model file in, images or tensors upscaled out. It follows Real-ESRGAN's
- * `RealESRGANer` in separate steps — pre-process (RGBA → RGB in [0, 1], alpha and grayscale set aside),
- * tiled inference (of the colours, then of the alpha unless it is resized), post-process (blend,
- * grayscale back, optional resampling to `outscale`) — and UpscalerJS in being abortable between tiles
- * and reporting progress per tile.
+ * `RealESRGANer` in separate steps — pre-process (RGBA → RGB in [0, 1], alpha and grayscale set aside;
+ * core/upscale_image.ts), tiled inference (of the colours, then of the alpha unless it is resized;
+ * here, on webgpu through the prepared forwards of core/plan_cache.ts), post-process (grayscale and
+ * alpha back, optional resampling to `outscale`; core/upscale_image.ts) — and UpscalerJS in being
+ * abortable between tiles and reporting progress per tile.
  *
  * Default tile: 128 input pixels. RRDBNet's memory grows with the tile's area (about 18 kB per input
  * pixel at inference on wasm, mostly the 64-channel feature maps at 4x resolution): a 148-pixel tile
@@ -32,18 +33,13 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { RgbaImage } from "./image_io.ts";
-import { imresizeArray } from "./imresize.ts";
 import { checkRRDBNetWeights, RRDBNet, type RRDBNetConfig, unshuffleFactor } from "./rrdbnet_arch.ts";
 import type { StateDict } from "./state_dict.ts";
 import { featherWeights, planTiles, TileBlender } from "./tile.ts";
-import { type ConvChoice, fastestPlan, RRDBNetPlanWebGPU } from "./kernels/webgpu_plan.ts";
-import {
-  BufferLimitError,
-  PassArena,
-  type PassBackend,
-  ReadBack,
-  underErrorScopes,
-} from "./kernels/webgpu_pass.ts";
+import { PlanCache, sameIds, weightIds } from "./plan_cache.ts";
+import { alphaAsRgb, alphaFromNet, postProcess, preProcess, resample } from "./upscale_image.ts";
+import type { ConvChoice } from "./kernels/webgpu_plan.ts";
+import { type PassBackend, ReadBack } from "./kernels/webgpu_pass.ts";
 import { TileBlenderWebGPU, type TilePlacement } from "./kernels/webgpu_tile_blend.ts";
 import { uncapturedErrorsArrived, watchBackendErrors } from "./kernels/webgpu_errors.ts";
 import { queueDone } from "./kernels/webgpu_map.ts";
@@ -101,40 +97,6 @@ export interface ModelInfo {
   metadata?: Record<string, string>;
 }
 
-/**
- * Resamples an interleaved float image (any channel count) to `width` x `height`. The one place
- * that picks the resampler: MATLAB-compatible bicubic, antialiased when shrinking.
- */
-export function resample(
-  data: Float32Array,
-  from: { width: number; height: number; channels: number },
-  to: { width: number; height: number },
-): Float32Array {
-  if (from.width === to.width && from.height === to.height) return data;
-  return Float32Array.from(imresizeArray(data, from, { width: to.width, height: to.height }).data);
-}
-
-/** Per pixel of a `w` x `h` plane: its value where every pixel within `r` (clipped) has it, else -1. */
-function flatValues(plane: Float32Array, w: number, h: number, r: number): Float32Array {
-  const out = new Float32Array(w * h);
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      const v = plane[y * w + x];
-      let same = true;
-      for (let yy = Math.max(0, y - r); yy <= Math.min(h - 1, y + r) && same; yy++) {
-        for (let xx = Math.max(0, x - r); xx <= Math.min(w - 1, x + r); xx++) {
-          if (plane[yy * w + xx] !== v) {
-            same = false;
-            break;
-          }
-        }
-      }
-      out[y * w + x] = same ? v : -1;
-    }
-  }
-  return out;
-}
-
 /** Whether binding all of `x` in one WebGPU shader would pass the device's limit. */
 function exceedsBinding(x: tf.Tensor): boolean {
   if (tf.getBackend() !== "webgpu") return false;
@@ -176,13 +138,6 @@ interface PendingPatch {
 }
 
 /**
- * Patch shapes whose prepared forward an {@link Upscaler} keeps: a tiled image has up to four, eight
- * with tta's transposes. Plans of one number format and algorithm share their large buffers
- * (PassArena), so each holds little more than its bind groups.
- */
-const MAX_PLANS = 8;
-
-/**
  * GPU work (ms) the Upscaler queues between progress reports when it blends tiles on the GPU: long
  * enough that the GPU's idle time at each wait (the next tile's preparation) is a few percent of it,
  * short enough for progress and aborts to feel immediate.
@@ -206,19 +161,9 @@ export class Upscaler {
   private source?: RRDBNetSource;
   /**
    * On webgpu, prepared forwards (core/kernels/webgpu_plan.ts: our kernels, one compute pass; 4.8x
-   * faster than tfjs's ops for a 64x64 tile on an H200) for the last few patch shapes, with the
-   * weight tensors they were made with (a net whose weights change gets new plans).
+   * faster than tfjs's ops for a 64x64 tile on an H200) for the last few patch shapes.
    */
-  private readonly plans = new Map<
-    string,
-    { plan: RRDBNetPlanWebGPU; weights: object[]; arena: PassArena }
-  >();
-  /**
-   * The GPU memory the plans of one number format and algorithm share (see PassArena: a tiled
-   * image's four patch shapes in Winograd F(4x4) at the default tile took 2.9 GiB as plans of their
-   * own), with the weight tensors its kept filters were made from.
-   */
-  private readonly arenas = new Map<string, { arena: PassArena; weights: object[] }>();
+  private readonly gpuPlans = new PlanCache(this);
   /**
    * On wasm, the forward runs on our CPU kernels (core/kernels/wasm_plan.ts: relaxed-SIMD FMA,
    * Winograd, fused layers, the backend's thread count) instead of tfjs's XNNPACK ops: 0.62 s
@@ -247,7 +192,7 @@ export class Upscaler {
   winograd: 0 | 2 | 4 | "auto" = "auto";
   /** What `winograd: "auto"` chose and measured in this precision (undefined until a patch ran on webgpu). */
   get convChoice(): ConvChoice | undefined {
-    return this.convChoices.get(this.precision);
+    return this.gpuPlans.choice;
   }
   /**
    * On webgpu, tiles are blended on the GPU (core/kernels/webgpu_tile_blend.ts) and the image read
@@ -255,13 +200,9 @@ export class Upscaler {
    * the host also takes over where the device cannot hold the whole output in one buffer, and tta).
    */
   gpuBlend = true;
-  /** What "auto" chose per number format (each timed once: switching back reuses the choice). */
-  private readonly convChoices = new Map<ConvPrecision, ConvChoice>();
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[]; packEachRun: boolean };
   /** On webgpu, where images blended on the GPU are read back (a staging buffer kept between them). */
   private reader?: ReadBack;
-  /** WebGPU's errors while the last plan was made, not yet awaited (see makePlan). */
-  private planCheck?: Promise<void>;
 
   /**
    * Wraps a net (for instance one being trained), which the upscaler disposes on dispose(); or a
@@ -331,36 +272,17 @@ export class Upscaler {
    * counts the alpha's tiles after the colours'.
    */
   async upscale(img: RgbaImage, options: UpscaleOptions = {}): Promise<RgbaImage> {
-    const { width: w, height: h, data16 } = img;
-    if (img.data.length !== w * h * 4 || (data16 && data16.length !== w * h * 4)) {
-      throw new Error(`upscale: ${img.data.length} bytes for a ${w}x${h} RGBA image`);
-    }
-    const data = data16 ?? img.data, full = data16 ? 65535 : 255;
     const outscale = options.outscale ?? this.scale;
     if (!(outscale > 0)) throw new Error(`outscale must be positive, not ${options.outscale}`);
     if (options.alpha !== undefined && !["net", "bicubic"].includes(options.alpha)) {
       throw new Error(`alpha must be "net" or "bicubic", not ${JSON.stringify(options.alpha)}`);
     }
-
-    // Pre-process.
-    const rgb = new Float32Array(w * h * 3);
-    const alpha = new Float32Array(w * h);
-    let gray = true, opaque = true;
-    for (let i = 0; i < w * h; i++) {
-      const r = data[4 * i], g = data[4 * i + 1], b = data[4 * i + 2], a = data[4 * i + 3];
-      rgb[3 * i] = r / full;
-      rgb[3 * i + 1] = g / full;
-      rgb[3 * i + 2] = b / full;
-      alpha[i] = a / full;
-      if (r !== g || g !== b) gray = false;
-      if (a !== full) opaque = false;
-    }
-
-    // Process.
-    const alphaByNet = !opaque && (options.alpha ?? "net") === "net";
+    const input = preProcess(img);
+    const { width: w, height: h } = input, s = this.scale;
+    const alphaByNet = !input.opaque && (options.alpha ?? "net") === "net";
     const passes = alphaByNet ? 2 : 1;
-    const run = async (input: Float32Array, pass: number) => {
-      const x = tf.tensor4d(input, [1, h, w, 3]);
+    const run = async (rgb: Float32Array, pass: number) => {
+      const x = tf.tensor4d(rgb, [1, h, w, 3]);
       const { onProgress } = options;
       try {
         return await this.runTiles(x, {
@@ -372,72 +294,18 @@ export class Upscaler {
         x.dispose();
       }
     };
-    const hr = await run(rgb, 0);
-    const s = this.scale;
-    const H = h * s, W = w * s;
-    let hrAlpha: Float32Array | null = null;
-    if (alphaByNet) {
-      // As Real-ESRGAN's alpha_upsampler "realesrgan": the alpha as gray RGB, the output back to luma.
-      const gray3 = new Float32Array(w * h * 3);
-      for (let i = 0; i < w * h; i++) gray3[3 * i] = gray3[3 * i + 1] = gray3[3 * i + 2] = alpha[i];
-      const out = await run(gray3, 1);
-      // Where the alpha is flat (its 3x3 neighbourhood one value: inside fully transparent or opaque
-      // areas), that value exactly: the net leaves a haze of a few levels there, the faint ghost of
-      // whatever colour lies under transparent pixels (bench/alpha_masks.ts's masks: 43% of the
-      // pixels 4 px or more from an edge were off 0 or 255, 13% after; SSIM 0.732 → 0.764).
-      const flat = flatValues(alpha, w, h, 1);
-      hrAlpha = new Float32Array(W * H);
-      for (let Y = 0, i = 0; Y < H; Y++) {
-        for (let X = 0; X < W; X++, i++) {
-          const v = flat[Math.floor(Y / s) * w + Math.floor(X / s)];
-          hrAlpha[i] = v >= 0 ? v : 0.299 * out[3 * i] + 0.587 * out[3 * i + 1] + 0.114 * out[3 * i + 2];
-        }
-      }
-    } else if (!opaque) {
-      hrAlpha = resample(alpha, { width: w, height: h, channels: 1 }, { width: W, height: H });
+    const rgb = await run(input.rgb, 0);
+    let alpha: Float32Array | undefined;
+    if (alphaByNet) alpha = alphaFromNet(input, { rgb: await run(alphaAsRgb(input), 1), scale: s });
+    else if (!input.opaque) {
+      alpha = resample(input.alpha, { width: w, height: h, channels: 1 }, { width: w * s, height: h * s });
     }
-
-    // Post-process.
-    const value = (i: number, c: number): number => {
-      if (c === 3) return hrAlpha ? hrAlpha[i] : 1;
-      // As Real-ESRGAN does for gray input: the net's RGB back to one luma channel.
-      return gray ? 0.299 * hr[3 * i] + 0.587 * hr[3 * i + 1] + 0.114 * hr[3 * i + 2] : hr[3 * i + c];
-    };
-    if (outscale === s) {
-      // Straight to integers: no float copy of an output that may have hundreds of megapixels.
-      const out = new Uint8ClampedArray(W * H * 4);
-      const out16 = data16 && new Uint16Array(W * H * 4);
-      for (let i = 0; i < W * H; i++) {
-        for (let c = 0; c < 4; c++) {
-          const v = value(i, c);
-          out[4 * i + c] = Math.round(v * 255); // clamps too
-          if (out16) out16[4 * i + c] = Math.round(Math.min(1, Math.max(0, v)) * 65535);
-        }
-      }
-      return { width: W, height: H, data: out, ...(out16 ? { data16: out16 } : {}) };
-    }
-    const rgba = new Float32Array(W * H * 4);
-    for (let i = 0; i < W * H; i++) for (let c = 0; c < 4; c++) rgba[4 * i + c] = value(i, c);
-    const outW = Math.max(1, Math.round(w * outscale));
-    const outH = Math.max(1, Math.round(h * outscale));
-    const resized = resample(rgba, { width: W, height: H, channels: 4 }, { width: outW, height: outH });
-    const out = new Uint8ClampedArray(outW * outH * 4);
-    for (let i = 0; i < out.length; i++) out[i] = Math.round(resized[i] * 255); // clamps too
-    const out16 = data16 && Uint16Array.from(resized, (v) => Math.round(Math.min(1, Math.max(0, v)) * 65535));
-    // Bicubic overshoot must not make an opaque image slightly transparent.
-    if (opaque) {
-      for (let i = 3; i < out.length; i += 4) out[i] = 255;
-      if (out16) { for (let i = 3; i < out16.length; i += 4) out16[i] = 65535; }
-    }
-    return { width: outW, height: outH, data: out, ...(out16 ? { data16: out16 } : {}) };
+    return postProcess(input, { rgb, alpha, scale: s }, { outscale });
   }
 
   /** Frees the weights and the prepared plans; `keepNet`: the plans only (the net lives on). */
   dispose(options: { keepNet?: boolean } = {}): void {
-    for (const { plan } of this.plans.values()) plan.dispose();
-    this.plans.clear();
-    for (const { arena } of this.arenas.values()) arena.dispose();
-    this.arenas.clear();
+    this.gpuPlans.dispose();
     this.reader?.dispose();
     this.reader = undefined;
     this.cpuPlan?.plan.dispose();
@@ -493,9 +361,9 @@ export class Upscaler {
     // "auto" decides on the largest patch, an inner tile's
     const side = (spans: typeof rows) => Math.max(...spans.map((t) => t.inEnd - t.inStart));
     const largest = this.paddedShape([n, side(rows), side(cols), c]);
-    await this.chooseConvs(largest);
+    await this.gpuPlans.choose(largest);
     // the largest patch's plan first: the others then fit in the buffers it shares with them
-    if (tf.getBackend() === "webgpu" && total > 1) this.planFor(largest);
+    if (tf.getBackend() === "webgpu" && total > 1) this.gpuPlans.get(largest);
     // tfjs's ops run outside any error scope: an error WebGPU reports on them leaves tiles garbage
     const gpuCheck = watchBackendErrors();
     const what = `the upscale of a ${w}x${h} input`;
@@ -605,7 +473,7 @@ export class Upscaler {
     } finally {
       x.dispose();
     }
-    const planned = this.takePlanCheck();
+    const planned = this.gpuPlans.takeCheck();
     return {
       overlaps: true,
       read: async () => {
@@ -645,7 +513,7 @@ export class Upscaler {
     const { signal, onProgress, image, read, gpuCheck } = options;
     const backend = tf.backend() as unknown as PassBackend;
     const total = tiles.length, checks: Promise<void>[] = [];
-    let msPerTile = this.timedMs(tiles.map((t) => t.shape));
+    let msPerTile = this.gpuPlans.timedMs(tiles.map((t) => t.shape));
     let finished = 0, batchStart = performance.now();
     const reportUpTo = (count: number) => {
       for (; finished < count; finished++) {
@@ -661,8 +529,8 @@ export class Upscaler {
         if (signal?.aborted) throw abortError(signal);
         const patch = tf.tidy(() => this.padToMultiple(tiles[k].crop()));
         try {
-          const plan = this.planFor(patch.shape);
-          const planned = this.takePlanCheck();
+          const plan = this.gpuPlans.get(patch.shape);
+          const planned = this.gpuPlans.takeCheck();
           if (planned) checks.push(planned);
           plan.submit(patch, blender.prepare(plan.outputShape, tiles[k].at));
         } finally {
@@ -702,18 +570,6 @@ export class Upscaler {
     }
   }
 
-  /**
-   * GPU ms of the largest of these patches (NHWC shapes) from what winograd "auto" timed, scaled by
-   * area; undefined where the plans were not chosen by timing.
-   */
-  private timedMs(shapes: number[][]): number | undefined {
-    const choice = this.winograd === "auto" ? this.convChoice : undefined;
-    const ms = choice?.timings.find((t) => t.winograd === choice.winograd)?.ms;
-    if (!choice || ms === undefined) return undefined;
-    const area = (s: number[]) => s[0] * s[1] * s[2];
-    return (ms * Math.max(...shapes.map(area))) / area(choice.shape);
-  }
-
   /** Whether {@link runTiles} blends on the GPU ({@link gpuBlend}; webgpu, no tta, a sum the device holds). */
   private blendsOnGPU(
     options: TileOptions,
@@ -721,144 +577,6 @@ export class Upscaler {
   ) {
     if (!this.gpuBlend || options.tta || tf.getBackend() !== "webgpu") return false;
     return TileBlenderWebGPU.fits(tf.backend() as unknown as PassBackend, image);
-  }
-
-  /** `net.apply(x)` through a cached plan for x's shape. */
-  private plannedApply(x: tf.Tensor4D): tf.Tensor4D {
-    return this.planFor(x.shape).run(x);
-  }
-
-  /** The cached plan for patches of `shape`, made if needed (and again if the net's weights changed). */
-  private planFor(shape: number[]): RRDBNetPlanWebGPU {
-    const key = this.planKey(shape);
-    const weights = this.weightIds();
-    let entry = this.plans.get(key);
-    if (entry && !sameIds(entry.weights, weights)) {
-      entry.plan.dispose();
-      this.plans.delete(key);
-      entry = undefined;
-    }
-    if (!entry) {
-      // keep only the latest shapes, and the arenas some plan still uses (a whole-image plan's
-      // arena holds several full-resolution maps)
-      for (const [k, old] of [...this.plans].slice(0, Math.max(0, this.plans.size - MAX_PLANS + 1))) {
-        old.plan.dispose();
-        this.plans.delete(k);
-        if (![...this.plans.values()].some((e) => e.arena === old.arena)) this.dropArena(old.arena);
-      }
-      const arena = this.arenaFor(this.convs);
-      entry = { plan: this.makePlan(shape, arena), weights, arena };
-    }
-    // most recently used last
-    this.plans.delete(key);
-    this.plans.set(key, entry);
-    return entry.plan;
-  }
-
-  /**
-   * A prepared forward for patches of `shape`. Its errors say what to do: a patch whose buffers
-   * exceed the device's limits names the largest that fits; what WebGPU reports while the plan is
-   * made (out of memory, say) is checked by {@link takePlanCheck}'s promise, before any output is
-   * trusted.
-   */
-  private makePlan(shape: number[], arena: PassArena): RRDBNetPlanWebGPU {
-    const device = (tf.backend() as unknown as WebGPUBackendLike).device;
-    let made;
-    try {
-      made = underErrorScopes(
-        device,
-        () =>
-          new RRDBNetPlanWebGPU(this.net, shape, {
-            precision: this.precision,
-            winograd: this.convs || undefined,
-            arena,
-          }),
-      );
-    } catch (e) {
-      // buffers it made in the arena before it failed (larger than the others bind, perhaps) go too
-      this.dropArena(arena);
-      throw planFailure(e, shape);
-    }
-    const plan = made.value;
-    // a check not taken yet (the largest patch's plan, made first) stays: a later plan's joins it
-    const earlier = this.planCheck;
-    const check = made.error.then((error) => {
-      if (!error) return;
-      for (const [k, e] of this.plans) if (e.plan === plan) this.plans.delete(k);
-      plan.dispose();
-      // what it made in the arena may be what failed: the arena goes, with the plans sharing it
-      this.dropArena(arena);
-      throw planFailure(error, shape);
-    });
-    this.planCheck = earlier ? Promise.all([earlier, check]).then(() => {}) : check;
-    this.planCheck.catch(() => {}); // awaited where the patch is read back
-    return plan;
-  }
-
-  /** The convolutions' algorithm plans use now: `winograd`, or what "auto" chose (direct until then). */
-  private get convs(): 0 | 2 | 4 {
-    return this.winograd === "auto" ? this.convChoice?.winograd ?? 0 : this.winograd;
-  }
-
-  private planKey(shape: number[]): string {
-    return `${shape.join("x")} ${this.precision} ${this.convs}`;
-  }
-
-  /**
-   * With `winograd: "auto"` on webgpu, once per number format: times direct and Winograd plans for
-   * patches of `shape` (the input as the plan gets it) and keeps the faster one's plan for them.
-   */
-  private async chooseConvs(shape: number[]): Promise<void> {
-    if (this.winograd !== "auto" || this.convChoice || tf.getBackend() !== "webgpu") return;
-    let made;
-    try {
-      made = await fastestPlan(this.net, shape, {
-        precision: this.precision,
-        arena: (winograd) => this.arenaFor(winograd),
-      });
-    } catch (e) {
-      // the chosen plan's arena, if that plan failed (see makePlan)
-      for (const [key, { arena }] of this.arenas) {
-        if (key.startsWith(`${this.precision} `)) this.dropArena(arena);
-      }
-      throw planFailure(e, shape);
-    }
-    const { winograd, timings } = made;
-    this.convChoices.set(this.precision, { winograd, shape, precision: this.precision, timings });
-    this.plans.set(this.planKey(shape), {
-      plan: made.plan,
-      weights: this.weightIds(),
-      arena: this.arenaFor(winograd),
-    });
-  }
-
-  /** The arena of the plans running the convolutions as `convs` in this precision, for the net's weights now. */
-  private arenaFor(convs: 0 | 2 | 4): PassArena {
-    const key = `${this.precision} ${convs}`, weights = this.weightIds();
-    const have = this.arenas.get(key);
-    if (have && sameIds(have.weights, weights)) return have.arena;
-    if (have) this.dropArena(have.arena);
-    const arena = new PassArena((tf.backend() as unknown as WebGPUBackendLike).device);
-    this.arenas.set(key, { arena, weights });
-    return arena;
-  }
-
-  /** Frees `arena` and the plans made with it (work already submitted still completes). */
-  private dropArena(arena: PassArena): void {
-    for (const [k, e] of this.plans) {
-      if (e.arena !== arena) continue;
-      e.plan.dispose();
-      this.plans.delete(k);
-    }
-    for (const [k, e] of this.arenas) if (e.arena === arena) this.arenas.delete(k);
-    arena.dispose();
-  }
-
-  /** What {@link makePlan} left to check, once: the patch just launched must await it. */
-  private takePlanCheck(): Promise<void> | undefined {
-    const check = this.planCheck;
-    this.planCheck = undefined;
-    return check;
   }
 
   /** The net on one patch as NHWC floats, clamped to [0, 1]: on the CPU kernels or tfjs's ops. */
@@ -872,7 +590,7 @@ export class Upscaler {
     const plan = this.cpuKernels && tf.getBackend() === "wasm" ? this.wasmPlan() : undefined;
     if (!plan) {
       const y = tf.tidy(() => this.forward(x));
-      const planned = this.takePlanCheck();
+      const planned = this.gpuPlans.takeCheck();
       try {
         if (planned) await planned;
         return (await y.data()) as Float32Array;
@@ -921,18 +639,10 @@ export class Upscaler {
     return sum;
   }
 
-  /**
-   * The net's weight tensors, whose change makes a plan stale (a plan reads the weights once); makes
-   * the net first if need be, so that a plan is not keyed to the source and then made again.
-   */
-  private weightIds(): object[] {
-    return [...this.net.params.values()].map((v) => v.dataId);
-  }
-
   /** The CPU kernels' plan, made again when the net's weight tensors or cpuPackEachRun change. */
   private wasmPlan(): RRDBNetPlanWasm | undefined {
     // a source not yet made into a net stands for its weights: they cannot have changed
-    const weights = this.made ? this.weightIds() : [this.source!];
+    const weights = this.made ? weightIds(this.made) : [this.source!];
     const kept = this.cpuPlan;
     if (kept && (!sameIds(kept.weights, weights) || kept.packEachRun !== this.cpuPackEachRun)) {
       kept.plan.dispose();
@@ -998,7 +708,9 @@ export class Upscaler {
     const [, h, w] = x.shape;
     const input = this.padToMultiple(x);
     const ph = input.shape[1] - h, pw = input.shape[2] - w;
-    const raw = tf.getBackend() === "webgpu" ? this.plannedApply(input) : this.net.apply(input);
+    const raw = tf.getBackend() === "webgpu"
+      ? this.gpuPlans.get(input.shape).run(input)
+      : this.net.apply(input);
     let y = tf.clipByValue(raw, 0, 1) as tf.Tensor4D;
     if (ph || pw) y = tf.slice(y, [0, 0, 0, 0], [-1, h * s, w * s, -1]);
     return y;
@@ -1016,35 +728,6 @@ function fromModelFile(bytes: Uint8Array, name?: string): Upscaler {
     { config: model.config, weights: () => model.stateDict },
     { name, dtype: model.dtype, metadata: model.metadata },
   );
-}
-
-/**
- * Why a plan for a patch of `shape` could not be made, said so the user knows what to do: a buffer
- * over the device's limits names the largest patch that fits; what WebGPU reported (out of memory,
- * say) is passed on.
- */
-function planFailure(e: unknown, shape: number[]): Error {
-  const [, h, w] = shape;
-  if (e instanceof BufferLimitError) {
-    // the largest buffers grow with the patch's area
-    const side = Math.floor(Math.sqrt((h * w * e.limit) / e.bytes));
-    return new Error(
-      `a ${w}x${h} patch is too large for this GPU (${e.message}): use smaller tiles ` +
-        `(a tile plus twice its pad at most ${side} pixels)`,
-    );
-  }
-  if (e instanceof GPUError) {
-    const oom = e instanceof GPUOutOfMemoryError;
-    return new Error(
-      `${oom ? "out of GPU memory" : "WebGPU rejected the work"} preparing the forward of a ${w}x${h} ` +
-        `patch (${e.message})${oom ? ": use smaller tiles" : ""}`,
-    );
-  }
-  return e as Error;
-}
-
-function sameIds(a: object[], b: object[]): boolean {
-  return a.length === b.length && a.every((id, i) => id === b[i]);
 }
 
 /** The `k`-th (0-7) of the 8 flips and transposes of an NHWC batch: k's bits flip W, flip H, transpose. */

@@ -12,6 +12,7 @@ import { DEFAULT_TILE, DEFAULT_TILE_PAD, Upscaler } from "../core/upscaler.ts";
 import { importWeights } from "../core/import/mod.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
 import { featherWeights, planTiles, TileBlender } from "../core/tile.ts";
+import type { PlanCache } from "../core/plan_cache.ts";
 import { TileBlenderWebGPU } from "../core/kernels/webgpu_tile_blend.ts";
 import { bindGroupFault } from "./webgpu_setup.ts";
 
@@ -502,10 +503,11 @@ Deno.test({
       const want = await eager.upscaleTensor(x, { tile: 0 });
       const got = await lazy.upscaleTensor(x, { tile: 0 });
       assert.equal(await maxDiff(got, want), 0);
-      const plans = (lazy as unknown as { plans: Map<string, { plan: object }> }).plans;
-      const made = [...plans.values()].map((e) => e.plan);
+      const plans = (lazy as unknown as { gpuPlans: PlanCache }).gpuPlans;
+      const made = plans.kept;
+      assert.equal(made.length, 1);
       const again = await lazy.upscaleTensor(x, { tile: 0 });
-      assert.deepEqual([...plans.values()].map((e) => e.plan), made, "the same plan, not one made again");
+      assert.deepEqual(plans.kept, made, "the same plan, not one made again");
       tf.dispose([want, got, again]);
     } finally {
       x.dispose();
