@@ -14,7 +14,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename, extname, join } from "node:path";
+import { basename, dirname, extname, join } from "node:path";
 import { type BackendName, describeBackend, initBackend } from "../core/backend.ts";
 import {
   decodeImage,
@@ -297,6 +297,14 @@ export async function main(argv: string[]): Promise<number> {
   const onSigint = () => controller.abort();
   Deno.addSignalListener("SIGINT", onSigint);
   try {
+    // what to do with which files first: a wrong OUTPUT or a missing folder is said before any slow step
+    let jobs: Job[];
+    try {
+      jobs = await planJobs(args);
+    } catch (e) {
+      console.error(`error: ${(e as Error).message}`);
+      return e instanceof UsageError ? 2 : 1;
+    }
     // the net runs on our CPU kernels: tfjs's ops (slicing, padding) need no thread pool of their own
     const backend = await initBackend(args.backend, { threads: args.threads, opsThreads: 1 });
     console.error(`backend: ${describeBackend(backend)}`);
@@ -336,17 +344,6 @@ export async function main(argv: string[]): Promise<number> {
             : ""
         })`,
     );
-    let jobs: Job[];
-    try {
-      jobs = await planJobs(args);
-    } catch (e) {
-      if (e instanceof UsageError) {
-        console.error(`error: ${e.message}`);
-        return 2;
-      }
-      console.error(`error: ${(e as Error).message}`);
-      return 1;
-    }
     if (jobs.length > 1 || jobs[0].output !== args.output) await Deno.mkdir(args.output, { recursive: true });
     const code = await runJobs(jobs, args, upscaler, controller.signal);
     if (upscaler.convChoice) console.error(`convolutions: ${describeChoice(upscaler.convChoice)}`);
@@ -403,6 +400,10 @@ async function runJobs(jobs: Job[], args: UpscaleArgs, upscaler: Upscaler, signa
         if (written.has(job.output)) throw new Error(`${job.output} is already an output of this run`);
         if (!args.force && await exists(job.output)) {
           throw new Error(`${job.output} exists (use --force to overwrite)`);
+        }
+        // before the work, not after it (saveImage says the same if the folder goes meanwhile)
+        if (!(await Deno.stat(dirname(job.output)).catch(() => null))?.isDirectory) {
+          throw new Error(`${job.output}: its folder does not exist`);
         }
         let bytes = inputs[k].bytes;
         if (!bytes) {

@@ -278,6 +278,15 @@ Deno.test("bad inputs: one line each, exit 1, no partial output, the rest of the
   assert.match(missing.err, new RegExp(`^error: ${dir}/nope\\.png: no such file$`, "m"));
   assert.equal(await Deno.stat(`${dir}/nope_x4.png`).catch(() => null), null);
 
+  // an output folder that does not exist fails the file before its input is even decoded
+  const noFolder = await cli(`${src}/d_text.jpg`, "-o", `${dir}/no_such_folder/x.png`, "--model", model);
+  assert.equal(noFolder.code, 1);
+  assertCleanErrors(noFolder.err);
+  assert.match(
+    noFolder.err,
+    new RegExp(`^error: ${src}/d_text\\.jpg: ${dir}/no_such_folder/x\\.png: its folder does not exist$`, "m"),
+  );
+
   const badModel = await cli(`${src}/a_good.png`, "-o", `${dir}/m.png`, "--model", `${dir}/none.safetensors`);
   assert.equal(badModel.code, 1);
   assert.match(badModel.err, /^error: .*none\.safetensors: model file not found$/m);
@@ -397,6 +406,13 @@ Deno.test("usage errors exit 2 with one line; --help exits 0", async () => {
   assert.equal(wg.code, 2);
   assert.match(wg.err, /^error: --winograd 4 needs the webgpu backend; this run uses wasm$/m);
   assert.ok(!(await list(dir)).includes("never.png"));
+  // an OUTPUT of no known format: said before the backend and the model are even set up
+  const gif = await cli("samples/spaniel.png", "-o", `${dir}/x.gif`, "--model", model);
+  assert.equal(gif.code, 2);
+  assert.equal(
+    gif.err.trim(),
+    `error: cannot tell the format from "${dir}/x.gif": give .png/.jpg/.webp or --format`,
+  );
   const h = await cli("--help");
   assert.equal(h.code, 0);
   assert.match(h.out, /^usage: deno task upscale INPUT... -o OUTPUT/);
