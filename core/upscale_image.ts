@@ -109,32 +109,47 @@ export function postProcess(
   if (!opaque && alpha?.length !== W * H) {
     throw new Error(`postProcess: no ${W}x${H} alpha for a transparent image`);
   }
-  const value = (i: number, c: number): number => {
-    if (c === 3) return opaque ? 1 : alpha![i];
-    // As Real-ESRGAN does for gray input: the net's RGB back to one luma channel.
-    return gray ? luma(rgb, i) : rgb[3 * i + c];
-  };
   const to16 = (v: number) => Math.round(Math.min(1, Math.max(0, v)) * 65535);
   if (outscale === s) {
-    // Straight to integers: no float copy of an output that may have hundreds of megapixels.
-    const out = new Uint8ClampedArray(W * H * 4);
-    const out16 = deep ? new Uint16Array(W * H * 4) : undefined;
-    for (let i = 0; i < W * H; i++) {
-      for (let c = 0; c < 4; c++) {
-        const v = value(i, c);
-        out[4 * i + c] = Math.round(v * 255); // clamps too
-        if (out16) out16[4 * i + c] = to16(v);
+    // Straight to integers: no float copy of an output that may have hundreds of megapixels. A
+    // Uint8ClampedArray store of an f32 value v * 255 gives Math.round's byte (the only tie, 127.5,
+    // rounds up either way; NaN gives 0), a third of the time; luma is f64, so it keeps Math.round.
+    const n = W * H;
+    const out = new Uint8ClampedArray(n * 4);
+    const out16 = deep ? new Uint16Array(n * 4) : undefined;
+    for (let i = 0, j = 0; i < n; i++, j += 4) {
+      let r = rgb[3 * i], g = rgb[3 * i + 1], b = rgb[3 * i + 2];
+      if (gray) {
+        // As Real-ESRGAN does for gray input: the net's RGB back to one luma channel.
+        r = g = b = luma(rgb, i);
+        out[j] = out[j + 1] = out[j + 2] = Math.round(r * 255);
+      } else {
+        out[j] = r * 255;
+        out[j + 1] = g * 255;
+        out[j + 2] = b * 255;
+      }
+      const a = opaque ? 1 : alpha![i];
+      out[j + 3] = a * 255;
+      if (out16) {
+        out16[j] = to16(r);
+        out16[j + 1] = to16(g);
+        out16[j + 2] = to16(b);
+        out16[j + 3] = to16(a);
       }
     }
     return { width: W, height: H, data: out, ...(out16 ? { data16: out16 } : {}) };
   }
   const rgba = new Float32Array(W * H * 4);
-  for (let i = 0; i < W * H; i++) for (let c = 0; c < 4; c++) rgba[4 * i + c] = value(i, c);
+  for (let i = 0; i < W * H; i++) {
+    const y = gray ? luma(rgb, i) : 0;
+    for (let c = 0; c < 3; c++) rgba[4 * i + c] = gray ? y : rgb[3 * i + c];
+    rgba[4 * i + 3] = opaque ? 1 : alpha![i];
+  }
   const outW = Math.max(1, Math.round(w * outscale));
   const outH = Math.max(1, Math.round(h * outscale));
   const resized = resample(rgba, { width: W, height: H, channels: 4 }, { width: outW, height: outH });
   const out = new Uint8ClampedArray(outW * outH * 4);
-  for (let i = 0; i < out.length; i++) out[i] = Math.round(resized[i] * 255); // clamps too
+  for (let i = 0; i < out.length; i++) out[i] = resized[i] * 255; // as Math.round, for f32 (above)
   const out16 = deep ? Uint16Array.from(resized, to16) : undefined;
   // Bicubic overshoot must not make an opaque image slightly transparent.
   if (opaque) {

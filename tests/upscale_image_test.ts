@@ -72,6 +72,26 @@ Deno.test("postProcess: gray inputs come back gray, opaque ones opaque, 16-bit o
   assert.deepEqual([...out16.subarray(0, 4)], [65535, 65535, 65535, 65535], "clamped to full scale");
 });
 
+Deno.test("postProcess: floats round to Math.round's byte: ties, near-ties, NaN and out-of-range values", () => {
+  // the colours' and alpha's stores skip Math.round: a clamped array rounds f32 values the same
+  const special = [0.5, 127.5 / 255, 0.5 / 255, 1.5 / 255, 254.5 / 255, NaN, -0.3, -0.5 / 255, 1.2, Infinity];
+  const nearTies = Array.from(
+    { length: 2000 },
+    (_, i) => (i % 256 + 0.5 + ((i * 7919) % 1000 - 500) * 1e-6) / 255,
+  );
+  const values = Float32Array.from([...special, ...nearTies].slice(0, 2004)); // whole pixels
+  const n = values.length / 3;
+  const alpha = values.filter((_, k) => k % 3 === 1);
+  const input = { width: n, height: 1, rgb: values, alpha, gray: false, opaque: false, deep: false };
+  const out = postProcess(input, { rgb: values, alpha, scale: 1 });
+  const byte = (v: number) => Math.min(255, Math.max(0, Math.round(v * 255) || 0));
+  for (let i = 0; i < n; i++) {
+    const want = [...values.subarray(3 * i, 3 * i + 3), alpha[i]].map(byte);
+    assert.deepEqual([...out.data.subarray(4 * i, 4 * i + 4)], want, `pixel ${i}`);
+  }
+  assert.deepEqual([...out.data.subarray(0, 2)], [128, 128], "ties round up, as Math.round");
+});
+
 Deno.test("postProcess: outscale resamples the RGBA bicubically, clamped; an opaque image stays opaque", () => {
   // a sharp edge, whose bicubic overshoot would take alpha past 1 and colours out of range
   const input = preProcess(rgba(2, 2, (i) => (i % 2 ? [255, 255, 255, 255] : [0, 0, 0, 255])));
