@@ -454,11 +454,12 @@ Deno.test("edge: every error status comes with a JSON error body", opts, async (
     await busy.close();
   }
 
-  // 504: the time limit passes while the job runs; the job stops and frees its slot.
+  // 504: the time limit passes while the job runs; the job stops and frees its slot. The job (4,096
+  // tiles) takes seconds: the limit, not the yields between tiles, must decide.
   const late = await serve({ timeoutMs: 300, tile: 8, tilePad: 2, maxPixels: 1 << 20 });
   try {
     const t0 = performance.now();
-    const r504 = await post(`${late.url}/v1/upscale`, await png(picture(128, 128)), { type: "image/png" });
+    const r504 = await post(`${late.url}/v1/upscale`, await png(picture(512, 512)), { type: "image/png" });
     await expectError(r504, 504, /300 ms/);
     assert.ok(performance.now() - t0 < 5000, "the 504 came long after the limit");
     await waitFor(async () => (await health(late.url)).jobs.active === 0);
@@ -544,10 +545,11 @@ Deno.test(
 Deno.test("edge: a client that disconnects cancels its job and frees its slot at once", opts, async () => {
   const srv = await serve({ maxConcurrent: 1, maxQueue: 0, tile: 4, tilePad: 1 });
   try {
-    // A flat 64x32 image: ~100 bytes of PNG, 128 tiles of work. The upload must be tiny: Deno 2.9's
-    // server notices a closed connection during the handler only when the body came in the first
-    // read (a few hundred bytes); after a larger upload it notices only once the answer is written.
-    const flat = picture(64, 32);
+    // A flat 96x64 image: under 200 bytes of PNG, 384 tiles of work (the whole job must outlast the
+    // disconnect by far). The upload must be tiny: Deno 2.9's server notices a closed connection
+    // during the handler only when the body came in the first read (a few hundred bytes); after a
+    // larger upload it notices only once the answer is written.
+    const flat = picture(96, 64);
     flat.data.fill(128).forEach((_, i) => i % 4 === 3 && (flat.data[i] = 255));
     const slowBody = await png(flat);
     assert.ok(slowBody.length < 200, `${slowBody.length} bytes`);

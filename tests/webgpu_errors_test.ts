@@ -5,6 +5,7 @@
  * llvmpipe on CPU-only machines; skipped, saying why, without an adapter.
  */
 import assert from "node:assert/strict";
+import { setImmediate } from "node:timers";
 import * as tf from "@tensorflow/tfjs-core";
 import { UncapturedGPUError, watchUncapturedErrors } from "../core/kernels/webgpu_errors.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
@@ -48,6 +49,28 @@ Deno.test({
     const check = watchUncapturedErrors(device());
     invalidCall(), invalidCall();
     await assert.rejects(check("two"), /WebGPU reported 2 errors during two/);
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "watchUncapturedErrors without timer callbacks: an error made before the check still fails it",
+  fn: async () => {
+    // the upscaler's check: two immediates, not a timer (one is not enough after a timer's turn);
+    // a hundred times, the call made in each phase of the event loop, with tfjs's work between
+    for (let i = 0; i < 100; i++) {
+      const check = watchUncapturedErrors(device(), { timerCallbacks: false });
+      if (i % 4 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+      if (i % 4 === 1) await new Promise((resolve) => setImmediate(resolve));
+      if (i % 4 === 2) await tf.zeros([4]).data();
+      invalidCall();
+      if (i % 3 === 1) await tf.zeros([4]).data();
+      if (i % 5 === 2) await Promise.resolve();
+      const err = await check(`try ${i}`).then(() => undefined, (e) => e);
+      assert.ok(err instanceof UncapturedGPUError, `try ${i}: no error seen`);
+      assert.equal(err.count, 1);
+      await watchUncapturedErrors(device(), { timerCallbacks: false })("after"); // nothing new: passes
+    }
   },
 });
 
