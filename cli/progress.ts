@@ -10,7 +10,7 @@ import cliProgress from "cli-progress";
 export interface Progress {
   /** File `index` (1-based) of the run begins. */
   startFile(index: number, name: string): void;
-  /** Tiles done so far over the whole run. */
+  /** Tiles done so far over the whole run (fractional within a tile). */
   update(tilesDone: number): void;
   /** More tiles than planned (a file's alpha runs through the model too, which its header cannot tell). */
   addTiles(n: number): void;
@@ -25,23 +25,26 @@ export function createProgress(totalTiles: number, files: number): Progress {
     return { startFile() {}, update() {}, addTiles() {}, log: (line) => console.error(line), stop() {} };
   }
   const multi = new cliProgress.MultiBar({
-    format: "{bar} {percentage}% | {value}/{total} tiles | file {file}/{files} {name} | ETA {eta_formatted}",
+    format: "{bar} {percentage}% | {tiles}/{total} tiles | file {file}/{files} {name} | ETA {eta_formatted}",
     hideCursor: true,
     etaBuffer: 20,
     etaAsynchronousUpdate: true,
   }, cliProgress.Presets.shades_classic);
-  const bar = multi.create(totalTiles, 0, { file: 0, files, name: "" });
+  const bar = multi.create(totalTiles, 0, { file: 0, files, name: "", tiles: 0 });
   let stopped = false;
   return {
     startFile: (index, name) => bar.update({ file: index, name }),
-    update: (done) => bar.update(Math.min(done, totalTiles)),
+    // the bar and the ETA move within a tile; the count says whole tiles
+    update: (done) =>
+      bar.update(Math.min(done, totalTiles), { tiles: Math.floor(Math.min(done, totalTiles)) }),
     addTiles(n) {
       totalTiles += n;
       bar.setTotal(totalTiles);
     },
     log: (line) => multi.log(line + "\n"),
     stop() {
-      if (!stopped) multi.stop();
+      // MultiBar.stop() drops the lines log() buffered since the last redraw (the last file's line)
+      if (!stopped) multi.update(), multi.stop();
       stopped = true;
     },
   };

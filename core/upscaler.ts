@@ -46,7 +46,7 @@ import { earlierErrorsArrived, watchBackendErrors } from "./kernels/webgpu_error
 import { queueDone } from "./kernels/webgpu_map.ts";
 import type { WebGPUBackendLike } from "./kernels/webgpu_program.ts";
 import type { ConvPrecision } from "./kernels/webgpu_conv3x3.ts";
-import { RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
+import { PROGRESS_MS as CPU_PROGRESS_MS, RRDBNetPlanWasm } from "./kernels/wasm_plan.ts";
 import { backendThreads } from "./backend.ts";
 import { decodeModelFile, type WeightDType } from "./weights/model_file.ts";
 
@@ -69,6 +69,12 @@ export interface TileOptions {
   signal?: AbortSignal;
   /** Called with (0, total) before the first tile, then after each tile. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * The calls onProgress gets, and also calls while a tile runs, where the backend can tell (our CPU
+   * kernels: every {@link Upscaler.progressMs} ms): `done` then counts the running tile's share of its work
+   * (2.5: halfway through the third tile), so that a bar moves within minutes-long tiles.
+   */
+  onFineProgress?: (done: number, total: number) => void;
   /**
    * Test-time augmentation: each tile through the net in its 8 flips and transposes, each output
    * turned back, averaged (realesrgan-ncnn-vulkan's `-x`): 8x the time, a little more fidelity.
@@ -130,6 +136,13 @@ const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resol
 function abortError(signal: AbortSignal): DOMException {
   const why = signal.reason instanceof Error ? `: ${signal.reason.message}` : "";
   return new DOMException(`upscale aborted${why}`, "AbortError");
+}
+
+/** What a patch's forward takes besides the patch: the abort signal, and where its progress goes. */
+interface PatchRun {
+  signal?: AbortSignal;
+  /** The share of the patch's work done (0 to 1), while it runs, where the backend can tell. */
+  onShare?: (share: number) => void;
 }
 
 /** One patch's forward, started by {@link Upscaler.launch}: read it, or cancel it to free it. */
@@ -203,6 +216,8 @@ export class Upscaler {
    * the host also takes over where the device cannot hold the whole output in one buffer, and tta).
    */
   gpuBlend = true;
+  /** How often (ms) a patch on the CPU kernels reports its progress to onFineProgress. */
+  progressMs = CPU_PROGRESS_MS;
   private cpuPlan?: { plan: RRDBNetPlanWasm; weights: object[]; packEachRun: boolean };
   /** On webgpu, where images blended on the GPU are read back (a staging buffer kept between them). */
   private reader?: ReadBack;
@@ -286,12 +301,16 @@ export class Upscaler {
     const passes = alphaByNet ? 2 : 1;
     const run = async (rgb: Float32Array, pass: number) => {
       const x = tf.tensor4d(rgb, [1, h, w, 3]);
-      const { onProgress } = options;
+      // the alpha's tiles count after the colours'
+      const overPasses = (report?: (done: number, total: number) => void) =>
+        report &&
+        ((done: number, total: number) =>
+          (pass === 0 || done > 0) && report(pass * total + done, passes * total));
       try {
         return await this.runTiles(x, {
           ...options,
-          onProgress: onProgress &&
-            ((done, total) => (pass === 0 || done > 0) && onProgress(pass * total + done, passes * total)),
+          onProgress: overPasses(options.onProgress),
+          onFineProgress: overPasses(options.onFineProgress),
         }, "data");
       } finally {
         x.dispose();
@@ -357,7 +376,14 @@ export class Upscaler {
     const rows = planTiles(h, tile, pad);
     const cols = planTiles(w, tile, pad);
     const total = rows.length * cols.length;
-    const { signal, onProgress } = options;
+    const { signal } = options;
+    const onProgress = (done: number, total: number) => {
+      options.onProgress?.(done, total);
+      options.onFineProgress?.(done, total);
+    };
+    // while tile k runs, the share of it done (where the backend can tell)
+    const fine = options.onFineProgress;
+    const within = (k: number, of: number) => fine && ((share: number) => fine(k + share, of));
     // WebGPU's errors come a turn of the event loop after the work: those of an upscale that failed
     // before this one (our reads do not wait for them) must arrive before this one starts to count
     if (tf.getBackend() === "webgpu") await earlierErrorsArrived();
@@ -375,10 +401,11 @@ export class Upscaler {
     if (total === 1 && !this.blendsOnGPU(options, image)) {
       if (signal) await yieldToEventLoop();
       if (signal?.aborted) throw abortError(signal);
-      onProgress?.(0, 1);
-      const data = await (options.tta ? this.patchTTA(x, signal) : this.patch(x, signal));
+      onProgress(0, 1);
+      const run = { signal, onShare: within(0, 1) };
+      const data = await (options.tta ? this.patchTTA(x, run) : this.patch(x, run));
       await gpuCheck(what);
-      onProgress?.(1, 1);
+      onProgress(1, 1);
       return data;
     }
     const rowWeights = rows.map((_, k) => featherWeights(rows, k, s));
@@ -405,32 +432,34 @@ export class Upscaler {
         ...options,
         image,
         read: want === "data",
+        onProgress,
         gpuCheck: () => gpuCheck(what),
       });
     }
     const blender = new TileBlender(image);
-    const launch = (tile: (typeof tiles)[number]): PendingPatch => {
-      const t = crop(tile);
-      if (!options.tta) return this.launch(t, signal);
+    const launch = (k: number): PendingPatch => {
+      const t = crop(tiles[k]);
+      const run = { signal, onShare: within(k, total) };
+      if (!options.tta) return this.launch(t, run);
       return {
         overlaps: false,
-        read: () => this.patchTTA(t, signal).finally(() => t.dispose()),
+        read: () => this.patchTTA(t, run).finally(() => t.dispose()),
         cancel: () => t.dispose(),
       };
     };
-    onProgress?.(0, total);
+    onProgress(0, total);
     let next: PendingPatch | undefined;
     try {
       for (let k = 0; k < total; k++) {
         if (signal) await yieldToEventLoop();
         if (signal?.aborted) throw abortError(signal);
-        const current = next ?? launch(tiles[k]);
+        const current = next ?? launch(k);
         next = undefined;
         const data = current.read();
         // Queued behind this tile's read-back, the next tile's GPU work fills the blending below (and
         // the ~10 ms Deno waits after the GPU finishes, where a read cannot be taken early).
         try {
-          if (current.overlaps && k + 1 < total) next = launch(tiles[k + 1]);
+          if (current.overlaps && k + 1 < total) next = launch(k + 1);
         } catch (e) {
           await data.catch(() => {});
           throw e;
@@ -444,7 +473,7 @@ export class Upscaler {
           wy: rowWeights[i],
           wx: colWeights[j],
         });
-        onProgress?.(k + 1, total);
+        onProgress(k + 1, total);
       }
     } finally {
       next?.cancel();
@@ -457,13 +486,13 @@ export class Upscaler {
    * submitted now and read back by `read()`, so the caller can queue the next patch in between;
    * elsewhere `read()` does the whole work.
    */
-  private launch(x: tf.Tensor4D, signal?: AbortSignal): PendingPatch {
+  private launch(x: tf.Tensor4D, run: PatchRun): PendingPatch {
     if (tf.getBackend() !== "webgpu") {
       return {
         overlaps: false,
         read: async () => {
           try {
-            return await this.patch(x, signal);
+            return await this.patch(x, run);
           } finally {
             x.dispose();
           }
@@ -508,7 +537,8 @@ export class Upscaler {
    */
   private async tilesOnGPU(
     tiles: { shape: number[]; crop: () => tf.Tensor4D; at: TilePlacement }[],
-    options: Pick<TileOptions, "signal" | "onProgress"> & {
+    options: Pick<TileOptions, "signal"> & {
+      onProgress: (done: number, total: number) => void;
       image: { batch: number; width: number; height: number; channels: number };
       read: boolean;
       gpuCheck: () => Promise<void>;
@@ -522,12 +552,12 @@ export class Upscaler {
     const reportUpTo = (count: number) => {
       for (; finished < count; finished++) {
         if (signal?.aborted) throw abortError(signal);
-        onProgress?.(finished + 1, total);
+        onProgress(finished + 1, total);
       }
     };
     const blender = new TileBlenderWebGPU(backend, image);
     try {
-      onProgress?.(0, total);
+      onProgress(0, total);
       for (let k = 0; k < total; k++) {
         if (signal) await yieldToEventLoop();
         if (signal?.aborted) throw abortError(signal);
@@ -584,7 +614,7 @@ export class Upscaler {
   }
 
   /** The net on one patch as NHWC floats, clamped to [0, 1]: on the CPU kernels or tfjs's ops. */
-  private async patch(x: tf.Tensor4D, signal?: AbortSignal): Promise<Float32Array> {
+  private async patch(x: tf.Tensor4D, run: PatchRun = {}): Promise<Float32Array> {
     if (this.precision !== "f32" && tf.getBackend() !== "webgpu") {
       throw new Error(`precision ${this.precision} runs on the webgpu backend only, not ${tf.getBackend()}`);
     }
@@ -606,7 +636,11 @@ export class Upscaler {
     const input = tf.tidy(() => this.padToMultiple(x));
     let raw: Float32Array;
     try {
-      raw = await plan.run((await input.data()) as Float32Array, input.shape, { signal });
+      raw = await plan.run((await input.data()) as Float32Array, input.shape, {
+        signal: run.signal,
+        onProgress: run.onShare,
+        progressMs: this.progressMs,
+      });
     } finally {
       if (input !== x) input.dispose();
     }
@@ -622,7 +656,7 @@ export class Upscaler {
   }
 
   /** {@link patch} on the 8 flips and transposes of `x`, each output turned back, averaged. */
-  private async patchTTA(x: tf.Tensor4D, signal?: AbortSignal): Promise<Float32Array> {
+  private async patchTTA(x: tf.Tensor4D, run: PatchRun): Promise<Float32Array> {
     const [n, h, w, c] = x.shape, s = this.scale;
     const sum = new Float32Array(n * h * s * w * s * c);
     for (let k = 0; k < 8; k++) {
@@ -630,7 +664,11 @@ export class Upscaler {
       const [th, tw] = [xt.shape[1], xt.shape[2]];
       let y: Float32Array;
       try {
-        y = await this.patch(xt, signal);
+        const { onShare } = run;
+        y = await this.patch(xt, {
+          signal: run.signal,
+          onShare: onShare && ((share) => onShare((k + share) / 8)),
+        });
       } finally {
         if (xt !== x) xt.dispose(); // k = 0: x itself
       }

@@ -6,9 +6,16 @@ import assert from "node:assert/strict";
 import { initBackend, probeWebGPU } from "../core/backend.ts";
 import { decodeImage, encodeImage, readImageHeader, type RgbaImage, to8Bits } from "../core/image_io.ts";
 import { RRDBNet } from "../core/rrdbnet_arch.ts";
-import { DEFAULT_MODEL, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
+import { DEFAULT_MODEL, DEFAULT_TILE, DEFAULT_TILE_CPU_KERNELS, DEFAULT_TILE_PAD } from "../core/upscaler.ts";
 import { encodeModelFile } from "../core/weights/model_file.ts";
-import { AUTO_LOW_MEMORY_BYTES, autoLowMemory, parseUpscaleArgs } from "../cli/upscale.ts";
+import {
+  AUTO_LOW_MEMORY_BYTES,
+  autoLowMemory,
+  defaultTile,
+  LARGE_TILE_BYTES,
+  LARGE_TILE_CPU_KERNELS,
+  parseUpscaleArgs,
+} from "../cli/upscale.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const TASK: string = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks.upscale;
@@ -193,6 +200,15 @@ Deno.test("file to file: alpha kept, grayscale works, JPEG and WebP out, WebP in
   r = await cli(`${dir}/gray_webp`, "-o", `${dir}/gray_webp_x4.png`, "--model", model, "--tta");
   assert.equal(r.code, 0, r.err);
   assert.equal((await decodeImage(await Deno.readFile(`${dir}/gray_webp_x4.png`))).width, 160);
+});
+
+Deno.test("the CPU kernels' default tile is 512 where 3 GB are free, else theirs; other backends keep theirs", () => {
+  const cpu = { defaultTile: DEFAULT_TILE_CPU_KERNELS };
+  assert.equal(defaultTile(cpu, LARGE_TILE_BYTES), LARGE_TILE_CPU_KERNELS);
+  assert.equal(LARGE_TILE_CPU_KERNELS, 512);
+  assert.equal(defaultTile(cpu, LARGE_TILE_BYTES - 1), DEFAULT_TILE_CPU_KERNELS);
+  assert.equal(defaultTile(cpu, undefined), DEFAULT_TILE_CPU_KERNELS, "unknown: the smaller");
+  assert.equal(defaultTile({ defaultTile: DEFAULT_TILE }, 64e9), DEFAULT_TILE, "webgpu's and cpu's stay");
 });
 
 Deno.test("under 1.5 GB of free memory the CPU kernels run as with --low-memory, and say so", async () => {

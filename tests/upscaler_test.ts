@@ -523,6 +523,31 @@ Deno.test("progress per tile; abort between tiles throws AbortError and leaks no
   }
 });
 
+Deno.test("onFineProgress: onProgress's calls, and shares of the running tile between them on the CPU kernels", async () => {
+  // a net whose tiles take tens of ms, reporting every ms: the reports cannot all fall between runs
+  const up = Upscaler.fromBytes(await tinyModel({ numFeat: 32, numGrowCh: 16, numBlock: 3 }));
+  up.progressMs = 1;
+  try {
+    const img = solid(64, 32, (x, y) => [x * 4, y * 8, 50, 255]);
+    const whole: number[] = [], fine: number[] = [];
+    await up.upscale(img, {
+      tile: 32,
+      tilePad: 4,
+      onProgress: (d, t) => (assert.equal(t, 2), whole.push(d)),
+      onFineProgress: (d, t) => (assert.equal(t, 2), fine.push(d)),
+    });
+    assert.deepEqual(whole, [0, 1, 2]);
+    let next = 0; // onProgress's calls come in fine's, in order
+    for (const d of fine) if (d === whole[next]) next++;
+    assert.equal(next, whole.length, `fine ${fine} lacks some of ${whole}`);
+    assert.ok(fine.filter((d) => d > 0 && d < 1).length > 0, `none within the first tile: ${fine}`);
+    assert.ok(fine.filter((d) => d > 1 && d < 2).length > 0, `none within the second tile: ${fine}`);
+    fine.forEach((d, i) => assert.ok(i === 0 || d >= fine[i - 1], `not monotone: ${fine}`));
+  } finally {
+    up.dispose();
+  }
+});
+
 Deno.test("Upscaler.load: a missing file names the path", async () => {
   await assert.rejects(
     Upscaler.load("/nonexistent/model.safetensors"),

@@ -243,6 +243,28 @@ Deno.test("cpu kernels: an abort stops the run and the plan runs again afterward
   }
 });
 
+Deno.test("cpu kernels: a run reports the share of its work done while its threads run", async () => {
+  const net = await testNet({ ...SMALL, numFeat: 32, numGrowCh: 16, numBlock: 4 }, 5);
+  const plan = new RRDBNetPlanWasm(net, { threads: 2 });
+  try {
+    // a batch of two: the second image's shares come after one half
+    const shape = [2, 48, 48, 3];
+    const x = input(shape, 5);
+    const shares: number[] = [];
+    const out = await plan.run(x, shape, { onProgress: (share) => shares.push(share), progressMs: 1 });
+    assert.ok(shares.length >= 4, `${shares.length} reports`);
+    shares.forEach((v, i) => assert.ok(v >= 0 && v <= 1 && (i === 0 || v >= shares[i - 1]), `${shares}`));
+    assert.ok(shares.some((v) => v > 0 && v < 0.5) && shares.some((v) => v > 0.5 && v < 1), `${shares}`);
+    const count = shares.length;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(shares.length, count, "no reports after the run");
+    assert.deepEqual(await plan.run(x, shape), out, "reporting changes nothing");
+  } finally {
+    plan.dispose();
+    net.dispose();
+  }
+});
+
 Deno.test("cpu kernels: idle workers stop and start again; a program that forgets dispose() ends", async () => {
   const net = await testNet(SMALL, 4);
   const plan = new RRDBNetPlanWasm(net, { threads: 2 });

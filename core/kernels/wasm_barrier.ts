@@ -27,10 +27,10 @@ export interface RunRequest {
   sync?: boolean;
 }
 
-/** Slots of the control array. */
-export const CTRL = { count: 0, generation: 1, abort: 2, stop: 3, done: 4, failed: 5 } as const;
+/** Slots of the control array (`layers`: how many layers of the current run are done, for progress). */
+export const CTRL = { count: 0, generation: 1, abort: 2, stop: 3, done: 4, failed: 5, layers: 6 } as const;
 /** Length of the control array. */
-export const CTRL_SLOTS = 6;
+export const CTRL_SLOTS = 7;
 
 /**
  * Waits until all `threads` have arrived. The last to arrive latches the abort flag into `stop`

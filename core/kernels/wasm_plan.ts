@@ -51,6 +51,9 @@ const TAIL_MIN_KEPT = 16;
  */
 export const TAIL_BAND_BYTES = 32 * 2 ** 20;
 
+/** How often (ms) a run reports its progress where asked (see {@link RRDBNetPlanWasm.run}). */
+export const PROGRESS_MS = 250;
+
 /** Options for {@link RRDBNetPlanWasm}. */
 export interface WasmPlanOptions extends KernelPoolOptions {
   /**
@@ -114,6 +117,8 @@ interface Layout {
   count: number;
   /** Each record's kind, for profile(). */
   kinds: string[];
+  /** The share of the forward's work done once record k has run (multiply-adds; run()'s progress). */
+  doneAfter: Float64Array;
 }
 
 /** Time per kind of layer (see {@link RRDBNetPlanWasm.profile}). */
@@ -219,10 +224,17 @@ export class RRDBNetPlanWasm {
 
   /**
    * The net on a batch NHWC [n, h, w, numInCh] (sides divisible by the pixel-unshuffle of scales 2
-   * and 1): [n, h·s, w·s, numOutCh], not clamped. Aborting stops between layers.
+   * and 1): [n, h·s, w·s, numOutCh], not clamped. Aborting stops between layers. `onProgress` gets
+   * the share of the batch's work done (0 to 1, by multiply-adds) every `progressMs` (default
+   * {@link PROGRESS_MS}) while the threads run; not after the end, nor where they run on the calling
+   * thread.
    */
-  run(x: Float32Array, shape: number[], options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
-    return this.serialized(() => this.runNow(x, shape, options.signal));
+  run(
+    x: Float32Array,
+    shape: number[],
+    options: { signal?: AbortSignal; onProgress?: (share: number) => void; progressMs?: number } = {},
+  ): Promise<Float32Array> {
+    return this.serialized(() => this.runNow(x, shape, options));
   }
 
   /** Concurrent callers (the edge endpoint's requests) take turns: the maps are shared. */
@@ -232,7 +244,12 @@ export class RRDBNetPlanWasm {
     return result;
   }
 
-  private async runNow(x: Float32Array, shape: number[], signal?: AbortSignal): Promise<Float32Array> {
+  private async runNow(
+    x: Float32Array,
+    shape: number[],
+    options: { signal?: AbortSignal; onProgress?: (share: number) => void; progressMs?: number },
+  ): Promise<Float32Array> {
+    const { signal, onProgress } = options;
     await this.packed;
     const [n, hh, ww, c] = shape;
     const { numInCh, numOutCh } = this.config;
@@ -255,10 +272,14 @@ export class RRDBNetPlanWasm {
           for (let k = 0; k < c; k++) f[dst + k * u * u + sub] = src[(Y * ww + X) * c + k];
         }
       }
-      await this.pool.run(
-        { layers: layout.layers, count: layout.count, stride: LAYER_BYTES },
-        signal,
-      );
+      const done = () => layout.doneAfter[this.pool.layersDone - 1] ?? 0;
+      const timer = onProgress &&
+        setInterval(() => onProgress((b + done()) / n), options.progressMs ?? PROGRESS_MS);
+      try {
+        await this.pool.run({ layers: layout.layers, count: layout.count, stride: LAYER_BYTES }, signal);
+      } finally {
+        clearInterval(timer);
+      }
       f = this.pool.floats();
       const out = result.subarray(b * H * W * numOutCh);
       for (let Y = 0; Y < H; Y++) {
@@ -447,7 +468,17 @@ export class RRDBNetPlanWasm {
     this.pool.floats().fill(0, this.weightsEnd / 4, end / 4);
     writeRecords(this.pool.memory, records, list);
     const kinds = list.map((r) => r.kind);
-    this.layout = { key, h, w, input, output, layers: records, count: list.length, kinds };
+    this.layout = {
+      key,
+      h,
+      w,
+      input,
+      output,
+      layers: records,
+      count: list.length,
+      kinds,
+      doneAfter: shares(list),
+    };
     return this.layout;
   }
 }
@@ -492,6 +523,23 @@ function hwioConvs(net: RRDBNet | RRDBNetWeights): {
       bias: () => net.weights.get(`${conv}.bias`)!.data,
     };
   });
+}
+
+/**
+ * After each record, the share of all the records' work done: a conv's multiply-adds (cin · cout
+ * per pixel), an upsampling's copies and a filter's packing counted alike, per value.
+ */
+function shares(list: LayerRecord[]): Float64Array {
+  const cost = (r: LayerRecord) =>
+    r.op === OP.upsample
+      ? r.cin! * r.h! * r.w! * 4
+      : r.op === OP.pack
+      ? r.cin! * r.cout! * 9
+      : r.cin! * r.cout! * r.h! * r.w!;
+  const after = new Float64Array(list.length);
+  let sum = 0;
+  list.forEach((r, k) => after[k] = sum += cost(r));
+  return after.map((v) => v / sum);
 }
 
 /** OP_PACK: a Winograd conv's filters U = G g Gᵀ from its HWIO weights at `hwio`, into `p.weight`. */

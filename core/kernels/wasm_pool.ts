@@ -127,10 +127,19 @@ export class KernelPool {
   /** Fails the run in progress (see dispose). */
   private failRun?: (e: Error) => void;
 
+  /**
+   * How many layers of the run in progress (or the last one) the threads have done, for progress
+   * ({@link run} resets it). A run on the calling thread (no workers) blocks it: only its end shows.
+   */
+  get layersDone(): number {
+    return Atomics.load(this.ctrl, CTRL.layers);
+  }
+
   /** Runs `count` layer records from byte offset `layers`; aborting stops between layers. One run at a time. */
   async run(request: RunRequest, signal?: AbortSignal): Promise<void> {
     signal?.throwIfAborted();
     this.claim();
+    Atomics.store(this.ctrl, CTRL.layers, 0);
     try {
       if (this.runInline(request)) return;
       Atomics.store(this.ctrl, CTRL.abort, 0);
@@ -215,7 +224,10 @@ export class KernelPool {
   /** Runs the request on this thread where the pool has no workers; false where it has. */
   private runInline(request: RunRequest): boolean {
     if (!this.runLayer) return false;
-    for (let i = 0; i < request.count; i++) this.runLayer(request.layers + i * request.stride, 0, 1);
+    for (let i = 0; i < request.count; i++) {
+      this.runLayer(request.layers + i * request.stride, 0, 1);
+      Atomics.store(this.ctrl, CTRL.layers, i + 1);
+    }
     return true;
   }
 

@@ -34,6 +34,7 @@ self.onmessage = (e: MessageEvent<WorkerInit | RunRequest>) => {
     for (let i = 0; i < msg.count; i++) {
       runLayer!(msg.layers + i * msg.stride, t, threads);
       if (barrier(ctrl, threads)) return finish({ aborted: true });
+      if (t === 0) Atomics.store(ctrl, CTRL.layers, i + 1);
     }
     finish({ done: true });
   } catch (err) {
