@@ -46,8 +46,8 @@ const MODEL_NAMES = Object.keys(SHIPPED_MODELS);
 /**
  * Free memory (bytes) from which the CPU kernels' tiles are {@link LARGE_TILE_CPU_KERNELS} pixels by
  * default: x4plus on a 512x512 photo peaked at 1.33 GB in one tile (0.89 GB in four of 256) and took
- * 71.9 s instead of 79.3 (a 384x384 one 39.5 s instead of 48.6, 0.99 GB instead of 0.75): fewer
- * tiles redo less of their neighbours' overlap.
+ * 61.3 s instead of 75.6 (a 384x384 one 31.8 s instead of 44.0, 0.99 GB instead of 0.74): fewer
+ * tiles redo less of their neighbours' overlap (README, "deno task upscale").
  */
 export const LARGE_TILE_BYTES = 3e9;
 /** The CPU kernels' tile side where {@link LARGE_TILE_BYTES} are free. */

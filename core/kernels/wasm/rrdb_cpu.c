@@ -266,54 +266,70 @@ static inline __attribute__((always_inline)) void winograd_gemm(const Layer* L, 
   }
 }
 
+// Bytes of V that a row's tiles are transformed and multiplied in at a time (see chunk_tiles).
+#define CHUNK_BYTES (512 * 1024)
+
+// Tiles of a row transformed and multiplied at a time: their V (36 positions x cin floats a tile)
+// in L2 beside one output block's filters (36 x cin x 8 floats), so that every output block's
+// GEMMs read it there. A whole row's V (2.1 MB for the 76 tiles of a 304-pixel patch at cin 192)
+// came from L3 once per output block: a pixel of a 512-pixel patch cost 8% more than one of a
+// 280-pixel patch. A multiple of MR, so that only a row's last chunk has a short block.
+static inline i32 chunk_tiles(i32 tiles, i32 cin) {
+  i32 c = CHUNK_BYTES / (36 * 4 * cin) / MR * MR;
+  if (c < MR) c = MR;
+  return c < tiles ? c : tiles;
+}
+
 static void winograd_rows(const Layer* L, i32 t, i32 ty0, i32 ty1) {
   const i32 cin = L->cin, ics = L->ics, pw = L->w + 2, h = L->h, w = L->w;
   const i32 tiles = (w + 3) / 4, blocks = (L->cout + NR - 1) / NR;
+  const i32 chunk = chunk_tiles(tiles, cin), vs = vstride(chunk, cin);
   f32* V = L->scratch + t * L->scratch_floats;
   f32* M = V + 36 * vstride(tiles, cin);
   f32* T = M + 36 * MR * NR;  // [6][6][4]
   for (i32 ty = ty0; ty < ty1; ty++) {
-    for (i32 tx = 0; tx < tiles; tx++) {
-      const f32* d = L->in + (4 * ty * pw + 4 * tx) * ics;
-      for (i32 c = 0; c < cin; c += 4) {
-        // columns: T[i][j] = (B'd)[i][j]; rows: V[6i + k] = (T B)[i][k]
-        for (i32 j = 0; j < 6; j++) input_1d(d + j * ics + c, pw * ics, T + 4 * j, 24);
-        for (i32 i = 0; i < 6; i++) {
-          input_1d(T + 24 * i, 4, V + 6 * i * vstride(tiles, cin) + tx * cin + c, vstride(tiles, cin));
+    for (i32 tc = 0; tc < tiles; tc += chunk) {
+      const i32 n = tiles - tc < chunk ? tiles - tc : chunk;
+      for (i32 tx = 0; tx < n; tx++) {
+        const f32* d = L->in + (4 * ty * pw + 4 * (tc + tx)) * ics;
+        for (i32 c = 0; c < cin; c += 4) {
+          // columns: T[i][j] = (B'd)[i][j]; rows: V[6i + k] = (T B)[i][k]
+          for (i32 j = 0; j < 6; j++) input_1d(d + j * ics + c, pw * ics, T + 4 * j, 24);
+          for (i32 i = 0; i < 6; i++) input_1d(T + 24 * i, 4, V + 6 * i * vs + tx * cin + c, vs);
         }
       }
-    }
-    for (i32 b = 0; b < blocks; b++) {
-      for (i32 tx0 = 0; tx0 < tiles; tx0 += MR) {
-        const i32 m = tiles - tx0 < MR ? tiles - tx0 : MR;
-        // constant block widths, so that the accumulators stay in registers in the tails too
-        switch (m) {
-          case 6: winograd_gemm(L, 6, V, tiles, tx0, b, M); break;
-          case 5: winograd_gemm(L, 5, V, tiles, tx0, b, M); break;
-          case 4: winograd_gemm(L, 4, V, tiles, tx0, b, M); break;
-          case 3: winograd_gemm(L, 3, V, tiles, tx0, b, M); break;
-          case 2: winograd_gemm(L, 2, V, tiles, tx0, b, M); break;
-          default: winograd_gemm(L, 1, V, tiles, tx0, b, M); break;
-        }
-        for (i32 p = 0; p < m; p++) {
-          for (i32 half = 0; half < 2; half++) {
-            const i32 c = NR * b + 4 * half;
-            if (c >= L->cout) break;
-            const v128_t bias = wasm_v128_load(L->bias + c);
-            // columns: T[k][j] = (A'M)[k][j]; rows: y[k][l] = (T A)[k][l]
-            for (i32 j = 0; j < 6; j++) {
-              v128_t y[4];
-              output_1d(M + (j * MR + p) * NR + 4 * half, 6 * MR * NR, y);
-              for (i32 k = 0; k < 4; k++) wasm_v128_store(T + 4 * (6 * k + j), y[k]);
-            }
-            const i32 x = 4 * (tx0 + p);
-            for (i32 k = 0; k < 4 && 4 * ty + k < h; k++) {
-              v128_t y[4];
-              output_1d(T + 24 * k, 4, y);
-              const i32 row = (4 * ty + k + 1) * pw + x + 1;
+      for (i32 b = 0; b < blocks; b++) {
+        for (i32 tx0 = 0; tx0 < n; tx0 += MR) {
+          const i32 m = n - tx0 < MR ? n - tx0 : MR;
+          // constant block widths, so that the accumulators stay in registers in the tails too
+          switch (m) {
+            case 6: winograd_gemm(L, 6, V, chunk, tx0, b, M); break;
+            case 5: winograd_gemm(L, 5, V, chunk, tx0, b, M); break;
+            case 4: winograd_gemm(L, 4, V, chunk, tx0, b, M); break;
+            case 3: winograd_gemm(L, 3, V, chunk, tx0, b, M); break;
+            case 2: winograd_gemm(L, 2, V, chunk, tx0, b, M); break;
+            default: winograd_gemm(L, 1, V, chunk, tx0, b, M); break;
+          }
+          for (i32 p = 0; p < m; p++) {
+            for (i32 half = 0; half < 2; half++) {
+              const i32 c = NR * b + 4 * half;
+              if (c >= L->cout) break;
+              const v128_t bias = wasm_v128_load(L->bias + c);
+              // columns: T[k][j] = (A'M)[k][j]; rows: y[k][l] = (T A)[k][l]
+              for (i32 j = 0; j < 6; j++) {
+                v128_t y[4];
+                output_1d(M + (j * MR + p) * NR + 4 * half, 6 * MR * NR, y);
+                for (i32 k = 0; k < 4; k++) wasm_v128_store(T + 4 * (6 * k + j), y[k]);
+              }
+              const i32 x = 4 * (tc + tx0 + p);
+              for (i32 k = 0; k < 4 && 4 * ty + k < h; k++) {
+                v128_t y[4];
+                output_1d(T + 24 * k, 4, y);
+                const i32 row = (4 * ty + k + 1) * pw + x + 1;
 #pragma clang loop unroll(full)
-              for (i32 l = 0; l < 4; l++) {
-                if (x + l < w) store_quad(L, row + l, c, ADD(y[l], bias));
+                for (i32 l = 0; l < 4; l++) {
+                  if (x + l < w) store_quad(L, row + l, c, ADD(y[l], bias));
+                }
               }
             }
           }
