@@ -52,6 +52,7 @@ const MODEL_NAMES = Object.keys(SHIPPED_MODELS);
 export const LARGE_TILE_BYTES = 3e9;
 /** The CPU kernels' tile side where {@link LARGE_TILE_BYTES} are free. */
 export const LARGE_TILE_CPU_KERNELS = 512;
+const LARGE_TILE_GB = LARGE_TILE_BYTES / 1e9;
 
 const USAGE = `usage: deno task upscale INPUT... -o OUTPUT [options]
 
@@ -69,11 +70,9 @@ options:
   -m, --model PATH      a model file instead (from training or \`deno task import\`), or a
                         published one as it comes (.pth, ncnn .param), imported on the fly
   -s, --outscale F      final scale (default: the model's); resampled bicubically after the model
-  -t, --tile N          tile side in input pixels, 0 for none (default on our CPU kernels
-                        (wasm): ${LARGE_TILE_CPU_KERNELS} where ${
-  LARGE_TILE_BYTES / 1e9
-} GB or more of memory are free, else
-                        ${DEFAULT_TILE_CPU_KERNELS}; ${DEFAULT_TILE} on webgpu and cpu)
+  -t, --tile N          tile side in input pixels, 0 for none (default on our CPU kernels, i.e.
+                        wasm: ${LARGE_TILE_CPU_KERNELS} with ${LARGE_TILE_GB} GB of memory free, else ${DEFAULT_TILE_CPU_KERNELS};
+                        ${DEFAULT_TILE} on webgpu and cpu)
       --tile-pad P      tile overlap in input pixels (default ${DEFAULT_TILE_PAD})
       --backend NAME    webgpu, wasm or cpu (default: webgpu on a real GPU, else wasm)
   -j, --threads N       CPU threads on wasm (default: all logical cores, at most 8)
