@@ -54,6 +54,16 @@ export const TAIL_BAND_BYTES = 32 * 2 ** 20;
 /** How often (ms) a run reports its progress where asked (see {@link RRDBNetPlanWasm.run}). */
 export const PROGRESS_MS = 250;
 
+/** Options of {@link RRDBNetPlanWasm.run}. */
+export interface WasmRunOptions {
+  /** Aborting stops the run between layers. */
+  signal?: AbortSignal;
+  /** Gets the share of the batch's work done (0 to 1, by multiply-adds) while the threads run. */
+  onProgress?: (share: number) => void;
+  /** How often onProgress is called (default {@link PROGRESS_MS}). */
+  progressMs?: number;
+}
+
 /** Options for {@link RRDBNetPlanWasm}. */
 export interface WasmPlanOptions extends KernelPoolOptions {
   /**
@@ -232,7 +242,7 @@ export class RRDBNetPlanWasm {
   run(
     x: Float32Array,
     shape: number[],
-    options: { signal?: AbortSignal; onProgress?: (share: number) => void; progressMs?: number } = {},
+    options: WasmRunOptions = {},
   ): Promise<Float32Array> {
     return this.serialized(() => this.runNow(x, shape, options));
   }
@@ -247,7 +257,7 @@ export class RRDBNetPlanWasm {
   private async runNow(
     x: Float32Array,
     shape: number[],
-    options: { signal?: AbortSignal; onProgress?: (share: number) => void; progressMs?: number },
+    options: WasmRunOptions,
   ): Promise<Float32Array> {
     const { signal, onProgress } = options;
     await this.packed;
